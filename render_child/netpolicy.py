@@ -1,0 +1,379 @@
+"""The render child's network policy: which requests Chromium may make, and the fetcher.
+
+Chromium has no network of its own (see :data:`LOCKDOWN_ARGS`); every request is
+routed to :class:`Fetcher`, which decides per request and, when allowed, fetches the
+resource itself in Python after checking every resolved address, connecting to the
+validated address (pinned, so DNS rebinding cannot swap it), and re-checking every
+redirect hop. Nothing here touches Playwright, so it can be unit-tested without a browser.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+
+import httpx
+
+from shared.messages import BlockedRequest, NetworkPolicy, RenderLimits
+
+# Chromium flags that take its own network away: every host name resolves to nothing
+# (IP literals included), and anything that still tried would go to a dead proxy,
+# loopback included ("<-loopback>" removes Chromium's implicit proxy bypass). Requests
+# Playwright cannot route (<link rel=prefetch>, preconnect) therefore go nowhere.
+LOCKDOWN_ARGS: tuple[str, ...] = (
+    "--host-resolver-rules=MAP * ~NOTFOUND",
+    "--proxy-server=http://127.0.0.1:9",
+    "--proxy-bypass-list=<-loopback>",
+)
+
+METADATA_IPS = frozenset(
+    {
+        ipaddress.ip_address("169.254.169.254"),  # AWS, GCP, Azure, ...
+        ipaddress.ip_address("fd00:ec2::254"),  # AWS IPv6
+        ipaddress.ip_address("100.100.100.200"),  # Alibaba
+    }
+)
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_BENCHMARK = ipaddress.ip_network("198.18.0.0/15")
+
+MAX_REDIRECTS = 5
+DNS_TIMEOUT_S = 5.0
+CONNECT_TIMEOUT_S = 5.0
+READ_TIMEOUT_S = 10.0
+FETCH_BUDGET_S = 20.0  # one resource, all redirect hops included
+
+_FORWARDED_REQUEST_HEADERS = ("accept", "accept-language", "user-agent", "range")
+_DROPPED_RESPONSE_HEADERS = frozenset(
+    {
+        "set-cookie",
+        "set-cookie2",
+        "content-encoding",  # httpx already decoded the body
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "trailer",
+        "upgrade",
+        "alt-svc",
+        "strict-transport-security",
+        "clear-site-data",
+        "report-to",
+        "nel",
+    }
+)
+
+
+def classify_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> str | None:
+    """Why an address must not be contacted, or None when it is a public unicast address."""
+    addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.scope_id:
+            return "link-local address"
+        embedded = addr.ipv4_mapped or addr.sixtofour
+        if embedded is None and addr in _NAT64:
+            embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        if embedded is None and addr.teredo is not None:
+            embedded = addr.teredo[1]
+        if embedded is not None:
+            inner = classify_ip(embedded)
+            return f"IPv4-embedding address of a {inner}" if inner else None
+    if addr in METADATA_IPS:
+        return "cloud metadata address"
+    if addr.is_unspecified:
+        return "unspecified address"
+    if addr.is_loopback:
+        return "loopback address"
+    if addr.is_link_local:
+        return "link-local address"
+    if addr.is_multicast:
+        return "multicast address"
+    if isinstance(addr, ipaddress.IPv4Address) and addr in _CGNAT:
+        return "shared (CGNAT) address"
+    if isinstance(addr, ipaddress.IPv4Address) and addr in _BENCHMARK:
+        return "reserved address"
+    if addr.is_private:
+        return "private address"
+    if addr.is_reserved:
+        return "reserved address"
+    if not addr.is_global:
+        return "non-global address"
+    return None
+
+
+def normalize_host(host: str) -> str:
+    return host.strip().rstrip(".").lower()
+
+
+def host_matches(host: str, port: int, patterns: list[str]) -> bool:
+    """``host`` matches an entry ``name``, ``name:port``, ``*.suffix`` or ``*.suffix:port``."""
+    host = normalize_host(host)
+    for raw in patterns:
+        pattern = normalize_host(raw)
+        want_port: int | None = None
+        if pattern.startswith("["):  # [v6]:port or [v6]
+            end = pattern.find("]")
+            rest = pattern[end + 1 :]
+            pattern_host = pattern[1:end]
+            if rest.startswith(":") and rest[1:].isdigit():
+                want_port = int(rest[1:])
+        else:
+            pattern_host, sep, port_text = pattern.rpartition(":")
+            if not sep or not port_text.isdigit() or ":" in pattern_host:
+                pattern_host = pattern
+            else:
+                want_port = int(port_text)
+        if want_port is not None and want_port != port:
+            continue
+        if pattern_host.startswith("*."):
+            if host.endswith(pattern_host[1:]) and len(host) > len(pattern_host) - 1:
+                return True
+        elif host == pattern_host:
+            return True
+    return False
+
+
+def _default_port(scheme: str) -> int:
+    return 443 if scheme == "https" else 80
+
+
+def is_trusted_private(host: str, port: int, policy: NetworkPolicy) -> bool:
+    host = normalize_host(host)
+    for entry in policy.trusted_private_hosts:
+        entry = normalize_host(entry)
+        name, sep, port_text = entry.rpartition(":")
+        if not sep or not port_text.isdigit():
+            continue
+        name = name.strip("[]")
+        if name == host and int(port_text) == port:
+            return True
+    return False
+
+
+class Blocked(Exception):
+    """A request the policy refuses; ``reason`` goes to the job's blocked list."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class FetchFailed(Exception):
+    """The request was allowed but the fetch failed (timeout, refused, ...)."""
+
+
+@dataclass
+class FetchResult:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+    final_url: str
+
+
+Resolver = Callable[[str, int], list[str]]
+
+
+def _system_resolver(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    seen: list[str] = []
+    for info in infos:
+        ip = str(info[4][0])
+        if ip not in seen:
+            seen.append(ip)
+    return seen
+
+
+_DNS_POOL = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dns")
+_SSL_CONTEXT: ssl.SSLContext | None = None
+
+
+def _ssl_context() -> ssl.SSLContext:
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        _SSL_CONTEXT = ssl.create_default_context()
+    return _SSL_CONTEXT
+
+
+def resolve_checked(
+    host: str, port: int, policy: NetworkPolicy, resolver: Resolver | None = None
+) -> list[str]:
+    """Resolve ``host`` and check every address; raise :class:`Blocked` if any is refused."""
+    host = normalize_host(host).strip("[]")
+    trusted = is_trusted_private(host, port, policy)
+    try:
+        literal: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        ips = [str(literal)]
+    else:
+        future = _DNS_POOL.submit(resolver or _system_resolver, host, port)
+        try:
+            ips = future.result(timeout=DNS_TIMEOUT_S)
+        except FutureTimeout:
+            raise FetchFailed(f"DNS lookup of {host} timed out") from None
+        except OSError as exc:
+            raise FetchFailed(f"DNS lookup of {host} failed: {exc}") from None
+    if not ips:
+        raise FetchFailed(f"DNS lookup of {host} returned no address")
+    for ip in ips:
+        addr = ipaddress.ip_address(ip.split("%")[0])
+        reason = classify_ip(ip)
+        if reason is None:
+            continue
+        if addr in METADATA_IPS or not trusted:
+            if literal is not None:
+                raise Blocked(f"{host} is a {reason}")
+            raise Blocked(f"{host} resolves to {ip}, a {reason}")
+    return ips
+
+
+@dataclass
+class Fetcher:
+    """One job's fetcher: decides, fetches, and records what it blocked."""
+
+    policy: NetworkPolicy
+    limits: RenderLimits
+    resolver: Resolver | None = None
+    blocked: list[BlockedRequest] = field(default_factory=list)
+    fetched: int = 0
+    _clients: dict[tuple[str, str, int, str], httpx.Client] = field(default_factory=dict)
+
+    def record(self, url: str, reason: str) -> None:
+        if len(self.blocked) < 200:
+            self.blocked.append(BlockedRequest(url=url[:2048], reason=reason))
+
+    def check_url(self, url: str, *, main_document: bool) -> httpx.URL:
+        """Scheme and host-allowlist checks (no DNS). Raise :class:`Blocked`."""
+        try:
+            parsed = httpx.URL(url)
+        except Exception:
+            raise Blocked("malformed URL") from None
+        scheme = parsed.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise Blocked(f"scheme {scheme or '(none)'}: not allowed")
+        if parsed.userinfo:
+            raise Blocked("credentials in URL are not allowed")
+        host = parsed.host
+        if not host:
+            raise Blocked("URL has no host")
+        port = parsed.port or _default_port(scheme)
+        allowed = self.policy.allowed_url_hosts if main_document else self.policy.allowed_hosts
+        if not host_matches(host, port, allowed):
+            which = "allowed_url_hosts" if main_document else "allowed_hosts"
+            raise Blocked(f"host {host} is not in {which}")
+        return parsed
+
+    def fetch(self, url: str, *, main_document: bool, method: str, headers: dict[str, str]) -> FetchResult:
+        """Fetch an allowed URL; raise :class:`Blocked` or :class:`FetchFailed`."""
+        if method.upper() not in ("GET", "HEAD"):
+            raise Blocked(f"method {method} not allowed")
+        deadline = time.monotonic() + min(FETCH_BUDGET_S, self.limits.navigation_timeout_ms / 1000)
+        forward = {k: v for k, v in headers.items() if k.lower() in _FORWARDED_REQUEST_HEADERS}
+        current = url
+        for hop in range(MAX_REDIRECTS + 1):
+            try:
+                parsed = self.check_url(current, main_document=main_document)
+                response = self._fetch_one(parsed, method, forward, deadline)
+            except Blocked as exc:
+                if hop == 0:
+                    raise
+                raise Blocked(f"redirect to {current[:300]}: {exc.reason}") from None
+            location = response.headers.get("location")
+            if 300 <= response.status < 400 and location and response.status != 304:
+                current = str(parsed.join(location))
+                continue
+            response.final_url = current
+            self.fetched += 1
+            return response
+        raise Blocked(f"more than {MAX_REDIRECTS} redirects")
+
+    def _fetch_one(
+        self, url: httpx.URL, method: str, headers: dict[str, str], deadline: float
+    ) -> FetchResult:
+        scheme = url.scheme.lower()
+        host = normalize_host(url.host)
+        port = url.port or _default_port(scheme)
+        ips = resolve_checked(host, port, self.policy, self.resolver)
+        last_error: Exception | None = None
+        for ip in ips[:2]:
+            try:
+                return self._request_pinned(url, ip, method, headers, deadline)
+            except httpx.TransportError as exc:
+                last_error = exc
+                if isinstance(exc, httpx.TimeoutException):
+                    break
+        raise FetchFailed(f"fetch of {host} failed: {type(last_error).__name__}: {last_error}")
+
+    def _client(self, scheme: str, host: str, port: int, ip: str) -> httpx.Client:
+        key = (scheme, host, port, ip)
+        client = self._clients.get(key)
+        if client is None:
+            client = httpx.Client(
+                trust_env=False,
+                verify=_ssl_context(),
+                follow_redirects=False,
+                timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+                limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
+            )
+            self._clients[key] = client
+        return client
+
+    def _request_pinned(
+        self, url: httpx.URL, ip: str, method: str, headers: dict[str, str], deadline: float
+    ) -> FetchResult:
+        scheme = url.scheme.lower()
+        host = normalize_host(url.host)
+        port = url.port or _default_port(scheme)
+        client = self._client(scheme, host, port, ip)
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise FetchFailed("fetch time budget exhausted")
+        timeout = httpx.Timeout(min(READ_TIMEOUT_S, remaining), connect=min(CONNECT_TIMEOUT_S, remaining))
+        pinned = url.copy_with(host=ip.split("%")[0])
+        request = client.build_request(
+            method,
+            pinned,
+            headers={**headers, "host": url.netloc.decode("ascii"), "accept-encoding": "gzip, deflate"},
+            timeout=timeout,
+            extensions={"sni_hostname": host},
+        )
+        request.headers.pop("cookie", None)
+        cap = self.limits.max_fetch_bytes
+        try:
+            response = client.send(request, stream=True)
+            try:
+                length = response.headers.get("content-length")
+                if length and length.isdigit() and int(length) > cap:
+                    raise Blocked(f"response is {length} bytes, more than max_fetch_bytes ({cap})")
+                chunks: list[bytes] = []
+                total = 0
+                for chunk in response.iter_bytes():
+                    total += len(chunk)
+                    if total > cap:
+                        raise Blocked(f"response is more than max_fetch_bytes ({cap})")
+                    if time.monotonic() > deadline:
+                        raise FetchFailed("fetch time budget exhausted")
+                    chunks.append(chunk)
+            finally:
+                response.close()
+        finally:
+            client.cookies.clear()
+        out_headers = {
+            k: v for k, v in response.headers.items() if k.lower() not in _DROPPED_RESPONSE_HEADERS
+        }
+        return FetchResult(response.status_code, out_headers, b"".join(chunks), str(url))
+
+    def close(self) -> None:
+        for client in self._clients.values():
+            with contextlib.suppress(Exception):
+                client.close()
+        self._clients.clear()

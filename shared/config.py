@@ -1,0 +1,391 @@
+"""Configuration: `config.toml` defaults, environment overrides, strict validation.
+
+Every setting lives in one section struct below. Its environment variable is the
+key in upper case (the seed's names, e.g. ``job_timeout_seconds`` is
+``JOB_TIMEOUT_SECONDS``) except where ``ENV_NAMES`` says otherwise. Unknown keys,
+wrong types and out-of-range values raise :class:`ConfigError`, which the CLI turns
+into exit code 2 and one line naming the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
+
+
+class ConfigError(Exception):
+    """A setting is unknown, of the wrong type or out of range."""
+
+
+def _doc(text: str, **limits: Any) -> msgspec.Meta:
+    return msgspec.Meta(description=text, **limits)
+
+
+Ms = Annotated[int, _doc("milliseconds", ge=1, le=3_600_000)]
+LogLevel = Literal["debug", "info", "warn", "warning", "error"]
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class DatabaseSettings(_Section):
+    database_url: Annotated[str, _doc("PostgreSQL URL; empty = embedded PostgreSQL under the data dir")] = ""
+    listen_notify: Annotated[bool, _doc("wake on LISTEN/NOTIFY; false behind a transaction-mode pooler")] = True
+    connect_timeout_seconds: Annotated[int, _doc("seconds to wait for a connection", ge=1, le=120)] = 5
+    statement_timeout_ms: Annotated[int, _doc("server-side cap on each queue statement", ge=100, le=600_000)] = 10_000
+
+
+class WorkerSettings(_Section):
+    worker_id: Annotated[str, _doc("this worker's name in worker_id; empty = hostname-pid")] = ""
+    max_concurrent_renders: Annotated[int, _doc("render children (one Chromium each)", ge=1, le=32)] = 3
+    job_timeout_seconds: Annotated[int, _doc("outer deadline per render; the child is killed after it", ge=1, le=120)] = 60
+    polling_interval_busy_ms: Annotated[int, _doc("poll interval while jobs keep coming", ge=10, le=600_000)] = 2000
+    polling_interval_idle_ms: Annotated[int, _doc("poll interval when the queue was empty", ge=10, le=600_000)] = 5000
+    graceful_shutdown_timeout_ms: Annotated[int, _doc("time in-flight renders get after SIGTERM", ge=0, le=600_000)] = 30_000
+    port: Annotated[int, _doc("HTTP port for /health, /metrics and the API", ge=1, le=65535)] = 3000
+    node_env: Annotated[str, _doc("seed compatibility; 'production' only changes the startup log line")] = "production"
+    log_level: Annotated[LogLevel, _doc("debug, info, warn, error")] = "info"
+    enable_canary_export: Annotated[bool, _doc("render a canary at start and after each recycle; gates claiming")] = True
+
+
+class PoolSettings(_Section):
+    child_memory_limit_mb: Annotated[int, _doc("PSS of one child's whole process tree before it is killed", ge=64, le=65536)] = 1024
+    renders_per_child: Annotated[int, _doc("recycle a child after this many renders", ge=1, le=100_000)] = 200
+    child_max_age_seconds: Annotated[int, _doc("recycle a child after this age (plus up to 10% jitter)", ge=10, le=604_800)] = 3600
+    watchdog_interval_ms: Annotated[int, _doc("how often the watchdog measures memory and deadlines", ge=20, le=250)] = 200
+    container_high_water_percent: Annotated[int, _doc("container memory % above which no jobs are claimed", ge=10, le=100)] = 85
+    container_critical_percent: Annotated[int, _doc("container memory % above which the largest child is killed", ge=10, le=100)] = 95
+    child_boot_timeout_seconds: Annotated[int, _doc("time a child gets to launch Chromium and say ready", ge=1, le=300)] = 30
+    restart_storm_limit: Annotated[int, _doc("boot failures within the window that stop the pool", ge=1, le=1000)] = 5
+    restart_storm_window_seconds: Annotated[int, _doc("the window for restart_storm_limit", ge=1, le=86_400)] = 60
+
+
+class RenderSettings(_Section):
+    puppeteer_executable_path: Annotated[str, _doc("Chromium binary; empty = Playwright's own browser")] = "/usr/bin/chromium"
+    allowed_hosts: Annotated[list[str], _doc("hosts (and *.suffix) that pages may load images, fonts, CSS from")] = []
+    allowed_url_hosts: Annotated[list[str], _doc("hosts whose pages may be rendered as a `url` source")] = []
+    trusted_private_hosts: Annotated[list[str], _doc("host:port allowed even on private addresses (dev, tests)")] = []
+    max_input_bytes: Annotated[int, _doc("largest HTML or menu document", ge=1024, le=50_000_000)] = 2_000_000
+    max_pages: Annotated[int, _doc("largest PDF page count", ge=1, le=10_000)] = 100
+    max_image_pixels: Annotated[int, _doc("largest image (width x height x scale^2)", ge=10_000, le=400_000_000)] = 40_000_000
+    max_output_bytes: Annotated[int, _doc("largest file a render may produce", ge=10_000, le=1_000_000_000)] = 50_000_000
+    max_fetch_bytes: Annotated[int, _doc("largest single subresource (image, font, CSS)", ge=1024, le=100_000_000)] = 10_000_000
+    allow_test_templates: Annotated[bool, _doc("accept the built-in failure pages (busy loop, memory hog); tests only")] = False
+
+
+class StorageSettings(_Section):
+    supabase_url: Annotated[str, _doc("Supabase project URL; empty = local file storage")] = ""
+    supabase_service_role_key: Annotated[str, _doc("service-role key for Storage (secret)")] = ""
+    storage_bucket: Annotated[str, _doc("Supabase Storage bucket")] = "export-files"
+    signed_url_ttl_seconds: Annotated[int, _doc("lifetime of download links", ge=60, le=31_536_000)] = 604_800
+    link_secret: Annotated[str, _doc("HMAC secret for local download links; empty = generated once in the data dir")] = ""
+    public_base_url: Annotated[str, _doc("base URL of this worker in local links; empty = http://localhost:PORT")] = ""
+    enable_circuit_breaker: Annotated[bool, _doc("stop calling a failing store for a cooldown")] = True
+    breaker_failure_threshold: Annotated[int, _doc("consecutive failures that open the breaker", ge=1, le=1000)] = 5
+    breaker_cooldown_seconds: Annotated[int, _doc("time the breaker stays open before a probe", ge=1, le=3600)] = 60
+
+
+class MailSettings(_Section):
+    sendgrid_api_key: Annotated[str, _doc("SendGrid key (secret); empty = SMTP if smtp_host, else .eml files")] = ""
+    sendgrid_from_email: Annotated[str, _doc("sender address")] = "exports@example.com"
+    sendgrid_template_id: Annotated[str, _doc("optional SendGrid dynamic template id")] = ""
+    sendgrid_base_url: Annotated[str, _doc("SendGrid API base (tests point it at a local server)")] = "https://api.sendgrid.com"
+    smtp_host: Annotated[str, _doc("SMTP server for self-hosters; empty = off")] = ""
+    smtp_port: Annotated[int, _doc("SMTP port", ge=1, le=65535)] = 587
+    smtp_username: Annotated[str, _doc("SMTP user")] = ""
+    smtp_password: Annotated[str, _doc("SMTP password (secret)")] = ""
+    smtp_starttls: Annotated[bool, _doc("use STARTTLS")] = True
+    mail_max_attempts: Annotated[int, _doc("sends tried per mail before it is given up", ge=1, le=100)] = 12
+
+
+class LimitSettings(_Section):
+    free_user_hourly_limit: Annotated[int, _doc("jobs a free user may create per 60 minutes", ge=0, le=1_000_000)] = 10
+    subscriber_hourly_limit: Annotated[int, _doc("jobs a subscriber may create per 60 minutes", ge=0, le=1_000_000)] = 50
+    free_user_pending_limit: Annotated[int, _doc("pending + processing jobs of a free user", ge=0, le=1_000_000)] = 5
+    subscriber_pending_limit: Annotated[int, _doc("pending + processing jobs of a subscriber", ge=0, le=1_000_000)] = 20
+    subscriber_priority: Annotated[int, _doc("priority of subscriber jobs", ge=0, le=10_000)] = 100
+    free_user_priority: Annotated[int, _doc("priority of free users' jobs", ge=0, le=10_000)] = 10
+    priority_aging_seconds: Annotated[float, _doc("waiting this long is worth one priority point", ge=0.01, le=3600)] = 2.0
+
+
+class RetrySettings(_Section):
+    max_attempts: Annotated[int, _doc("claims a job may use", ge=1, le=100)] = 3
+    retry_backoff_base_ms: Annotated[int, _doc("first retry waits up to this (full jitter)", ge=0, le=3_600_000)] = 2000
+    retry_backoff_cap_ms: Annotated[int, _doc("no retry waits longer", ge=0, le=86_400_000)] = 300_000
+    heartbeat_interval_seconds: Annotated[int, _doc("how often in-flight claims are refreshed", ge=1, le=300)] = 10
+    stale_after_seconds: Annotated[int, _doc("a claim without heartbeat this long is rescued", ge=5, le=3600)] = 60
+
+
+class RetentionSettings(_Section):
+    retention_completed_days: Annotated[int, _doc("completed jobs are deleted after", ge=1, le=3650)] = 30
+    retention_failed_days: Annotated[int, _doc("failed and cancelled jobs are deleted after", ge=1, le=3650)] = 7
+    retention_files_days: Annotated[int, _doc("stored files are deleted after", ge=1, le=3650)] = 30
+    cleanup_interval_seconds: Annotated[int, _doc("how often one worker runs retention", ge=10, le=86_400)] = 3600
+
+
+class ApiSettings(_Section):
+    export_api_keys: Annotated[str, _doc("comma-separated keys for trusted backends (secret)")] = ""
+    supabase_jwt_secret: Annotated[str, _doc("HS256 secret for Supabase JWTs (secret)")] = ""
+    supabase_jwks_url: Annotated[str, _doc("JWKS URL for asymmetric Supabase JWTs")] = ""
+
+
+class MonitoringSettings(_Section):
+    sentry_dsn: Annotated[str, _doc("accepted, not used yet: Sentry is not wired (logged at start)")] = ""
+    datadog_api_key: Annotated[str, _doc("accepted, not used yet: scrape /metrics instead (logged at start)")] = ""
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    database: DatabaseSettings = msgspec.field(default_factory=DatabaseSettings)
+    worker: WorkerSettings = msgspec.field(default_factory=WorkerSettings)
+    pool: PoolSettings = msgspec.field(default_factory=PoolSettings)
+    render: RenderSettings = msgspec.field(default_factory=RenderSettings)
+    storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
+    mail: MailSettings = msgspec.field(default_factory=MailSettings)
+    limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
+    retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
+    api: ApiSettings = msgspec.field(default_factory=ApiSettings)
+    monitoring: MonitoringSettings = msgspec.field(default_factory=MonitoringSettings)
+    # Not in a section: where everything embedded lives.
+    data_dir: Annotated[str, _doc("directory for the embedded database, files, mail and scratch")] = "./.export-worker"
+
+
+SECRET_KEYS = frozenset(
+    {
+        "database_url",
+        "supabase_service_role_key",
+        "link_secret",
+        "sendgrid_api_key",
+        "smtp_password",
+        "export_api_keys",
+        "supabase_jwt_secret",
+        "sentry_dsn",
+        "datadog_api_key",
+    }
+)
+# Keys whose environment name is not simply KEY.upper().
+ENV_NAMES = {"data_dir": "EXPORT_WORKER_DATA_DIR"}
+def env_name(key: str) -> str:
+    return ENV_NAMES.get(key, key.upper())
+
+
+def iter_settings() -> list[tuple[str, str, msgspec.structs.FieldInfo]]:
+    """(section, key, field) for every setting, in file order; section '' is top level."""
+    out: list[tuple[str, str, msgspec.structs.FieldInfo]] = []
+    for section_field in msgspec.structs.fields(Settings):
+        if isinstance(section_field.type, type) and issubclass(section_field.type, _Section):
+            for f in msgspec.structs.fields(section_field.type):
+                out.append((section_field.name, f.name, f))
+        else:
+            out.append(("", section_field.name, section_field))
+    return out
+
+
+def _unwrap(t: Any) -> Any:
+    """Annotated[list[str], Meta] -> list; Annotated[int, Meta] -> int."""
+    if getattr(t, "__metadata__", None) is not None:
+        t = t.__origin__
+    return getattr(t, "__origin__", t) if getattr(t, "__origin__", None) is list else t
+
+
+def _parse_env_value(raw: str, field: msgspec.structs.FieldInfo) -> Any:
+    """Environment values are strings; turn them into what the field expects."""
+    base = _unwrap(field.type)
+    text = raw.strip()
+    if base is bool:
+        lowered = text.lower()
+        if lowered in {"1", "true", "yes", "on"}:
+            return True
+        if lowered in {"0", "false", "no", "off"}:
+            return False
+        return raw  # let validation name the problem
+    if base is int:
+        return int(text) if re.fullmatch(r"[+-]?\d+", text) else raw
+    if base is float:
+        try:
+            return float(text)
+        except ValueError:
+            return raw
+    if base is list:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return raw
+
+
+def _describe_allowed(field: msgspec.structs.FieldInfo) -> str:
+    t = field.type
+    metas = [m for m in getattr(t, "__metadata__", ()) if isinstance(m, msgspec.Meta)]
+    base = t.__origin__ if metas else t
+    lo = next((m.ge for m in metas if m.ge is not None), None)
+    hi = next((m.le for m in metas if m.le is not None), None)
+    literal_args = getattr(base, "__args__", None)
+    if getattr(base, "__origin__", None) is Literal and literal_args:
+        return "one of " + ", ".join(str(a) for a in literal_args)
+    name = getattr(_unwrap(t), "__name__", str(base))
+    if name == "bool":
+        name = "true or false"
+    if name == "list":
+        name = "a list of strings (comma-separated in the environment)"
+    if lo is not None and hi is not None:
+        return f"{name} from {lo} to {hi}"
+    return name
+
+
+def load_settings(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Read config.toml (or `path`), apply environment overrides, validate."""
+    environ = os.environ if environ is None else environ
+    explicit = path or (Path(environ["EXPORT_WORKER_CONFIG"]) if environ.get("EXPORT_WORKER_CONFIG") else None)
+    if explicit is not None:
+        config_path = explicit
+    else:
+        config_path = Path("config.toml") if Path("config.toml").is_file() else REPO_CONFIG
+    raw: dict[str, Any] = {}
+    if config_path.is_file():
+        try:
+            raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config error: {config_path} is not valid TOML: {exc}") from None
+    elif explicit is not None:
+        raise ConfigError(f"config error: config file {config_path} does not exist")
+
+    fields = {(s, k): f for s, k, f in iter_settings()}
+    sections = {s for s, _ in fields if s}
+    for section, value in raw.items():
+        if isinstance(value, dict):
+            if section not in sections:
+                raise ConfigError(
+                    f"config error: unknown section [{section}] in {config_path}; "
+                    f"allowed: {', '.join(sorted(sections))}"
+                )
+            for key in value:
+                if (section, key) not in fields:
+                    allowed = ", ".join(k for s, k in fields if s == section)
+                    raise ConfigError(
+                        f"config error: unknown key {section}.{key} in {config_path}; allowed in [{section}]: {allowed}"
+                    )
+        elif ("", section) not in fields:
+            raise ConfigError(f"config error: unknown key {section} in {config_path}")
+
+    sources: dict[tuple[str, str], str] = {}
+    for (section, key), field in fields.items():
+        name = env_name(key)
+        if name in environ:
+            value = _parse_env_value(environ[name], field)
+            target = raw.setdefault(section, {}) if section else raw
+            target[key] = value
+            sources[(section, key)] = f"environment variable {name}"
+
+    try:
+        return msgspec.convert(raw, Settings, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(exc, raw, fields, sources, config_path)) from None
+
+
+def _explain(
+    exc: msgspec.ValidationError,
+    raw: dict[str, Any],
+    fields: dict[tuple[str, str], msgspec.structs.FieldInfo],
+    sources: dict[tuple[str, str], str],
+    config_path: Path,
+) -> str:
+    message = str(exc)
+    match = re.search(r"at `\$\.([\w.]+)", message)
+    if not match:
+        return f"config error: {message}"
+    parts = match.group(1).split(".")
+    section, key = (parts[0], parts[1]) if len(parts) > 1 else ("", parts[0])
+    field = fields.get((section, key))
+    if field is None:
+        return f"config error: {message}"
+    value = raw.get(section, {}).get(key) if section else raw.get(key)
+    origin = sources.get((section, key), f"{config_path}")
+    dotted = f"{section}.{key}" if section else key
+    return (
+        f"config error: {env_name(key)} ({dotted}, from {origin}) = {value!r} is not allowed: "
+        f"expected {_describe_allowed(field)}"
+    )
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """The effective configuration as a dict, secrets replaced by '***' when set."""
+    data: dict[str, Any] = msgspec.to_builtins(settings)
+    for section, key, _ in iter_settings():
+        holder = data[section] if section else data
+        if key in SECRET_KEYS and holder.get(key):
+            holder[key] = "***"
+    return data
+
+
+def accepted_but_inactive(settings: Settings) -> list[str]:
+    """Settings that are set but have no effect in this build (logged at start, no silent no-ops)."""
+    notes = []
+    if settings.monitoring.sentry_dsn:
+        notes.append("SENTRY_DSN is set but Sentry is not wired in this build; errors go to the JSON logs only")
+    if settings.monitoring.datadog_api_key:
+        notes.append("DATADOG_API_KEY is set but not used; point the Datadog agent at /metrics (OpenMetrics)")
+    return notes
+
+
+def _meta(field: msgspec.structs.FieldInfo) -> tuple[str, str]:
+    metas = [m for m in getattr(field.type, "__metadata__", ()) if isinstance(m, msgspec.Meta)]
+    description = next((m.description for m in metas if m.description), "")
+    return description, _describe_allowed(field)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def render_config_toml() -> str:
+    """config.toml as shipped: every setting, its default, range and environment name."""
+    defaults = Settings()
+    lines = [
+        "# export-worker configuration. Every setting with its default.",
+        "# Environment variables (named on each line) override this file; unknown keys,",
+        "# wrong types and out-of-range values stop the program (exit code 2).",
+        "# Regenerate after changing shared/config.py: export-worker config --toml > config.toml",
+    ]
+    # TOML wants top-level keys before the first [section].
+    ordered = sorted(iter_settings(), key=lambda entry: entry[0] != "")
+    current = None
+    for section, key, field in ordered:
+        if section != current:
+            current = section
+            lines.append("")
+            if section:
+                lines.append(f"[{section}]")
+        holder = getattr(defaults, section) if section else defaults
+        description, allowed = _meta(field)
+        lines.append(f"# {description or key} ({allowed}; env {env_name(key)})")
+        lines.append(f"{key} = {_toml_value(getattr(holder, key))}")
+    return "\n".join(lines) + "\n"
+
+
+def render_reference_markdown() -> str:
+    """The configuration reference table in the README."""
+    defaults = Settings()
+    rows = ["| environment variable | config.toml key | default | allowed | meaning |", "| --- | --- | --- | --- | --- |"]
+    for section, key, field in iter_settings():
+        holder = getattr(defaults, section) if section else defaults
+        description, allowed = _meta(field)
+        dotted = f"{section}.{key}" if section else key
+        default = getattr(holder, key)
+        shown = _toml_value(default) if default != "" else '""'
+        rows.append(f"| `{env_name(key)}` | `{dotted}` | `{shown}` | {allowed} | {description} |")
+    return "\n".join(rows)

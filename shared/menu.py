@@ -1,0 +1,50 @@
+"""The structured menu document rendered by the built-in templates."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+LongText = Annotated[str, msgspec.Meta(max_length=2000)]
+DietaryTag = Literal["vegetarian", "vegan", "gluten-free", "dairy-free", "nut-free", "spicy", "halal", "kosher"]
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    pass
+
+
+class MenuItem(_Strict):
+    name: ShortText
+    description: LongText = ""
+    price: Annotated[str, msgspec.Meta(pattern=r"^\d{1,7}(\.\d{1,2})?$")] | None = None
+    currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "USD"
+    dietary: list[DietaryTag] = []
+    image_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+
+
+class MenuSection(_Strict):
+    title: ShortText
+    description: LongText = ""
+    items: Annotated[list[MenuItem], msgspec.Meta(max_length=500)] = []
+
+
+class Restaurant(_Strict):
+    name: ShortText
+    tagline: LongText = ""
+    address: LongText = ""
+    phone: Annotated[str, msgspec.Meta(max_length=50)] = ""
+    logo_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
+
+
+class Theme(_Strict):
+    accent_color: Annotated[str, msgspec.Meta(pattern=r"^#[0-9a-fA-F]{6}$")] = "#8a2be2"
+    font: Literal["serif", "sans-serif"] = "serif"
+
+
+class MenuDocument(_Strict):
+    restaurant: Restaurant
+    sections: Annotated[list[MenuSection], msgspec.Meta(min_length=1, max_length=100)]
+    theme: Theme = msgspec.field(default_factory=Theme)
+    footer: LongText = ""

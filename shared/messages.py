@@ -1,0 +1,136 @@
+"""Messages between the supervisor and a render child, over a multiprocessing Pipe.
+
+Tagged-union msgspec structs, encoded as msgpack with one encoder and one decoder
+per direction, built once. The child never receives a secret: only the payload,
+the limits, the network policy and a scratch path to write the file to.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from shared.errors import ErrorCategory
+from shared.payload import RenderPayload
+
+
+class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+# ---- supervisor -> child ---------------------------------------------------
+
+
+class NetworkPolicy(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    allowed_hosts: list[str] = []  # images, fonts, CSS; "*.cdn.example" matches subdomains
+    allowed_url_hosts: list[str] = []  # pages that may be rendered as a `url` source
+    trusted_private_hosts: list[str] = []  # "host:port" allowed on private addresses (dev, tests)
+
+
+class RenderLimits(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    max_pages: int = 100
+    max_image_pixels: int = 40_000_000
+    max_output_bytes: int = 50_000_000
+    max_fetch_bytes: int = 10_000_000
+    navigation_timeout_ms: int = 30_000
+
+
+class RenderJob(_Msg, tag="render"):
+    job_id: str
+    attempt: int
+    export_type: str  # "pdf" | "image"
+    payload: RenderPayload
+    output_path: str  # the child writes the file here and answers with its size
+    limits: RenderLimits
+    policy: NetworkPolicy
+    allow_test_templates: bool = False
+
+
+class Stop(_Msg, tag="stop"):
+    """Finish nothing more; close the browser and exit with EX_RECYCLE."""
+
+
+ToChild = RenderJob | Stop
+
+# ---- child -> supervisor ---------------------------------------------------
+
+
+class Ready(_Msg, tag="ready"):
+    pid: int
+    browser_version: str
+    boot_ms: float
+
+
+class BootFailed(_Msg, tag="boot_failed"):
+    message: str
+
+
+class BlockedRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    url: str
+    reason: str
+
+
+class Rendered(_Msg, tag="rendered"):
+    job_id: str
+    output_path: str
+    size_bytes: int
+    content_type: str
+    render_ms: float
+    pages: int | None = None  # PDFs
+    width: int | None = None  # images, in pixels
+    height: int | None = None
+    blocked: list[BlockedRequest] = []
+    fetched: int = 0  # subresources that passed the policy
+
+
+class RenderFailed(_Msg, tag="render_failed"):
+    job_id: str
+    category: ErrorCategory
+    message: str
+    render_ms: float
+    blocked: list[BlockedRequest] = []
+
+
+class Log(_Msg, tag="log"):
+    """A child's log line; the supervisor writes it with the same JSON fields."""
+
+    level: str
+    message: str
+    job_id: str | None = None
+
+
+FromChild = Ready | BootFailed | Rendered | RenderFailed | Log
+
+TO_CHILD_ENCODER = msgspec.msgpack.Encoder()
+TO_CHILD_DECODER = msgspec.msgpack.Decoder(ToChild)
+FROM_CHILD_ENCODER = msgspec.msgpack.Encoder()
+FROM_CHILD_DECODER = msgspec.msgpack.Decoder(FromChild)
+
+# Exit codes are a protocol (billiard's EX_RECYCLE): the supervisor reads them to
+# tell a planned retirement from a crash.
+EX_OK = 0
+EX_RECYCLE = 0x9B  # the child retired on request (Stop) or after its render budget
+EX_BOOT_FAILED = 0x9C  # Chromium could not be launched
+EX_PARENT_GONE = 0x9D  # the pipe closed: the supervisor is gone
+
+
+class ChildOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Everything a child needs at boot; passed as msgpack bytes through spawn."""
+
+    child_index: int
+    worker_id: str
+    executable_path: str  # "" = Playwright's own downloaded Chromium
+    chromium_args: list[str]
+    log_level: str = "info"
+    scratch_dir: str  # where outputs are written; the supervisor moves them to storage
+
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]

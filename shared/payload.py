@@ -1,0 +1,138 @@
+"""The render request stored in ``export_jobs.payload``: what to render and how.
+
+These structs are the single schema for the creation function's callers (CLI, HTTP
+API, Python API), the supervisor and the render child. ``parse_payload`` turns any
+JSON-ish input into a validated :class:`RenderPayload` or raises
+:class:`PayloadError` naming the field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from shared.menu import MenuDocument
+
+
+class PayloadError(ValueError):
+    """The request is malformed; ``field`` is a dotted path such as ``pdf.scale``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+    pass
+
+
+class HtmlSource(_Strict, tag="html", tag_field="kind"):
+    html: Annotated[str, msgspec.Meta(min_length=1)]
+    # Only built-in, trusted templates may turn JavaScript on; user HTML never does.
+
+
+class MenuSource(_Strict, tag="menu", tag_field="kind"):
+    menu: MenuDocument
+    template: Literal["classic", "modern"] = "classic"
+
+
+class UrlSource(_Strict, tag="url", tag_field="kind"):
+    url: Annotated[str, msgspec.Meta(min_length=8, max_length=4096)]
+
+
+class TestTemplateSource(_Strict, tag="test-template", tag_field="kind"):
+    """Built-in pages that exist to exercise failure paths (busy loop, memory hog).
+
+    Refused unless the worker runs with ``allow_test_templates`` (tests only).
+    """
+
+    name: Literal["busy-loop", "eat-memory", "crash-renderer"]
+
+
+Source = HtmlSource | MenuSource | UrlSource | TestTemplateSource
+
+PageSize = Literal["A3", "A4", "A5", "Letter", "Legal", "Tabloid"]
+Length = Annotated[str, msgspec.Meta(pattern=r"^\d+(\.\d+)?(mm|cm|in|px)$")]
+
+
+class Margins(_Strict):
+    top: Length = "10mm"
+    right: Length = "10mm"
+    bottom: Length = "10mm"
+    left: Length = "10mm"
+
+
+class PdfOptions(_Strict):
+    page_size: PageSize = "A4"
+    landscape: bool = False
+    margins: Margins = msgspec.field(default_factory=Margins)
+    print_background: bool = True
+    scale: Annotated[float, msgspec.Meta(ge=0.1, le=2.0)] = 1.0
+
+
+class ImageOptions(_Strict):
+    format: Literal["png", "jpeg", "webp"] = "png"
+    width: Annotated[int, msgspec.Meta(ge=16, le=10_000)] = 1240
+    height: Annotated[int, msgspec.Meta(ge=16, le=20_000)] | None = None
+    full_page: bool = True
+    device_scale_factor: Annotated[float, msgspec.Meta(ge=0.5, le=4.0)] = 1.0
+    quality: Annotated[int, msgspec.Meta(ge=1, le=100)] | None = None
+
+
+class RenderPayload(_Strict):
+    source: Source
+    pdf: PdfOptions = msgspec.field(default_factory=PdfOptions)
+    image: ImageOptions = msgspec.field(default_factory=ImageOptions)
+    email: Annotated[str, msgspec.Meta(pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$", max_length=320)] | None = None
+    filename: Annotated[str, msgspec.Meta(pattern=r"^[\w.\- ]{1,100}$")] | None = None
+
+
+ExportType = Literal["pdf", "image"]
+_encoder = msgspec.json.Encoder()
+
+
+def parse_payload(data: Any, export_type: str, *, max_input_bytes: int | None = None) -> RenderPayload:
+    """Validate a payload (dict or JSON bytes) for the given export type."""
+    if export_type not in ("pdf", "image"):
+        raise PayloadError("export_type", f"must be 'pdf' or 'image', got {export_type!r}")
+    try:
+        if isinstance(data, bytes | str):
+            payload = msgspec.json.decode(data, type=RenderPayload)
+        else:
+            payload = msgspec.convert(data, RenderPayload)
+    except msgspec.ValidationError as exc:
+        raise _payload_error(exc) from None
+    except msgspec.DecodeError as exc:
+        raise PayloadError("", f"payload is not valid JSON: {exc}") from None
+    image = payload.image
+    if export_type == "image":
+        if image.quality is not None and image.format == "png":
+            raise PayloadError("image.quality", "only jpeg and webp take a quality; png is lossless")
+        if not image.full_page and image.height is None:
+            raise PayloadError("image.height", "required when image.full_page is false")
+    if max_input_bytes is not None:
+        size = len(_encoder.encode(payload.source))
+        if size > max_input_bytes:
+            raise PayloadError(
+                "source", f"input is {size} bytes, more than the limit of {max_input_bytes} (MAX_INPUT_BYTES)"
+            )
+    return payload
+
+
+def _payload_error(exc: msgspec.ValidationError) -> PayloadError:
+    text = str(exc)
+    field = ""
+    if " - at `$" in text:
+        text, _, where = text.rpartition(" - at `$")
+        field = where.rstrip("`").lstrip(".").replace("[", ".").replace("]", "")
+    if text.startswith(("Object missing required field", "Object contains unknown field")) and "`" in text:
+        name = text.split("`")[1]
+        field = f"{field}.{name}" if field else name
+    return PayloadError(field, text)
+
+
+def payload_to_builtins(payload: RenderPayload) -> dict[str, Any]:
+    result: dict[str, Any] = msgspec.to_builtins(payload)
+    return result

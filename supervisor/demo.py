@@ -1,0 +1,89 @@
+"""`export-worker demo`: the README's main command.
+
+Starts a worker in this process on the configured (by default embedded)
+database, storage and mail, renders the sample menus as PDF and image, prints
+a table of results and where the files and mails are, and stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from shared.config import Settings
+from supervisor.runner import Supervisor
+
+SAMPLES = Path(__file__).resolve().parent.parent / "shared" / "samples"
+DEMO_USER = "00000000-0000-4000-8000-00000000d3e0"
+
+
+def demo_jobs() -> list[tuple[str, str, dict[str, Any]]]:
+    bistro = json.loads((SAMPLES / "bistro.json").read_text(encoding="utf-8"))
+    noodles = json.loads((SAMPLES / "noodle_bar.json").read_text(encoding="utf-8"))
+    return [
+        ("bistro, classic", "pdf", {"source": {"kind": "menu", "menu": bistro, "template": "classic"}}),
+        ("noodle bar, modern", "pdf", {"source": {"kind": "menu", "menu": noodles, "template": "modern"}}),
+        ("bistro, modern", "image", {"source": {"kind": "menu", "menu": bistro, "template": "modern"},
+                                     "image": {"format": "png", "width": 1000}}),
+        ("noodle bar, classic", "image", {"source": {"kind": "menu", "menu": noodles, "template": "classic"},
+                                          "image": {"format": "jpeg", "width": 900, "quality": 85}}),
+    ]
+
+
+async def run_demo(settings: Settings, conninfo: str, timeout: float) -> int:
+    supervisor = Supervisor(settings, conninfo)
+    runner = asyncio.create_task(supervisor.run())
+    started = asyncio.create_task(supervisor.started.wait())
+    await asyncio.wait([runner, started], return_when=asyncio.FIRST_COMPLETED)
+    if runner.done():
+        runner.result()  # re-raise what stopped it
+        return 1
+    queue = supervisor.queue
+    run_tag = uuid.uuid4().hex[:8]
+    created: list[tuple[str, str, str, float]] = []
+    for label, export_type, payload in demo_jobs():
+        job = await queue.create_job(
+            user_id=DEMO_USER, export_type=export_type, payload=payload | {"email": "demo@example.com"},
+            subscriber=True, idempotency_key=f"demo-{run_tag}-{label}", email="demo@example.com",
+        )
+        created.append((str(job["id"]), label, export_type, time.monotonic()))
+    deadline = time.monotonic() + timeout
+    results: dict[str, dict[str, Any]] = {}
+    while len(results) < len(created) and time.monotonic() < deadline:
+        for job_id, *_ in created:
+            if job_id not in results:
+                job = await queue.get_job(job_id)
+                if job and job["status"] in ("completed", "failed", "cancelled"):
+                    results[job_id] = job
+        await asyncio.sleep(0.1)
+    # Let the outbox write the mails before we stop.
+    mail_dir = Path(settings.data_dir).resolve() / "mail"
+    for _ in range(50):
+        if settings.mail.sendgrid_api_key or settings.mail.smtp_host:
+            break
+        if all((mail_dir / f"{job_id}-completed.eml").exists() for job_id in results
+               if results[job_id]["status"] == "completed"):
+            break
+        await asyncio.sleep(0.1)
+    supervisor.request_stop()
+    await runner
+    files = Path(settings.data_dir).resolve() / "files"
+    print(f"\n{'job':36}  {'what':22}  {'type':5}  {'status':9}  {'render ms':>9}  {'bytes':>8}  file")
+    ok = True
+    for job_id, label, export_type, _ in created:
+        job = results.get(job_id)
+        status = job["status"] if job else "timeout"
+        ok &= status == "completed"
+        meta = (job or {}).get("metadata") or {}
+        where = str(files / job["storage_path"]) if job and job.get("storage_path") else (
+            (job or {}).get("error_message") or "")
+        print(f"{job_id:36}  {label:22}  {export_type:5}  {status:9}  {meta.get('render_ms', ''):>9}  "
+              f"{(job or {}).get('file_size_bytes') or '':>8}  {where}")
+    if not (settings.mail.sendgrid_api_key or settings.mail.smtp_host):
+        print(f"\nmails (.eml): {mail_dir}")
+    print(f"data directory: {Path(settings.data_dir).resolve()}")
+    return 0 if ok else 1

@@ -1,0 +1,250 @@
+"""The worker's one HTTP port: /health, /metrics, /files (local downloads), /v1 and /openapi.json.
+
+The supervisor builds an :class:`AppState`, calls :func:`build_app`, then
+:func:`make_server` and runs ``await server.serve()`` as a task; it stops it with
+``server.should_exit = True``. The server installs no signal handlers (the
+supervisor owns SIGTERM/SIGINT), runs no lifespan and configures no logging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mimetypes
+import socket
+import time
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import uvicorn
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+
+from shared.config import Settings
+from supervisor.api import JobsApi, json_response, openapi_document, problem_response
+from supervisor.health import HealthSources, health_report
+from supervisor.listener import Listener
+from supervisor.metrics import Metrics
+from supervisor.queue import JobQueue
+
+if TYPE_CHECKING:
+    from supervisor.links import LinkSigner
+    from supervisor.storage import Storage
+
+log = logging.getLogger(__name__)
+
+QUEUE_STATS_INTERVAL_SECONDS = 1.0
+QUEUE_STATS_TIMEOUT_SECONDS = 1.0
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    queue: JobQueue
+    metrics: Metrics
+    listener: Listener | None
+    storage: Storage | None
+    link_signer: LinkSigner | None
+    files_root: Path | None
+    health: HealthSources
+    sse_keepalive_seconds: float = 15.0
+    # /metrics refreshes the queue gauges from the database at most once per interval.
+    _stats_at: float = field(default=float("-inf"), repr=False)
+    _stats_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+
+
+def build_app(state: AppState) -> Starlette:
+    api = JobsApi(state)
+    openapi = openapi_document()
+
+    async def health(request: Request) -> Response:
+        status, body = await health_report(state.health)
+        return json_response(body, status, {"Cache-Control": "no-store"})
+
+    async def metrics(request: Request) -> Response:
+        await _refresh_queue_gauges(state)
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def openapi_json(request: Request) -> Response:
+        return json_response(openapi)
+
+    async def files(request: Request) -> Response:
+        return await _serve_file(state, request)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        titles = {404: "Not Found", 405: "Method Not Allowed"}
+        title = titles.get(exc.status_code, "Error")
+        detail = (
+            exc.detail
+            if exc.detail and exc.detail != title
+            else f"{request.method} {request.url.path}: {title}"
+        )
+        return problem_response(exc.status_code, title, detail, headers=exc.headers)
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error in %s %s", request.method, request.url.path)
+        return problem_response(500, "Internal Server Error", "an unexpected error occurred; it was logged")
+
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/files/{path:path}", files, methods=["GET", "HEAD"]),
+        *api.routes(),
+    ]
+    return Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+    )
+
+
+async def _refresh_queue_gauges(state: AppState) -> None:
+    """export_queue_depth and the oldest pending age, from the database, at most once a second."""
+    if time.monotonic() - state._stats_at < QUEUE_STATS_INTERVAL_SECONDS:
+        return
+    async with state._stats_lock:
+        if time.monotonic() - state._stats_at < QUEUE_STATS_INTERVAL_SECONDS:
+            return
+        state._stats_at = time.monotonic()
+        try:
+            stats = await asyncio.wait_for(state.queue.stats(), QUEUE_STATS_TIMEOUT_SECONDS)
+        except Exception as exc:  # a scrape must not fail because the database is down
+            log.debug("queue stats unavailable for /metrics: %s", exc)
+            return
+        state.metrics.queue_depth.set(stats.get("pending", 0) or 0)
+        state.metrics.oldest_pending_age.set(stats.get("oldest_pending_seconds", 0.0) or 0.0)
+
+
+def _forbidden(detail: str) -> Response:
+    return problem_response(403, "Forbidden", detail, slug="bad-link")
+
+
+async def _serve_file(state: AppState, request: Request) -> Response:
+    path: str = request.path_params["path"]
+    if state.link_signer is None or state.files_root is None:
+        return problem_response(404, "Not Found", "this worker does not serve local files")
+    expires = request.query_params.get("expires")
+    sig = request.query_params.get("sig")
+    if not expires or not sig:
+        return _forbidden("the link is not signed (expires and sig are required)")
+    if not state.link_signer.verify(path, expires, sig):
+        return _forbidden("the link is invalid or has expired")
+    target = _resolve_inside(state.files_root, path)
+    if target is None:
+        return problem_response(404, "Not Found", "no such file")
+    if not target.is_file():
+        return problem_response(404, "Not Found", "the file no longer exists (deleted by retention?)")
+    media_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+    try:
+        remaining = max(0, int(expires) - int(time.time()))
+    except ValueError:
+        remaining = 0
+    return FileResponse(
+        target,
+        media_type=media_type,
+        filename=target.name,
+        headers={"Cache-Control": f"private, max-age={remaining}", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _resolve_inside(root: Path, path: str) -> Path | None:
+    """`path` under `root`, or None for anything that escapes it (.., absolute, symlinks out)."""
+    if not path or path.startswith(("/", "\\")) or "\\" in path or "\x00" in path:
+        return None
+    parts = path.split("/")
+    if any(p in {"", ".", ".."} for p in parts):
+        return None
+    base = root.resolve()
+    resolved = base.joinpath(*parts).resolve()
+    if base not in resolved.parents:
+        return None
+    return resolved
+
+
+# ---- the server ---------------------------------------------------------------------
+
+
+class HttpServerError(RuntimeError):
+    """The HTTP server could not start (port taken, ...)."""
+
+
+class HttpServer(uvicorn.Server):
+    """A uvicorn server for a task inside the supervisor: no signal handlers, no sys.exit.
+
+    The socket is bound in :func:`make_server`, so a taken port fails there (an
+    OSError) rather than inside the task; ``port`` is the bound port (useful with 0).
+    """
+
+    def __init__(self, config: uvicorn.Config, sock: socket.socket) -> None:
+        super().__init__(config)
+        self.socket = sock
+        self.port: int = sock.getsockname()[1]
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        # uvicorn's version replaces SIGINT/SIGTERM handlers; the supervisor owns them.
+        yield
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().serve(sockets=sockets or [self.socket])
+        except SystemExit as exc:  # uvicorn exits the process when startup fails
+            raise HttpServerError(f"HTTP server failed to start on port {self.port}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                self.socket.close()
+
+
+def make_server(
+    app: Starlette,
+    port: int,
+    host: str = "0.0.0.0",
+    *,
+    access_log: bool = False,
+    graceful_timeout_seconds: float = 3.0,
+) -> HttpServer:
+    """Bind ``host:port`` now and return the server; run it with ``await server.serve()``.
+
+    Raises OSError when the port cannot be bound. Open SSE streams get
+    `graceful_timeout_seconds` after ``should_exit`` before they are cut.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=sock.getsockname()[1],
+        lifespan="off",
+        log_config=None,
+        access_log=access_log,
+        server_header=False,
+        timeout_graceful_shutdown=max(1, round(graceful_timeout_seconds)),
+    )
+    server = HttpServer(config, sock)
+    log.info("HTTP listening on %s:%s", host, server.port)
+    return server
+
+
+def describe(state: AppState) -> dict[str, Any]:
+    """What the app serves (for the startup log)."""
+    return {
+        "storage": state.storage.name if state.storage is not None else None,
+        "local_files": state.files_root is not None and state.link_signer is not None,
+        "listener": state.listener is not None,
+    }

@@ -1,0 +1,100 @@
+"""Signed, expiring links for files kept by :class:`supervisor.storage.LocalStorage`.
+
+A link is ``{public_base_url}/files/{path}?expires={unix seconds}&sig={hex}``;
+``sig`` is HMAC-SHA256 over the object path and the expiry, keyed by a secret
+that is either configured (``LINK_SECRET``) or generated once and kept in the
+data directory (``link-secret``, mode 0600) so links survive restarts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+SECRET_FILE = "link-secret"  # noqa: S105 - a file name, not a secret
+_SECRET_BYTES = 32
+
+
+class LinkSigner:
+    """HMAC-SHA256 signatures for (path, expires_at) pairs."""
+
+    def __init__(self, secret: bytes, clock: Callable[[], float] = time.time) -> None:
+        if not secret:
+            raise ValueError("link secret must not be empty")
+        self._secret = secret
+        self._clock = clock
+
+    def _mac(self, path: str, expires_at: int) -> str:
+        message = f"{path}\n{expires_at}".encode()
+        return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
+
+    def sign(self, path: str, expires_at: int) -> str:
+        """The hex signature for `path` valid until `expires_at` (unix seconds)."""
+        return self._mac(path, int(expires_at))
+
+    def verify(self, path: str, expires: int | str, sig: str) -> bool:
+        """True when `sig` is valid for `path` and `expires` has not passed (constant-time compare)."""
+        try:
+            expires_at = int(expires)
+        except (TypeError, ValueError):
+            return False
+        if expires_at < self._clock():
+            return False
+        expected = self._mac(path, expires_at)
+        return hmac.compare_digest(expected.encode(), str(sig).encode())
+
+
+def load_or_create_secret(configured: str, data_dir: Path) -> bytes:
+    """The configured secret if set; else the one kept in ``data_dir/link-secret``, created once.
+
+    The file holds hex text and is created with mode 0600. Creation is atomic and
+    exclusive (temp file + hard link), so two processes starting at once agree on
+    one secret.
+    """
+    if configured:
+        return configured.encode("utf-8")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    target = data_dir / SECRET_FILE
+    existing = _read_secret(target)
+    if existing is not None:
+        return existing
+    value = secrets.token_bytes(_SECRET_BYTES)
+    tmp = data_dir / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(value.hex() + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            # Someone else won the race (or the file was unreadable garbage, handled below).
+            winner = _read_secret(target)
+            if winner is not None:
+                return winner
+            os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return value
+
+
+def _read_secret(target: Path) -> bytes | None:
+    try:
+        text = target.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, OSError):
+        return None
+    try:
+        value = bytes.fromhex(text)
+    except ValueError:
+        return None
+    return value if len(value) >= 16 else None

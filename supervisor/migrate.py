@@ -1,0 +1,84 @@
+"""Ordered SQL migrations, applied once each, safe when several workers start at once."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+
+import psycopg
+
+from shared.config import Settings
+
+# One lock for every migrating process: the second waits, then finds nothing to do.
+MIGRATION_LOCK_KEY = 7_312_000
+
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def available_migrations() -> list[Migration]:
+    folder = resources.files("supervisor") / "migrations"
+    files = sorted(f for f in folder.iterdir() if f.name.endswith(".sql"))
+    return [Migration(f.name.removesuffix(".sql"), f.read_text(encoding="utf-8")) for f in files]
+
+
+def migrate(conninfo: str) -> list[str]:
+    """Apply pending migrations; return the names applied by this call."""
+    applied_now: list[str] = []
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        try:
+            conn.execute(
+                """CREATE TABLE IF NOT EXISTS export_worker_migrations (
+                       name text PRIMARY KEY,
+                       checksum text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
+            done = {row[0] for row in conn.execute("SELECT name FROM export_worker_migrations")}
+            for migration in available_migrations():
+                if migration.name in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
+                    conn.execute(
+                        "INSERT INTO export_worker_migrations (name, checksum) VALUES (%s, %s)",
+                        (migration.name, migration.checksum),
+                    )
+                applied_now.append(migration.name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    return applied_now
+
+
+def sync_queue_settings(conninfo: str, settings: Settings) -> None:
+    """Write the limits and priorities the creation function reads."""
+    limits = settings.limits
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(
+            """UPDATE export_queue_settings SET
+                   free_user_hourly_limit = %s, subscriber_hourly_limit = %s,
+                   free_user_pending_limit = %s, subscriber_pending_limit = %s,
+                   subscriber_priority = %s, free_user_priority = %s,
+                   priority_aging_seconds = %s, max_attempts = %s, max_payload_bytes = %s,
+                   updated_at = now()
+               WHERE id""",
+            (
+                limits.free_user_hourly_limit,
+                limits.subscriber_hourly_limit,
+                limits.free_user_pending_limit,
+                limits.subscriber_pending_limit,
+                limits.subscriber_priority,
+                limits.free_user_priority,
+                limits.priority_aging_seconds,
+                settings.retry.max_attempts,
+                settings.render.max_input_bytes + 65_536,  # the source plus its options
+            ),
+        )

@@ -1,0 +1,243 @@
+-- Named queries of the job queue (procrastinate style: `-- name:` starts one).
+-- Every write of a claim is fenced on (id, worker_id, attempts, status).
+
+-- name: create_job
+SELECT * FROM create_export_job(
+    %(user_id)s, %(export_type)s, %(payload)s, %(menu_id)s,
+    %(subscriber)s, %(idempotency_key)s, %(email)s);
+
+-- name: claim_jobs
+-- Claim up to %(limit)s jobs: pending, available now, lowest claim order first.
+WITH picked AS (
+    SELECT id FROM export_jobs
+     WHERE status = 'pending' AND available_at <= now()
+     ORDER BY claim_order
+     LIMIT %(limit)s
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE export_jobs AS j
+   SET status = 'processing', worker_id = %(worker_id)s, attempts = j.attempts + 1,
+       started_at = now(), heartbeat_at = now(), cancel_requested_at = NULL
+  FROM picked
+ WHERE j.id = picked.id
+RETURNING j.id, j.user_id, j.menu_id, j.export_type, j.payload, j.attempts, j.max_attempts,
+          j.priority, j.notify_email, j.created_at,
+          extract(epoch FROM now() - greatest(j.created_at, j.available_at))::float8 AS waited_seconds;
+
+-- name: next_available_in
+-- Seconds until the earliest pending job becomes claimable (NULL: none pending).
+SELECT greatest(0, extract(epoch FROM min(available_at) - now()))::float8
+  FROM export_jobs WHERE status = 'pending';
+
+-- name: heartbeat
+-- Refresh every claim this worker holds; returns the ones still held, with
+-- whether a cancel was requested. A claim missing from the result is lost.
+UPDATE export_jobs AS j SET heartbeat_at = now()
+  FROM unnest(%(ids)s::uuid[], %(attempts)s::int[]) AS held(id, attempts)
+ WHERE j.id = held.id AND j.attempts = held.attempts
+   AND j.worker_id = %(worker_id)s AND j.status = 'processing'
+RETURNING j.id, j.cancel_requested_at IS NOT NULL AS cancel_requested;
+
+-- name: complete_job
+UPDATE export_jobs
+   SET status = 'completed', completed_at = now(), heartbeat_at = now(),
+       storage_path = %(storage_path)s, file_url = %(file_url)s,
+       file_size_bytes = %(file_size_bytes)s, content_type = %(content_type)s,
+       metadata = metadata || %(metadata)s, error_message = NULL, error_category = NULL
+ WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
+   AND status = 'processing'
+RETURNING id, user_id, export_type, export_job_recipient(user_id, notify_email) AS recipient;
+
+-- name: retry_job
+-- Back to pending after a retryable error, not before %(delay_ms)s.
+UPDATE export_jobs
+   SET status = 'pending', worker_id = NULL, heartbeat_at = NULL,
+       available_at = now() + make_interval(secs => %(delay_ms)s / 1000.0),
+       error_message = %(message)s, error_category = %(category)s,
+       metadata = metadata || %(metadata)s,
+       error_history = (error_history || jsonb_build_array(jsonb_build_object(
+           'attempt', attempts, 'at', now(), 'worker_id', worker_id,
+           'category', %(category)s, 'message', left(%(message)s, 500))))
+           #- '{-11}'
+ WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
+   AND status = 'processing'
+RETURNING id, available_at;
+
+-- name: fail_job
+UPDATE export_jobs
+   SET status = 'failed', completed_at = now(),
+       error_message = %(message)s, error_category = %(category)s,
+       metadata = metadata || %(metadata)s,
+       error_history = (error_history || jsonb_build_array(jsonb_build_object(
+           'attempt', attempts, 'at', now(), 'worker_id', worker_id,
+           'category', %(category)s, 'message', left(%(message)s, 500))))
+           #- '{-11}'
+ WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
+   AND status = 'processing'
+RETURNING id, user_id, export_type, export_job_recipient(user_id, notify_email) AS recipient;
+
+-- name: cancel_claimed_job
+-- The supervisor stopped the render of a job whose cancel was requested.
+UPDATE export_jobs
+   SET status = 'cancelled', completed_at = now(), error_message = 'cancelled by request'
+ WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
+   AND status = 'processing'
+RETURNING id;
+
+-- name: release_job
+-- Graceful shutdown: hand the job back without spending its attempt.
+UPDATE export_jobs
+   SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, started_at = NULL,
+       attempts = greatest(attempts - 1, 0), available_at = now()
+ WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
+   AND status = 'processing'
+RETURNING id;
+
+-- name: enqueue_mail
+INSERT INTO export_mail_outbox (job_id, kind, recipient)
+VALUES (%(job_id)s, %(kind)s, %(recipient)s)
+ON CONFLICT (job_id, kind) DO NOTHING;
+
+-- name: rescue_stale
+-- Claims whose heartbeat stopped go back to pending (or to failed when out of
+-- attempts). The outer WHERE re-checks after the row lock, so a job completed
+-- between the read and the write stays completed. Final failures get their mail.
+WITH stale AS (
+    SELECT id FROM export_jobs
+     WHERE status = 'processing'
+       AND coalesce(heartbeat_at, started_at, updated_at) < now() - make_interval(secs => %(stale_seconds)s)
+     ORDER BY heartbeat_at
+     LIMIT 500
+     FOR UPDATE SKIP LOCKED
+), rescued AS (
+    UPDATE export_jobs AS j
+       SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'pending' END,
+           completed_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+           available_at = now(), heartbeat_at = NULL,
+           error_category = 'transient',
+           error_message = format('worker %%s stopped heartbeating during attempt %%s (last sign of life %%s)',
+                                  coalesce(j.worker_id, '?'), j.attempts,
+                                  coalesce(j.heartbeat_at, j.started_at, j.updated_at)),
+           error_history = (j.error_history || jsonb_build_array(jsonb_build_object(
+               'attempt', j.attempts, 'at', now(), 'worker_id', j.worker_id,
+               'category', 'transient', 'message', 'stale claim rescued by ' || %(rescuer)s)))
+               #- '{-11}',
+           worker_id = NULL
+      FROM stale
+     WHERE j.id = stale.id AND j.status = 'processing'
+       AND coalesce(j.heartbeat_at, j.started_at, j.updated_at) < now() - make_interval(secs => %(stale_seconds)s)
+    RETURNING j.id, j.status, j.user_id, j.notify_email
+), mails AS (
+    INSERT INTO export_mail_outbox (job_id, kind, recipient)
+    SELECT id, 'failed', export_job_recipient(user_id, notify_email) FROM rescued
+     WHERE status = 'failed' AND export_job_recipient(user_id, notify_email) IS NOT NULL
+    ON CONFLICT (job_id, kind) DO NOTHING
+)
+SELECT id, status FROM rescued;
+
+-- name: cancel_job
+-- Pending: cancelled at once. Processing: a cancel request the claiming
+-- supervisor acts on. Returns the resulting status (NULL: no such job or already final).
+WITH target AS (
+    SELECT id, status FROM export_jobs
+     WHERE id = %(id)s AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
+     FOR UPDATE
+)
+UPDATE export_jobs AS j
+   SET status = CASE WHEN t.status = 'pending' THEN 'cancelled' ELSE j.status END,
+       completed_at = CASE WHEN t.status = 'pending' THEN now() ELSE j.completed_at END,
+       cancel_requested_at = CASE WHEN t.status = 'processing' THEN now() ELSE j.cancel_requested_at END
+  FROM target AS t
+ WHERE j.id = t.id AND t.status IN ('pending', 'processing')
+RETURNING j.status, j.cancel_requested_at IS NOT NULL AS cancel_requested;
+
+-- name: retry_failed_job
+-- Operator retry: a failed or cancelled job goes back to pending with fresh attempts.
+UPDATE export_jobs
+   SET status = 'pending', attempts = 0, available_at = now(), completed_at = NULL,
+       worker_id = NULL, cancel_requested_at = NULL
+ WHERE id = %(id)s AND status IN ('failed', 'cancelled')
+RETURNING id;
+
+-- name: get_job
+SELECT * FROM export_jobs WHERE id = %(id)s;
+
+-- name: list_jobs
+SELECT id, user_id, export_type, status, priority, attempts, max_attempts, created_at,
+       completed_at, error_category, error_message, storage_path
+  FROM export_jobs
+ WHERE (%(status)s::text IS NULL OR status = %(status)s::text)
+   AND (%(user_id)s::uuid IS NULL OR user_id = %(user_id)s::uuid)
+ ORDER BY created_at DESC
+ LIMIT %(limit)s;
+
+-- name: queue_stats
+SELECT count(*) FILTER (WHERE status = 'pending')::int AS pending,
+       count(*) FILTER (WHERE status = 'processing')::int AS processing,
+       coalesce(extract(epoch FROM now() - min(greatest(created_at, available_at))
+                FILTER (WHERE status = 'pending' AND available_at <= now())), 0)::float8 AS oldest_pending_seconds
+  FROM export_jobs WHERE status IN ('pending', 'processing');
+
+-- name: expired_jobs
+-- Retention: jobs past their keep time, locked so one worker handles each.
+SELECT id, storage_path FROM export_jobs
+ WHERE (status = 'completed' AND created_at < now() - make_interval(days => %(completed_days)s))
+    OR (status IN ('failed', 'cancelled') AND created_at < now() - make_interval(days => %(failed_days)s))
+ LIMIT %(limit)s
+ FOR UPDATE SKIP LOCKED;
+
+-- name: expired_files
+SELECT id, storage_path FROM export_jobs
+ WHERE status = 'completed' AND storage_path IS NOT NULL AND file_deleted_at IS NULL
+   AND completed_at < now() - make_interval(days => %(files_days)s)
+ LIMIT %(limit)s
+ FOR UPDATE SKIP LOCKED;
+
+-- name: mark_files_deleted
+UPDATE export_jobs SET file_deleted_at = now(), file_url = NULL
+ WHERE id = ANY(%(ids)s::uuid[]);
+
+-- name: delete_jobs
+DELETE FROM export_jobs WHERE id = ANY(%(ids)s::uuid[]);
+
+-- name: claim_mail
+-- The sender takes due mails for a while; another worker takes them only after
+-- the lease ends (a crashed sender's mails are not lost).
+WITH due AS (
+    SELECT id FROM export_mail_outbox
+     WHERE sent_at IS NULL AND gave_up_at IS NULL AND available_at <= now()
+       AND (locked_until IS NULL OR locked_until < now())
+     ORDER BY available_at
+     LIMIT %(limit)s
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE export_mail_outbox AS m
+   SET locked_by = %(worker_id)s, locked_until = now() + make_interval(secs => %(lease_seconds)s),
+       attempts = m.attempts + 1
+  FROM due WHERE m.id = due.id
+RETURNING m.id, m.job_id, m.kind, m.recipient, m.attempts;
+
+-- name: mail_sent
+UPDATE export_mail_outbox SET sent_at = now(), locked_until = NULL, last_error = NULL
+ WHERE id = %(id)s AND locked_by = %(worker_id)s;
+
+-- name: mail_failed
+UPDATE export_mail_outbox
+   SET locked_until = NULL, last_error = left(%(error)s, 1000),
+       available_at = now() + make_interval(secs => %(delay_seconds)s),
+       gave_up_at = CASE WHEN %(give_up)s THEN now() END
+ WHERE id = %(id)s AND locked_by = %(worker_id)s;
+
+-- name: defer_job
+-- Storage is down (breaker open): back to pending after the cooldown without
+-- spending the attempt; counted, so an endless outage still ends in failure.
+UPDATE export_jobs
+   SET status = 'pending', worker_id = NULL, heartbeat_at = NULL,
+       attempts = greatest(attempts - 1, 0),
+       available_at = now() + make_interval(secs => %(delay_ms)s / 1000.0),
+       error_message = %(message)s, error_category = 'transient',
+       metadata = metadata || jsonb_build_object(
+           'storage_deferrals', coalesce((metadata ->> 'storage_deferrals')::int, 0) + 1)
+ WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
+   AND status = 'processing'
+RETURNING (metadata ->> 'storage_deferrals')::int;

@@ -1,0 +1,69 @@
+"""Retention: delete old jobs with their files (files first), one worker at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from shared.config import RetentionSettings
+from supervisor.queries import query
+
+log = logging.getLogger(__name__)
+
+RETENTION_LOCK_KEY = 7_312_002
+BATCH = 500
+
+
+@dataclass
+class RetentionResult:
+    jobs_deleted: int = 0
+    files_deleted: int = 0
+    skipped: bool = False  # another worker holds the retention lock
+
+
+async def run_retention(pool: AsyncConnectionPool[Any], storage: Any, settings: RetentionSettings) -> RetentionResult:
+    """Delete expired files, then expired jobs with theirs; a file is removed before its row.
+
+    If a storage delete fails, the rows stay and the next run tries again: a row
+    never disappears while its file remains.
+    """
+    result = RetentionResult()
+    async with pool.connection() as conn:
+        async with conn.transaction():
+            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (RETENTION_LOCK_KEY,))
+            row = await cur.fetchone()
+            if not row or not row[0]:
+                result.skipped = True
+                return result
+            while True:
+                cur = await conn.execute(
+                    query("expired_files"), {"files_days": settings.retention_files_days, "limit": BATCH}
+                )
+                rows = await cur.fetchall()
+                if not rows:
+                    break
+                await asyncio.to_thread(storage.delete, [r[1] for r in rows])
+                await conn.execute(query("mark_files_deleted"), {"ids": [r[0] for r in rows]})
+                result.files_deleted += len(rows)
+            while True:
+                cur = await conn.execute(
+                    query("expired_jobs"),
+                    {"completed_days": settings.retention_completed_days,
+                     "failed_days": settings.retention_failed_days, "limit": BATCH},
+                )
+                rows = await cur.fetchall()
+                if not rows:
+                    break
+                paths = [r[1] for r in rows if r[1]]
+                if paths:
+                    await asyncio.to_thread(storage.delete, paths)
+                    result.files_deleted += len(paths)
+                await conn.execute(query("delete_jobs"), {"ids": [r[0] for r in rows]})
+                result.jobs_deleted += len(rows)
+    if result.jobs_deleted or result.files_deleted:
+        log.info("retention done", extra={"jobs_deleted": result.jobs_deleted, "files_deleted": result.files_deleted})
+    return result

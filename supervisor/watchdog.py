@@ -1,0 +1,103 @@
+"""The watchdog thread: memory and deadlines, on time whatever the event loop does.
+
+It runs in its own thread so that no database, storage or mail call can delay
+it (invariant 3). Every tick it measures each child's whole tree (PSS), kills a
+tree over the per-child limit or past its job deadline, reads the container's
+memory, and kills the largest child above the critical mark. It only kills and
+records the reason; the pool settles the job on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from supervisor.memory import ContainerMemory, container_memory, kill_tree, tree, tree_pss_bytes
+from supervisor.pool import ChildHandle, ChildState, RenderPool
+
+log = logging.getLogger(__name__)
+
+
+class Watchdog:
+    def __init__(
+        self,
+        pool: RenderPool,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        interval_seconds: float,
+        child_limit_bytes: int,
+        high_water_ratio: float,
+        critical_ratio: float,
+        read_container: Callable[[], ContainerMemory] = container_memory,
+        metrics: object = None,
+    ) -> None:
+        self.pool = pool
+        self.loop = loop
+        self.interval = interval_seconds
+        self.child_limit_bytes = child_limit_bytes
+        self.high_water_ratio = high_water_ratio
+        self.critical_ratio = critical_ratio
+        self.read_container = read_container
+        self.metrics = metrics
+        self.container: ContainerMemory | None = None
+        self.over_high_water = False
+        self.over_critical = False
+        self.last_tick = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception:
+                log.exception("watchdog tick failed")
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        self.last_tick = now
+        sizes: list[tuple[int, ChildHandle]] = []
+        for handle in list(self.pool.handles):
+            if handle.state is ChildState.DEAD or handle.kill_reason is not None or not handle.pid:
+                continue
+            procs = tree(handle.pid)
+            size = tree_pss_bytes(procs)
+            handle.memory_bytes = size
+            sizes.append((size, handle))
+            assignment = handle.assignment
+            if size > self.child_limit_bytes:
+                self._kill(handle, "memory", procs,
+                           f"tree PSS {size // 2**20} MiB over the limit of {self.child_limit_bytes // 2**20} MiB")
+            elif assignment is not None and now > assignment.deadline:
+                self._kill(handle, "timeout", procs, "render passed its deadline")
+        container = self.read_container()
+        self.container = container
+        self.over_high_water = container.ratio >= self.high_water_ratio
+        self.over_critical = container.ratio >= self.critical_ratio
+        if self.over_critical and sizes:
+            _, largest = max(sizes, key=lambda pair: pair[0])
+            if largest.kill_reason is None:
+                self._kill(largest, "container_memory", tree(largest.pid),
+                           f"container memory at {container.ratio:.0%} of {container.limit_bytes // 2**20} MiB")
+        if self.metrics is not None:
+            gauge = getattr(self.metrics, "child_memory")
+            for size, handle in sizes:
+                gauge.labels(str(handle.index)).set(size)
+            getattr(self.metrics, "container_memory_ratio").set(container.ratio)
+
+    def _kill(self, handle: ChildHandle, reason: str, procs: list, detail: str) -> None:  # type: ignore[type-arg]
+        handle.kill_reason = reason
+        handle.kill_detail = detail
+        kill_tree(handle.pid, procs)
+        # Settling (retry or fail, replacement) happens on the event loop.
+        self.loop.call_soon_threadsafe(self.pool.on_watchdog_kill, handle, reason)

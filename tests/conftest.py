@@ -1,0 +1,89 @@
+"""Shared fixtures: a real PostgreSQL, one fresh database per test from a migrated template."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg_pool import AsyncConnectionPool
+
+from shared.config import Settings, load_settings
+from supervisor.db import open_pool
+from supervisor.migrate import migrate, sync_queue_settings
+from supervisor.queue import JobQueue
+
+ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _url_for(dbname: str) -> str:
+    base, _, _ = ADMIN_URL.rpartition("/")
+    return f"{base}/{dbname}"
+
+
+@pytest.fixture(scope="session")
+def template_db() -> Iterator[str]:
+    name = f"ew_template_{os.getpid()}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    migrate(_url_for(name))
+    yield name
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for this test (copied from the template)."""
+    name = f"ew_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    yield _url_for(name)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def empty_db_url() -> Iterator[str]:
+    """A fresh database with no schema at all."""
+    name = f"ew_empty_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _url_for(name)
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def make_settings(tmp_path: Path, db_url: str = "", **env: str) -> Settings:
+    environ = {"EXPORT_WORKER_DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": db_url}
+    environ.update(env)
+    return load_settings(path=ROOT / "config.toml", environ=environ)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    s = make_settings(tmp_path, db_url)
+    sync_queue_settings(db_url, s)
+    return s
+
+
+@pytest.fixture
+async def pool(db_url: str, settings: Settings) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    p = await open_pool(db_url, settings, max_size=10)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+async def queue(pool: AsyncConnectionPool[Any], settings: Settings) -> JobQueue:
+    return JobQueue(pool, "test-worker", settings.retry)
+
+
+def html_payload(html: str = "<h1>hello</h1>") -> dict[str, Any]:
+    return {"source": {"kind": "html", "html": html}}

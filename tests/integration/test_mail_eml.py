@@ -1,0 +1,107 @@
+"""EmlFileMail (the embedded default) and composing mails."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+from shared.config import Settings
+from supervisor.mail import (
+    EmlFileMail,
+    MailError,
+    build_mail_backend,
+    compose_completed,
+    compose_failed,
+    plain_reason,
+)
+
+pytestmark = pytest.mark.timeout(30)
+
+JOB = "9b2d4c1a-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
+
+
+def _read(path: Path) -> EmailMessage:
+    msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def test_one_file_per_job_and_kind(tmp_path: Path) -> None:
+    backend = EmlFileMail(tmp_path / "mail", "exports@example.com")
+    backend.send(
+        compose_completed(JOB, "pdf", "http://x/f.pdf", "2030-01-01T00:00:00Z", to="ada@example.com")
+    )
+    backend.send(compose_failed(JOB, "pdf", "the file could not be stored", to="ada@example.com"))
+    files = sorted(p.name for p in (tmp_path / "mail").iterdir())
+    assert files == [f"{JOB}-completed.eml", f"{JOB}-failed.eml"]
+    msg = _read(tmp_path / "mail" / f"{JOB}-completed.eml")
+    assert msg.get_content_type() == "multipart/alternative"
+    assert msg["To"] == "ada@example.com"
+    assert msg["From"] == "exports@example.com"
+    plain = msg.get_body(("plain",))
+    assert plain is not None and "http://x/f.pdf" in plain.get_content()
+    failed = _read(tmp_path / "mail" / f"{JOB}-failed.eml")
+    assert failed["Subject"] == "Your PDF export could not be completed"
+
+
+def test_rewriting_is_idempotent(tmp_path: Path) -> None:
+    backend = EmlFileMail(tmp_path, "exports@example.com")
+    mail = compose_completed(JOB, "image", "http://x/f.png", "2030-01-01T00:00:00Z", to="ada@example.com")
+    backend.send(mail)
+    backend.send(mail)
+    backend.send(mail)
+    assert [p.name for p in tmp_path.iterdir()] == [f"{JOB}-completed.eml"]
+    assert _read(tmp_path / f"{JOB}-completed.eml")["Subject"] == "Your image export is ready"
+
+
+def test_unsafe_job_id_refused(tmp_path: Path) -> None:
+    backend = EmlFileMail(tmp_path, "exports@example.com")
+    mail = compose_failed("../../evil", "pdf", "x")
+    with pytest.raises(MailError) as info:
+        backend.send(mail)
+    assert not info.value.transient
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_html_is_escaped_and_reason_in_plain_words() -> None:
+    mail = compose_failed(JOB, "pdf", "<script>alert(1)</script>", from_name="A & B")
+    assert "<script>" not in mail.html
+    assert "&lt;script&gt;" in mail.html
+    assert "A &amp; B" in mail.html
+    assert "<script>alert(1)</script>" in mail.text
+    assert mail.kind == "failed"
+    assert mail.template_data["reason"] == "<script>alert(1)</script>"
+
+
+@pytest.mark.parametrize(
+    ("category", "message", "words"),
+    [
+        (
+            "transient",
+            "render exceeded JOB_TIMEOUT_SECONDS: timed out after 60s",
+            "the page took too long to render",
+        ),
+        ("transient", "supabase storage upload failed: 503", "the file could not be stored"),
+        ("transient", "storage circuit breaker is open; retry in 30s", "the file could not be stored"),
+        ("resource", "child exceeded its memory limit", "the page needed more memory than an export may use"),
+        ("validation", "PDF has 250 pages; max_pages is 100", "the document has more pages than allowed"),
+        (
+            "transient",
+            "connection reset",
+            "a temporary problem kept the export from finishing, even after several tries",
+        ),
+        ("permanent", "weird", "the export could not be completed"),
+    ],
+)
+def test_plain_reason(category: str, message: str, words: str) -> None:
+    assert plain_reason(category, message) == words
+
+
+def test_build_mail_backend_default_is_eml(tmp_path: Path) -> None:
+    backend = build_mail_backend(Settings(), tmp_path)
+    assert isinstance(backend, EmlFileMail)
+    assert backend.directory == tmp_path / "mail"

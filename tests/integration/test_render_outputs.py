@@ -1,0 +1,159 @@
+"""PDF and image outputs of a real render child: formats, sizes, limits, menus."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import pypdf
+import pytest
+from PIL import Image
+from render_helpers import ChildHandle, make_job, requires_chromium, running_child
+
+from render_child.canary import canary_job
+from render_child.render import count_pdf_pages
+from shared.menu import MenuDocument, MenuItem, MenuSection, Restaurant
+from shared.messages import Rendered, RenderFailed, RenderLimits
+from shared.payload import ImageOptions, Margins, MenuSource, PdfOptions
+
+pytestmark = [pytest.mark.timeout(60), pytest.mark.chromium, requires_chromium]
+
+TALL = "<body style='margin:0'><div style='height:3000px;background:linear-gradient(red,blue)'>tall</div></body>"
+
+
+@pytest.fixture(scope="module")
+def child() -> Iterator[ChildHandle]:
+    with running_child() as handle:
+        yield handle
+
+
+def _pdf(answer: Rendered | RenderFailed) -> pypdf.PdfReader:
+    assert isinstance(answer, Rendered), answer
+    assert answer.content_type == "application/pdf"
+    with open(answer.output_path, "rb") as fh:
+        data = fh.read()
+    assert len(data) == answer.size_bytes
+    reader = pypdf.PdfReader(io.BytesIO(data))
+    assert answer.pages == len(reader.pages) == count_pdf_pages(data)
+    return reader
+
+
+def test_canary(child: ChildHandle) -> None:
+    job = canary_job(f"{child.scratch}/canary/canary.pdf")
+    reader = _pdf(child.render(job))
+    assert len(reader.pages) == 1
+    assert "canary" in reader.pages[0].extract_text()
+
+
+def test_a4_portrait(child: ChildHandle) -> None:
+    reader = _pdf(child.render(make_job("<h1>A4</h1>", child.scratch)))
+    box = reader.pages[0].mediabox
+    # A4 is 595x842 pt; Chromium rounds it to 8.27x11.7 in (595.9x842.4)
+    assert float(box.width) == pytest.approx(595, abs=1.5)
+    assert float(box.height) == pytest.approx(842, abs=1.5)
+
+
+def test_letter_landscape_multi_page(child: ChildHandle) -> None:
+    html = "".join(f"<p style='break-after:page'>page {i}</p>" for i in range(3))
+    pdf = PdfOptions(page_size="Letter", landscape=True, margins=Margins(top="1in", bottom="1in"), scale=0.8)
+    reader = _pdf(child.render(make_job(html, child.scratch, pdf=pdf)))
+    assert len(reader.pages) == 3
+    box = reader.pages[0].mediabox
+    assert float(box.width) == pytest.approx(792, abs=1.5)
+    assert float(box.height) == pytest.approx(612, abs=1.5)
+
+
+def test_page_limit(child: ChildHandle) -> None:
+    html = "".join(f"<p style='break-after:page'>page {i}</p>" for i in range(4))
+    answer = child.render(make_job(html, child.scratch, limits=RenderLimits(max_pages=3)))
+    assert isinstance(answer, RenderFailed)
+    assert answer.category == "validation"
+    assert answer.message == "PDF has 4 pages, more than the limit of 3 (MAX_PAGES)"
+
+
+def test_output_size_limit(child: ChildHandle) -> None:
+    answer = child.render(make_job("<h1>big</h1>", child.scratch, limits=RenderLimits(max_output_bytes=100)))
+    assert isinstance(answer, RenderFailed)
+    assert answer.category == "validation"
+    assert "MAX_OUTPUT_BYTES" in answer.message
+
+
+def _image(answer: Rendered | RenderFailed, fmt: str) -> Image.Image:
+    assert isinstance(answer, Rendered), answer
+    assert answer.content_type == f"image/{fmt}"
+    img = Image.open(answer.output_path)
+    assert img.format == fmt.upper()
+    assert (img.width, img.height) == (answer.width, answer.height)
+    return img
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_image_formats_with_explicit_height(child: ChildHandle, fmt: str) -> None:
+    opts = ImageOptions(format=fmt, width=400, height=300, full_page=False, quality=None if fmt == "png" else 70)
+    img = _image(child.render(make_job(TALL, child.scratch, export_type="image", image=opts)), fmt)
+    assert img.size == (400, 300)
+
+
+def test_device_scale_factor_doubles_pixels(child: ChildHandle) -> None:
+    opts = ImageOptions(width=400, height=300, full_page=False, device_scale_factor=2)
+    img = _image(child.render(make_job(TALL, child.scratch, export_type="image", image=opts)), "png")
+    assert img.size == (800, 600)
+    # and the next job is back at scale 1
+    opts = ImageOptions(width=400, height=300, full_page=False)
+    img = _image(child.render(make_job(TALL, child.scratch, export_type="image", image=opts)), "png")
+    assert img.size == (400, 300)
+
+
+def test_full_page_measures_the_document(child: ChildHandle) -> None:
+    opts = ImageOptions(format="jpeg", width=500, full_page=True)
+    img = _image(child.render(make_job(TALL, child.scratch, export_type="image", image=opts)), "jpeg")
+    assert img.width == 500
+    assert img.height >= 3000
+    top = img.getpixel((10, 5))
+    bottom = img.getpixel((10, 2990))
+    assert isinstance(top, tuple) and isinstance(bottom, tuple)
+    assert top[0] > 200 and bottom[2] > 200  # red at the top, blue at the bottom: really captured
+
+
+def test_pixel_limit_is_checked_before_capture(child: ChildHandle) -> None:
+    opts = ImageOptions(width=1000, full_page=True, device_scale_factor=2)
+    limits = RenderLimits(max_image_pixels=5_000_000)
+    answer = child.render(make_job(TALL, child.scratch, export_type="image", image=opts, limits=limits))
+    assert isinstance(answer, RenderFailed)
+    assert answer.category == "validation"
+    assert "MAX_IMAGE_PIXELS" in answer.message
+
+
+def long_menu() -> MenuDocument:
+    sections = []
+    for s in range(6):
+        items = [
+            MenuItem(
+                name=f"Dish {s}-{i}",
+                description=f"Item {s}-{i}: slow-cooked with seasonal vegetables, herbs from the garden, "
+                "a little butter and a lot of patience. " * 2,
+                price=f"{10 + i}.50",
+                currency=("USD", "EUR", "GBP")[i % 3],
+                dietary=["vegetarian", "gluten-free"] if i % 2 else [],
+            )
+            for i in range(10)
+        ]
+        sections.append(MenuSection(title=f"Section {s}", description="Served all day", items=items))
+    return MenuDocument(restaurant=Restaurant(name="Long Menu Diner", tagline="Sixty dishes"), sections=sections)
+
+
+@pytest.mark.parametrize("template", ["classic", "modern"])
+def test_long_menu_breaks_between_items(child: ChildHandle, template: str) -> None:
+    menu = long_menu()
+    job = make_job(MenuSource(menu=menu, template=template), child.scratch)  # type: ignore[arg-type]
+    reader = _pdf(child.render(job))
+    assert len(reader.pages) > 1
+    texts = [" ".join(page.extract_text().split()) for page in reader.pages]
+    for section in menu.sections:
+        for item in section.items:
+            name = item.name
+            tag = name.replace("Dish ", "Item ") + ":"
+            pages_with_name = [n for n, text in enumerate(texts) if name in text]
+            pages_with_desc = [n for n, text in enumerate(texts) if tag in text]
+            assert len(pages_with_name) == 1, name
+            assert pages_with_name == pages_with_desc, f"{name} is split across pages"
