@@ -355,7 +355,10 @@ class Renderer:
                 raise RuntimeError("page crashed or closed")
             page = slot.page
             cdp = slot.cdp
-            page.goto("about:blank", timeout=5_000)
+            if page.url != "about:blank":
+                # leave the job's origin (a url source); set_content pages stay on about:blank
+                # and the next set_content replaces their whole document (~25 ms saved)
+                page.goto("about:blank", timeout=5_000)
             if "emulation" in slot.origins:
                 cdp.send(
                     "Emulation.setDeviceMetricsOverride",

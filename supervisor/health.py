@@ -41,11 +41,15 @@ class HealthCheck:
 
 @runtime_checkable
 class HealthSources(Protocol):
-    """What the supervisor tells /health. Only ``database`` may do I/O (bounded)."""
+    """What the supervisor tells /health. Only ``database`` may do I/O (bounded).
+
+    The storage check is ``storage_health`` (not ``storage``): the supervisor that
+    implements this protocol already has a ``storage`` attribute, its Storage.
+    """
 
     async def database(self) -> HealthCheck: ...
 
-    def storage(self) -> HealthCheck: ...
+    def storage_health(self) -> HealthCheck: ...
 
     def render_pool(self) -> HealthCheck: ...
 
@@ -131,7 +135,7 @@ class CallbackHealthSources:
             return await self.database_fn()
         return await database_check(self.pool, self.database_timeout)
 
-    def storage(self) -> HealthCheck:
+    def storage_health(self) -> HealthCheck:
         return self.storage_fn()
 
     def render_pool(self) -> HealthCheck:
@@ -164,7 +168,7 @@ async def health_report(sources: HealthSources) -> tuple[int, dict[str, Any]]:
         database = HealthCheck(False, f"Database check failed: {type(exc).__name__}: {exc}")
     checks = {
         "database": database,
-        "storage": _guard("Storage", sources.storage),
+        "storage": _guard("Storage", sources.storage_health),
         "puppeteer": _guard("Puppeteer", sources.render_pool),
         "memory": _guard("Memory", sources.memory),
     }

@@ -17,7 +17,7 @@ import time
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -239,12 +239,3 @@ def make_server(
     server = HttpServer(config, sock)
     log.info("HTTP listening on %s:%s", host, server.port)
     return server
-
-
-def describe(state: AppState) -> dict[str, Any]:
-    """What the app serves (for the startup log)."""
-    return {
-        "storage": state.storage.name if state.storage is not None else None,
-        "local_files": state.files_root is not None and state.link_signer is not None,
-        "listener": state.listener is not None,
-    }

@@ -253,7 +253,9 @@ class RenderPool:
             while handle.conn.poll():
                 message = FROM_CHILD_DECODER.decode(handle.conn.recv_bytes())
                 self._handle_message(handle, message)
-        except (EOFError, OSError):
+        except (EOFError, OSError) as exc:
+            log.debug("render child pipe closed", extra={"child": handle.name, "error": repr(exc),
+                                                          "state": handle.state.value})
             self._close_pipe(handle)
             self._reap(handle)
         except msgspec.DecodeError:

@@ -258,8 +258,15 @@ class Supervisor:
                     self._database_down(exc)
                     await self._sleep_or_signal(busy_poll)
                     continue
-                for claim, handle in zip(claims, idle, strict=False):
-                    self._start_job(handle, claim)
+                # Children may have changed while we awaited the claim (a recycle
+                # retired one): hand out only to children that are idle now.
+                available = self.pool.idle_children()
+                for claim in claims:
+                    if available:
+                        self._start_job(available.pop(0), claim)
+                    else:
+                        self.inflight[claim.job_id] = InFlight(claim, None, phase="delivering")
+                        self._background_task(self._release(claim))
                 poll = busy_poll if claims else idle_poll
                 if claims and len(claims) == len(idle):
                     continue  # there may be more; claim again as children free up

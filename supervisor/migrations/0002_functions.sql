@@ -80,8 +80,8 @@ BEGIN
             USING ERRCODE = 'EW422', DETAIL = '{"field": "export_type"}';
     END IF;
     IF p_payload IS NULL OR jsonb_typeof(p_payload) <> 'object'
-       OR jsonb_typeof(p_payload -> 'source') <> 'object'
-       OR NOT (p_payload #>> '{source,kind}') = ANY (ARRAY['html', 'menu', 'url', 'test-template']) THEN
+       OR coalesce(jsonb_typeof(p_payload -> 'source'), '') <> 'object'
+       OR coalesce(p_payload #>> '{source,kind}', '') <> ALL (ARRAY['html', 'menu', 'url', 'test-template']) THEN
         RAISE EXCEPTION 'payload.source.kind must be html, menu or url'
             USING ERRCODE = 'EW422', DETAIL = '{"field": "payload.source.kind"}';
     END IF;

@@ -26,7 +26,9 @@ RETURNING j.id, j.user_id, j.menu_id, j.export_type, j.payload, j.attempts, j.ma
 
 -- name: next_available_in
 -- Seconds until the earliest pending job becomes claimable (NULL: none pending).
-SELECT greatest(0, extract(epoch FROM min(available_at) - now()))::float8
+-- (greatest() ignores NULL, so an empty queue must be tested for explicitly.)
+SELECT CASE WHEN min(available_at) IS NULL THEN NULL
+            ELSE greatest(0, extract(epoch FROM min(available_at) - now()))::float8 END
   FROM export_jobs WHERE status = 'pending';
 
 -- name: heartbeat
@@ -57,7 +59,7 @@ UPDATE export_jobs
        metadata = metadata || %(metadata)s,
        error_history = (error_history || jsonb_build_array(jsonb_build_object(
            'attempt', attempts, 'at', now(), 'worker_id', worker_id,
-           'category', %(category)s, 'message', left(%(message)s, 500))))
+           'category', %(category)s::text, 'message', left(%(message)s::text, 500))))
            #- '{-11}'
  WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
    AND status = 'processing'
@@ -70,7 +72,7 @@ UPDATE export_jobs
        metadata = metadata || %(metadata)s,
        error_history = (error_history || jsonb_build_array(jsonb_build_object(
            'attempt', attempts, 'at', now(), 'worker_id', worker_id,
-           'category', %(category)s, 'message', left(%(message)s, 500))))
+           'category', %(category)s::text, 'message', left(%(message)s::text, 500))))
            #- '{-11}'
  WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
    AND status = 'processing'
@@ -180,7 +182,8 @@ SELECT count(*) FILTER (WHERE status = 'pending')::int AS pending,
 
 -- name: expired_jobs
 -- Retention: jobs past their keep time, locked so one worker handles each.
-SELECT id, storage_path FROM export_jobs
+-- A file already removed by files-only retention is not deleted (or counted) again.
+SELECT id, CASE WHEN file_deleted_at IS NULL THEN storage_path END AS storage_path FROM export_jobs
  WHERE (status = 'completed' AND created_at < now() - make_interval(days => %(completed_days)s))
     OR (status IN ('failed', 'cancelled') AND created_at < now() - make_interval(days => %(failed_days)s))
  LIMIT %(limit)s

@@ -104,7 +104,9 @@ def spawn_child(executable_path: str = CHROMIUM, boot_timeout: float = 45.0) -> 
     process = ctx.Process(target=child_entry, args=(child_conn, msgspec.msgpack.encode(options)), daemon=True)
     process.start()
     child_conn.close()
-    handle = ChildHandle(process=process, conn=parent_conn, ready=Ready(pid=0, browser_version="", boot_ms=0), scratch=scratch)
+    handle = ChildHandle(
+        process=process, conn=parent_conn, ready=Ready(pid=0, browser_version="", boot_ms=0), scratch=scratch
+    )
     try:
         first = handle.recv(boot_timeout)
     except BaseException:
@@ -215,7 +217,11 @@ class LocalServer:
     ``routes`` maps a path to a function returning (status, headers, body).
     """
 
-    def __init__(self, host: str = "127.0.0.1", routes: dict[str, Callable[[], tuple[int, dict[str, str], bytes]]] | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        routes: dict[str, Callable[[], tuple[int, dict[str, str], bytes]]] | None = None,
+    ) -> None:
         self.hits: list[Hit] = []
         self.routes = routes or {}
         server = self

@@ -41,7 +41,9 @@ def test_cookies_cache_and_dom_do_not_leak_between_jobs() -> None:
     )
     try:
         netloc = f"127.0.0.1:{server.port}"
-        policy = NetworkPolicy(allowed_hosts=[netloc], allowed_url_hosts=[netloc], trusted_private_hosts=[netloc])
+        policy = NetworkPolicy(
+            allowed_hosts=[netloc], allowed_url_hosts=[netloc], trusted_private_hosts=[netloc]
+        )
         with running_child() as child:
             one = child.render(make_job(UrlSource(url=server.url("/one")), child.scratch, policy=policy))
             assert isinstance(one, Rendered), one
@@ -52,10 +54,10 @@ def test_cookies_cache_and_dom_do_not_leak_between_jobs() -> None:
             assert isinstance(three, Rendered), three
             image = child.render(make_job("<p>job four</p>", child.scratch, export_type="image"))
             assert isinstance(image, Rendered), image
+            text_two, text_three = _text(two), _text(three)
         paths = [hit.path for hit in server.hits]
         assert paths.count("/pixel.png") == 2, paths  # fetched again: no cache survived job one
         assert all("cookie" not in hit.headers for hit in server.hits), [h.headers for h in server.hits]
-        text_two, text_three = _text(two), _text(three)
         assert "job two" in text_two and "SECRET" not in text_two
         assert "job three" in text_three and "SECRET" not in text_three and "job two" not in text_three
     finally:

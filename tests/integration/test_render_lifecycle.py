@@ -16,7 +16,15 @@ from render_helpers import (
     user_data_dirs,
 )
 
-from shared.messages import EX_BOOT_FAILED, EX_PARENT_GONE, EX_RECYCLE, Rendered, RenderFailed, RenderLimits, Stop
+from shared.messages import (
+    EX_BOOT_FAILED,
+    EX_PARENT_GONE,
+    EX_RECYCLE,
+    Rendered,
+    RenderFailed,
+    RenderLimits,
+    Stop,
+)
 from shared.payload import TestTemplateSource as TemplateSource
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.chromium, requires_chromium]
@@ -112,8 +120,11 @@ def test_boot_failure_exit_code() -> None:
     ctx = multiprocessing.get_context("spawn")
     parent, child_conn = ctx.Pipe()
     options = ChildOptions(
-        child_index=1, worker_id="t", executable_path="/nonexistent/chromium",
-        chromium_args=list(CHROMIUM_ARGS), scratch_dir="/tmp",
+        child_index=1,
+        worker_id="t",
+        executable_path="/nonexistent/chromium",
+        chromium_args=list(CHROMIUM_ARGS),
+        scratch_dir="/tmp",
     )
     proc = ctx.Process(target=child_entry, args=(child_conn, msgspec.msgpack.encode(options)))
     proc.start()

@@ -95,16 +95,17 @@ def test_nothing_reaches_blocked_addresses(
     if victim6 is not None:
         hostile["ipv6-loopback"] = victim6.url("/img6")
     html = f"""<!doctype html>
-    <link rel="stylesheet" href="{trusted.url('/style.css')}">
-    <link rel="prefetch" href="{v('/prefetch')}"><link rel="preconnect" href="{v('/')}">
-    <style>@import url("{hostile['style-import']}"); div.x {{ background: url({v('/inline-bg.png')}); }}</style>
-    <meta http-equiv="refresh" content="0; url={v('/meta-refresh')}">
-    <img src="{hostile['file']}"><iframe src="{hostile['file']}"></iframe>
-    <img src="{hostile['loopback']}"><img src="{hostile['dns-to-loopback']}">
-    <img src="{hostile['metadata']}"><img src="{hostile['private']}"><img src="{hostile['not-allowlisted']}">
-    <img src="{hostile['redirect']}"><iframe src="{hostile['iframe']}"></iframe>
-    {f'<img src="{hostile["ipv6-loopback"]}">' if victim6 else ''}
-    <img src="{trusted.url('/logo.png')}"><div class="x">hello</div>
+    <link rel="stylesheet" href="{trusted.url("/style.css")}">
+    <link rel="prefetch" href="{v("/prefetch")}"><link rel="preconnect" href="{v("/")}">
+    <style>@import url("{hostile["style-import"]}");
+      div.x {{ background: url({v("/inline-bg.png")}); }}</style>
+    <meta http-equiv="refresh" content="0; url={v("/meta-refresh")}">
+    <img src="{hostile["file"]}"><iframe src="{hostile["file"]}"></iframe>
+    <img src="{hostile["loopback"]}"><img src="{hostile["dns-to-loopback"]}">
+    <img src="{hostile["metadata"]}"><img src="{hostile["private"]}"><img src="{hostile["not-allowlisted"]}">
+    <img src="{hostile["redirect"]}"><iframe src="{hostile["iframe"]}"></iframe>
+    {f'<img src="{hostile["ipv6-loopback"]}">' if victim6 else ""}
+    <img src="{trusted.url("/logo.png")}"><div class="x">hello</div>
     """
     policy = NetworkPolicy(
         allowed_hosts=["127.0.0.1", "localhost", "::1", "169.254.169.254", "10.0.0.1"],
@@ -142,7 +143,9 @@ def test_nothing_reaches_blocked_addresses(
 def test_private_address_is_not_even_attempted(child: ChildHandle) -> None:
     policy = NetworkPolicy(allowed_hosts=["10.0.0.1"])
     html = '<img src="http://10.0.0.1:81/x.png">'
-    answer = child.render(make_job(html, child.scratch, policy=policy, limits=RenderLimits(navigation_timeout_ms=3000)))
+    answer = child.render(
+        make_job(html, child.scratch, policy=policy, limits=RenderLimits(navigation_timeout_ms=3000))
+    )
     assert isinstance(answer, Rendered), answer
     assert answer.render_ms < 2500  # refused at once, no connect timeout
     assert "private" in _blocked_map(answer)["http://10.0.0.1:81/x.png"]
@@ -163,7 +166,9 @@ def test_url_source_not_allowlisted_is_permanent(child: ChildHandle, victim: Loc
     assert victim.hits == []
 
 
-def test_url_source_on_a_trusted_server(child: ChildHandle, trusted: LocalServer, victim: LocalServer) -> None:
+def test_url_source_on_a_trusted_server(
+    child: ChildHandle, trusted: LocalServer, victim: LocalServer
+) -> None:
     policy = NetworkPolicy(
         allowed_url_hosts=[f"127.0.0.1:{trusted.port}"], trusted_private_hosts=[f"127.0.0.1:{trusted.port}"]
     )
@@ -184,7 +189,9 @@ def test_fetch_size_cap(child: ChildHandle) -> None:
     try:
         policy = NetworkPolicy(allowed_hosts=["127.0.0.1"], trusted_private_hosts=[f"127.0.0.1:{big.port}"])
         limits = RenderLimits(max_fetch_bytes=100_000)
-        answer = child.render(make_job(f'<img src="{big.url("/big.png")}">', child.scratch, policy=policy, limits=limits))
+        answer = child.render(
+            make_job(f'<img src="{big.url("/big.png")}">', child.scratch, policy=policy, limits=limits)
+        )
         assert isinstance(answer, Rendered), answer
         assert "max_fetch_bytes" in _blocked_map(answer)[big.url("/big.png")]
     finally:

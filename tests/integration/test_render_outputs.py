@@ -18,7 +18,9 @@ from shared.payload import ImageOptions, Margins, MenuSource, PdfOptions
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.chromium, requires_chromium]
 
-TALL = "<body style='margin:0'><div style='height:3000px;background:linear-gradient(red,blue)'>tall</div></body>"
+TALL = (
+    "<body style='margin:0'><div style='height:3000px;background:linear-gradient(red,blue)'>tall</div></body>"
+)
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,9 @@ def _image(answer: Rendered | RenderFailed, fmt: str) -> Image.Image:
 
 @pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
 def test_image_formats_with_explicit_height(child: ChildHandle, fmt: str) -> None:
-    opts = ImageOptions(format=fmt, width=400, height=300, full_page=False, quality=None if fmt == "png" else 70)
+    opts = ImageOptions(
+        format=fmt, width=400, height=300, full_page=False, quality=None if fmt == "png" else 70
+    )
     img = _image(child.render(make_job(TALL, child.scratch, export_type="image", image=opts)), fmt)
     assert img.size == (400, 300)
 
@@ -139,7 +143,9 @@ def long_menu() -> MenuDocument:
             for i in range(10)
         ]
         sections.append(MenuSection(title=f"Section {s}", description="Served all day", items=items))
-    return MenuDocument(restaurant=Restaurant(name="Long Menu Diner", tagline="Sixty dishes"), sections=sections)
+    return MenuDocument(
+        restaurant=Restaurant(name="Long Menu Diner", tagline="Sixty dishes"), sections=sections
+    )
 
 
 @pytest.mark.parametrize("template", ["classic", "modern"])

@@ -54,7 +54,9 @@ def test_blocked_addresses(ip: str, reason: str) -> None:
     assert reason.lower() in got.lower()
 
 
-@pytest.mark.parametrize("ip", ["93.184.216.34", "8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
+@pytest.mark.parametrize(
+    "ip", ["93.184.216.34", "8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"]
+)
 def test_public_addresses_pass(ip: str) -> None:
     assert classify_ip(ip) is None
 

@@ -56,8 +56,25 @@ def test_every_field_is_escaped(template: str) -> None:
     assert "&#34;&gt;&lt;img src=x onerror=alert(2)&gt;" in html
     # the only tags are the template's own
     tags = set(re.findall(r"<\s*([a-zA-Z0-9]+)", html))
-    assert tags <= {"html", "head", "meta", "title", "style", "body", "header", "h1", "p", "div", "img", "section",
-                    "h2", "span", "article", "main", "footer"}, tags
+    assert tags <= {
+        "html",
+        "head",
+        "meta",
+        "title",
+        "style",
+        "body",
+        "header",
+        "h1",
+        "p",
+        "div",
+        "img",
+        "section",
+        "h2",
+        "span",
+        "article",
+        "main",
+        "footer",
+    }, tags
 
 
 @pytest.mark.parametrize("template", MENU_TEMPLATES)

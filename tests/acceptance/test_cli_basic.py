@@ -1,0 +1,149 @@
+"""The `export-worker` command line, run as a subprocess against the test database."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.timeout(60)
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = ROOT / ".venv" / "bin" / "export-worker"
+COMMANDS = ("serve", "migrate", "config", "enqueue", "status", "list", "cancel", "retry", "rescue", "cleanup")
+
+
+def cli(
+    *args: str, db_url: str | None, data_dir: Path, timeout: float = 50, **env: str
+) -> subprocess.CompletedProcess[str]:
+    environ = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"DATABASE_URL", "EXPORT_WORKER_CONFIG", "SUPABASE_URL", "SENDGRID_API_KEY"}
+    }
+    environ["EXPORT_WORKER_DATA_DIR"] = str(data_dir)
+    if db_url is not None:
+        environ["DATABASE_URL"] = db_url
+    environ.update(env)
+    return subprocess.run(
+        [str(CLI), *args], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def html_file(tmp_path: Path) -> Path:
+    f = tmp_path / "page.html"
+    f.write_text("<h1>Menu</h1>", encoding="utf-8")
+    return f
+
+
+def test_help_lists_the_commands(tmp_path: Path) -> None:
+    proc = cli("--help", db_url=None, data_dir=tmp_path)
+    assert proc.returncode == 0
+    for command in COMMANDS:
+        assert command in proc.stdout
+
+
+def test_migrate_on_a_migrated_database(db_url: str, tmp_path: Path) -> None:
+    proc = cli("migrate", db_url=db_url, data_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "schema is up to date"
+
+
+def test_enqueue_status_list_cancel(db_url: str, tmp_path: Path, html_file: Path) -> None:
+    user = str(uuid.uuid4())
+    proc = cli("enqueue", "--user-id", user, "--html", str(html_file), db_url=db_url, data_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip()
+    assert proc.stdout == job_id + "\n"
+    assert str(uuid.UUID(job_id)) == job_id
+
+    proc = cli(
+        "enqueue",
+        "--user-id",
+        user,
+        "--html",
+        str(html_file),
+        "--type",
+        "image",
+        "--json",
+        db_url=db_url,
+        data_dir=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    job = json.loads(proc.stdout)
+    assert job["user_id"] == user and job["export_type"] == "image" and job["status"] == "pending"
+
+    proc = cli("status", job_id, "--json", db_url=db_url, data_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert (shown["id"], shown["status"], shown["user_id"]) == (job_id, "pending", user)
+    assert shown["payload"]["source"]["kind"] == "html"
+
+    proc = cli("list", db_url=db_url, data_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert job_id in proc.stdout and job["id"] in proc.stdout
+
+    proc = cli("cancel", job_id, db_url=db_url, data_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "cancelled"
+    proc = cli("status", job_id, "--json", db_url=db_url, data_dir=tmp_path)
+    assert json.loads(proc.stdout)["status"] == "cancelled"
+    proc = cli("list", "--status", "cancelled", "--json", db_url=db_url, data_dir=tmp_path)
+    assert [r["id"] for r in json.loads(proc.stdout)] == [job_id]
+    proc = cli("cancel", job_id, db_url=db_url, data_dir=tmp_path)
+    assert proc.returncode == 1 and proc.stderr.startswith("error: ")
+
+
+def test_over_the_limit_exits_3(db_url: str, tmp_path: Path, html_file: Path) -> None:
+    user = str(uuid.uuid4())
+    for _ in range(5):
+        assert (
+            cli(
+                "enqueue", "--user-id", user, "--html", str(html_file), db_url=db_url, data_dir=tmp_path
+            ).returncode
+            == 0
+        )
+    proc = cli("enqueue", "--user-id", user, "--html", str(html_file), db_url=db_url, data_dir=tmp_path)
+    assert proc.returncode == 3
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: refused:"), proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (("--user-id", "not-a-uuid", "--html", "{html}"), "user_id"),
+        (("--user-id", "{user}", "--html", "{missing}"), "cannot read"),
+        (("--user-id", "{user}", "--html", "{html}", "--options", "{{not json"), "--options"),
+        (("--user-id", "{user}", "--html", "{html}", "--options", "[1, 2]"), "--options"),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(
+    db_url: str, tmp_path: Path, html_file: Path, args: tuple[str, ...], needle: str
+) -> None:
+    values = {"html": str(html_file), "user": str(uuid.uuid4()), "missing": str(tmp_path / "nope.html")}
+    argv = [a.format(**values) for a in args]
+    proc = cli("enqueue", *argv, db_url=db_url, data_dir=tmp_path)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
+
+
+@pytest.mark.timeout(120)
+def test_embedded_database_when_database_url_is_unset(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = cli("migrate", db_url=None, data_dir=data, timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("applied "), proc.stdout
+    assert (data / "postgres").is_dir()
+    assert (data / "postgres" / "PG_VERSION").is_file()
+    proc = cli("migrate", db_url=None, data_dir=data, timeout=110)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "schema is up to date"
