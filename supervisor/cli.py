@@ -452,7 +452,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        from bench.run import run_bench
+        from bench.run import run_bench  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise CliError(f"the benchmark harness needs a source checkout (bench/): {exc}") from None
     result: int = run_bench(settings, smoke=args.smoke, jobs=args.jobs, out=Path(args.out))

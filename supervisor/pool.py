@@ -37,8 +37,8 @@ from shared.messages import (
     FromChild,
     Log,
     Ready,
-    RenderFailed,
     Rendered,
+    RenderFailed,
     RenderJob,
     Stop,
 )

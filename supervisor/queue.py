@@ -130,7 +130,7 @@ class JobQueue:
                 raise _creation_error(exc) from None
             row = await cur.fetchone()
         assert row is not None
-        return row
+        return dict(row)
 
     # ---- claiming ------------------------------------------------------------
 
@@ -315,7 +315,8 @@ class JobQueue:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 query("get_job"), {"id": _uuid(job_id, "job_id")}
             )
-            return await cur.fetchone()
+            row = await cur.fetchone()
+        return None if row is None else dict(row)
 
     async def list_jobs(
         self, *, status: str | None = None, user_id: str | None = None, limit: int = 50
@@ -325,7 +326,7 @@ class JobQueue:
                 query("list_jobs"),
                 {"status": status, "user_id": _uuid(user_id, "user_id") if user_id else None, "limit": limit},
             )
-            return await cur.fetchall()
+            return [dict(r) for r in await cur.fetchall()]
 
     async def stats(self) -> dict[str, Any]:
         async with self.pool.connection() as conn:

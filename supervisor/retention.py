@@ -32,38 +32,37 @@ async def run_retention(pool: AsyncConnectionPool[Any], storage: Any, settings: 
     never disappears while its file remains.
     """
     result = RetentionResult()
-    async with pool.connection() as conn:
-        async with conn.transaction():
-            cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (RETENTION_LOCK_KEY,))
-            row = await cur.fetchone()
-            if not row or not row[0]:
-                result.skipped = True
-                return result
-            while True:
-                cur = await conn.execute(
-                    query("expired_files"), {"files_days": settings.retention_files_days, "limit": BATCH}
-                )
-                rows = await cur.fetchall()
-                if not rows:
-                    break
-                await asyncio.to_thread(storage.delete, [r[1] for r in rows])
-                await conn.execute(query("mark_files_deleted"), {"ids": [r[0] for r in rows]})
-                result.files_deleted += len(rows)
-            while True:
-                cur = await conn.execute(
-                    query("expired_jobs"),
-                    {"completed_days": settings.retention_completed_days,
-                     "failed_days": settings.retention_failed_days, "limit": BATCH},
-                )
-                rows = await cur.fetchall()
-                if not rows:
-                    break
-                paths = [r[1] for r in rows if r[1]]
-                if paths:
-                    await asyncio.to_thread(storage.delete, paths)
-                    result.files_deleted += len(paths)
-                await conn.execute(query("delete_jobs"), {"ids": [r[0] for r in rows]})
-                result.jobs_deleted += len(rows)
+    async with pool.connection() as conn, conn.transaction():
+        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(%s)", (RETENTION_LOCK_KEY,))
+        row = await cur.fetchone()
+        if not row or not row[0]:
+            result.skipped = True
+            return result
+        while True:
+            cur = await conn.execute(
+                query("expired_files"), {"files_days": settings.retention_files_days, "limit": BATCH}
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                break
+            await asyncio.to_thread(storage.delete, [r[1] for r in rows])
+            await conn.execute(query("mark_files_deleted"), {"ids": [r[0] for r in rows]})
+            result.files_deleted += len(rows)
+        while True:
+            cur = await conn.execute(
+                query("expired_jobs"),
+                {"completed_days": settings.retention_completed_days,
+                 "failed_days": settings.retention_failed_days, "limit": BATCH},
+            )
+            rows = await cur.fetchall()
+            if not rows:
+                break
+            paths = [r[1] for r in rows if r[1]]
+            if paths:
+                await asyncio.to_thread(storage.delete, paths)
+                result.files_deleted += len(paths)
+            await conn.execute(query("delete_jobs"), {"ids": [r[0] for r in rows]})
+            result.jobs_deleted += len(rows)
     if result.jobs_deleted or result.files_deleted:
         log.info("retention done", extra={"jobs_deleted": result.jobs_deleted, "files_deleted": result.files_deleted})
     return result

@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
 from shared.errors import ErrorCategory
-from shared.messages import CHROMIUM_ARGS, ChildOptions, NetworkPolicy, RenderFailed, Rendered, RenderJob, RenderLimits
+from shared.messages import CHROMIUM_ARGS, ChildOptions, NetworkPolicy, Rendered, RenderFailed, RenderJob, RenderLimits
 from shared.payload import PayloadError, parse_payload
 from supervisor.db import open_pool
 from supervisor.listener import Listener
@@ -395,7 +395,8 @@ class Supervisor:
                 f"{handle.kill_detail}"
             )
         elif reason == "container_memory":
-            category, message = "resource", f"render killed because the container ran out of memory ({handle.kill_detail})"
+            category = "resource"
+            message = f"render killed because the container ran out of memory ({handle.kill_detail})"
         elif reason == "timeout":
             category, message = "transient", f"TimeoutError: render took longer than JOB_TIMEOUT_SECONDS={timeout}"
         else:
@@ -645,7 +646,8 @@ class Supervisor:
 
         state = self.breaker.state
         if state == "open":
-            return HealthCheck(False, f"Storage circuit breaker open; retry in {self.breaker.seconds_until_retry():.0f}s")
+            wait = self.breaker.seconds_until_retry()
+            return HealthCheck(False, f"Storage circuit breaker open; retry in {wait:.0f}s")
         return HealthCheck(True, f"Storage connection OK ({self.storage.name}, breaker {state})")
 
     def render_pool(self) -> Any:

@@ -15,7 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 
+import psutil
+
 from supervisor.memory import ContainerMemory, container_memory, kill_tree, tree, tree_pss_bytes
+from supervisor.metrics import Metrics
 from supervisor.pool import ChildHandle, ChildState, RenderPool
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,7 @@ class Watchdog:
         high_water_ratio: float,
         critical_ratio: float,
         read_container: Callable[[], ContainerMemory] = container_memory,
-        metrics: object = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.pool = pool
         self.loop = loop
@@ -90,12 +93,11 @@ class Watchdog:
                 self._kill(largest, "container_memory", tree(largest.pid),
                            f"container memory at {container.ratio:.0%} of {container.limit_bytes // 2**20} MiB")
         if self.metrics is not None:
-            gauge = getattr(self.metrics, "child_memory")
             for size, handle in sizes:
-                gauge.labels(str(handle.index)).set(size)
-            getattr(self.metrics, "container_memory_ratio").set(container.ratio)
+                self.metrics.child_memory.labels(str(handle.index)).set(size)
+            self.metrics.container_memory_ratio.set(container.ratio)
 
-    def _kill(self, handle: ChildHandle, reason: str, procs: list, detail: str) -> None:  # type: ignore[type-arg]
+    def _kill(self, handle: ChildHandle, reason: str, procs: list[psutil.Process], detail: str) -> None:
         handle.kill_reason = reason
         handle.kill_detail = detail
         kill_tree(handle.pid, procs)

@@ -19,7 +19,7 @@ def load(filename: str = "queue.sql") -> dict[str, sql.SQL]:
     for name, body in zip(parts[1::2], parts[2::2], strict=True):
         if name in queries:
             raise ValueError(f"query {name} is defined twice in {filename}")
-        queries[name] = sql.SQL(body.strip())  # type: ignore[arg-type]  # literal SQL from our own package file
+        queries[name] = sql.SQL(body.strip())  # literal SQL from our own package file
     return queries
 
 

@@ -1,0 +1,44 @@
+# The two set-up commands: `make demo` (render the sample menus on the embedded
+# defaults) and `make test` (the whole suite). Both create the virtualenv and
+# install Chromium first. `make gate` = lint + types + tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+# Debian's Chromium where it exists; otherwise Playwright's own download.
+CHROMIUM_ENV := $(if $(wildcard /usr/bin/chromium),,PUPPETEER_EXECUTABLE_PATH=)
+
+.PHONY: setup chromium demo test lint types gate bench serve clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+chromium: setup
+	scripts/install-chromium.sh $(VENV)
+
+demo: chromium
+	$(CHROMIUM_ENV) $(BIN)/export-worker demo
+
+serve: chromium
+	$(CHROMIUM_ENV) $(BIN)/export-worker serve
+
+test: chromium
+	$(CHROMIUM_ENV) $(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+
+types: setup
+	$(BIN)/mypy
+
+gate: lint types test
+
+bench: chromium
+	$(CHROMIUM_ENV) $(BIN)/export-worker bench
+
+clean:
+	rm -rf $(VENV) .export-worker .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""The benchmark harness: `export-worker bench` (see BENCHMARKS.md)."""

@@ -1,0 +1,154 @@
+"""The two browser-only baselines, run in spawned processes (one per parallel lane).
+
+* ``warm``: the ceiling. One browser per lane, launched once with the child's
+  flags, one warm context and page reused for every document (set_content + pdf).
+* ``per_job``: the seed's approach. Every document launches a browser, opens a
+  page, sets the content, prints the PDF and closes the browser.
+
+Chromium runs with the child's lockdown flags (no network of its own), so both
+loops route subresources through a minimal Python fetch (urllib) like the child's
+fetcher, without the policy checks.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import time
+import urllib.request
+from typing import Any
+
+PDF_OPTIONS: dict[str, Any] = {
+    "format": "A4",
+    "landscape": False,
+    "margin": {"top": "10mm", "right": "10mm", "bottom": "10mm", "left": "10mm"},
+    "print_background": True,
+    "scale": 1.0,
+}
+CONTEXT_OPTIONS: dict[str, Any] = {
+    "java_script_enabled": False,
+    "viewport": {"width": 1280, "height": 720},
+    "accept_downloads": False,
+    "service_workers": "block",
+}
+
+
+def launch_args() -> list[str]:
+    from render_child.netpolicy import LOCKDOWN_ARGS
+    from shared.messages import CHROMIUM_ARGS
+
+    return [*CHROMIUM_ARGS, *LOCKDOWN_ARGS]
+
+
+def _route(route: Any) -> None:
+    url = route.request.url
+    if not url.startswith(("http://", "https://")):
+        route.fallback()
+        return
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - the bench's own server
+            body = resp.read()
+            ctype = resp.headers.get("Content-Type", "application/octet-stream")
+        route.fulfill(status=200, headers={"content-type": ctype}, body=body)
+    except Exception:
+        route.abort("failed")
+
+
+def lane_main(conn: multiprocessing.connection.Connection, mode: str, executable: str,
+              docs: dict[str, str]) -> None:
+    """Spawn target: boot (warm mode), say ready, then run ("run", doc, count) commands."""
+    from playwright.sync_api import sync_playwright
+
+    manager = sync_playwright().start()
+    launch = {"args": launch_args(), "headless": True, "executable_path": executable or None}
+    browser = page = context = None
+    try:
+        if mode == "warm":
+            browser = manager.chromium.launch(**launch)
+            context = browser.new_context(**CONTEXT_OPTIONS)
+            context.route("**/*", _route)
+            page = context.new_page()
+            page.set_content(docs["small"], wait_until="load")
+            page.pdf(**PDF_OPTIONS)  # warm up
+        conn.send(("ready", None))
+        while True:
+            cmd = conn.recv()
+            if cmd[0] == "stop":
+                break
+            _, name, count = cmd
+            html = docs[name]
+            durations: list[float] = []
+            sizes: list[int] = []
+            for _ in range(count):
+                t0 = time.perf_counter()
+                if mode == "warm":
+                    assert page is not None and context is not None
+                    page.set_content(html, wait_until="load")
+                    data = page.pdf(**PDF_OPTIONS)
+                    context.clear_cookies()
+                else:
+                    b = manager.chromium.launch(**launch)
+                    ctx = b.new_context(**CONTEXT_OPTIONS)
+                    ctx.route("**/*", _route)
+                    p = ctx.new_page()
+                    p.set_content(html, wait_until="load")
+                    data = p.pdf(**PDF_OPTIONS)
+                    b.close()
+                durations.append(time.perf_counter() - t0)
+                sizes.append(len(data))
+            conn.send(("done", {"durations": durations, "end": time.perf_counter(), "sizes": sizes}))
+    finally:
+        if browser is not None:
+            browser.close()
+        manager.stop()
+
+
+class Lanes:
+    """N lanes (processes), each with its own browser; runs a document N-way parallel."""
+
+    def __init__(self, mode: str, lanes: int, executable: str, docs: dict[str, str]) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self.conns = []
+        self.procs = []
+        for _ in range(lanes):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=lane_main, args=(child, mode, executable, docs), daemon=True)
+            proc.start()
+            child.close()
+            self.conns.append(parent)
+            self.procs.append(proc)
+        for c in self.conns:
+            if not c.poll(120):
+                raise RuntimeError(f"{mode} lane did not boot in 120 s")
+            c.recv()
+
+    def run(self, name: str, jobs: int) -> dict[str, Any]:
+        """Split `jobs` documents over the lanes; wall time from start to the last PDF."""
+        n = len(self.conns)
+        shares = [jobs // n + (1 if i < jobs % n else 0) for i in range(n)]
+        start = time.perf_counter()
+        for c, share in zip(self.conns, shares):
+            c.send(("run", name, share))
+        durations: list[float] = []
+        end = start
+        size = 0
+        for c in self.conns:
+            _, res = c.recv()
+            durations += res["durations"]
+            end = max(end, res["end"])
+            if res["sizes"]:
+                size = res["sizes"][0]
+        wall = end - start
+        return {"jobs": jobs, "wall_s": wall, "per_s": jobs / wall if wall > 0 else 0.0,
+                "durations": durations, "pdf_bytes": size}
+
+    def close(self) -> None:
+        for c in self.conns:
+            try:
+                c.send(("stop",))
+            except OSError:
+                pass
+        for p in self.procs:
+            p.join(10)
+            if p.is_alive():
+                p.kill()

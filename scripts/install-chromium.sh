@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Install a Chromium for the render children, and promtool for the alert-rule tests.
+# Debian/Ubuntu: the distribution's packages (what the Dockerfile uses too).
+# Elsewhere: Playwright's own download (then run with PUPPETEER_EXECUTABLE_PATH="").
+set -euo pipefail
+venv=${1:-.venv}
+if command -v apt-get >/dev/null 2>&1; then
+    need=()
+    command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core fonts-liberation)
+    command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+    command -v pdfinfo >/dev/null 2>&1 || need+=(poppler-utils)
+    if [ ${#need[@]} -gt 0 ]; then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "installing from apt: ${need[*]}" >&2
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    fi
+    # Debian's prometheus package starts a server; tests only need promtool.
+    if command -v systemctl >/dev/null 2>&1; then systemctl stop prometheus 2>/dev/null || true; fi
+else
+    echo "no apt-get: downloading Playwright's Chromium; set PUPPETEER_EXECUTABLE_PATH=\"\" to use it" >&2
+    "$venv/bin/playwright" install chromium
+fi

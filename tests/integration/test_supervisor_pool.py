@@ -1,0 +1,424 @@
+"""The supervisor end to end: a real Supervisor, real render children with Chromium, real PostgreSQL.
+
+Failures are caused, not simulated: a child is SIGKILLed mid-render, pages spin
+or eat memory, the renderer crashes, Chromium is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from conftest import html_payload, make_settings
+
+from supervisor import memory
+from supervisor.pool import ChildState
+from supervisor.queue import JobQueue
+from supervisor.runner import Supervisor
+
+pytestmark = [pytest.mark.timeout(90), pytest.mark.chromium]
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+if not os.path.exists(CHROMIUM):  # pragma: no cover
+    pytestmark.append(pytest.mark.skip(reason="no Chromium binary"))
+
+BASE_ENV = {
+    "MAX_CONCURRENT_RENDERS": "2",
+    "ALLOW_TEST_TEMPLATES": "true",
+    "HEARTBEAT_INTERVAL_SECONDS": "1",
+    "RETRY_BACKOFF_BASE_MS": "0",
+    "RETRY_BACKOFF_CAP_MS": "0",
+    "POLLING_INTERVAL_BUSY_MS": "50",
+    "POLLING_INTERVAL_IDLE_MS": "200",
+    "WATCHDOG_INTERVAL_MS": "100",
+    "PUPPETEER_EXECUTABLE_PATH": CHROMIUM,
+}
+
+# ---- helpers -----------------------------------------------------------------
+
+
+async def wait_for_status(queue: JobQueue, job_id: str, statuses: set[str] | str, timeout: float) -> dict[str, Any]:
+    """Poll the job's row until its status is one of `statuses`; fail with the row at the deadline."""
+    wanted = {statuses} if isinstance(statuses, str) else set(statuses)
+    deadline = time.monotonic() + timeout
+    row: dict[str, Any] | None = None
+    while True:
+        row = await queue.get_job(job_id)
+        if row is not None and row["status"] in wanted:
+            return row
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id} not in {wanted} after {timeout}s: {row}")
+        await asyncio.sleep(0.05)
+
+
+async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll in-memory supervisor state (no event exists for these) with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def create(queue: JobQueue, payload: dict[str, Any], export_type: str = "pdf") -> str:
+    # A fresh user per job: the per-user pending limits are not what is tested here.
+    row = await queue.create_job(user_id=str(uuid.uuid4()), export_type=export_type, payload=payload)
+    return str(row["id"])
+
+
+def test_template(name: str) -> dict[str, Any]:
+    return {"source": {"kind": "test-template", "name": name}}
+
+
+test_template.__test__ = False  # type: ignore[attr-defined]
+
+
+def menu_payload() -> dict[str, Any]:
+    menu = json.loads((ROOT / "shared" / "samples" / "bistro.json").read_text(encoding="utf-8"))
+    return {"source": {"kind": "menu", "menu": menu, "template": "modern"}}
+
+
+def ready_count(sup: Supervisor) -> int:
+    return len(sup.pool.idle_children()) + len(sup.pool.busy_children())
+
+
+def all_child_trees(sup: Supervisor) -> list[psutil.Process]:
+    procs: list[psutil.Process] = []
+    for handle in list(sup.pool.handles):
+        if handle.pid:
+            procs.extend(memory.tree(handle.pid))
+    return procs
+
+
+def still_running(procs: list[psutil.Process]) -> list[psutil.Process]:
+    """Processes from `procs` that still exist and are not zombies (same pid and start time)."""
+    alive = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(proc)
+    return alive
+
+
+def chromium_of(procs: list[psutil.Process]) -> list[psutil.Process]:
+    out = []
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            if "chrom" in proc.name().lower() or "chrom" in " ".join(proc.cmdline()[:1]).lower():
+                out.append(proc)
+    return out
+
+
+async def inflight_handle(sup: Supervisor, job_id: str, timeout: float = 20) -> Any:
+    await wait_until(lambda: job_id in sup.inflight and sup.inflight[job_id].handle is not None, timeout,
+                     f"job {job_id} dispatched to a child")
+    return sup.inflight[job_id].handle
+
+
+class Running:
+    def __init__(self, sup: Supervisor, task: asyncio.Task[int]) -> None:
+        self.sup = sup
+        self.task = task
+        self.seen: list[psutil.Process] = []
+
+    def remember_trees(self) -> None:
+        self.seen.extend(all_child_trees(self.sup))
+
+
+@pytest.fixture
+async def start_supervisor(tmp_path: Path, db_url: str) -> AsyncIterator[Callable[..., Any]]:
+    """Start a Supervisor with the real child; on teardown stop it and check no process is left."""
+    started: list[Running] = []
+
+    async def start(wait_ready: int | None = 2, boot_timeout: float = 45, **env: str) -> Running:
+        settings = make_settings(tmp_path, db_url, **(BASE_ENV | env))
+        sup = Supervisor(settings, db_url, serve_http=False)
+        task = asyncio.create_task(sup.run())
+        running = Running(sup, task)
+        started.append(running)
+        done, _ = await asyncio.wait([task, asyncio.ensure_future(sup.started.wait())], timeout=30,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            task.result()  # raises the startup error
+        assert sup.started.is_set(), "supervisor did not start"
+        if wait_ready:
+            await wait_until(lambda: len(sup.pool.idle_children()) >= wait_ready, boot_timeout,
+                             f"{wait_ready} idle render children")
+        running.remember_trees()
+        return running
+
+    yield start
+
+    for running in started:
+        with contextlib.suppress(Exception):
+            running.remember_trees()
+        if not running.task.done():
+            running.sup.request_stop(fast=True)
+            try:
+                code = await asyncio.wait_for(running.task, 30)
+            except BaseException:
+                running.task.cancel()
+                raise
+            assert code == 0
+        leftovers = still_running(running.seen)
+        for proc in leftovers:  # never leave Chromium behind, even when the assertion fails
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        assert not leftovers, f"processes outlived the supervisor: {leftovers}"
+
+
+# ---- 1. serve renders jobs ---------------------------------------------------
+
+
+async def test_renders_html_and_menu_jobs_to_files(start_supervisor: Any, tmp_path: Path) -> None:
+    run = await start_supervisor()
+    sup: Supervisor = run.sup
+    ids = []
+    for i in range(10):
+        payload = menu_payload() if i % 3 == 0 else html_payload(f"<h1>job {i}</h1><p>{'text ' * 50}</p>")
+        ids.append(await create(sup.queue, payload))
+    files_root = Path(sup.settings.data_dir) / "files"
+    for job_id in ids:
+        row = await wait_for_status(sup.queue, job_id, {"completed", "failed"}, 60)
+        assert row["status"] == "completed", row
+        assert row["attempts"] == 1
+        meta = row["metadata"]
+        assert meta["pages"] >= 1
+        assert meta["render_ms"] > 0
+        assert row["file_size_bytes"] > 0
+        stored = files_root / row["storage_path"]
+        assert stored.is_file(), stored
+        assert stored.read_bytes().startswith(b"%PDF-")
+        assert stored.stat().st_size == row["file_size_bytes"]
+    assert sup.pool.stats.kills == {}
+
+
+# ---- 2. SIGKILL a child mid-render -------------------------------------------
+
+
+async def test_sigkilled_child_settles_its_job_at_once_and_leaves_no_chromium(start_supervisor: Any) -> None:
+    run = await start_supervisor(JOB_TIMEOUT_SECONDS="60", MAX_ATTEMPTS="1", STALE_AFTER_SECONDS="60")
+    sup: Supervisor = run.sup
+    job_id = await create(sup.queue, test_template("busy-loop"))
+    handle = await inflight_handle(sup, job_id)
+    # The busy page is loaded (its renderer spins) before we kill: give it a moment of real render time.
+    await wait_until(lambda: len(chromium_of(memory.tree(handle.pid))) >= 3, 10, "chromium renderer running")
+    await asyncio.sleep(0.5)
+    procs = memory.tree(handle.pid)
+    assert chromium_of(procs), "the child should own a Chromium tree"
+    killed_at = time.monotonic()
+    os.kill(handle.pid, signal.SIGKILL)
+
+    row = await wait_for_status(sup.queue, job_id, {"pending", "failed"}, 10)
+    settled_in = time.monotonic() - killed_at
+    assert settled_in < 5, f"settled after {settled_in:.1f}s; the stale rescue is at 60s"
+    assert row["status"] == "failed"
+    assert row["attempts"] == 1
+    assert "render child died" in row["error_message"], row["error_message"]
+    assert row["error_category"] == "transient"
+
+    # The pool replaces the child and the next job renders.
+    await wait_until(lambda: len(sup.pool.idle_children()) == 2, 45, "a replacement child")
+    assert handle not in sup.pool.handles
+    next_id = await create(sup.queue, html_payload())
+    assert (await wait_for_status(sup.queue, next_id, {"completed", "failed"}, 30))["status"] == "completed"
+
+    # No process of the killed child's tree (its Chromium included) survives.
+    await wait_until(lambda: not still_running(procs), 5, "the killed child's tree to be gone")
+
+
+# ---- 3. a hung page hits the deadline ----------------------------------------
+
+
+async def test_hung_page_fails_at_job_timeout_and_pool_recovers(start_supervisor: Any) -> None:
+    run = await start_supervisor(JOB_TIMEOUT_SECONDS="3", MAX_ATTEMPTS="1")
+    sup: Supervisor = run.sup
+    t0 = time.monotonic()
+    job_id = await create(sup.queue, test_template("busy-loop"))
+    row = await wait_for_status(sup.queue, job_id, {"failed", "completed"}, 20)
+    elapsed = time.monotonic() - t0
+    assert row["status"] == "failed", row
+    assert "JOB_TIMEOUT_SECONDS" in row["error_message"], row["error_message"]
+    assert row["error_category"] == "transient"
+    assert 2.5 <= elapsed < 10, elapsed
+
+    next_id = await create(sup.queue, html_payload())
+    assert (await wait_for_status(sup.queue, next_id, {"completed", "failed"}, 45))["status"] == "completed"
+    await wait_until(lambda: len(sup.pool.idle_children()) == 2, 45, "the full pool again")
+
+
+# ---- 4. memory watchdog -------------------------------------------------------
+
+
+async def test_memory_hog_is_killed_by_the_watchdog(start_supervisor: Any) -> None:
+    run = await start_supervisor(JOB_TIMEOUT_SECONDS="60", MAX_ATTEMPTS="2", CHILD_MEMORY_LIMIT_MB="700")
+    sup: Supervisor = run.sup
+    job_id = await create(sup.queue, test_template("eat-memory"))
+    row = await wait_for_status(sup.queue, job_id, {"failed", "completed"}, 60)
+    assert row["status"] == "failed", row
+    assert row["attempts"] == 2
+    assert row["error_category"] == "resource", row
+    assert "CHILD_MEMORY_LIMIT_MB" in row["error_message"]
+    assert sup.pool.stats.kills.get("memory", 0) >= 2, sup.pool.stats.kills
+
+    next_id = await create(sup.queue, html_payload())
+    assert (await wait_for_status(sup.queue, next_id, {"completed", "failed"}, 45))["status"] == "completed"
+
+
+# ---- 5. renderer crash ----------------------------------------------------------
+
+
+async def test_renderer_crash_is_retried_and_child_recovers(start_supervisor: Any) -> None:
+    run = await start_supervisor(JOB_TIMEOUT_SECONDS="20", MAX_ATTEMPTS="2")
+    sup: Supervisor = run.sup
+    job_id = await create(sup.queue, test_template("crash-renderer"))
+    row = await wait_for_status(sup.queue, job_id, {"failed", "completed"}, 60)
+    assert row["status"] == "failed", row
+    assert row["attempts"] == 2, "a crash is transient: retried until the attempts run out"
+    assert row["error_category"] == "transient"
+    assert "crash" in row["error_message"].lower(), row["error_message"]
+
+    ids = [await create(sup.queue, html_payload(f"<p>after crash {i}</p>")) for i in range(3)]
+    for next_id in ids:
+        assert (await wait_for_status(sup.queue, next_id, {"completed", "failed"}, 45))["status"] == "completed"
+
+
+# ---- 6. recycling keeps capacity -----------------------------------------------
+
+
+async def test_recycling_after_n_renders_keeps_capacity(start_supervisor: Any) -> None:
+    run = await start_supervisor(RENDERS_PER_CHILD="3", JOB_TIMEOUT_SECONDS="30")
+    sup: Supervisor = run.sup
+    low: list[tuple[float, int, list[str]]] = []
+    stop = asyncio.Event()
+
+    async def sample() -> None:
+        while not stop.is_set():
+            count = ready_count(sup)
+            if count < 2:
+                low.append((time.monotonic(), count, [f"{h.name}:{h.state.value}" for h in sup.pool.handles]))
+            run.remember_trees()
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        ids = [await create(sup.queue, html_payload(f"<p>recycle {i}</p>")) for i in range(20)]
+        for job_id in ids:
+            assert (await wait_for_status(sup.queue, job_id, {"completed", "failed"}, 60))["status"] == "completed"
+    finally:
+        stop.set()
+        await sampler
+    assert sup.pool.stats.recycles.get("renders", 0) >= 2, sup.pool.stats.recycles
+    assert not low, f"capacity dipped below 2 ready children: {low[:5]}"
+    assert sup.pool.stats.kills == {}, sup.pool.stats.kills
+
+
+# ---- 7. cancelling a running job ------------------------------------------------
+
+
+async def test_cancelling_a_running_job_kills_its_render(start_supervisor: Any) -> None:
+    run = await start_supervisor(JOB_TIMEOUT_SECONDS="60", MAX_ATTEMPTS="1")
+    sup: Supervisor = run.sup
+    job_id = await create(sup.queue, test_template("busy-loop"))
+    handle = await inflight_handle(sup, job_id)
+    await wait_for_status(sup.queue, job_id, "processing", 10)
+    procs = memory.tree(handle.pid)
+    t0 = time.monotonic()
+    assert await sup.queue.cancel(job_id) == "processing"
+    row = await wait_for_status(sup.queue, job_id, {"cancelled", "failed", "completed", "pending"}, 10)
+    assert row["status"] == "cancelled", row
+    assert time.monotonic() - t0 < 5
+    assert sup.pool.stats.kills.get("cancelled", 0) == 1
+    await wait_until(lambda: len(sup.pool.idle_children()) == 2 and handle not in sup.pool.handles, 45,
+                     "the cancelled child replaced")
+    await wait_until(lambda: not still_running(procs), 5, "the cancelled child's tree gone")
+    next_id = await create(sup.queue, html_payload())
+    assert (await wait_for_status(sup.queue, next_id, {"completed", "failed"}, 30))["status"] == "completed"
+
+
+# ---- 8. boot failures brake the pool ----------------------------------------------
+
+
+async def test_missing_chromium_brakes_the_pool_and_claims_nothing(start_supervisor: Any) -> None:
+    run = await start_supervisor(
+        wait_ready=None,
+        PUPPETEER_EXECUTABLE_PATH="/nonexistent/chromium",
+        RESTART_STORM_LIMIT="2",
+        RESTART_STORM_WINDOW_SECONDS="60",
+    )
+    sup: Supervisor = run.sup
+    job_id = await create(sup.queue, html_payload())
+    await wait_until(lambda: sup.pool.braked, 30, "the restart-storm brake")
+
+    def spawned() -> int:
+        return sum(sup.pool._generations.values())
+
+    after_brake = spawned()
+    await asyncio.sleep(3)  # watching for a restart loop: nothing to await but time
+    assert spawned() == after_brake, "children kept being spawned while braked"
+    assert after_brake <= 2 + 2, after_brake
+    assert sup.pool.stats.boot_failures >= 2
+
+    row = await sup.queue.get_job(job_id)
+    assert row is not None
+    assert row["status"] == "pending" and row["attempts"] == 0, row
+    ok, message = sup.pool.describe()
+    assert not ok
+    assert "keep failing to start" in message
+    health = sup.render_pool()
+    assert not health.healthy
+
+
+# ---- 9. graceful shutdown -----------------------------------------------------------
+
+
+async def test_shutdown_lets_a_quick_job_finish(start_supervisor: Any) -> None:
+    run = await start_supervisor(GRACEFUL_SHUTDOWN_TIMEOUT_MS="10000", JOB_TIMEOUT_SECONDS="30")
+    sup: Supervisor = run.sup
+    job_id = await create(sup.queue, menu_payload())
+    await wait_until(lambda: job_id in sup.inflight, 20, "the job in flight")
+    sup.request_stop()
+    code = await asyncio.wait_for(run.task, 30)
+    assert code == 0
+    # run() closed the supervisor's pool; read the row with a fresh connection.
+    import psycopg
+
+    with psycopg.connect(sup.conninfo) as conn:
+        status, attempts = conn.execute("SELECT status, attempts FROM export_jobs WHERE id = %s", (job_id,)).fetchone()
+    assert (status, attempts) == ("completed", 1)
+
+
+async def test_shutdown_returns_a_long_job_without_spending_its_attempt(start_supervisor: Any) -> None:
+    run = await start_supervisor(GRACEFUL_SHUTDOWN_TIMEOUT_MS="500", JOB_TIMEOUT_SECONDS="60", MAX_ATTEMPTS="2")
+    sup: Supervisor = run.sup
+    job_id = await create(sup.queue, test_template("busy-loop"))
+    await inflight_handle(sup, job_id)
+    await wait_for_status(sup.queue, job_id, "processing", 10)
+    await asyncio.sleep(0.3)  # let the page start spinning
+    run.remember_trees()
+    t0 = time.monotonic()
+    sup.request_stop()
+    code = await asyncio.wait_for(run.task, 30)
+    took = time.monotonic() - t0
+    assert code == 0
+    assert took < 10, took
+    import psycopg
+
+    with psycopg.connect(sup.conninfo) as conn:
+        status, attempts, worker = conn.execute(
+            "SELECT status, attempts, worker_id FROM export_jobs WHERE id = %s", (job_id,)
+        ).fetchone()
+    assert (status, attempts, worker) == ("pending", 0, None)
+    assert chromium_of(run.seen), "the trees were recorded with their Chromium"
+    await wait_until(lambda: not still_running(run.seen), 5, "every child tree gone")
