@@ -38,19 +38,24 @@ def tree_pss_bytes(procs: list[psutil.Process]) -> int:
 
 
 def kill_tree(pid: int, procs: list[psutil.Process] | None = None) -> list[psutil.Process]:
-    """SIGKILL the child's process group and every descendant seen; reap what we can.
+    """SIGKILL the child's process group and every descendant seen. Never waits, never reaps.
 
     Descendants are listed before the kill: once the child dies its Chromium
     would be re-parented and no longer findable through it.
+
+    No waiting: this runs on the watchdog thread and on the event loop, and a
+    wait for a dozen SIGKILLed processes took 1-3 s (the re-parented ones are
+    reaped by init, not by us), stalling every other deadline. No reaping: the
+    direct child is reaped by multiprocessing (``process.join``), which keeps its
+    exit code; a ``waitpid`` here stole it and left ``is_alive()`` true forever.
     """
     procs = procs if procs is not None else tree(pid)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)  # the child made itself a group leader
     for proc in procs:
         with contextlib.suppress(psutil.Error):
-            proc.kill()
-    _, alive = psutil.wait_procs(procs, timeout=3)
-    return alive
+            proc.send_signal(signal.SIGKILL)
+    return procs
 
 
 @dataclass(frozen=True)

@@ -465,6 +465,12 @@ class Supervisor:
 
     async def _storage_failed(self, claim: Claim, exc: Any) -> None:
         if exc.category == "transient":
+            # After MAX_STORAGE_DEFERRALS free waits, the outage spends attempts like any
+            # transient error, so an endless outage ends in failure (and its one mail).
+            job = await self.queue.get_job(claim.job_id)
+            if int(((job or {}).get("metadata") or {}).get("storage_deferrals") or 0) >= MAX_STORAGE_DEFERRALS:
+                await self._fail_now(claim, "transient", f"Storage upload failed: {exc}", {})
+                return
             delay_ms = int(max(self.breaker.seconds_until_retry(), 1.0) * 1000)
             deferrals = await self.queue.defer(claim, delay_ms, f"Storage upload failed: {exc}")
             log.warning("storage unavailable; job deferred without spending an attempt",

@@ -407,6 +407,8 @@ async def test_shutdown_returns_a_long_job_without_spending_its_attempt(start_su
     await wait_for_status(sup.queue, job_id, "processing", 10)
     await asyncio.sleep(0.3)  # let the page start spinning
     run.remember_trees()
+    chromium = chromium_of(run.seen)
+    assert chromium, "the trees were recorded with their Chromium"
     t0 = time.monotonic()
     sup.request_stop()
     code = await asyncio.wait_for(run.task, 30)
@@ -420,5 +422,4 @@ async def test_shutdown_returns_a_long_job_without_spending_its_attempt(start_su
             "SELECT status, attempts, worker_id FROM export_jobs WHERE id = %s", (job_id,)
         ).fetchone()
     assert (status, attempts, worker) == ("pending", 0, None)
-    assert chromium_of(run.seen), "the trees were recorded with their Chromium"
     await wait_until(lambda: not still_running(run.seen), 5, "every child tree gone")
