@@ -168,8 +168,10 @@ class BreakerStorage:
         except StorageError as exc:
             if exc.category == "transient":
                 self.breaker.record_failure()
-            else:
+            elif exc.status is not None:
                 self.breaker.record_success()  # the store answered
+            else:
+                self.breaker.record_neutral()  # refused locally (bad path, missing input): the store was not asked
             raise
         except BaseException:
             self.breaker.record_neutral()

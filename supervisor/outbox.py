@@ -78,6 +78,12 @@ class OutboxSender:
         if job is None:
             return  # deleted by retention meanwhile; the row went with it (cascade)
         job_id = str(job["id"])
+        if job["status"] != row["kind"]:
+            # A failed job retried by an operator since: wait while it runs again; once it
+            # ends otherwise, this mail is no longer true.
+            final = job["status"] in ("completed", "failed", "cancelled")
+            await self._failed(row, f"not sent: the job is now {job['status']}", give_up=final)
+            return
         try:
             if row["kind"] == "completed":
                 ttl = self.settings.storage.signed_url_ttl_seconds

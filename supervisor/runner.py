@@ -370,7 +370,15 @@ class Supervisor:
         if entry is not None:
             entry.phase, entry.handle = "delivering", None
         metadata = {"blocked_requests": [b.url for b in result.blocked][:50], "render_ms": round(result.render_ms, 1)}
-        self._background_task(self._fail(claim, result.category, result.message, metadata))
+        message = result.message
+        if message.startswith("render timed out") and time.monotonic() >= assignment.deadline:
+            # The child's navigation timeout is the job deadline itself (when JOB_TIMEOUT_SECONDS <= 30),
+            # so the child and the watchdog race for it: report the same limit whichever wins.
+            message = f"{self._job_timeout_message()} ({message})"
+        self._background_task(self._fail(claim, result.category, message, metadata))
+
+    def _job_timeout_message(self) -> str:
+        return f"TimeoutError: render took longer than JOB_TIMEOUT_SECONDS={self.settings.worker.job_timeout_seconds}"
 
     def on_child_lost(self, handle: ChildHandle, assignment: Assignment, reason: str, exitcode: int | None) -> None:
         claim: Claim = assignment.context
@@ -378,7 +386,6 @@ class Supervisor:
         if entry is not None:
             entry.phase, entry.handle = "delivering", None
         limit_mb = self.settings.pool.child_memory_limit_mb
-        timeout = self.settings.worker.job_timeout_seconds
         if reason == "claim_lost":
             self.inflight.pop(claim.job_id, None)
             return
@@ -398,7 +405,7 @@ class Supervisor:
             category = "resource"
             message = f"render killed because the container ran out of memory ({handle.kill_detail})"
         elif reason == "timeout":
-            category, message = "transient", f"TimeoutError: render took longer than JOB_TIMEOUT_SECONDS={timeout}"
+            category, message = "transient", self._job_timeout_message()
         else:
             category, message = "transient", f"render child died ({reason}, exit code {exitcode}) during the render"
         self._background_task(self._fail(claim, category, message, {"child_kill_reason": reason}))
@@ -476,8 +483,9 @@ class Supervisor:
             log.warning("storage unavailable; job deferred without spending an attempt",
                         extra={"job_id": claim.job_id, "retry_in_ms": delay_ms, "deferrals": deferrals,
                                "error_category": "transient"})
-            if deferrals > MAX_STORAGE_DEFERRALS:
-                log.error("storage deferrals exhausted", extra={"job_id": claim.job_id})
+            if deferrals >= MAX_STORAGE_DEFERRALS:
+                log.error("storage deferrals exhausted; further failures spend attempts",
+                          extra={"job_id": claim.job_id})
             return
         await self._fail_now(claim, "permanent", f"Storage upload failed: {exc}", {})
 

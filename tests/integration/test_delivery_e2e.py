@@ -288,12 +288,12 @@ async def test_storage_outage_defers_without_spending_attempts(
             watcher.cancel()
         assert sup.breaker.state == "closed"
 
-    rows = jobs(db_url, ids)
+    final = jobs(db_url, ids)
     for job_id, user in created:
         path = f"{user}/{job_id}.pdf"
-        assert rows[job_id]["status"] == "completed"
-        assert rows[job_id]["attempts"] == 1, rows[job_id]  # deferrals did not spend attempts
-        assert rows[job_id]["error_message"] is None
+        assert final[job_id]["status"] == "completed"
+        assert final[job_id]["attempts"] == 1, final[job_id]  # deferrals did not spend attempts
+        assert final[job_id]["error_message"] is None
         assert (BUCKET, path) in storage_fake.objects
         assert storage_fake.upload_counts[path] == 1, storage_fake.upload_counts
     assert sum(1 for (b, _p) in storage_fake.objects if b == BUCKET) == len(ids)
@@ -402,7 +402,7 @@ async def test_double_complete_of_one_claim_queues_one_mail(tmp_path: Path, db_u
     try:
         q = JobQueue(pool, "w1", settings.retry)
         (claim,) = await q.claim(1)
-        args = {"storage_path": f"{user}/{job_id}.pdf", "file_url": "http://x/f", "file_size_bytes": 10,
+        args: dict[str, Any] = {"storage_path": f"{user}/{job_id}.pdf", "file_url": "http://x/f", "file_size_bytes": 10,
                 "content_type": "application/pdf", "metadata": {}}
         await q.complete(claim, **args)
         with pytest.raises(ClaimLost):
@@ -583,3 +583,149 @@ async def test_endless_storage_outage_ends_in_one_failure_mail(
     assert [r["kind"] for r in outbox(db_url, job_id)] == ["failed"]
     _msg, text = read_eml(eml)
     assert "the file could not be stored" in text
+
+
+# ---- more delivery failures --------------------------------------------------------------
+
+
+async def test_permanent_storage_error_fails_once_with_one_mail(tmp_path: Path, db_url: str) -> None:
+    # The bucket does not exist: a 404, which retrying cannot fix.
+    with FakeSupabaseStorage(service_key=KEY, buckets=()) as fake:
+        settings = settings_for(tmp_path, db_url, **remote_env(fake, None))
+        ((job_id, _user),) = create_jobs(db_url, 1, "reader@example.com")
+        eml = Path(settings.data_dir).resolve() / "mail" / f"{job_id}-failed.eml"
+        async with running(settings, db_url) as sup:
+            await until(all_status(db_url, [job_id], "failed"), what="failed")
+            await until(eml.exists, what="failure eml")
+            assert sup.breaker.state == "closed"  # the store answered: not an outage
+    row = jobs(db_url, [job_id])[job_id]
+    assert row["error_category"] == "permanent" and row["attempts"] == 1
+    assert "Bucket not found" in row["error_message"]
+    assert [r["kind"] for r in outbox(db_url, job_id)] == ["failed"]
+    assert "the file could not be stored" in read_eml(eml)[1]
+
+
+async def test_retention_keeps_row_while_its_file_cannot_be_deleted(
+    tmp_path: Path, db_url: str, storage_fake: FakeSupabaseStorage
+) -> None:
+    from supervisor.storage import StorageError
+
+    settings = settings_for(tmp_path, db_url, **remote_env(storage_fake, None))
+    ((job_id, user),) = create_jobs(db_url, 1)
+    path = f"{user}/{job_id}.pdf"
+    async with running(settings, db_url):
+        await until(all_status(db_url, [job_id], "completed"), what="completed")
+    sql(db_url, "UPDATE export_jobs SET created_at = now() - interval '31 days' WHERE id = %s", job_id)
+    pool = await open_pool(db_url, settings, max_size=2)
+    store = build_storage(settings, Path(settings.data_dir))
+    try:
+        storage_fake.fail(503)
+        with pytest.raises(StorageError):
+            await run_retention(pool, store, settings.retention)
+        assert job_id in jobs(db_url, [job_id])  # the row stays while its file does
+        storage_fake.recover()
+        result = await run_retention(pool, store, settings.retention)
+    finally:
+        await pool.close()
+        store.close()  # type: ignore[attr-defined]
+    assert result.jobs_deleted == 1
+    assert (BUCKET, path) not in storage_fake.objects and jobs(db_url, [job_id]) == {}
+
+
+async def test_rejected_mail_gives_up_without_retrying(
+    tmp_path: Path, db_url: str, storage_fake: FakeSupabaseStorage, sendgrid_fake: FakeSendGrid
+) -> None:
+    settings = settings_for(tmp_path, db_url, **remote_env(storage_fake, sendgrid_fake))
+    sendgrid_fake.set_mode("400")
+    ((job_id, _user),) = create_jobs(db_url, 1)
+    async with running(settings, db_url) as sup:
+        await until(all_status(db_url, [job_id], "completed"), what="completed")
+        await until(lambda: bool(outbox(db_url, job_id)) and outbox(db_url, job_id)[0]["gave_up_at"] is not None,
+                    what="mail given up")
+        requests = sendgrid_fake.request_count
+        sql(db_url, "UPDATE export_mail_outbox SET available_at = now()")
+        assert await sup.outbox.drain_once() == 0
+        assert sendgrid_fake.request_count == requests
+    (ob,) = outbox(db_url, job_id)
+    assert "verified Sender Identity" in ob["last_error"] and ob["sent_at"] is None
+
+
+def test_local_error_during_half_open_probe_does_not_close_breaker(
+    tmp_path: Path, storage_fake: FakeSupabaseStorage
+) -> None:
+    """A permanent error raised before the store was asked (missing input file) proves nothing."""
+    from supervisor.breaker import BreakerStorage, CircuitBreaker
+    from supervisor.storage import StorageError
+
+    breaker = CircuitBreaker(1, 0.2)
+    inner = SupabaseStorage(storage_fake.url, KEY, BUCKET, timeout_seconds=5)
+    store = BreakerStorage(inner, breaker)
+    pdf = tmp_path / "x.pdf"
+    pdf.write_bytes(TINY_PDF)
+    try:
+        storage_fake.fail(503)
+        with pytest.raises(StorageError):
+            store.put("u/j.pdf", pdf, "application/pdf")
+        assert breaker.state == "open"
+        time.sleep(0.25)
+        assert str(breaker.state) == "half_open"
+        with pytest.raises(StorageError) as info:
+            store.put("u/j.pdf", tmp_path / "missing.pdf", "application/pdf")
+        assert info.value.category == "permanent"
+        state: str = breaker.state
+        assert state != "closed"  # the store was never asked
+        with pytest.raises(StorageError):
+            store.put("u/j.pdf", pdf, "application/pdf")  # the real probe: still down
+        assert breaker.state == "open"
+    finally:
+        inner.close()
+
+
+async def test_unsent_mails_survive_a_restart_and_go_out_once(
+    tmp_path: Path, db_url: str, storage_fake: FakeSupabaseStorage, sendgrid_fake: FakeSendGrid
+) -> None:
+    settings = settings_for(tmp_path, db_url, **remote_env(storage_fake, sendgrid_fake))
+    sendgrid_fake.set_mode("503")
+    created = create_jobs(db_url, 3)
+    ids = [j for j, _ in created]
+    async with running(settings, db_url):
+        await until(all_status(db_url, ids, "completed"), what="completed")
+        await until(lambda: all(r["last_error"] for r in sql(
+            db_url, "SELECT last_error FROM export_mail_outbox")) and len(sql(
+            db_url, "SELECT 1 FROM export_mail_outbox")) == len(ids), what="mail failures recorded")
+    sendgrid_fake.set_mode("ok")
+    sql(db_url, "UPDATE export_mail_outbox SET available_at = now()")
+    async with running(settings, db_url):
+        await until(lambda: all(r["sent_at"] for r in sql(db_url, "SELECT sent_at FROM export_mail_outbox")),
+                    what="sent after restart")
+        await asyncio.sleep(0.3)
+    for job_id, _user in created:
+        assert len(sendgrid_mails_for(sendgrid_fake, job_id)) == 1
+    assert len(sendgrid_fake.messages) == len(ids)
+    assert all(u.x_upsert == "true" for u in storage_fake.uploads) and len(storage_fake.uploads) == len(ids)
+
+
+async def test_superseded_failure_mail_is_not_sent_after_operator_retry_succeeds(
+    tmp_path: Path, db_url: str, storage_fake: FakeSupabaseStorage, sendgrid_fake: FakeSendGrid
+) -> None:
+    """Mail was down when the job failed; an operator retried it and it completed: the
+    user gets the one mail that is true now (completed), not a stale 'failed' one too."""
+    settings = settings_for(tmp_path, db_url, **remote_env(storage_fake, sendgrid_fake))
+    sendgrid_fake.set_mode("503")
+    ((job_id, _user),) = create_jobs(db_url, 1)
+    good_payload = sql(db_url, "SELECT payload FROM export_jobs WHERE id = %s", job_id)[0]["payload"]
+    sql(db_url, "UPDATE export_jobs SET payload = '{\"source\": {\"kind\": \"nonsense\"}}' WHERE id = %s", job_id)
+    async with running(settings, db_url) as sup:
+        await until(all_status(db_url, [job_id], "failed"), what="failed")
+        await until(lambda: bool(outbox(db_url, job_id)) and bool(outbox(db_url, job_id)[0]["last_error"]),
+                    what="failure mail attempted")
+        sql(db_url, "UPDATE export_jobs SET payload = %s WHERE id = %s", json.dumps(good_payload), job_id)
+        assert await sup.queue.retry_failed(job_id)
+        await until(all_status(db_url, [job_id], "completed"), what="completed after operator retry")
+        sendgrid_fake.set_mode("ok")
+        sql(db_url, "UPDATE export_mail_outbox SET available_at = now()")
+        sup.outbox.wake.set()
+        await until(lambda: all(r["sent_at"] or r["gave_up_at"] for r in outbox(db_url, job_id)), what="settled")
+        await asyncio.sleep(0.3)
+    mails = sendgrid_mails_for(sendgrid_fake, job_id)
+    assert [m["custom_args"]["mail_kind"] for m in mails] == ["completed"], mails

@@ -22,7 +22,6 @@ import pytest
 from conftest import html_payload, make_settings
 
 from supervisor import memory
-from supervisor.pool import ChildState
 from supervisor.queue import JobQueue
 from supervisor.runner import Supervisor
 
@@ -121,8 +120,11 @@ def chromium_of(procs: list[psutil.Process]) -> list[psutil.Process]:
 
 
 async def inflight_handle(sup: Supervisor, job_id: str, timeout: float = 20) -> Any:
-    await wait_until(lambda: job_id in sup.inflight and sup.inflight[job_id].handle is not None, timeout,
-                     f"job {job_id} dispatched to a child")
+    await wait_until(
+        lambda: job_id in sup.inflight and sup.inflight[job_id].handle is not None,
+        timeout,
+        f"job {job_id} dispatched to a child",
+    )
     return sup.inflight[job_id].handle
 
 
@@ -147,14 +149,16 @@ async def start_supervisor(tmp_path: Path, db_url: str) -> AsyncIterator[Callabl
         task = asyncio.create_task(sup.run())
         running = Running(sup, task)
         started.append(running)
-        done, _ = await asyncio.wait([task, asyncio.ensure_future(sup.started.wait())], timeout=30,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            [task, asyncio.ensure_future(sup.started.wait())], timeout=30, return_when=asyncio.FIRST_COMPLETED
+        )
         if task in done:
             task.result()  # raises the startup error
         assert sup.started.is_set(), "supervisor did not start"
         if wait_ready:
-            await wait_until(lambda: len(sup.pool.idle_children()) >= wait_ready, boot_timeout,
-                             f"{wait_ready} idle render children")
+            await wait_until(
+                lambda: len(sup.pool.idle_children()) >= wait_ready, boot_timeout, f"{wait_ready} idle render children"
+            )
         running.remember_trees()
         return running
 
@@ -241,8 +245,11 @@ async def test_sigkilled_child_settles_its_job_at_once_and_leaves_no_chromium(st
 # ---- 3. a hung page hits the deadline ----------------------------------------
 
 
-async def test_hung_page_fails_at_job_timeout_and_pool_recovers(start_supervisor: Any) -> None:
-    run = await start_supervisor(JOB_TIMEOUT_SECONDS="3", MAX_ATTEMPTS="1")
+# The child's own navigation timeout equals the deadline: with a slow watchdog tick the child usually
+# answers first, with a fast one the watchdog kills first. Both must name the limit.
+@pytest.mark.parametrize("watchdog_ms", ["50", "250"])
+async def test_hung_page_fails_at_job_timeout_and_pool_recovers(start_supervisor: Any, watchdog_ms: str) -> None:
+    run = await start_supervisor(JOB_TIMEOUT_SECONDS="3", MAX_ATTEMPTS="1", WATCHDOG_INTERVAL_MS=watchdog_ms)
     sup: Supervisor = run.sup
     t0 = time.monotonic()
     job_id = await create(sup.queue, test_template("busy-loop"))
@@ -340,8 +347,11 @@ async def test_cancelling_a_running_job_kills_its_render(start_supervisor: Any) 
     assert row["status"] == "cancelled", row
     assert time.monotonic() - t0 < 5
     assert sup.pool.stats.kills.get("cancelled", 0) == 1
-    await wait_until(lambda: len(sup.pool.idle_children()) == 2 and handle not in sup.pool.handles, 45,
-                     "the cancelled child replaced")
+    await wait_until(
+        lambda: len(sup.pool.idle_children()) == 2 and handle not in sup.pool.handles,
+        45,
+        "the cancelled child replaced",
+    )
     await wait_until(lambda: not still_running(procs), 5, "the cancelled child's tree gone")
     next_id = await create(sup.queue, html_payload())
     assert (await wait_for_status(sup.queue, next_id, {"completed", "failed"}, 30))["status"] == "completed"

@@ -1,0 +1,484 @@
+"""`export-worker bench`: the full pipeline against its ceiling and the seed's approach.
+
+All measurements run in one process (the supervisor runs in this process, so its
+RSS is this process's), on one fresh database (``ew_bench``, dropped and recreated
+per run), with the same documents and the same parallelism (MAX_CONCURRENT_RENDERS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import psutil
+import psycopg
+
+from shared.config import Settings
+
+log = logging.getLogger("bench")
+ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+DB_NAME = os.environ.get("BENCH_DB_NAME", "ew_bench")
+HIGH = 1_000_000
+DOCS = ("small", "medium", "large")
+# Per-case share of --jobs: the large menu is ~10 pages, so fewer of it keeps the run short.
+SHARE = {"small": 1.0, "medium": 0.5, "large": 0.25}
+
+
+# ---- small helpers -------------------------------------------------------------------
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    data = sorted(values)
+    k = (len(data) - 1) * p / 100
+    lo = int(k)
+    hi = min(lo + 1, len(data) - 1)
+    return data[lo] + (data[hi] - data[lo]) * (k - lo)
+
+
+def _db_url() -> str:
+    base, _, _ = ADMIN_URL.rpartition("/")
+    return f"{base}/{DB_NAME}"
+
+
+def recreate_database() -> str:
+    with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    return _db_url()
+
+
+def bench_settings(settings: Settings, url: str, data_dir: Path, image_port: int, *,
+                   listen_notify: bool = True) -> Settings:
+    r = msgspec.structs.replace
+    return r(
+        settings,
+        data_dir=str(data_dir),
+        database=r(settings.database, database_url=url, listen_notify=listen_notify),
+        worker=r(settings.worker, log_level="warning", worker_id=f"bench-{os.getpid()}"),
+        render=r(settings.render, allowed_hosts=["127.0.0.1"],
+                 trusted_private_hosts=[f"127.0.0.1:{image_port}"]),
+        limits=r(settings.limits, free_user_hourly_limit=HIGH, subscriber_hourly_limit=HIGH,
+                 free_user_pending_limit=HIGH, subscriber_pending_limit=HIGH),
+    )
+
+
+class Running:
+    """A Supervisor running in this process's event loop."""
+
+    def __init__(self, settings: Settings, url: str, child_target: Any = None) -> None:
+        from supervisor.runner import Supervisor
+
+        self.sup = Supervisor(settings, url, child_target=child_target, serve_http=False)
+        self.task: asyncio.Task[int] | None = None
+
+    async def __aenter__(self) -> Any:
+        self.task = asyncio.create_task(self.sup.run())
+        started = asyncio.create_task(self.sup.started.wait())
+        await asyncio.wait([self.task, started], return_when=asyncio.FIRST_COMPLETED, timeout=120)
+        if self.task.done():
+            self.task.result()
+            raise RuntimeError("supervisor exited during start")
+        started.cancel()
+        await wait_children_idle(self.sup)
+        return self.sup
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.sup.request_stop()
+        assert self.task is not None
+        await asyncio.wait_for(self.task, 60)
+
+
+async def wait_children_idle(sup: Any, timeout: float = 120) -> None:
+    size = sup.settings.worker.max_concurrent_renders
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(sup.pool.idle_children()) == size:
+            return
+        await asyncio.sleep(0.02)
+    raise RuntimeError("render children did not become idle")
+
+
+async def connect(url: str) -> psycopg.AsyncConnection[Any]:
+    return await psycopg.AsyncConnection.connect(url, autocommit=True)
+
+
+async def create_one(conn: psycopg.AsyncConnection[Any], user: str, payload: dict[str, Any]) -> str:
+    from psycopg.types.json import Jsonb
+
+    from supervisor.queries import query
+
+    cur = await conn.execute(query("create_job"), {
+        "user_id": user, "export_type": "pdf", "payload": Jsonb(payload), "menu_id": None,
+        "subscriber": True, "idempotency_key": None, "email": None})
+    row = await cur.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+# ---- 1 + 7: end to end, memory -------------------------------------------------------
+
+
+class MemorySampler(threading.Thread):
+    """Every 100 ms: the PSS of each child's whole process tree; keeps the peak."""
+
+    def __init__(self, sup: Any) -> None:
+        super().__init__(name="bench-memory", daemon=True)
+        self.sup = sup
+        self.stop_flag = threading.Event()
+        self.peak_tree = 0
+        self.peak_total = 0
+        self.samples = 0
+
+    def run(self) -> None:
+        from supervisor.memory import tree, tree_pss_bytes
+
+        while not self.stop_flag.wait(0.1):
+            total = 0
+            for handle in list(self.sup.pool.handles):
+                if not handle.pid:
+                    continue
+                pss = tree_pss_bytes(tree(handle.pid))
+                self.peak_tree = max(self.peak_tree, pss)
+                total += pss
+            self.peak_total = max(self.peak_total, total)
+            self.samples += 1
+
+
+async def end_to_end(settings: Settings, url: str, payloads: dict[str, dict[str, Any]],
+                     jobs: dict[str, int]) -> dict[str, Any]:
+    from supervisor.memory import tree, tree_pss_bytes
+
+    out: dict[str, Any] = {"cases": {}}
+    async with Running(settings, url) as sup:
+        await asyncio.sleep(0.5)  # let the canary's page settle
+        idle = [tree_pss_bytes(tree(h.pid)) for h in sup.pool.idle_children()]
+        out["idle_child_tree_pss_bytes"] = max(idle)
+        out["idle_child_tree_pss_all"] = idle
+        out["supervisor_rss_idle_bytes"] = psutil.Process().memory_info().rss
+        out["browser_version"] = next((h.browser_version for h in sup.pool.handles if h.browser_version), "")
+        sampler = MemorySampler(sup)
+        sampler.start()
+        conn = await connect(url)
+        try:
+            for name in DOCS:
+                await wait_children_idle(sup)
+                n = jobs[name]
+                user = str(uuid.uuid4())
+                ids = [await create_one(conn, user, payloads[name]) for _ in range(n)]
+                deadline = time.monotonic() + 600
+                while True:
+                    cur = await conn.execute(
+                        "SELECT count(*) FILTER (WHERE status IN ('completed','failed','cancelled')),"
+                        " count(*) FILTER (WHERE status = 'completed') FROM export_jobs WHERE user_id = %s",
+                        (user,))
+                    done, ok = await cur.fetchone()  # type: ignore[misc]
+                    if done >= n or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.05)
+                cur = await conn.execute(
+                    "SELECT extract(epoch FROM created_at)::float8, extract(epoch FROM completed_at)::float8,"
+                    " (metadata->>'pages')::int FROM export_jobs WHERE user_id = %s AND status = 'completed'",
+                    (user,))
+                rows = await cur.fetchall()
+                lat = [c - a for a, c, _ in rows]
+                wall = max(c for _, c, _ in rows) - min(a for a, _, _ in rows) if rows else float("nan")
+                out["cases"][name] = {
+                    "jobs": n, "completed": ok, "failed": n - ok, "wall_s": wall,
+                    "per_s": ok / wall if wall else 0.0, "per_min": 60 * ok / wall if wall else 0.0,
+                    "p50_s": pct(lat, 50), "p95_s": pct(lat, 95),
+                    "pages": rows[0][2] if rows else None, "job_ids_sample": ids[:1],
+                }
+                print(f"  end-to-end {name}: {ok}/{n} in {wall:.1f}s", file=sys.stderr, flush=True)
+        finally:
+            sampler.stop_flag.set()
+            sampler.join()
+            await conn.close()
+        out["peak_child_tree_pss_bytes"] = sampler.peak_tree
+        out["peak_children_total_pss_bytes"] = sampler.peak_total
+        out["memory_samples"] = sampler.samples
+        out["supervisor_rss_after_bytes"] = psutil.Process().memory_info().rss
+        out["pool_stats"] = {"recycles": dict(sup.pool.stats.recycles), "kills": dict(sup.pool.stats.kills)}
+    return out
+
+
+# ---- 4: pickup latency ---------------------------------------------------------------
+
+
+async def pickup(settings: Settings, url: str, samples: int) -> dict[str, Any]:
+    from render_child.null_child import null_child_entry
+
+    payload = {"source": {"kind": "html", "html": "<p>pickup</p>"}}
+    lat: list[float] = []
+    async with Running(settings, url, child_target=null_child_entry):
+        conn = await connect(url)
+        try:
+            user = str(uuid.uuid4())
+            for _ in range(samples):
+                job = await create_one(conn, user, payload)
+                while True:
+                    cur = await conn.execute(
+                        "SELECT extract(epoch FROM started_at - created_at)::float8 FROM export_jobs"
+                        " WHERE id = %s AND started_at IS NOT NULL", (job,))
+                    row = await cur.fetchone()
+                    if row is not None:
+                        lat.append(row[0])
+                        break
+                    await asyncio.sleep(0.002)
+                await asyncio.sleep(0.02)  # let the job finish; the worker is idle again
+        finally:
+            await conn.close()
+    return {"samples": len(lat), "p50_ms": pct(lat, 50) * 1000, "p95_ms": pct(lat, 95) * 1000,
+            "max_ms": max(lat) * 1000 if lat else float("nan")}
+
+
+# ---- 5: creation latency -------------------------------------------------------------
+
+
+async def creation(url: str, calls: int, clients: int) -> dict[str, Any]:
+    payload = {"source": {"kind": "html", "html": "<p>creation</p>"}}
+    lat: list[float] = []
+    per_client = calls // clients
+
+    async def client() -> None:
+        conn = await connect(url)
+        user = str(uuid.uuid4())
+        try:
+            await create_one(conn, user, payload)  # warm the connection (not counted)
+            for _ in range(per_client):
+                t0 = time.perf_counter()
+                await create_one(conn, user, payload)
+                lat.append(time.perf_counter() - t0)
+        finally:
+            await conn.close()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    wall = time.perf_counter() - start
+    return {"calls": len(lat), "clients": clients, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000,
+            "per_s": len(lat) / wall}
+
+
+# ---- 6: null renderer throughput -----------------------------------------------------
+
+
+async def null_throughput(settings: Settings, url: str, jobs: int) -> dict[str, Any]:
+    from render_child.null_child import null_child_entry
+
+    conn = await connect(url)
+    try:
+        cur = await conn.execute("SELECT count(*) FROM export_jobs WHERE status = 'pending'")
+        pending = (await cur.fetchone())[0]  # type: ignore[index]
+        payload = {"source": {"kind": "html", "html": "<p>null</p>"}}
+        missing = max(jobs - pending, 0)
+        users = [str(uuid.uuid4()) for _ in range(4)]
+        for i in range(missing):
+            await create_one(conn, users[i % 4], payload)
+        t0 = time.perf_counter()
+        async with Running(settings, url, child_target=null_child_entry) as sup:
+            while True:
+                cur = await conn.execute("SELECT count(*) FROM export_jobs WHERE status IN ('pending','processing')")
+                left = (await cur.fetchone())[0]  # type: ignore[index]
+                if left == 0 or time.perf_counter() - t0 > 300:
+                    break
+                await asyncio.sleep(0.05)
+            del sup
+        cur = await conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE status = 'completed'),"
+            " extract(epoch FROM max(completed_at) - min(started_at))::float8 FROM export_jobs")
+        total, completed, wall = await cur.fetchone()  # type: ignore[misc]
+    finally:
+        await conn.close()
+    return {"jobs": total, "completed": completed, "wall_s": wall, "per_s": completed / wall if wall else 0.0}
+
+
+# ---- browser baselines ---------------------------------------------------------------
+
+
+def browser_loops(mode: str, lanes: int, executable: str, html: dict[str, str],
+                  jobs: dict[str, int]) -> dict[str, Any]:
+    from bench.browsers import Lanes
+
+    runner = Lanes(mode, lanes, executable, html)
+    out: dict[str, Any] = {}
+    try:
+        for name in DOCS:
+            res = runner.run(name, jobs[name])
+            d = res.pop("durations")
+            res.update(p50_s=pct(d, 50), p95_s=pct(d, 95), per_min=res["per_s"] * 60)
+            out[name] = res
+            print(f"  {mode} {name}: {res['jobs']} in {res['wall_s']:.1f}s", file=sys.stderr, flush=True)
+    finally:
+        runner.close()
+    return out
+
+
+def procrastinate_peer() -> dict[str, Any]:
+    try:
+        import procrastinate  # noqa: F401
+    except ImportError:
+        return {"status": "not installed"}
+    return {"status": "installed, not measured"}
+
+
+# ---- machine ---------------------------------------------------------------------------
+
+
+def machine(browser_version: str) -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": model, "cores": os.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(), "chromium": browser_version, "platform": platform.platform()}
+
+
+# ---- report --------------------------------------------------------------------------
+
+
+def _mb(b: float) -> str:
+    return f"{b / 2**20:.0f} MB"
+
+
+def goals(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
+    e2e = r["end_to_end"]["cases"]["small"]["per_s"]
+    ceil = r["ceiling"]["small"]["per_s"]
+    seed = r["browser_per_job"]["small"]["per_s"]
+    mem = r["memory"]
+    rows = [
+        ("small PDFs/s end to end", f"{e2e:.1f}/s", ">= 20/s", e2e >= 20),
+        ("end to end / ceiling (small)", f"{100 * e2e / ceil:.0f}%", ">= 85%", e2e >= 0.85 * ceil),
+        ("end to end / browser-per-job (small)", f"{e2e / seed:.1f}x", ">= 10x", e2e >= 10 * seed),
+        ("pickup p50 (NOTIFY)", f"{r['pickup']['notify']['p50_ms']:.1f} ms", "<= 5 ms",
+         r["pickup"]["notify"]["p50_ms"] <= 5),
+        ("creation p99 (8 clients)", f"{r['creation']['p99_ms']:.1f} ms", "<= 10 ms", r["creation"]["p99_ms"] <= 10),
+        ("null renderer", f"{r['null_renderer']['per_s']:.0f} jobs/s", ">= 1000 jobs/s",
+         r["null_renderer"]["per_s"] >= 1000),
+        ("idle child tree PSS", _mb(mem["idle_child_tree_pss_bytes"]), "<= 250 MB",
+         mem["idle_child_tree_pss_bytes"] <= 250 * 2**20),
+        ("supervisor RSS", _mb(mem["supervisor_rss_bytes"]), "<= 80 MB", mem["supervisor_rss_bytes"] <= 80 * 2**20),
+    ]
+    return rows
+
+
+def table(r: dict[str, Any]) -> str:
+    lines = [f"Parallelism: {r['parallelism']} (MAX_CONCURRENT_RENDERS); smoke={r['smoke']}", "",
+             "| case | document | jobs | jobs/min | jobs/s | p50 | p95 |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for label, key in (("end to end (pipeline)", "end_to_end"), ("ceiling (warm page loop)", "ceiling"),
+                       ("browser per job (seed)", "browser_per_job")):
+        cases = r[key]["cases"] if key == "end_to_end" else r[key]
+        for name in DOCS:
+            c = cases[name]
+            lines.append(f"| {label} | {name} | {c['jobs']} | {c['per_min']:.0f} | {c['per_s']:.2f} | "
+                         f"{c['p50_s'] * 1000:.0f} ms | {c['p95_s'] * 1000:.0f} ms |")
+    p, cr, nr, mem = r["pickup"], r["creation"], r["null_renderer"], r["memory"]
+    lines += [
+        f"| pickup, NOTIFY (null child) | - | {p['notify']['samples']} | - | - | "
+        f"{p['notify']['p50_ms']:.1f} ms | {p['notify']['p95_ms']:.1f} ms |",
+        f"| pickup, polling only (null child) | - | {p['polling']['samples']} | - | - | "
+        f"{p['polling']['p50_ms']:.0f} ms | {p['polling']['p95_ms']:.0f} ms |",
+        f"| create_export_job, {cr['clients']} clients (p50 / p99) | - | {cr['calls']} | - | {cr['per_s']:.0f} | "
+        f"{cr['p50_ms']:.2f} ms | p99 {cr['p99_ms']:.2f} ms |",
+        f"| null renderer, full supervisor | - | {nr['jobs']} | {nr['per_s'] * 60:.0f} | {nr['per_s']:.0f} | - | - |",
+        f"| procrastinate no-op worker (peer) | - | - | - | {r['procrastinate']['status']} | - | - |",
+        "",
+        "| memory | value |", "|---|---:|",
+        f"| idle child tree PSS (largest of {len(mem['idle_child_tree_pss_all'])}) | "
+        f"{_mb(mem['idle_child_tree_pss_bytes'])} |",
+        f"| supervisor RSS (idle, children ready) | {_mb(mem['supervisor_rss_bytes'])} |",
+        f"| supervisor RSS (after the end-to-end run) | {_mb(mem['supervisor_rss_after_bytes'])} |",
+        f"| peak child tree PSS during end to end | {_mb(mem['peak_child_tree_pss_bytes'])} |",
+        f"| peak PSS of all children together | {_mb(mem['peak_children_total_pss_bytes'])} |",
+        "", "| goal | measured | goal | met |", "|---|---:|---:|---|",
+    ]
+    for name, value, goal, met in goals(r):
+        lines.append(f"| {name} | {value} | {goal} | {'yes' if met else 'no'} |")
+    m = r["machine"]
+    lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, Python {m['python']}, "
+              f"Chromium {m['chromium']}. Total bench time {r['total_s']:.0f} s."]
+    return "\n".join(lines)
+
+
+# ---- the command ---------------------------------------------------------------------
+
+
+def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: Path | None = None) -> int:
+    from bench.docs import ImageServer, documents, payload_html
+    from supervisor.migrate import migrate, sync_queue_settings
+
+    logging.getLogger().setLevel(logging.WARNING)
+    t_start = time.perf_counter()
+    if smoke:
+        jobs = min(jobs, 6)
+    per_case = {name: max(3, int(jobs * SHARE[name])) for name in DOCS}
+    seed_jobs = {name: 3 if smoke else 20 for name in DOCS}
+    seed_jobs["large"] = 3 if smoke else 10
+    pickups_notify, pickups_poll = (5, 2) if smoke else (50, 12)
+    creation_calls = 80 if smoke else 2000
+    null_jobs = 200 if smoke else 3000
+    lanes = settings.worker.max_concurrent_renders
+    executable = settings.render.puppeteer_executable_path
+    results: dict[str, Any] = {"smoke": smoke, "parallelism": lanes, "jobs_per_case": per_case}
+
+    with tempfile.TemporaryDirectory(prefix="ew-bench-") as tmp, ImageServer() as images:
+        payloads = documents(images.port)
+        html = {k: payload_html(v) for k, v in payloads.items()}
+        url = recreate_database()
+        migrate(url)
+        s_notify = bench_settings(settings, url, Path(tmp) / "data", images.port)
+        s_poll = bench_settings(settings, url, Path(tmp) / "data", images.port, listen_notify=False)
+        sync_queue_settings(url, s_notify)
+
+        print("bench: creation latency", file=sys.stderr, flush=True)
+        results["creation"] = asyncio.run(creation(url, creation_calls, 8))
+        print("bench: null renderer", file=sys.stderr, flush=True)
+        results["null_renderer"] = asyncio.run(null_throughput(s_notify, url, null_jobs))
+        results["procrastinate"] = procrastinate_peer()
+        print("bench: pickup latency", file=sys.stderr, flush=True)
+        results["pickup"] = {"notify": asyncio.run(pickup(s_notify, url, pickups_notify)),
+                             "polling": asyncio.run(pickup(s_poll, url, pickups_poll)),
+                             "polling_interval_idle_ms": settings.worker.polling_interval_idle_ms}
+        print("bench: end to end", file=sys.stderr, flush=True)
+        e2e = asyncio.run(end_to_end(s_notify, url, payloads, per_case))
+        results["end_to_end"] = {"cases": e2e["cases"], "pool_stats": e2e["pool_stats"]}
+        results["memory"] = {
+            "idle_child_tree_pss_bytes": e2e["idle_child_tree_pss_bytes"],
+            "idle_child_tree_pss_all": e2e["idle_child_tree_pss_all"],
+            "supervisor_rss_bytes": e2e["supervisor_rss_idle_bytes"],
+            "supervisor_rss_after_bytes": e2e["supervisor_rss_after_bytes"],
+            "peak_child_tree_pss_bytes": e2e["peak_child_tree_pss_bytes"],
+            "peak_children_total_pss_bytes": e2e["peak_children_total_pss_bytes"],
+            "memory_samples": e2e["memory_samples"],
+        }
+        print("bench: ceiling (warm pages)", file=sys.stderr, flush=True)
+        results["ceiling"] = browser_loops("warm", lanes, executable, html, per_case)
+        print("bench: browser per job", file=sys.stderr, flush=True)
+        results["browser_per_job"] = browser_loops("per_job", lanes, executable, html, seed_jobs)
+        with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+    results["machine"] = machine(e2e.get("browser_version", ""))
+    results["total_s"] = time.perf_counter() - t_start
+    results["goals"] = [{"goal": n, "measured": v, "target": g, "met": m} for n, v, g, m in goals(results)]
+    text = table(results)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
+        print(f"\nJSON written to {out}")
+    return 0
