@@ -12,6 +12,7 @@ fetcher, without the policy checks.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.connection
 import time
@@ -60,7 +61,7 @@ def lane_main(conn: multiprocessing.connection.Connection, mode: str, executable
     from playwright.sync_api import sync_playwright
 
     manager = sync_playwright().start()
-    launch = {"args": launch_args(), "headless": True, "executable_path": executable or None}
+    launch: dict[str, Any] = {"args": launch_args(), "headless": True, "executable_path": executable or None}
     browser = page = context = None
     try:
         if mode == "warm":
@@ -127,7 +128,7 @@ class Lanes:
         n = len(self.conns)
         shares = [jobs // n + (1 if i < jobs % n else 0) for i in range(n)]
         start = time.perf_counter()
-        for c, share in zip(self.conns, shares):
+        for c, share in zip(self.conns, shares, strict=False):
             c.send(("run", name, share))
         durations: list[float] = []
         end = start
@@ -144,10 +145,8 @@ class Lanes:
 
     def close(self) -> None:
         for c in self.conns:
-            try:
+            with contextlib.suppress(OSError):
                 c.send(("stop",))
-            except OSError:
-                pass
         for p in self.procs:
             p.join(10)
             if p.is_alive():

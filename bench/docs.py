@@ -36,7 +36,7 @@ class ImageServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 body = images.get(self.path.split("?", 1)[0])
                 if body is None:
                     self.send_response(404)

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import threading
@@ -328,7 +327,7 @@ def browser_loops(mode: str, lanes: int, executable: str, html: dict[str, str],
 
 def procrastinate_peer() -> dict[str, Any]:
     try:
-        import procrastinate  # noqa: F401
+        import procrastinate  # type: ignore[import-not-found,unused-ignore]  # noqa: F401
     except ImportError:
         return {"status": "not installed"}
     return {"status": "installed, not measured"}

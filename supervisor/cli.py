@@ -451,6 +451,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    root = Path(__file__).resolve().parent.parent
+    if (root / "bench" / "run.py").is_file() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))  # the harness lives in the source checkout, not the wheel
     try:
         from bench.run import run_bench  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
