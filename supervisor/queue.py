@@ -354,6 +354,9 @@ def _creation_error(exc: psycopg.Error) -> Exception:
             int(detail.get("max", 0)),
             int(detail.get("retry_after_seconds", 60)),
         )
+    if diag.sqlstate in ("22P05", "22021"):
+        # e.g. a NUL (\u0000) in a string: jsonb and text cannot hold it.
+        return InvalidJob(f"payload contains a character PostgreSQL cannot store: {diag.message_primary}", "payload")
     if diag.sqlstate == "EW422":
         detail = json.loads(diag.message_detail or "{}")
         return InvalidJob(diag.message_primary or str(exc), detail.get("field", ""))

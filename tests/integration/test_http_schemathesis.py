@@ -130,7 +130,9 @@ def test_api_never_answers_5xx(live_url: str) -> None:
         label = operation.label
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @settings(
+            max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None, derandomize=True
+        )
         def run(case: Any) -> None:
             response = case.call_and_validate(
                 base_url=live_url, headers=headers, checks=[not_a_server_error], timeout=10

@@ -13,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
 from supervisor.migrate import sync_queue_settings
-from supervisor.queue import Claim, ClaimLost, JobQueue, full_jitter_backoff_ms
+from supervisor.queue import Claim, ClaimLost, InvalidJob, JobQueue, full_jitter_backoff_ms
 from tests.conftest import html_payload, make_settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -394,3 +394,14 @@ async def test_complete_writes_one_completed_mail(queue: JobQueue, db_url: str) 
         claim, storage_path="q", file_url="q", file_size_bytes=1, content_type="image/png", metadata={}
     )
     assert outbox(db_url, quiet) == []
+
+
+async def test_nul_character_in_payload_is_a_clear_validation_error(queue: JobQueue) -> None:
+    """Found by schemathesis: jsonb cannot hold \\u0000; the caller gets InvalidJob, not a 500."""
+    with pytest.raises(InvalidJob) as info:
+        await queue.create_job(
+            user_id="00000000-0000-4000-8000-000000000abc",
+            export_type="pdf",
+            payload={"source": {"kind": "html", "html": "a\u0000b"}},
+        )
+    assert info.value.field == "payload"
