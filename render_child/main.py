@@ -34,6 +34,7 @@ from shared.messages import (
     RenderFailed,
     RenderJob,
     Stop,
+    chromium_home,
 )
 
 PR_SET_PDEATHSIG = 1
@@ -118,6 +119,8 @@ def _run(conn: multiprocessing.connection.Connection, options_bytes: bytes) -> i
             }
             if options.executable_path:
                 launch["executable_path"] = options.executable_path
+            home = chromium_home(options.scratch_dir, os.getpid())
+            launch["env"] = {**os.environ, "XDG_CONFIG_HOME": f"{home}/config", "XDG_CACHE_HOME": f"{home}/cache"}
             browser = manager.chromium.launch(**launch)
             renderer = Renderer(browser, channel.log)
             renderer.warm_up()

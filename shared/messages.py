@@ -7,6 +7,8 @@ the limits, the network policy and a scratch path to write the file to.
 
 from __future__ import annotations
 
+import os
+
 import msgspec
 
 from shared.errors import ErrorCategory
@@ -122,6 +124,16 @@ class ChildOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     chromium_args: list[str]
     log_level: str = "info"
     scratch_dir: str  # where outputs are written; the supervisor moves them to storage
+
+
+def chromium_home(scratch_dir: str, child_pid: int) -> str:
+    """A child's own XDG config/cache home for its Chromium.
+
+    Chromium's crash handler double-forks to PID 1, out of the child's process
+    tree; with a home of its own its command line (``--database=<home>/...``)
+    names the child, so the supervisor can find and kill it after the child.
+    """
+    return os.path.join(scratch_dir, f"chromium-{child_pid}")
 
 
 CHROMIUM_ARGS = [

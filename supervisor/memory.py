@@ -58,6 +58,18 @@ def kill_tree(pid: int, procs: list[psutil.Process] | None = None) -> list[psuti
     return procs
 
 
+def kill_marked(marker: str) -> int:
+    """SIGKILL every process whose command line mentions `marker` (a child's own
+    directory): what re-parented itself out of the tree, like Chromium's crash handler."""
+    killed = 0
+    for proc in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error, TypeError):
+            if any(marker in part for part in proc.info["cmdline"] or ()):
+                proc.kill()
+                killed += 1
+    return killed
+
+
 @dataclass(frozen=True)
 class ContainerMemory:
     used_bytes: int

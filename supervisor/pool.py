@@ -17,6 +17,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import random
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -41,8 +42,9 @@ from shared.messages import (
     RenderFailed,
     RenderJob,
     Stop,
+    chromium_home,
 )
-from supervisor.memory import kill_tree, tree
+from supervisor.memory import kill_marked, kill_tree
 
 log = logging.getLogger(__name__)
 
@@ -412,10 +414,11 @@ class RenderPool:
         with contextlib.suppress(ValueError):
             self.handles.remove(handle)
         if handle.pid:
-            # Any Chromium that escaped the group kill (re-parented) goes too.
-            for leftover in tree(handle.pid):
-                with contextlib.suppress(Exception):
-                    leftover.kill()
+            # What re-parented itself out of the tree (Chromium's crash handler)
+            # is found by the child's own Chromium home, and goes too.
+            home = chromium_home(self.config.options.scratch_dir, handle.pid)
+            kill_marked(home)
+            shutil.rmtree(home, ignore_errors=True)
         assignment, handle.assignment = handle.assignment, None
         reason = handle.kill_reason or ("recycled" if exitcode == EX_RECYCLE else "crashed")
         if assignment is not None:

@@ -139,3 +139,25 @@ def test_boot_failure_exit_code() -> None:
         if proc.is_alive():
             proc.kill()
         parent.close()
+
+
+def test_a_killed_child_leaves_no_crash_handler_behind() -> None:
+    """chrome_crashpad_handler re-parents itself to PID 1, out of reach of a tree kill:
+    the child launches Chromium without it, so nothing of a killed child survives."""
+    import psutil
+
+    child = spawn_child()
+    started = psutil.Process(child.process.pid).create_time()
+    try:
+        assert isinstance(child.render(make_job("<p>one render</p>", child.scratch)), Rendered)
+    finally:
+        kill_tree(child)
+
+    def handlers() -> list[psutil.Process]:
+        found = []
+        for proc in psutil.process_iter(["name", "create_time"]):
+            if "crashpad" in (proc.info["name"] or "") and proc.info["create_time"] >= started - 0.01:
+                found.append(proc)
+        return found
+
+    assert handlers() == [], "a crash handler started with this child outlived it"

@@ -21,6 +21,7 @@ import psutil
 import pytest
 from conftest import html_payload, make_settings
 
+from shared.messages import chromium_home
 from supervisor import memory
 from supervisor.queue import JobQueue
 from supervisor.runner import Supervisor
@@ -238,8 +239,20 @@ async def test_sigkilled_child_settles_its_job_at_once_and_leaves_no_chromium(st
     next_id = await create(sup.queue, html_payload())
     assert (await wait_for_status(sup.queue, next_id, {"completed", "failed"}, 30))["status"] == "completed"
 
-    # No process of the killed child's tree (its Chromium included) survives.
+    # No process of the killed child's tree (its Chromium included) survives, nor what
+    # left the tree: Chromium's crash handler re-parents to PID 1 but names the child's home.
     await wait_until(lambda: not still_running(procs), 5, "the killed child's tree to be gone")
+    home = chromium_home(sup.pool.config.options.scratch_dir, handle.pid)
+    assert not marked_processes(home), f"processes of {home} outlived the child"
+
+
+def marked_processes(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and any(marker in part for part in cmdline):
+            found.append(proc)
+    return found
 
 
 # ---- 3. a hung page hits the deadline ----------------------------------------
