@@ -458,6 +458,15 @@ class RenderPool:
             elif handle.state is ChildState.STOPPING and now > handle.stop_sent_at + self.config.stop_grace_seconds:
                 self.kill(handle, "stop_timeout")
                 self._reap(handle)
+            elif (
+                handle.state is ChildState.IDLE
+                and not handle.retire_requested
+                and now >= handle.retire_at
+                and not self.stopping
+                and not self.braked
+            ):
+                # An idle child ages out too, not only after its next render.
+                self._start_recycle(handle)
         if not self.stopping and not self.braked:
             present = {h.index for h in self.handles}
             for index in range(self.config.size):

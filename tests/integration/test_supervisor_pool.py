@@ -344,6 +344,70 @@ async def test_recycling_after_n_renders_keeps_capacity(start_supervisor: Any) -
     assert sup.pool.stats.kills == {}, sup.pool.stats.kills
 
 
+async def test_an_idle_child_is_recycled_by_age_without_a_dip_in_capacity(start_supervisor: Any) -> None:
+    """No job arrives, yet children past CHILD_MAX_AGE_SECONDS are replaced (warm replacement first)."""
+    run = await start_supervisor(CHILD_MAX_AGE_SECONDS="10", RENDERS_PER_CHILD="100000")
+    sup: Supervisor = run.sup
+    first = {h.pid for h in sup.pool.handles}
+    low: list[int] = []
+
+    def sampled() -> bool:
+        count = ready_count(sup)
+        if count < 2:
+            low.append(count)
+        run.remember_trees()
+        current = {h.pid for h in sup.pool.handles if h.state.value in ("idle", "busy")}
+        return sup.pool.stats.recycles.get("age", 0) >= 2 and not (current & first)
+
+    await wait_until(sampled, 40, "both children recycled by age")
+    assert not low, f"capacity dipped below 2 ready children: {low[:5]}"
+    job_id = await create(sup.queue, html_payload("<p>after the age recycle</p>"))
+    assert (await wait_for_status(sup.queue, job_id, {"completed", "failed"}, 30))["status"] == "completed"
+
+
+def container(ratio: float) -> Callable[[], memory.ContainerMemory]:
+    limit = 2 * 2**30
+    return lambda: memory.ContainerMemory(int(limit * ratio), limit, "test")
+
+
+async def test_container_high_water_stops_claiming_until_memory_falls(start_supervisor: Any) -> None:
+    run = await start_supervisor()
+    sup: Supervisor = run.sup
+    sup.watchdog.read_container = container(0.90)  # above the 85% high water, below the 95% critical
+    await wait_until(lambda: sup.watchdog.over_high_water, 5, "the watchdog to see the high water")
+    job_id = await create(sup.queue, html_payload("<p>waits for memory</p>"))
+    # Several claim rounds pass (busy poll 50 ms, idle 200 ms); the job must not be claimed.
+    deadline = time.monotonic() + 1.5
+    while time.monotonic() < deadline:
+        row = await sup.queue.get_job(job_id)
+        assert row is not None and row["status"] == "pending" and row["attempts"] == 0, row
+        await asyncio.sleep(0.1)
+    assert sup.memory().healthy, "high water is not critical: the worker stays healthy"
+    sup.watchdog.read_container = container(0.40)
+    assert (await wait_for_status(sup.queue, job_id, {"completed", "failed"}, 30))["status"] == "completed"
+    assert sup.pool.stats.kills == {}
+
+
+async def test_container_critical_kills_the_largest_child_mid_render(start_supervisor: Any) -> None:
+    run = await start_supervisor(MAX_ATTEMPTS="1", JOB_TIMEOUT_SECONDS="60")
+    sup: Supervisor = run.sup
+    job_id = await create(sup.queue, test_template("eat-memory"))
+    handle = await inflight_handle(sup, job_id)
+    # The hog's tree grows past the idle child's: it is the largest when memory turns critical.
+    idle_sizes = [h.memory_bytes for h in sup.pool.handles if h is not handle]
+    await wait_until(lambda: handle.memory_bytes > max(idle_sizes, default=0) + 50 * 2**20, 20, "the hog to grow")
+    run.remember_trees()
+    sup.watchdog.read_container = container(0.97)
+    row = await wait_for_status(sup.queue, job_id, {"failed", "completed"}, 10)
+    sup.watchdog.read_container = container(0.40)
+    assert row["status"] == "failed"
+    assert row["error_category"] == "resource", row
+    assert "container" in row["error_message"], row["error_message"]
+    assert sup.pool.stats.kills.get("container_memory", 0) >= 1
+    assert handle.kill_reason == "container_memory"
+    await wait_until(lambda: len(sup.pool.idle_children()) == 2, 45, "the pool to recover")
+
+
 # ---- 7. cancelling a running job ------------------------------------------------
 
 

