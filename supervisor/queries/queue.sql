@@ -87,10 +87,12 @@ UPDATE export_jobs
 RETURNING id;
 
 -- name: release_job
--- Graceful shutdown: hand the job back without spending its attempt.
+-- Graceful shutdown: hand the job back without spending its attempt. `attempts`
+-- keeps counting claims (so every claim's fence stays unique, even when the same
+-- WORKER_ID claims it again); the allowance grows by one instead.
 UPDATE export_jobs
    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL, started_at = NULL,
-       attempts = greatest(attempts - 1, 0), available_at = now()
+       max_attempts = max_attempts + 1, available_at = now()
  WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
    AND status = 'processing'
 RETURNING id;
@@ -154,9 +156,11 @@ UPDATE export_jobs AS j
 RETURNING j.status, j.cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- name: retry_failed_job
--- Operator retry: a failed or cancelled job goes back to pending with fresh attempts.
+-- Operator retry: a failed or cancelled job goes back to pending with a fresh
+-- allowance (attempts keeps counting, so old claims stay fenced out).
 UPDATE export_jobs
-   SET status = 'pending', attempts = 0, available_at = now(), completed_at = NULL,
+   SET status = 'pending', available_at = now(), completed_at = NULL,
+       max_attempts = attempts + (SELECT s.max_attempts FROM export_queue_settings AS s WHERE s.id),
        worker_id = NULL, cancel_requested_at = NULL
  WHERE id = %(id)s AND status IN ('failed', 'cancelled')
 RETURNING id;
@@ -236,7 +240,7 @@ UPDATE export_mail_outbox
 -- spending the attempt; counted, so an endless outage still ends in failure.
 UPDATE export_jobs
    SET status = 'pending', worker_id = NULL, heartbeat_at = NULL,
-       attempts = greatest(attempts - 1, 0),
+       max_attempts = max_attempts + 1,  -- not spent: see release_job
        available_at = now() + make_interval(secs => %(delay_ms)s / 1000.0),
        error_message = %(message)s, error_category = 'transient',
        metadata = metadata || jsonb_build_object(

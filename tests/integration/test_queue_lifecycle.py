@@ -311,24 +311,37 @@ async def test_cancel_pending_processing_and_final(queue: JobQueue, db_url: str)
     # An operator can send a cancelled job back.
     assert await queue.retry_failed(running) is True
     r = row(db_url, running)
-    assert (r["status"], r["attempts"], r["cancel_requested_at"]) == ("pending", 0, None)
+    # A fresh allowance; attempts keeps counting so the old claim stays fenced out.
+    assert (r["status"], r["attempts"], r["max_attempts"], r["cancel_requested_at"]) == ("pending", 1, 4, None)
     assert await queue.retry_failed(running) is False
+    again = await claim_one(queue)
+    assert (again.job_id, again.attempt) == (running, 2)
+    with pytest.raises(ClaimLost):
+        await queue.settle_cancelled(claim)
 
 
 async def test_release_gives_back_the_attempt_and_is_claimable_at_once(queue: JobQueue, db_url: str) -> None:
     job_id = await new_job(queue)
     claim = await claim_one(queue)
-    assert row(db_url, job_id)["attempts"] == 1
+    r = row(db_url, job_id)
+    assert (r["attempts"], r["max_attempts"]) == (1, 3)
     await queue.release(claim)
     r = row(db_url, job_id)
-    assert (r["status"], r["attempts"], r["worker_id"], r["started_at"]) == ("pending", 0, None, None)
+    # Not spent: attempts still counts claims, the allowance grew by one.
+    assert (r["status"], r["attempts"], r["max_attempts"], r["worker_id"], r["started_at"]) == (
+        "pending", 1, 4, None, None
+    )
     again = await claim_one(queue)
-    assert (again.job_id, again.attempt) == (job_id, 1)
+    assert (again.job_id, again.attempt) == (job_id, 2)
+    # The SAME worker re-claimed it: the first claim is still fenced out.
+    with pytest.raises(ClaimLost):
+        await queue.release(claim)
+    assert await queue.heartbeat([claim]) == {}
     await queue.release(again)
-    # Released and re-claimed by another worker: the first claim is fenced out.
+    # Released and re-claimed by another worker: the earlier claims are fenced out.
     other = JobQueue(queue.pool, "other-worker", queue.retry)
     theirs = await claim_one(other)
-    assert (theirs.job_id, theirs.attempt) == (job_id, 1)
+    assert (theirs.job_id, theirs.attempt) == (job_id, 3)
     before = row(db_url, job_id)
     with pytest.raises(ClaimLost):
         await queue.release(claim)
@@ -344,7 +357,7 @@ async def test_defer_keeps_the_attempt_and_counts(queue: JobQueue, db_url: str) 
     claim = await claim_one(queue)
     assert await queue.defer(claim, 60_000, "storage breaker open") == 1
     r = row(db_url, job_id)
-    assert (r["status"], r["attempts"], r["error_category"]) == ("pending", 0, "transient")
+    assert (r["status"], r["attempts"], r["max_attempts"], r["error_category"]) == ("pending", 1, 4, "transient")
     assert await queue.claim(1) == []
     sql(db_url, "UPDATE export_jobs SET available_at = now() WHERE id = %s", job_id)
     claim = await claim_one(queue)

@@ -505,8 +505,9 @@ async def test_shutdown_returns_a_long_job_without_spending_its_attempt(start_su
     import psycopg
 
     with psycopg.connect(sup.conninfo) as conn:
-        status, attempts, worker = conn.execute(
-            "SELECT status, attempts, worker_id FROM export_jobs WHERE id = %s", (job_id,)
+        status, attempts, allowed, worker = conn.execute(
+            "SELECT status, attempts, max_attempts, worker_id FROM export_jobs WHERE id = %s", (job_id,)
         ).fetchone()
-    assert (status, attempts, worker) == ("pending", 0, None)
+    # Not spent: the claim still counts, and the allowance grew by one.
+    assert (status, attempts, allowed, worker) == ("pending", 1, 3, None)
     await wait_until(lambda: not still_running(run.seen), 5, "every child tree gone")
