@@ -25,7 +25,9 @@ from shared.config import Settings
 from shared.errors import ErrorCategory
 from shared.messages import CHROMIUM_ARGS, ChildOptions, NetworkPolicy, Rendered, RenderFailed, RenderJob, RenderLimits
 from shared.payload import PayloadError, parse_payload
+from supervisor.breaker import STATE_VALUES
 from supervisor.db import open_pool
+from supervisor.health import HealthCheck, breaker_check, database_check, memory_check
 from supervisor.listener import Listener
 from supervisor.metrics import Metrics
 from supervisor.migrate import migrate, sync_queue_settings
@@ -434,7 +436,7 @@ class Supervisor:
                 await self._storage_failed(claim, exc)
                 return
             finally:
-                self.metrics.breaker_state.set(_BREAKER_VALUES.get(self.breaker.state, 0))
+                self.metrics.breaker_state.set(STATE_VALUES[self.breaker.state])
             metadata = {
                 "pages": result.pages,
                 "width": result.width,
@@ -644,45 +646,27 @@ class Supervisor:
 
     # ---- HealthSources ------------------------------------------------------------------
 
-    async def database(self) -> Any:
-        from supervisor.health import HealthCheck
+    async def database(self) -> HealthCheck:
+        return await database_check(self.db)
 
-        try:
-            async with asyncio.timeout(2):
-                async with self.db.connection() as conn:
-                    await conn.execute("SELECT 1")
-            return HealthCheck(True, "Database connection OK")
-        except Exception as exc:
-            return HealthCheck(False, f"Database unavailable: {exc or type(exc).__name__}")
+    def storage_health(self) -> HealthCheck:
+        return breaker_check(
+            self.breaker.state if self.breaker.enabled else None,
+            backend=self.storage.name,
+            retry_in=self.breaker.seconds_until_retry(),
+        )
 
-    def storage_health(self) -> Any:
-        from supervisor.health import HealthCheck
-
-        state = self.breaker.state
-        if state == "open":
-            wait = self.breaker.seconds_until_retry()
-            return HealthCheck(False, f"Storage circuit breaker open; retry in {wait:.0f}s")
-        return HealthCheck(True, f"Storage connection OK ({self.storage.name}, breaker {state})")
-
-    def render_pool(self) -> Any:
-        from supervisor.health import HealthCheck
-
+    def render_pool(self) -> HealthCheck:
         ok, message = self.pool.describe()
         if self.settings.worker.enable_canary_export and self.pool.last_canary_ok is False:
             return HealthCheck(False, "canary render failed: Chromium cannot render")
         return HealthCheck(ok, message.replace("Render pool OK", "Puppeteer OK") if ok else message)
 
-    def memory(self) -> Any:
-        from supervisor.health import HealthCheck
-
+    def memory(self) -> HealthCheck:
         container = self.watchdog.container
         if container is None:
             return HealthCheck(True, "Memory usage: not measured yet")
-        text = f"Memory usage: {container.ratio * 100:.1f}%"
-        return HealthCheck(not self.watchdog.over_critical, text)
-
-
-_BREAKER_VALUES = {"closed": 0, "half_open": 1, "open": 2}
+        return memory_check(container.ratio, self.watchdog.critical_ratio, source=container.source)
 
 
 async def open_queue(settings: Settings, conninfo: str) -> tuple[AsyncConnectionPool[Any], JobQueue]:
