@@ -154,16 +154,22 @@ def _with_database(settings: Settings, work: Callable[[str], Any]) -> Any:
 def _run_queue(settings: Settings, work: Callable[[Any], Any]) -> Any:
     """Open a queue on the configured (or embedded) database and run `work(queue)`."""
     import psycopg
+    from psycopg_pool import PoolTimeout
 
     from supervisor.runner import open_queue
 
     async def go(url: str) -> Any:
         try:
+            # One direct attempt first: a refused connection is one clear line at
+            # once, not a pool retrying in the background.
+            probe = await psycopg.AsyncConnection.connect(
+                url, connect_timeout=settings.database.connect_timeout_seconds
+            )
+            await probe.close()
             pool, queue = await open_queue(settings, url)
-        except (psycopg.Error, OSError, TimeoutError) as exc:
-            raise CliError(f"database unavailable: {exc or type(exc).__name__}") from None
-        except Exception as exc:  # psycopg_pool.PoolTimeout
-            raise CliError(f"database unavailable: {exc or type(exc).__name__}") from None
+        except (psycopg.Error, PoolTimeout, OSError, TimeoutError) as exc:
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CliError(f"database unavailable: {first_line}") from None
         try:
             return await work(queue)
         finally:

@@ -147,3 +147,13 @@ def test_embedded_database_when_database_url_is_unset(tmp_path: Path) -> None:
     proc = cli("migrate", db_url=None, data_dir=data, timeout=110)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "schema is up to date"
+
+
+def test_unreachable_database_is_one_clear_line_at_once(tmp_path: Path) -> None:
+    result = cli(
+        "status", str(uuid.uuid4()), db_url="postgresql://postgres@127.0.0.1:1/nowhere", data_dir=tmp_path, timeout=20
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: database unavailable:") and "Connection refused" in lines[0]
