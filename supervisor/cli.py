@@ -48,9 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         print(str(exc), file=sys.stderr)
         return EXIT_BAD_INPUT
     # `serve` logs to stdout (the seed's JSON logs); other commands keep stdout for results.
-    setup_logging(settings.worker.log_level if args.command == "serve" else (
-        "debug" if args.verbose else "warn"), settings.worker.worker_id or "cli",
-        stream=sys.stdout if args.command in ("serve",) else sys.stderr)
+    serving = args.command == "serve"
+    if serving:
+        from supervisor.runner import default_worker_id
+
+        setup_logging(settings.worker.log_level, settings.worker.worker_id or default_worker_id(), sys.stdout)
+    else:
+        setup_logging("debug" if args.verbose else "warn", settings.worker.worker_id or "cli", sys.stderr)
     handler: Callable[[argparse.Namespace, Settings], int] = args.handler
     try:
         return handler(args, settings)
@@ -441,8 +445,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
                  extra={"node_env": settings.worker.node_env})
 
     def work(url: str) -> int:
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
         supervisor = Supervisor(settings, url)
-        code: int = asyncio.run(supervisor.run())
+        try:
+            code: int = asyncio.run(supervisor.run())
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            # Before anything was claimed: say why in one line and let the platform restart us.
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.error("cannot start: database unavailable", extra={"error": first_line})
+            raise CliError(f"database unavailable: {first_line}") from None
         return code
 
     result: int = _with_database(settings, work)

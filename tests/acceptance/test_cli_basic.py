@@ -157,3 +157,12 @@ def test_unreachable_database_is_one_clear_line_at_once(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: database unavailable:") and "Connection refused" in lines[0]
+
+
+def test_serve_without_a_database_says_why_and_exits_1(tmp_path: Path) -> None:
+    result = cli("serve", db_url="postgresql://postgres@127.0.0.1:1/nowhere", data_dir=tmp_path, timeout=30, PORT="3993")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines()[-1].startswith("error: database unavailable:")
+    last_log = json.loads(result.stdout.strip().splitlines()[-1])
+    assert last_log["level"] == "error" and last_log["message"] == "cannot start: database unavailable"
