@@ -160,7 +160,8 @@ def test_unreachable_database_is_one_clear_line_at_once(tmp_path: Path) -> None:
 
 
 def test_serve_without_a_database_says_why_and_exits_1(tmp_path: Path) -> None:
-    result = cli("serve", db_url="postgresql://postgres@127.0.0.1:1/nowhere", data_dir=tmp_path, timeout=30, PORT="3993")
+    nowhere = "postgresql://postgres@127.0.0.1:1/nowhere"
+    result = cli("serve", db_url=nowhere, data_dir=tmp_path, timeout=30, PORT="3993")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stderr.strip().splitlines()[-1].startswith("error: database unavailable:")
