@@ -456,6 +456,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             log.error("cannot start: database unavailable", extra={"error": first_line})
             raise CliError(f"database unavailable: {first_line}") from None
+        except OSError as exc:
+            log.error("cannot start: cannot listen", extra={"port": settings.worker.port, "error": str(exc)})
+            raise CliError(f"cannot listen on PORT {settings.worker.port}: {exc.strerror or exc}") from None
         return code
 
     result: int = _with_database(settings, work)

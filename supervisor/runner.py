@@ -160,6 +160,9 @@ class Supervisor:
             self._spawn_task(self._watch_status(self.listener.subscribe()), "cancel-watch")
         self.outbox = OutboxSender(self.db, self.worker_id, self.settings, self.mail, self.storage, self.metrics)
         self._spawn_task(self.outbox.run(), "outbox")
+        if self.serve_http:
+            # Bind the port before any child starts: a taken port fails fast and leaves nothing behind.
+            await self._start_http()
         pool_settings = self.settings.pool
         self.scratch = self.data_dir / "scratch"
         options = ChildOptions(
@@ -203,8 +206,6 @@ class Supervisor:
         self._spawn_task(self._rescue_loop(), "rescue")
         self._spawn_task(self._retention_loop(), "retention")
         self._spawn_task(self._stats_loop(), "stats")
-        if self.serve_http:
-            await self._start_http()
 
     async def _start_http(self) -> None:
         from supervisor.http_app import AppState, build_app, make_server
@@ -225,7 +226,7 @@ class Supervisor:
             if self.http_server.started:
                 break
             await asyncio.sleep(0.01)
-        self.http_port = self.settings.worker.port
+        self.http_port = self.http_server.port
 
     def _spawn_task(self, coro: Any, name: str) -> None:
         self._tasks.append(asyncio.create_task(coro, name=name))
@@ -657,13 +658,15 @@ class Supervisor:
         )
 
     def render_pool(self) -> HealthCheck:
+        if getattr(self, "pool", None) is None:
+            return HealthCheck(False, "render pool starting")
         ok, message = self.pool.describe()
         if self.settings.worker.enable_canary_export and self.pool.last_canary_ok is False:
             return HealthCheck(False, "canary render failed: Chromium cannot render")
         return HealthCheck(ok, message.replace("Render pool OK", "Puppeteer OK") if ok else message)
 
     def memory(self) -> HealthCheck:
-        container = self.watchdog.container
+        container = self.watchdog.container if getattr(self, "watchdog", None) is not None else None
         if container is None:
             return HealthCheck(True, "Memory usage: not measured yet")
         return memory_check(container.ratio, self.watchdog.critical_ratio, source=container.source)

@@ -167,3 +167,21 @@ def test_serve_without_a_database_says_why_and_exits_1(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[-1].startswith("error: database unavailable:")
     last_log = json.loads(result.stdout.strip().splitlines()[-1])
     assert last_log["level"] == "error" and last_log["message"] == "cannot start: database unavailable"
+
+
+def test_serve_on_a_taken_port_says_so_and_leaves_no_child(db_url: str, tmp_path: Path) -> None:
+    import socket
+
+    import psutil
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("serve", db_url=db_url, data_dir=tmp_path, timeout=60, PORT=str(port))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot listen on PORT {port}")
+    assert "Traceback" not in result.stderr + result.stdout
+    scratch = str(tmp_path / "scratch")
+    leftovers = [p for p in psutil.process_iter(["cmdline"]) if any(scratch in a for a in p.info["cmdline"] or ())]
+    assert leftovers == []
