@@ -1,0 +1,77 @@
+"""Wake-up: NOTIFY wakes an idle supervisor at once; with LISTEN off, polling alone works.
+
+The null child (no Chromium) keeps these about the queue and the claim loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import html_payload, make_settings
+
+from render_child.null_child import null_child_entry
+from supervisor.runner import Supervisor
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+async def idle_supervisor(tmp_path: Path, db_url: str) -> AsyncIterator[Callable[..., Any]]:
+    running: list[tuple[Supervisor, asyncio.Task[int]]] = []
+
+    async def start(**env: str) -> Supervisor:
+        settings = make_settings(tmp_path, db_url, MAX_CONCURRENT_RENDERS="1", **env)
+        sup = Supervisor(settings, db_url, child_target=null_child_entry, serve_http=False)
+        task = asyncio.create_task(sup.run())
+        running.append((sup, task))
+        await asyncio.wait_for(sup.started.wait(), 30)
+        deadline = time.monotonic() + 30
+        while not sup.pool.idle_children():
+            assert time.monotonic() < deadline, "no idle child"
+            await asyncio.sleep(0.02)
+        if sup.listener is not None:
+            await asyncio.wait_for(sup.listener.connected.wait(), 10)
+        # Let the claim loop find the queue empty and go to sleep for the idle interval.
+        await asyncio.sleep(0.3)
+        return sup
+
+    yield start
+    for sup, task in running:
+        sup.request_stop(fast=True)
+        with contextlib.suppress(Exception):
+            assert await asyncio.wait_for(task, 30) == 0
+
+
+async def time_to_claim(sup: Supervisor) -> float:
+    job = await sup.queue.create_job(user_id=str(uuid.uuid4()), export_type="pdf", payload=html_payload())
+    created = time.monotonic()
+    while True:
+        row = await sup.queue.get_job(str(job["id"]))
+        assert row is not None
+        if row["status"] != "pending":
+            return time.monotonic() - created
+        assert time.monotonic() - created < 30, "never claimed"
+        await asyncio.sleep(0.005)
+
+
+async def test_notify_wakes_an_idle_worker_long_before_the_poll_interval(idle_supervisor: Any) -> None:
+    sup = await idle_supervisor(POLLING_INTERVAL_IDLE_MS="20000", POLLING_INTERVAL_BUSY_MS="20000")
+    waited = await time_to_claim(sup)
+    assert waited < 1.0, f"claimed after {waited:.2f}s; the idle poll is 20 s"
+
+
+async def test_with_listen_off_polling_alone_claims_jobs(idle_supervisor: Any) -> None:
+    sup = await idle_supervisor(LISTEN_NOTIFY="false", POLLING_INTERVAL_IDLE_MS="300", POLLING_INTERVAL_BUSY_MS="100")
+    assert sup.listener is None
+    waited = await time_to_claim(sup)
+    assert waited < 3.0, f"claimed after {waited:.2f}s with a 300 ms idle poll"
+    # And it keeps working, job after job.
+    for _ in range(3):
+        assert await time_to_claim(sup) < 3.0
