@@ -255,6 +255,37 @@ def marked_processes(marker: str) -> list[psutil.Process]:
     return found
 
 
+async def test_browser_death_mid_render_is_retried_and_the_pool_recovers(start_supervisor: Any) -> None:
+    """Chromium's browser process dies (not the child): the job is settled as transient at once and
+    retried; the child is replaced and later jobs render."""
+    run = await start_supervisor(JOB_TIMEOUT_SECONDS="60", MAX_ATTEMPTS="2", STALE_AFTER_SECONDS="60")
+    sup: Supervisor = run.sup
+    job_id = await create(sup.queue, test_template("busy-loop"))
+    handle = await inflight_handle(sup, job_id)
+    await wait_until(lambda: len(chromium_of(memory.tree(handle.pid))) >= 3, 10, "chromium renderer running")
+    procs = memory.tree(handle.pid)
+    browsers = [
+        p for p in chromium_of(procs) if not any(a.startswith("--type=") for a in p.cmdline())
+    ]
+    assert len(browsers) == 1, browsers
+    killed_at = time.monotonic()
+    browsers[0].kill()
+
+    # Settled at once (attempt 1 counted) and retried; the retry hangs again and is the 2nd attempt.
+    await wait_until(lambda: handle not in sup.pool.handles, 10, "the child with a dead browser to go")
+    assert time.monotonic() - killed_at < 10
+    row = await sup.queue.get_job(job_id)
+    assert row is not None and row["attempts"] >= 1
+    history = row["error_history"]
+    assert history and history[0]["category"] == "transient", history
+    await sup.queue.cancel(job_id)  # the busy loop would only hang again
+    await wait_for_status(sup.queue, job_id, {"cancelled", "failed"}, 20)
+    await wait_until(lambda: len(sup.pool.idle_children()) == 2, 45, "the pool to recover")
+    next_id = await create(sup.queue, html_payload())
+    assert (await wait_for_status(sup.queue, next_id, {"completed", "failed"}, 30))["status"] == "completed"
+    await wait_until(lambda: not still_running(procs), 5, "the dead browser's child tree to be gone")
+
+
 # ---- 3. a hung page hits the deadline ----------------------------------------
 
 
