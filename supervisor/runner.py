@@ -91,6 +91,7 @@ class Supervisor:
         self.fast_stop = False
         self.db_ok = True
         self.db_error = ""
+        self._reviving = False
         self.started = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._background: set[asyncio.Task[Any]] = set()
@@ -315,6 +316,43 @@ class Supervisor:
             log.error("database unavailable; not claiming", extra={"error": str(exc)})
         self.db_ok = False
         self.db_error = str(exc)
+        if not self._reviving and not self.stopping:
+            self._reviving = True
+            self._background_task(self._revive_pool())
+
+    async def _revive_pool(self) -> None:
+        """Reconnect the pool as soon as the database answers again.
+
+        psycopg_pool retries each lost connection with exponential backoff (1, 2, 4 ... s,
+        for up to its reconnect_timeout of 5 minutes): after an outage of a minute the pool
+        could stay empty for another half minute or more once the database is back (no
+        claims, /health 503). Once a second, try one connection of our own; when it works
+        and the pool still has none to give, add a connection attempt now (a resize by one
+        and back: the pool may hold one connection over its size until it shrinks).
+        """
+        import psycopg
+
+        timeout = self.settings.database.connect_timeout_seconds
+        try:
+            while not self.stopping:
+                await asyncio.sleep(1.0)
+                try:
+                    probe = await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=timeout)
+                except Exception as exc:
+                    log.debug("database still unreachable", extra={"error": str(exc)})
+                    continue
+                await probe.close()
+                with contextlib.suppress(Exception):
+                    async with self.db.connection(timeout=0.5) as conn:
+                        await conn.execute("SELECT 1")
+                    return  # the pool has recovered on its own
+                min_size, max_size = self.db.min_size, self.db.max_size
+                await self.db.resize(min_size + 1, max_size + 1)
+                await self.db.resize(min_size, max_size)
+                log.info("database reachable again; pool reconnecting now")
+                return
+        finally:
+            self._reviving = False
 
     # ---- starting a job ----------------------------------------------------------
 
