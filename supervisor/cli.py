@@ -285,8 +285,9 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
         except InvalidJob as exc:
             raise CliError(f"invalid request: {exc.message}", EXIT_BAD_INPUT) from None
         job_id = str(job["id"])
-        if args.json and not args.wait:
-            print(json.dumps(_jsonable(job), indent=2, sort_keys=True))
+        if args.json:
+            if not args.wait:  # with --wait, the one JSON document is the final job
+                print(json.dumps(_jsonable(job), indent=2, sort_keys=True))
         else:
             print(job_id, flush=True)
         if not args.wait:

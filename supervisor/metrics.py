@@ -17,7 +17,10 @@ class Metrics:
         r = self.registry
         # The seed's metrics.
         self.jobs_created = Counter(
-            "export_jobs_created_total", "Jobs created through this worker (CLI, API)", ["export_type"], registry=r
+            "export_jobs_created_total",
+            "Jobs created through this worker's HTTP API (CLI and RPC creations are other processes)",
+            ["export_type"],
+            registry=r,
         )
         self.jobs_completed = Counter(
             "export_jobs_completed_total", "Jobs completed by this worker", ["export_type"], registry=r

@@ -252,11 +252,18 @@ class Supervisor:
             self._handle_signals()
             if self.stopping:
                 return
+            # Clear the wake-ups before looking: a child freed or a NOTIFY arriving
+            # from here on wakes the wait below instead of being lost.
+            self._capacity.clear()
+            if self.listener is not None:
+                self.listener.job_available.clear()
             idle = self.pool.idle_children() if self._may_claim() else []
             claims: list[Claim] = []
             if idle:
                 try:
                     claims = await self.queue.claim(len(idle))
+                    if not self.db_ok:
+                        log.info("database available again; claiming")
                     self.db_ok = True
                 except Exception as exc:
                     self._database_down(exc)
@@ -284,10 +291,8 @@ class Supervisor:
                 soonest = await self.queue.next_available_in()
                 if soonest is not None:
                     timeout = min(timeout, max(soonest, 0.01))
-        self._capacity.clear()
         waiters = [asyncio.ensure_future(self._capacity.wait())]
         if self.listener is not None and queue_was_empty:
-            self.listener.job_available.clear()
             waiters.append(asyncio.ensure_future(self.listener.job_available.wait()))
         try:
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -154,3 +155,9 @@ def test_enqueue_wait_completes_and_fails(
     assert final == f"failed: [{category}] {message}", proc.stderr
     assert "not-allowed.example" in final, final
     assert any(line.startswith("failed (attempt ") for line in proc.stderr.splitlines()), proc.stderr
+
+    # --json --wait: stdout is one JSON document, the final job.
+    proc = enqueue(worker_env, "--menu", str(BISTRO), "--json")
+    assert proc.returncode == 0, (proc.stdout, proc.stderr)
+    final_job = json.loads(proc.stdout)
+    assert final_job["status"] == "completed" and final_job["file_size_bytes"] > 0
