@@ -34,11 +34,22 @@ CONTEXT_OPTIONS: dict[str, Any] = {
 }
 
 
-def launch_args() -> list[str]:
+def seed_launch_args() -> list[str]:
+    """The seed's flags, for the browser-per-job baseline: CHROMIUM_ARGS + the lockdown."""
     from render_child.netpolicy import LOCKDOWN_ARGS
     from shared.messages import CHROMIUM_ARGS
 
     return [*CHROMIUM_ARGS, *LOCKDOWN_ARGS]
+
+
+def launch_args() -> list[str]:
+    """Exactly the child's flags (render_child.main.browser_args): CHROMIUM_ARGS, the
+    child's memory flags and feature switches, and the network lockdown."""
+    from render_child.main import browser_args
+    from shared.messages import CHROMIUM_ARGS, ChildOptions
+
+    return browser_args(ChildOptions(child_index=0, worker_id="bench", executable_path="",
+                                     chromium_args=list(CHROMIUM_ARGS), scratch_dir=""))
 
 
 def _route(route: Any) -> None:
@@ -60,8 +71,14 @@ def lane_main(conn: multiprocessing.connection.Connection, mode: str, executable
     """Spawn target: boot (warm mode), say ready, then run ("run", doc, count) commands."""
     from playwright.sync_api import sync_playwright
 
-    manager = sync_playwright().start()
-    launch: dict[str, Any] = {"args": launch_args(), "headless": True, "executable_path": executable or None}
+    from render_child.main import _start_playwright
+
+    # "warm" (the ceiling) and "per_job_child": the child's flags and driver options;
+    # "per_job" (the seed's approach): the seed's flags, as in earlier tables.
+    seed = mode == "per_job"
+    manager = sync_playwright().start() if seed else _start_playwright()
+    args = seed_launch_args() if seed else launch_args()
+    launch: dict[str, Any] = {"args": args, "headless": True, "executable_path": executable or None}
     browser = page = context = None
     try:
         if mode == "warm":

@@ -5,6 +5,11 @@ CHROMIUM_ARGS), sends each the canary job, waits, then prints every process of
 each child's tree with its role and PSS (psutil memory_full_info().pss).
 
     PYTHONPATH=. .venv/bin/python -m bench.memsplit [--children 3] [--settle 1.0]
+
+MEMSPLIT_ARGS="--flag|--other" adds Chromium switches (merged like the child's own);
+NODE_OPTIONS is passed on to the Playwright driver. PSS depends on what else maps the
+same pages (other Chromiums on the machine lower it), so compare runs made back to back;
+the tree USS printed beside it does not have that noise.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ def main() -> None:
 
     from render_child.canary import canary_job
     from render_child.main import child_entry
-    from shared.messages import CHROMIUM_ARGS, FROM_CHILD_DECODER, TO_CHILD_ENCODER, ChildOptions
+    from shared.messages import CHROMIUM_ARGS, FROM_CHILD_DECODER, TO_CHILD_ENCODER, ChildOptions, Stop
 
     scratch = tempfile.mkdtemp(prefix="memsplit-")
     extra = [a for a in os.environ.get("MEMSPLIT_ARGS", "").split("|") if a]
@@ -73,20 +78,24 @@ def main() -> None:
                 assert type(msg).__name__ == "Rendered", msg
                 break
     time.sleep(args.settle)
-    if os.environ.get("MEMSPLIT_HOLD"): os.system(os.environ["MEMSPLIT_HOLD"])
     totals = []
+    uss_total: dict[int, int] = {}
     by_role: dict[str, list[int]] = defaultdict(list)
     for p, _ in kids:
-        root = psutil.Process(p.pid)
+        assert p.pid is not None
+        pid: int = p.pid
+        root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
         total = 0
         rows = []
         for pr in procs:
             try:
-                pss = pr.memory_full_info().pss
+                info = pr.memory_full_info()
+                pss = info.pss
+                uss_total[pid] = uss_total.get(pid, 0) + info.uss
             except psutil.Error:
                 continue
-            r = role(pr, p.pid)
+            r = role(pr, pid)
             if r == "renderer":
                 cmd = pr.cmdline()
                 r += " webui" if "--top-chrome-webui" in cmd else ""
@@ -94,14 +103,15 @@ def main() -> None:
             by_role[r].append(pss)
             total += pss
         totals.append(total)
-        print(f"child {p.pid}: {len(rows)} processes, tree PSS {total / 2**20:.1f} MB")
+        print(f"child {pid}: {len(rows)} processes, tree PSS {total / 2**20:.1f} MB")
         for r, pss in rows:
             print(f"    {r:40s} {pss / 2**20:7.1f} MB")
-    print(f"tree PSS per child: {[round(t / 2**20, 1) for t in totals]}  max {max(totals) / 2**20:.1f} MB")
+    print(f"tree PSS per child: {[round(t / 2**20, 1) for t in totals]}  max {max(totals) / 2**20:.1f} MB"
+          f"  (tree USS {[round(u / 2**20, 1) for u in uss_total.values()]})")
     for r, v in sorted(by_role.items(), key=lambda kv: -sum(kv[1])):
         print(f"  {r:40s} mean {sum(v) / len(v) / 2**20:7.1f} MB  x{len(v)}")
-    for p, conn in kids:
-        conn.send_bytes(TO_CHILD_ENCODER.encode(__import__("shared.messages", fromlist=["Stop"]).Stop()))
+    for _, conn in kids:
+        conn.send_bytes(TO_CHILD_ENCODER.encode(Stop()))
     for p, _ in kids:
         p.join(10)
         if p.is_alive():

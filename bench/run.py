@@ -132,7 +132,7 @@ async def create_one(conn: psycopg.AsyncConnection[Any], user: str, payload: dic
 
 
 class MemorySampler(threading.Thread):
-    """Every 100 ms: the PSS of each child's whole process tree; keeps the peak."""
+    """Every 100 ms: the watchdog's latest PSS of each child's whole process tree; keeps the peak."""
 
     def __init__(self, sup: Any) -> None:
         super().__init__(name="bench-memory", daemon=True)
@@ -143,18 +143,40 @@ class MemorySampler(threading.Thread):
         self.samples = 0
 
     def run(self) -> None:
-        from supervisor.memory import tree, tree_pss_bytes
-
+        # The watchdog already measures every child's tree PSS (supervisor.memory) each
+        # watchdog_interval_ms and keeps it in handle.memory_bytes: read that. Measuring
+        # again here (smaps_rollup of every Chromium process every 100 ms) took ~0.5 of a
+        # core on 2 cores during the end-to-end run (py-spy) and slowed what it measured.
         while not self.stop_flag.wait(0.1):
             total = 0
             for handle in list(self.sup.pool.handles):
                 if not handle.pid:
                     continue
-                pss = tree_pss_bytes(tree(handle.pid))
+                pss = int(getattr(handle, "memory_bytes", 0) or 0)
                 self.peak_tree = max(self.peak_tree, pss)
                 total += pss
             self.peak_total = max(self.peak_total, total)
             self.samples += 1
+
+
+def idle_split(sup: Any) -> dict[str, int]:
+    """PSS by process role (bench.memsplit.role) of the largest idle child tree."""
+    from bench.memsplit import role
+    from supervisor.memory import tree
+
+    best: dict[str, int] = {}
+    for handle in sup.pool.idle_children():
+        split: dict[str, int] = {}
+        for proc in tree(handle.pid):
+            try:
+                pss = proc.memory_full_info().pss
+            except psutil.Error:
+                continue
+            name = role(proc, handle.pid)
+            split[name] = split.get(name, 0) + pss
+        if sum(split.values()) > sum(best.values()):
+            best = split
+    return best
 
 
 async def end_to_end(settings: Settings, url: str, payloads: dict[str, dict[str, Any]],
@@ -167,6 +189,7 @@ async def end_to_end(settings: Settings, url: str, payloads: dict[str, dict[str,
         idle = [tree_pss_bytes(tree(h.pid)) for h in sup.pool.idle_children()]
         out["idle_child_tree_pss_bytes"] = max(idle)
         out["idle_child_tree_pss_all"] = idle
+        out["idle_child_split"] = idle_split(sup)
         out["supervisor_rss_idle_bytes"] = psutil.Process().memory_info().rss
         out["browser_version"] = next((h.browser_version for h in sup.pool.handles if h.browser_version), "")
         sampler = MemorySampler(sup)
@@ -308,13 +331,13 @@ async def null_throughput(settings: Settings, url: str, jobs: int) -> dict[str, 
 
 
 def browser_loops(mode: str, lanes: int, executable: str, html: dict[str, str],
-                  jobs: dict[str, int]) -> dict[str, Any]:
+                  jobs: dict[str, int], docs: tuple[str, ...] = DOCS) -> dict[str, Any]:
     from bench.browsers import Lanes
 
     runner = Lanes(mode, lanes, executable, html)
     out: dict[str, Any] = {}
     try:
-        for name in DOCS:
+        for name in docs:
             res = runner.run(name, jobs[name])
             d = res.pop("durations")
             res.update(p50_s=pct(d, 50), p95_s=pct(d, 95), per_min=res["per_s"] * 60)
@@ -388,6 +411,9 @@ def table(r: dict[str, Any]) -> str:
                          f"{c['p50_s'] * 1000:.0f} ms | {c['p95_s'] * 1000:.0f} ms |")
     p, cr, nr, mem = r["pickup"], r["creation"], r["null_renderer"], r["memory"]
     lines += [
+        *(f"| browser per job (child's flags) | small | {c['jobs']} | {c['per_min']:.0f} | {c['per_s']:.2f} | "
+          f"{c['p50_s'] * 1000:.0f} ms | {c['p95_s'] * 1000:.0f} ms |"
+          for c in [r.get("browser_per_job_child_flags", {}).get("small")] if c),
         f"| pickup, NOTIFY (null child) | - | {p['notify']['samples']} | - | - | "
         f"{p['notify']['p50_ms']:.1f} ms | {p['notify']['p95_ms']:.1f} ms |",
         f"| pickup, polling only (null child) | - | {p['polling']['samples']} | - | - | "
@@ -400,6 +426,8 @@ def table(r: dict[str, Any]) -> str:
         "| memory | value |", "|---|---:|",
         f"| idle child tree PSS (largest of {len(mem['idle_child_tree_pss_all'])}) | "
         f"{_mb(mem['idle_child_tree_pss_bytes'])} |",
+        *(f"| &nbsp;&nbsp;of which {name} | {_mb(pss)} |"
+          for name, pss in sorted(mem.get("idle_child_split", {}).items(), key=lambda kv: -kv[1])),
         f"| supervisor RSS (idle, children ready) | {_mb(mem['supervisor_rss_bytes'])} |",
         f"| supervisor RSS (after the end-to-end run) | {_mb(mem['supervisor_rss_after_bytes'])} |",
         f"| peak child tree PSS during end to end | {_mb(mem['peak_child_tree_pss_bytes'])} |",
@@ -459,6 +487,7 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
         results["memory"] = {
             "idle_child_tree_pss_bytes": e2e["idle_child_tree_pss_bytes"],
             "idle_child_tree_pss_all": e2e["idle_child_tree_pss_all"],
+            "idle_child_split": e2e["idle_child_split"],
             "supervisor_rss_bytes": e2e["supervisor_rss_idle_bytes"],
             "supervisor_rss_after_bytes": e2e["supervisor_rss_after_bytes"],
             "peak_child_tree_pss_bytes": e2e["peak_child_tree_pss_bytes"],
@@ -469,6 +498,9 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
         results["ceiling"] = browser_loops("warm", lanes, executable, html, per_case)
         print("bench: browser per job", file=sys.stderr, flush=True)
         results["browser_per_job"] = browser_loops("per_job", lanes, executable, html, seed_jobs)
+        print("bench: browser per job, the child's flags", file=sys.stderr, flush=True)
+        results["browser_per_job_child_flags"] = browser_loops(
+            "per_job_child", lanes, executable, html, seed_jobs, docs=("small",))
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
     results["machine"] = machine(e2e.get("browser_version", ""))

@@ -53,13 +53,84 @@ def _set_parent_death_signal() -> None:
         pass
 
 
+# Chromium's feature switches are not merged: the last --disable-features (or
+# --enable-features) on the command line wins, and ours come after Playwright's. So
+# ours repeat Playwright's own lists (playwright-core chromiumSwitches.ts, 1.65) and add
+# what a headless printer never uses but pays for in memory (measured with
+# bench/memsplit.py; idle tree PSS 357 -> ~265 MB with MEMORY_ARGS and
+# DRIVER_NODE_OPTIONS below, depending on what else shares Chromium's pages).
+#   SpareRendererForSitePerProcess: a pre-started spare renderer (~15 MB); our page is
+#     reused, so a fresh renderer is needed only after a crash or a rebuild.
+#   WebUIOmniboxPopup, WebUIOmniboxAimPopup, WebUIOmniboxFullPopup: the new headless mode
+#     is the full browser, whose first tab preloads the omnibox popup WebUI
+#     (chrome://omnibox-popup.top-chrome/) in a renderer of its own (~50 MB).
+#   NetworkServiceInProcess2: the network service in the browser process instead of a
+#     utility process of its own (~20 MB). It runs unsandboxed either way (--no-sandbox),
+#     and the lockdown switches (host resolver rules, dead proxy) apply unchanged.
+_PLAYWRIGHT_DISABLED_FEATURES = (
+    "AvoidUnnecessaryBeforeUnloadCheckSync", "DestroyProfileOnBrowserClose", "HttpsUpgrades",
+    "HttpsFirstBalancedModeAutoEnable", "LensOverlay", "MediaRouter", "PaintHolding",
+    "ThirdPartyStoragePartitioning", "AvoidCorsURLLoaderRestartOnRedirect", "TcpPortRandomizationWin",
+    "OptimizationHints", "NetworkTimeServiceQuerying", "AimEnabled", "PreconnectToSearch",
+)
+_PLAYWRIGHT_ENABLED_FEATURES = ("CDPScreenshotNewSurface", "SkipListAccountsWithoutGaiaCookies")
+DISABLED_FEATURES = (
+    *_PLAYWRIGHT_DISABLED_FEATURES,
+    "SpareRendererForSitePerProcess",
+    "WebUIOmniboxPopup",
+    "WebUIOmniboxAimPopup",
+    "WebUIOmniboxFullPopup",
+)
+# Tried and not kept (no PSS gain in bench/memsplit.py): --in-process-gpu (its memory
+# moves into the browser and a zygote; +12 MB USS), --no-zygote, --js-flags=--lite-mode,
+# Translate/SafeBrowsing/DomainReliability and similar switches; node --jitless saves
+# ~6 MB but makes the driver (on every job's path) interpret only.
+ENABLED_FEATURES = (*_PLAYWRIGHT_ENABLED_FEATURES, "NetworkServiceInProcess2")
+# --disable-software-rasterizer: no SwiftShader in the GPU process (~11 MB); printing
+# rasterizes in the renderer (Skia) and screenshots use software compositing anyway
+# (--disable-gpu). Switches that are not features, before the lockdown.
+MEMORY_ARGS: tuple[str, ...] = ("--disable-software-rasterizer",)
+# The Playwright driver (node): a 1 MB young generation instead of the default 16 MB
+# semi-spaces (~11 MB less per idle child); the driver only relays CDP messages.
+DRIVER_NODE_OPTIONS = "--max-semi-space-size=1"
+
+
 def browser_args(options: ChildOptions) -> list[str]:
-    """The launch flags: the supervisor's, plus the network lockdown (never optional)."""
-    args = [a for a in options.chromium_args if not a.startswith(_LOCKDOWN_PREFIXES)]
-    return [*args, *LOCKDOWN_ARGS]
+    """The launch flags: the supervisor's, ours, plus the network lockdown (never optional)."""
+    disabled = list(DISABLED_FEATURES)
+    enabled = list(ENABLED_FEATURES)
+    args: list[str] = []
+    for arg in options.chromium_args:
+        if arg.startswith(_LOCKDOWN_PREFIXES):
+            continue
+        # merge, since a second --disable-features/--enable-features would replace ours
+        if arg.startswith("--disable-features="):
+            disabled += [f for f in arg.split("=", 1)[1].split(",") if f and f not in disabled]
+        elif arg.startswith("--enable-features="):
+            enabled += [f for f in arg.split("=", 1)[1].split(",") if f and f not in enabled]
+        else:
+            args.append(arg)
+    enabled = [f for f in enabled if f not in disabled]
+    features = [f"--disable-features={','.join(disabled)}", f"--enable-features={','.join(enabled)}"]
+    return [*args, *(a for a in MEMORY_ARGS if a not in args), *features, *LOCKDOWN_ARGS]
 
 
 _LOCKDOWN_PREFIXES = ("--host-resolver-rules", "--proxy-server", "--proxy-bypass-list", "--proxy-pac-url")
+
+
+def _start_playwright() -> Any:
+    """Start the Playwright driver with DRIVER_NODE_OPTIONS (only the driver sees them)."""
+    from playwright.sync_api import sync_playwright
+
+    saved = os.environ.get("NODE_OPTIONS")
+    os.environ["NODE_OPTIONS"] = f"{saved} {DRIVER_NODE_OPTIONS}" if saved else DRIVER_NODE_OPTIONS
+    try:
+        return sync_playwright().start()
+    finally:
+        if saved is None:
+            os.environ.pop("NODE_OPTIONS", None)
+        else:
+            os.environ["NODE_OPTIONS"] = saved
 
 
 class _Channel:
@@ -94,7 +165,6 @@ def child_entry(conn: multiprocessing.connection.Connection, options_bytes: byte
 
 def _run(conn: multiprocessing.connection.Connection, options_bytes: bytes) -> int:
     from playwright.sync_api import Error as PlaywrightError
-    from playwright.sync_api import sync_playwright
 
     from render_child.render import Renderer
 
@@ -111,7 +181,7 @@ def _run(conn: multiprocessing.connection.Connection, options_bytes: bytes) -> i
     renderer: Renderer | None = None
     try:
         try:
-            manager = sync_playwright().start()
+            manager = _start_playwright()
             launch: dict[str, Any] = {
                 "args": browser_args(options),
                 "headless": True,
@@ -147,7 +217,7 @@ def _run(conn: multiprocessing.connection.Connection, options_bytes: bytes) -> i
                 return EX_RECYCLE
             assert isinstance(msg, RenderJob)
             try:
-                answer = renderer.render(msg)
+                answer = renderer.render(msg, defer_reset=True)
             except PlaywrightError as exc:  # render() answers everything; this is the browser itself
                 answer = RenderFailed(
                     job_id=msg.job_id, category="transient", message=f"browser error: {exc}", render_ms=0.0
@@ -156,6 +226,10 @@ def _run(conn: multiprocessing.connection.Connection, options_bytes: bytes) -> i
                 channel.send(answer)
             except (OSError, ValueError):
                 return EX_PARENT_GONE
+            # The isolation reset between jobs, after the answer: it overlaps the
+            # supervisor's delivery and next claim (~5 ms a job) instead of delaying the
+            # answer, and still ends before the next job is even read from the pipe.
+            renderer.finish()
             if not browser.is_connected():
                 channel.log("error", "Chromium disconnected; the child exits to be replaced")
                 return EX_BROWSER_GONE

@@ -13,15 +13,35 @@ import contextlib
 import ipaddress
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
-import httpx
 
-from shared.messages import BlockedRequest, NetworkPolicy, RenderLimits
+def _import_httpx_without_cli() -> None:
+    """Import httpx without its command line client.
+
+    httpx's ``__init__`` imports ``httpx._main`` (click, rich, pygments) whenever they
+    are installed, about 6 MB in every render child that never uses them; with
+    ``click`` unimportable it falls back to a stub ``main``. Only when httpx is not
+    loaded yet (the supervisor process is left alone).
+    """
+    if "httpx" in sys.modules or "click" in sys.modules:
+        return
+    sys.modules["click"] = None  # type: ignore[assignment]
+    try:
+        import httpx  # noqa: F401
+    finally:
+        del sys.modules["click"]
+
+
+_import_httpx_without_cli()
+import httpx  # noqa: E402
+
+from shared.messages import BlockedRequest, NetworkPolicy, RenderLimits  # noqa: E402
 
 # Chromium flags that take its own network away: every host name resolves to nothing
 # (IP literals included), and anything that still tried would go to a dead proxy,

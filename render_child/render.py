@@ -85,6 +85,7 @@ class Renderer:
         self._expect_main_navigation = False
         self._slot: _Slot | None = None
         self._js_slot: _Slot | None = None
+        self._pending_reset: _Slot | None = None
         self.last_reset_ms = 0.0
         self.resets = 0
         self.rebuilds = 0
@@ -196,7 +197,10 @@ class Renderer:
 
     # ---- jobs ---------------------------------------------------------------
 
-    def render(self, job: RenderJob) -> Rendered | RenderFailed:
+    def render(self, job: RenderJob, *, defer_reset: bool = False) -> Rendered | RenderFailed:
+        """Render one job; the slot is reset afterwards, or at :meth:`finish` when
+        ``defer_reset`` (the child answers first, then resets before it reads the next job)."""
+        self.finish()
         start = time.perf_counter()
         self._fetcher = Fetcher(policy=job.policy, limits=job.limits)
         slot: _Slot | None = None
@@ -252,7 +256,16 @@ class Renderer:
             if fetcher is not None:
                 fetcher.close()
             if slot is not None and (slot is self._slot or slot is self._js_slot):
-                self.reset(slot)
+                if defer_reset:
+                    self._pending_reset = slot
+                else:
+                    self.reset(slot)
+
+    def finish(self) -> None:
+        """Run the reset that :meth:`render` deferred, if any."""
+        slot, self._pending_reset = self._pending_reset, None
+        if slot is not None and (slot is self._slot or slot is self._js_slot):
+            self.reset(slot)
 
     def _load(self, slot: _Slot, job: RenderJob) -> None:
         source = job.payload.source

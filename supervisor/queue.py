@@ -8,6 +8,7 @@ the caller cannot go on to upload or mail by accident.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
@@ -333,6 +334,54 @@ class JobQueue:
             cur = await conn.cursor(row_factory=dict_row).execute(query("queue_stats"))
             row = await cur.fetchone()
         return row or {"pending": 0, "processing": 0, "oldest_pending_seconds": 0.0}
+
+
+class FenceCheck:
+    """The pre-upload fence check, with group commit.
+
+    Before uploading, a delivery must see a heartbeat, sent after its render
+    ended, that still holds its claim. Deliveries that arrive while one such
+    heartbeat is in flight share the next one: one round trip for all of them,
+    each still checked before its own upload.
+    """
+
+    def __init__(self, queue: JobQueue) -> None:
+        self.queue = queue
+        self._waiting: list[tuple[Claim, asyncio.Future[bool | None]]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def check(self, claim: Claim) -> bool:
+        """True when a cancel was requested; raises ClaimLost when the claim is gone."""
+        ticket: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((claim, ticket))
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain())
+        state = await ticket
+        if state is None:
+            raise ClaimLost(claim, "upload")
+        return state
+
+    async def _drain(self) -> None:
+        batch: list[tuple[Claim, asyncio.Future[bool | None]]] = []
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                try:
+                    held = await self.queue.heartbeat([c for c, _ in batch])
+                except Exception as exc:
+                    for _, ticket in batch:
+                        if not ticket.done():
+                            ticket.set_exception(exc)
+                    continue
+                for claim, ticket in batch:
+                    if not ticket.done():
+                        ticket.set_result(held.get(claim.job_id))
+        finally:  # cancelled (shutdown): nobody waits forever, nobody uploads unchecked
+            self._task = None
+            for claim, ticket in [*batch, *self._waiting]:
+                if not ticket.done():
+                    ticket.set_exception(ClaimLost(claim, "upload (fence check cancelled)"))
+            self._waiting = []
 
 
 def _uuid(value: str | None, name: str) -> str | None:

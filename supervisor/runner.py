@@ -33,7 +33,7 @@ from supervisor.metrics import Metrics
 from supervisor.migrate import migrate, sync_queue_settings
 from supervisor.outbox import OutboxSender
 from supervisor.pool import Assignment, ChildHandle, ChildTarget, PoolConfig, RenderPool
-from supervisor.queue import Claim, ClaimLost, JobQueue
+from supervisor.queue import Claim, ClaimLost, FenceCheck, JobQueue
 from supervisor.retention import run_retention
 from supervisor.watchdog import Watchdog
 
@@ -154,6 +154,7 @@ class Supervisor:
         self.mail = self._mail or build_mail_backend(self.settings, self.data_dir)
         self.db = await open_pool(self.conninfo, self.settings, max_size=6, name=f"export-worker {self.worker_id}")
         self.queue = JobQueue(self.db, self.worker_id, self.settings.retry)
+        self.fence = FenceCheck(self.queue)
         self.listener: Listener | None = None
         if self.settings.database.listen_notify:
             self.listener = Listener(self.conninfo, connect_timeout=self.settings.database.connect_timeout_seconds)
@@ -463,18 +464,19 @@ class Supervisor:
 
         output = Path(result.output_path)
         try:
-            held = await self.queue.heartbeat([claim])
-            if claim.job_id not in held:
-                raise ClaimLost(claim, "upload")
-            if held[claim.job_id]:
+            # Fencing: no upload unless a heartbeat sent after the render ended still holds the claim.
+            if await self.fence.check(claim):
                 await self.queue.settle_cancelled(claim)
                 return
             path = object_path(claim.user_id, claim.job_id, claim.export_type, result.content_type)
+            ttl = self.settings.storage.signed_url_ttl_seconds
+
+            def upload() -> str:  # one thread hop for both calls
+                self.storage.put(path, output, result.content_type)
+                return str(self.storage.signed_url(path, ttl))
+
             try:
-                await asyncio.to_thread(self.storage.put, path, output, result.content_type)
-                url = await asyncio.to_thread(
-                    self.storage.signed_url, path, self.settings.storage.signed_url_ttl_seconds
-                )
+                url = await asyncio.to_thread(upload)
             except StorageError as exc:
                 self.metrics.storage_errors.labels("upload").inc()
                 await self._storage_failed(claim, exc)

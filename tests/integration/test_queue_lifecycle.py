@@ -13,7 +13,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
 from supervisor.migrate import sync_queue_settings
-from supervisor.queue import Claim, ClaimLost, InvalidJob, JobQueue, full_jitter_backoff_ms
+from supervisor.queue import Claim, ClaimLost, FenceCheck, InvalidJob, JobQueue, full_jitter_backoff_ms
 from tests.conftest import html_payload, make_settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -418,3 +418,20 @@ async def test_nul_character_in_payload_is_a_clear_validation_error(queue: JobQu
             payload={"source": {"kind": "html", "html": "a\u0000b"}},
         )
     assert info.value.field == "payload"
+
+
+async def test_fence_check_batches_and_tells_held_cancelled_and_lost_apart(queue: JobQueue, db_url: str) -> None:
+    """The pre-upload fence check: concurrent checks share heartbeats; each learns its own state."""
+    held_id, cancel_id, lost_id = await new_job(queue), await new_job(queue), await new_job(queue)
+    claims = {c.job_id: c for c in await queue.claim(3)}
+    assert set(claims) == {held_id, cancel_id, lost_id}
+    assert await queue.cancel(cancel_id) == "processing"
+    make_stale(db_url, lost_id)
+    await queue.rescue_stale(60)
+    fence = FenceCheck(queue)
+    results = await asyncio.gather(
+        *(fence.check(claims[j]) for j in (held_id, cancel_id, lost_id)), return_exceptions=True
+    )
+    assert results[0] is False
+    assert results[1] is True
+    assert isinstance(results[2], ClaimLost)
