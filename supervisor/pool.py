@@ -89,7 +89,8 @@ class ChildHandle:
     kill_detail: str = ""
     retire_requested: bool = False
     replacement_for: ChildHandle | None = None
-    memory_bytes: int = 0
+    memory_bytes: int = 0  # tree PSS, refreshed by the watchdog
+    pss_measured_at: float = float("-inf")
     pipe_open: bool = True
     ready_at: float = 0.0
     stop_sent_at: float = 0.0

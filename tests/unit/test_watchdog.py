@@ -1,0 +1,79 @@
+"""The watchdog reads PSS (expensive) only when the cheap summed RSS says it could matter."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from supervisor import watchdog as watchdog_module
+from supervisor.memory import ContainerMemory
+from supervisor.pool import ChildState
+from supervisor.watchdog import Watchdog
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def make_watchdog(pid: int, limit_bytes: int) -> tuple[Watchdog, Any]:
+    handle = SimpleNamespace(
+        state=ChildState.IDLE, kill_reason=None, pid=pid, assignment=None,
+        memory_bytes=0, pss_measured_at=float("-inf"), index=0,
+    )
+    pool = SimpleNamespace(handles=[handle])
+    dog = Watchdog(
+        pool,  # type: ignore[arg-type]
+        asyncio.new_event_loop(),
+        interval_seconds=0.2,
+        child_limit_bytes=limit_bytes,
+        high_water_ratio=0.85,
+        critical_ratio=0.95,
+        read_container=lambda: ContainerMemory(1, 100, "test"),
+    )
+    return dog, handle
+
+
+@pytest.fixture
+def child_pid() -> Any:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    yield proc.pid
+    proc.kill()
+    proc.wait()
+
+
+def count_pss_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    calls: list[int] = []
+    real = watchdog_module.tree_pss_bytes
+
+    def counting(procs: Any) -> int:
+        calls.append(1)
+        return real(procs)
+
+    monkeypatch.setattr(watchdog_module, "tree_pss_bytes", counting)
+    return calls
+
+
+def test_far_under_the_limit_pss_is_read_once_then_only_refreshed(
+    monkeypatch: pytest.MonkeyPatch, child_pid: int
+) -> None:
+    calls = count_pss_reads(monkeypatch)
+    dog, handle = make_watchdog(child_pid, limit_bytes=10 * 2**30)
+    for _ in range(5):
+        dog.tick()
+    assert len(calls) == 1, "PSS is read once for the gauge, then skipped while RSS is far under the limit"
+    assert handle.memory_bytes > 0
+
+
+def test_near_the_limit_pss_is_read_every_tick(monkeypatch: pytest.MonkeyPatch, child_pid: int) -> None:
+    calls = count_pss_reads(monkeypatch)
+    # A limit of 1 byte: summed RSS is over it, so every tick must measure PSS (and kill).
+    dog, _ = make_watchdog(child_pid, limit_bytes=1)
+    killed: list[str] = []
+    monkeypatch.setattr(dog, "_kill", lambda h, reason, procs, detail: killed.append(reason))
+    for _ in range(3):
+        dog.tick()
+    assert len(calls) == 3
+    assert killed == ["memory"] * 3
