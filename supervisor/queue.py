@@ -192,9 +192,9 @@ class JobQueue:
         content_type: str,
         metadata: dict[str, Any],
     ) -> None:
-        """Mark completed and queue the completion mail, in one transaction."""
-        async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.cursor(row_factory=dict_row).execute(
+        """Mark completed and queue the completion mail, atomically (one statement)."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
                 query("complete_job"),
                 claim.params()
                 | {
@@ -205,14 +205,8 @@ class JobQueue:
                     "metadata": Jsonb(metadata),
                 },
             )
-            row = await cur.fetchone()
-            if row is None:
+            if await cur.fetchone() is None:
                 raise ClaimLost(claim, "complete")
-            if row["recipient"]:
-                await conn.execute(
-                    query("enqueue_mail"),
-                    {"job_id": claim.job_id, "kind": "completed", "recipient": row["recipient"]},
-                )
 
     async def fail(
         self,
@@ -242,19 +236,13 @@ class JobQueue:
                 if await cur.fetchone() is None:
                     raise ClaimLost(claim, "retry")
             return Outcome("pending", delay)
-        async with self.pool.connection() as conn, conn.transaction():
-            cur = await conn.cursor(row_factory=dict_row).execute(
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
                 query("fail_job"),
                 claim.params() | {"message": message, "category": category, "metadata": meta},
             )
-            row = await cur.fetchone()
-            if row is None:
+            if await cur.fetchone() is None:
                 raise ClaimLost(claim, "fail")
-            if row["recipient"]:
-                await conn.execute(
-                    query("enqueue_mail"),
-                    {"job_id": claim.job_id, "kind": "failed", "recipient": row["recipient"]},
-                )
         return Outcome("failed")
 
     async def defer(self, claim: Claim, delay_ms: int, message: str) -> int:

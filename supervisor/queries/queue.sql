@@ -41,14 +41,22 @@ UPDATE export_jobs AS j SET heartbeat_at = now()
 RETURNING j.id, j.cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- name: complete_job
-UPDATE export_jobs
-   SET status = 'completed', completed_at = now(), heartbeat_at = now(),
-       storage_path = %(storage_path)s, file_url = %(file_url)s,
-       file_size_bytes = %(file_size_bytes)s, content_type = %(content_type)s,
-       metadata = metadata || %(metadata)s, error_message = NULL, error_category = NULL
- WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
-   AND status = 'processing'
-RETURNING id, user_id, export_type, export_job_recipient(user_id, notify_email) AS recipient;
+-- Completed, and its mail queued, in one statement (atomic, one round trip).
+WITH done AS (
+    UPDATE export_jobs
+       SET status = 'completed', completed_at = now(), heartbeat_at = now(),
+           storage_path = %(storage_path)s, file_url = %(file_url)s,
+           file_size_bytes = %(file_size_bytes)s, content_type = %(content_type)s,
+           metadata = metadata || %(metadata)s, error_message = NULL, error_category = NULL
+     WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
+       AND status = 'processing'
+    RETURNING id, export_job_recipient(user_id, notify_email) AS recipient
+), mail AS (
+    INSERT INTO export_mail_outbox (job_id, kind, recipient)
+    SELECT id, 'completed', recipient FROM done WHERE recipient IS NOT NULL
+    ON CONFLICT (job_id, kind) DO NOTHING
+)
+SELECT id FROM done;
 
 -- name: retry_job
 -- Back to pending after a retryable error, not before %(delay_ms)s.
@@ -66,17 +74,25 @@ UPDATE export_jobs
 RETURNING id, available_at;
 
 -- name: fail_job
-UPDATE export_jobs
-   SET status = 'failed', completed_at = now(),
-       error_message = %(message)s, error_category = %(category)s,
-       metadata = metadata || %(metadata)s,
-       error_history = (error_history || jsonb_build_array(jsonb_build_object(
-           'attempt', attempts, 'at', now(), 'worker_id', worker_id,
-           'category', %(category)s::text, 'message', left(%(message)s::text, 500))))
-           #- '{-11}'
- WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
-   AND status = 'processing'
-RETURNING id, user_id, export_type, export_job_recipient(user_id, notify_email) AS recipient;
+-- Failed for good, and its mail queued, in one statement.
+WITH done AS (
+    UPDATE export_jobs
+       SET status = 'failed', completed_at = now(),
+           error_message = %(message)s, error_category = %(category)s,
+           metadata = metadata || %(metadata)s,
+           error_history = (error_history || jsonb_build_array(jsonb_build_object(
+               'attempt', attempts, 'at', now(), 'worker_id', worker_id,
+               'category', %(category)s::text, 'message', left(%(message)s::text, 500))))
+               #- '{-11}'
+     WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
+       AND status = 'processing'
+    RETURNING id, export_job_recipient(user_id, notify_email) AS recipient
+), mail AS (
+    INSERT INTO export_mail_outbox (job_id, kind, recipient)
+    SELECT id, 'failed', recipient FROM done WHERE recipient IS NOT NULL
+    ON CONFLICT (job_id, kind) DO NOTHING
+)
+SELECT id FROM done;
 
 -- name: cancel_claimed_job
 -- The supervisor stopped the render of a job whose cancel was requested.
@@ -96,11 +112,6 @@ UPDATE export_jobs
  WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
    AND status = 'processing'
 RETURNING id;
-
--- name: enqueue_mail
-INSERT INTO export_mail_outbox (job_id, kind, recipient)
-VALUES (%(job_id)s, %(kind)s, %(recipient)s)
-ON CONFLICT (job_id, kind) DO NOTHING;
 
 -- name: rescue_stale
 -- Claims whose heartbeat stopped go back to pending (or to failed when out of
