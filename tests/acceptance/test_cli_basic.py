@@ -9,11 +9,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from serving import CLI, ROOT
 
 pytestmark = pytest.mark.timeout(60)
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / ".venv" / "bin" / "export-worker"
 COMMANDS = ("serve", "migrate", "config", "enqueue", "status", "list", "cancel", "retry", "rescue", "cleanup")
 
 

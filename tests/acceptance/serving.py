@@ -1,0 +1,110 @@
+"""Run `export-worker serve` as a real process for the acceptance tests: ports, env, start, health, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI = ROOT / ".venv" / "bin" / "export-worker"
+
+requires_chromium = pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="no Chromium binary")
+
+# Settings from the developer's shell that would point `serve` at real services or change its policy.
+_DROPPED_ENV = frozenset({"EXPORT_WORKER_CONFIG", "SUPABASE_URL", "SENDGRID_API_KEY", "SMTP_HOST", "ALLOWED_URL_HOSTS"})
+_SERVE_DEFAULTS = {
+    "MAX_CONCURRENT_RENDERS": "1",
+    "POLLING_INTERVAL_BUSY_MS": "100",
+    "POLLING_INTERVAL_IDLE_MS": "500",
+    "GRACEFUL_SHUTDOWN_TIMEOUT_MS": "5000",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 5) -> tuple[int, str, bytes]:
+    """(status, content type, body); an HTTP error status is returned, not raised."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback
+            return resp.status, resp.headers.get("Content-Type", ""), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get("Content-Type", ""), exc.read()
+
+
+def serve_env(db_url: str, data_dir: Path, port: int, **overrides: str) -> dict[str, str]:
+    """The environment for `export-worker serve`: this one minus outside services, plus the test's own."""
+    env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
+    env.update(
+        {"DATABASE_URL": db_url, "EXPORT_WORKER_DATA_DIR": str(data_dir), "PORT": str(port)},
+        **_SERVE_DEFAULTS,
+    )
+    env.update(overrides)
+    return env
+
+
+def start_serve(env: dict[str, str], log: Path, *, stderr_log: Path | None = None) -> subprocess.Popen[str]:
+    """Start `serve`; stdout (and stderr, unless `stderr_log` is given) goes to `log`."""
+    with open(log, "w") as out:
+        if stderr_log is None:
+            return subprocess.Popen(
+                [str(CLI), "serve"], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+            )
+        with open(stderr_log, "w") as err:
+            return subprocess.Popen([str(CLI), "serve"], cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
+
+
+def wait_healthy(port: int, proc: subprocess.Popen[str], log: Path, timeout: float = 60) -> None:
+    """Until GET /health is 200; fail if `proc` exits or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        assert proc.poll() is None, f"serve exited with {proc.returncode}: {log.read_text()[-3000:]}"
+        try:
+            status, _, body = http_get(f"http://127.0.0.1:{port}/health", timeout=3)
+            if status == 200:
+                return
+            last = (status, body[:500])
+        except OSError as exc:  # not listening yet
+            last = exc
+        assert time.monotonic() < deadline, f"/health not 200 after {timeout}s: {last}"
+        time.sleep(0.1)
+
+
+@contextmanager
+def running_serve(
+    env: dict[str, str],
+    log: Path,
+    *,
+    expect_exit: int = 0,
+    stderr_log: Path | None = None,
+    stop_timeout: float = 20,
+) -> Iterator[subprocess.Popen[str]]:
+    """`serve` started and healthy; on a clean exit of the block, SIGTERM and assert its exit code.
+
+    If the block raises, or the process is still alive at the end, it is killed.
+    """
+    proc = start_serve(env, log, stderr_log=stderr_log)
+    try:
+        wait_healthy(int(env["PORT"]), proc, log)
+        yield proc
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=stop_timeout)
+        assert code == expect_exit, (stderr_log or log).read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
