@@ -1,0 +1,93 @@
+"""The worker's one vocabulary: every status, category, reason and level as an enum.
+
+StrEnum members are their string values, so they go into SQL, JSON and log lines
+as-is and compare equal to the strings the database hands back.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class JobStatus(StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class ErrorCategory(StrEnum):
+    """What the queue does with a failed attempt: retry (transient, resource) or fail now."""
+
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+    RESOURCE = "resource"
+    VALIDATION = "validation"
+
+    @property
+    def retryable(self) -> bool:
+        return self in (ErrorCategory.TRANSIENT, ErrorCategory.RESOURCE)
+
+
+class ExportType(StrEnum):
+    PDF = "pdf"
+    IMAGE = "image"
+
+
+class KillReason(StrEnum):
+    """Why the pool stopped a child; stored with a failure as its reason code."""
+
+    MEMORY = "memory"  # the child's tree passed CHILD_MEMORY_LIMIT_MB
+    CONTAINER_MEMORY = "container_memory"  # the container passed its critical mark
+    TIMEOUT = "timeout"  # the render passed JOB_TIMEOUT_SECONDS
+    CANCELLED = "cancelled"  # the job was cancelled mid-render
+    CLAIM_LOST = "claim_lost"  # another worker holds the job now
+    SHUTDOWN = "shutdown"  # the worker is stopping; the job goes back to pending
+    RECYCLE = "recycle"  # renders or age limit reached
+    BOOT_FAILED = "boot_failed"  # Chromium did not start in time
+    CRASHED = "crashed"  # the child or its browser died on its own
+    UNRESPONSIVE = "unresponsive"  # the child ignored a stop request
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARN = "warn"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class OutputFormat(StrEnum):
+    """The file formats a render produces; the content type and extension live here only."""
+
+    PDF = "pdf"
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+    @property
+    def content_type(self) -> str:
+        return _CONTENT_TYPES[self]
+
+    @property
+    def extension(self) -> str:
+        return "jpg" if self is OutputFormat.JPEG else self.value
+
+    @classmethod
+    def from_content_type(cls, content_type: str) -> OutputFormat:
+        for fmt, known in _CONTENT_TYPES.items():
+            if known == content_type:
+                return fmt
+        raise ValueError(f"unknown content type {content_type!r}")
+
+
+_CONTENT_TYPES: dict[OutputFormat, str] = {
+    OutputFormat.PDF: "application/pdf",
+    OutputFormat.PNG: "image/png",
+    OutputFormat.JPEG: "image/jpeg",
+    OutputFormat.WEBP: "image/webp",
+}
