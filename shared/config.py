@@ -105,6 +105,7 @@ class MailSettings(_Section):
     smtp_password: Annotated[str, _doc("SMTP password (secret)")] = ""
     smtp_starttls: Annotated[bool, _doc("use STARTTLS")] = True
     mail_max_attempts: Annotated[int, _doc("sends tried per mail before it is given up", ge=1, le=100)] = 12
+    mail_lease_seconds: Annotated[int, _doc("a sender holds a claimed mail this long; if it dies, another worker sends it after", ge=5, le=3600)] = 120
 
 
 class LimitSettings(_Section):

@@ -87,6 +87,16 @@ class Metrics:
         self.storage_errors = Counter(
             "export_storage_errors_total", "Storage operations that failed", ["operation"], registry=r
         )
+        self.orphans_deleted = Counter(
+            "export_orphan_objects_deleted_total",
+            "Stored objects of claims that lost or died, deleted by retention's sweep",
+            registry=r,
+        )
+        self.temp_files_swept = Counter(
+            "export_temp_files_swept_total",
+            "Upload temp files and scratch outputs of dead workers removed by the temp sweep",
+            registry=r,
+        )
         self.mails_sent = Counter("export_mails_sent_total", "Mails sent from the outbox", ["kind"], registry=r)
         self.mail_errors = Counter(
             "export_mail_errors_total", "Mail sends that failed (retried later)", ["kind"], registry=r

@@ -21,8 +21,6 @@ from supervisor.queries import query
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 120
-
 
 class OutboxSender:
     def __init__(
@@ -62,7 +60,7 @@ class OutboxSender:
         async with self.pool.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 query("claim_mail"),
-                {"limit": limit, "worker_id": self.worker_id, "lease_seconds": LEASE_SECONDS},
+                {"limit": limit, "worker_id": self.worker_id, "lease_seconds": self.settings.mail.mail_lease_seconds},
             )
             rows = await cur.fetchall()
         for row in rows:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
@@ -35,11 +37,15 @@ from supervisor.outbox import OutboxSender
 from supervisor.pool import Assignment, ChildHandle, ChildTarget, PoolConfig, RenderPool
 from supervisor.queue import Claim, ClaimLost, FenceCheck, JobQueue
 from supervisor.retention import run_retention
+from supervisor.storage import writer_tag
+from supervisor.sweep import sweep_temp
+from supervisor.testhooks import pause_point
 from supervisor.watchdog import Watchdog
 
 log = logging.getLogger(__name__)
 
 MAX_STORAGE_DEFERRALS = 100
+TEMP_SWEEP_INTERVAL_SECONDS = 300  # the slow tick of the temp sweep (and once at start)
 EXTENSIONS = {"application/pdf": "pdf", "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
 
 
@@ -142,6 +148,7 @@ class Supervisor:
                 log.info("migrations applied", extra={"migrations": applied})
         await asyncio.to_thread(sync_queue_settings, self.conninfo, self.settings)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._sweep_temp()
         self.link_signer = LinkSigner(load_or_create_secret(self.settings.storage.link_secret, self.data_dir))
         inner = self._storage or build_storage(self.settings, self.data_dir)
         storage_settings = self.settings.storage
@@ -166,7 +173,8 @@ class Supervisor:
             # Bind the port before any child starts: a taken port fails fast and leaves nothing behind.
             await self._start_http()
         pool_settings = self.settings.pool
-        self.scratch = self.data_dir / "scratch"
+        # This process's own scratch folder: the temp sweep removes it if we die.
+        self.scratch = self.data_dir / "scratch" / writer_tag()
         options = ChildOptions(
             child_index=0,
             worker_id=self.worker_id,
@@ -207,6 +215,7 @@ class Supervisor:
         self._spawn_task(self._heartbeat_loop(), "heartbeat")
         self._spawn_task(self._rescue_loop(), "rescue")
         self._spawn_task(self._retention_loop(), "retention")
+        self._spawn_task(self._sweep_loop(), "sweep")
         self._spawn_task(self._stats_loop(), "stats")
 
     async def _start_http(self) -> None:
@@ -460,23 +469,32 @@ class Supervisor:
     # ---- settling --------------------------------------------------------------------
 
     async def _deliver(self, claim: Claim, result: Rendered) -> None:
-        from supervisor.storage import StorageError, object_path
+        from supervisor.storage import StorageError, object_key
 
         output = Path(result.output_path)
+        key: str | None = None
+        uploaded = False
         try:
-            # Fencing: no upload unless a heartbeat sent after the render ended still holds the claim.
-            if await self.fence.check(claim):
+            # This claim's own object: a late writer can never replace another claim's file.
+            key = object_key(claim.user_id, claim.job_id, claim.attempt, result.content_type)
+            # Fencing: no upload unless a heartbeat sent after the render ended still holds
+            # the claim; the same statement records the key for the orphan sweep.
+            if await self.fence.check(claim, key):
                 await self.queue.settle_cancelled(claim)
                 return
-            path = object_path(claim.user_id, claim.job_id, claim.export_type, result.content_type)
             ttl = self.settings.storage.signed_url_ttl_seconds
+            object_name = key
 
-            def upload() -> str:  # one thread hop for both calls
-                self.storage.put(path, output, result.content_type)
-                return str(self.storage.signed_url(path, ttl))
+            def upload() -> tuple[str, str]:  # one thread hop for all of it
+                pause_point("upload", claim.job_id)
+                with open(output, "rb") as file:
+                    digest = hashlib.file_digest(file, "sha256").hexdigest()
+                self.storage.put(object_name, output, result.content_type)
+                return str(self.storage.signed_url(object_name, ttl)), digest
 
             try:
-                url = await asyncio.to_thread(upload)
+                uploaded = True  # from here on an object may exist
+                url, sha256 = await asyncio.to_thread(upload)
             except StorageError as exc:
                 self.metrics.storage_errors.labels("upload").inc()
                 await self._storage_failed(claim, exc)
@@ -492,10 +510,11 @@ class Supervisor:
                 "blocked_count": len(result.blocked),
                 "subresources_fetched": result.fetched,
                 "worker_id": self.worker_id,
+                "sha256": sha256,
             }
             await self.queue.complete(
                 claim,
-                storage_path=path,
+                storage_path=key,
                 file_url=url,
                 file_size_bytes=result.size_bytes,
                 content_type=result.content_type,
@@ -509,6 +528,8 @@ class Supervisor:
                                              "size_bytes": result.size_bytes, "attempt": claim.attempt})
         except ClaimLost as exc:
             log.warning("claim lost; result discarded", extra={"job_id": claim.job_id, "error": str(exc)})
+            if uploaded and key is not None:
+                await self._discard_upload(claim, key)
         except Exception as exc:
             # The database is away: the claim stays processing and the rescue returns it.
             log.error("could not settle job", extra={"job_id": claim.job_id, "error": str(exc)})
@@ -517,6 +538,16 @@ class Supervisor:
             with contextlib.suppress(OSError):
                 output.unlink()
             self._capacity.set()
+
+    async def _discard_upload(self, claim: Claim, key: str) -> None:
+        """A claim that lost deletes its own object (best effort: the orphan sweep backs it up)."""
+        try:
+            await asyncio.to_thread(self.storage.delete, [key])
+            await self.queue.forget_upload(claim, key)
+            log.info("object of a lost claim deleted", extra={"job_id": claim.job_id, "storage_path": key})
+        except Exception as exc:
+            log.warning("could not delete the object of a lost claim; the orphan sweep will",
+                        extra={"job_id": claim.job_id, "storage_path": key, "error": str(exc)})
 
     async def _storage_failed(self, claim: Claim, exc: Any) -> None:
         if exc.category == "transient":
@@ -646,10 +677,22 @@ class Supervisor:
     async def _retention_loop(self) -> None:
         while True:
             try:
-                await run_retention(self.db, self.storage, self.settings.retention)
+                result = await run_retention(self.db, self.storage, self.settings.retention)
+                self.metrics.orphans_deleted.inc(result.orphans_deleted)
             except Exception as exc:
                 log.warning("retention run failed", extra={"error": str(exc)})
             await asyncio.sleep(self.settings.retention.cleanup_interval_seconds)
+
+    def _sweep_temp(self) -> None:
+        try:
+            self.metrics.temp_files_swept.inc(sweep_temp(self.data_dir))
+        except Exception as exc:
+            log.warning("temp sweep failed", extra={"error": str(exc)})
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TEMP_SWEEP_INTERVAL_SECONDS)
+            await asyncio.to_thread(self._sweep_temp)
 
     async def _stats_loop(self) -> None:
         while True:
@@ -689,6 +732,7 @@ class Supervisor:
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.db.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)  # a clean stop leaves no scratch behind
 
     # ---- HealthSources ------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 import httpx
 
 from shared.errors import ErrorCategory, JobError
+from shared.vocabulary import OutputFormat
 from supervisor.links import LinkSigner, load_or_create_secret
 
 if TYPE_CHECKING:
@@ -29,13 +31,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-EXTENSIONS: dict[str, str] = {
-    "application/pdf": "pdf",
-    "image/png": "png",
-    "image/jpeg": "jpg",
-    "image/jpg": "jpg",
-    "image/webp": "webp",
-}
+# Upload temp files live here, one folder per writing process ({host}-{pid}), so
+# the temp sweep can tell a dead writer's leftovers from a live one's.
+UPLOAD_TEMP_DIR = ".uploads"
 
 
 class StorageError(JobError):
@@ -66,15 +64,22 @@ class Storage(Protocol):
         """Raise StorageError if the store is unusable (bucket missing, root not writable)."""
 
 
-def object_path(user_id: str, job_id: str, export_type: str, content_type: str) -> str:
-    """The object key of a job's file: ``{user_id}/{job_id}.{ext}``; the same for every retry."""
-    ext = EXTENSIONS.get(content_type.split(";", 1)[0].strip().lower())
-    if ext is None:
-        ext = "pdf" if export_type == "pdf" else "png"
+def object_key(user_id: str, job_id: str, attempt: int, content_type: str) -> str:
+    """The object key one claim writes: ``{user_id}/{job_id}/{attempt}.{ext}``.
+
+    Every claim of a job has its own attempt number, so its own key: a worker that
+    lost its claim can never overwrite the object a later claim completed with.
+    """
+    fmt = OutputFormat.from_content_type(content_type.split(";", 1)[0].strip().lower())
     for label, value in (("user_id", user_id), ("job_id", job_id)):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", value):
             raise StorageError("validation", f"{label} {value!r} cannot be used in a storage path")
-    return f"{user_id}/{job_id}.{ext}"
+    return f"{user_id}/{job_id}/{int(attempt)}.{fmt.extension}"
+
+
+def writer_tag() -> str:
+    """``{host}-{pid}``: names this process's temp folders (see supervisor/sweep.py)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def validate_path(path: str) -> tuple[str, ...]:
@@ -110,6 +115,7 @@ class LocalStorage:
         self.links = links
         self.public_base_url = public_base_url.rstrip("/")
         self._clock = clock
+        self.temp_dir = self.root / UPLOAD_TEMP_DIR / writer_tag()
 
     def resolve(self, path: str) -> Path:
         """The file for an object path, refusing anything outside root."""
@@ -128,7 +134,8 @@ class LocalStorage:
         target = self.resolve(path)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+            self.temp_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.temp_dir / f"{secrets.token_hex(6)}.tmp"
             try:
                 with open(file, "rb") as src, open(tmp, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1024 * 1024)

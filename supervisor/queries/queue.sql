@@ -41,7 +41,8 @@ UPDATE export_jobs AS j SET heartbeat_at = now()
 RETURNING j.id, j.cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- name: complete_job
--- Completed, and its mail queued, in one statement (atomic, one round trip).
+-- Completed, its mail queued and its object's upload entry closed, in one
+-- statement (atomic, one round trip). storage_path is this claim's own key.
 WITH done AS (
     UPDATE export_jobs
        SET status = 'completed', completed_at = now(), heartbeat_at = now(),
@@ -55,8 +56,32 @@ WITH done AS (
     INSERT INTO export_mail_outbox (job_id, kind, recipient)
     SELECT id, 'completed', recipient FROM done WHERE recipient IS NOT NULL
     ON CONFLICT (job_id, kind) DO NOTHING
+), uploaded AS (
+    DELETE FROM export_uploads AS u USING done
+     WHERE u.storage_key = %(storage_path)s AND u.job_id = done.id
 )
 SELECT id FROM done;
+
+-- name: fence_uploads
+-- The pre-upload fence: refresh each claim and, for those still held and not
+-- cancelled, record the object key it is about to write, in one statement.
+-- A claim missing from the result is lost and must upload nothing.
+WITH held AS (
+    UPDATE export_jobs AS j SET heartbeat_at = now()
+      FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(keys)s::text[]) AS f(id, attempts, storage_key)
+     WHERE j.id = f.id AND j.attempts = f.attempts
+       AND j.worker_id = %(worker_id)s AND j.status = 'processing'
+    RETURNING j.id, j.attempts, f.storage_key, j.cancel_requested_at IS NOT NULL AS cancel_requested
+), journal AS (
+    INSERT INTO export_uploads (storage_key, job_id, attempt, worker_id)
+    SELECT storage_key, id, attempts, %(worker_id)s FROM held WHERE NOT cancel_requested
+    ON CONFLICT (storage_key) DO NOTHING
+)
+SELECT id, cancel_requested FROM held;
+
+-- name: forget_upload
+-- A claim that lost deleted its own object: its entry goes too.
+DELETE FROM export_uploads WHERE storage_key = %(storage_key)s AND job_id = %(id)s;
 
 -- name: retry_job
 -- Back to pending after a retryable error, not before %(delay_ms)s.
@@ -259,3 +284,17 @@ UPDATE export_jobs
  WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
    AND status = 'processing'
 RETURNING (metadata ->> 'storage_deferrals')::int;
+
+-- name: orphan_uploads
+-- Retention: objects written by claims that lost or died (no completion took
+-- them), old enough that no claim can still be writing them. The join keeps a
+-- completed job's own object even if its entry somehow survived.
+SELECT u.storage_key FROM export_uploads AS u
+  LEFT JOIN export_jobs AS j ON j.id = u.job_id AND j.storage_path = u.storage_key
+ WHERE j.id IS NULL AND u.started_at < now() - make_interval(secs => %(older_than_seconds)s)
+ ORDER BY u.started_at
+ LIMIT %(limit)s
+ FOR UPDATE OF u SKIP LOCKED;
+
+-- name: forget_uploads
+DELETE FROM export_uploads WHERE storage_key = ANY(%(keys)s::text[]);
