@@ -124,6 +124,7 @@ class RetrySettings(_Section):
     retry_backoff_cap_ms: Annotated[int, _doc("no retry waits longer", ge=0, le=86_400_000)] = 300_000
     heartbeat_interval_seconds: Annotated[int, _doc("how often in-flight claims are refreshed", ge=1, le=300)] = 10
     stale_after_seconds: Annotated[int, _doc("a claim without heartbeat this long is rescued", ge=5, le=3600)] = 60
+    poison_kill_limit: Annotated[int, _doc("a job whose render was killed (time or memory) this often fails for good", ge=1, le=100)] = 2
 
 
 class RetentionSettings(_Section):

@@ -90,6 +90,7 @@ class RenderFailed(_Msg, tag="render_failed"):
     message: str
     render_ms: float
     blocked: list[BlockedRequest] = []
+    timed_out: bool = False  # the page hit its navigation or render timeout
 
 
 class Log(_Msg, tag="log"):

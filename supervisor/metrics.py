@@ -62,6 +62,12 @@ class Metrics:
             buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
             registry=r,
         )
+        self.background_failures = Counter(
+            "export_background_failures_total",
+            "Background loops and tasks of the supervisor that raised (each is logged with its traceback)",
+            ["task"],
+            registry=r,
+        )
         # The pool.
         self.child_memory = Gauge(
             "export_child_memory_bytes", "PSS of each child's whole process tree", ["child"], registry=r

@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -23,7 +23,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import RetrySettings
-from shared.errors import RETRYABLE, ErrorCategory
+from shared.errors import ErrorCategory
+from shared.vocabulary import JobStatus
 from supervisor.queries import query
 
 
@@ -78,8 +79,11 @@ class Claim:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: Literal["pending", "failed"]
+    """What the retry rule made of a failed attempt: pending again (after retry_in_ms) or failed."""
+
+    status: JobStatus
     retry_in_ms: int = 0
+    child_kills: int = 0
 
 
 def full_jitter_backoff_ms(attempt: int, base_ms: int, cap_ms: int, rng: Callable[[], float]) -> int:
@@ -241,35 +245,33 @@ class JobQueue:
         message: str,
         metadata: dict[str, Any] | None = None,
         *,
+        child_killed: bool = False,
         retry_delay_ms: int | None = None,
     ) -> Outcome:
-        """Retry (transient, resource; attempts left) or fail for good (and queue the mail)."""
-        meta = Jsonb(metadata or {})
-        if category in RETRYABLE and not claim.last_attempt:
-            delay = (
-                retry_delay_ms
-                if retry_delay_ms is not None
-                else full_jitter_backoff_ms(
-                    claim.attempt, self.retry.retry_backoff_base_ms, self.retry.retry_backoff_cap_ms, self._rng
-                )
+        """Record a failed attempt; the database's one retry rule decides retry or final.
+
+        `child_killed`: the render was killed for time or memory (counts toward
+        POISON_KILL_LIMIT and sends the job behind newer work).
+        """
+        delay = (
+            retry_delay_ms
+            if retry_delay_ms is not None
+            else full_jitter_backoff_ms(
+                claim.attempt, self.retry.retry_backoff_base_ms, self.retry.retry_backoff_cap_ms, self._rng
             )
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(
-                    query("retry_job"),
-                    claim.params()
-                    | {"delay_ms": delay, "message": message, "category": category, "metadata": meta},
-                )
-                if await cur.fetchone() is None:
-                    raise ClaimLost(claim, "retry")
-            return Outcome("pending", delay)
+        )
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                query("fail_job"),
-                claim.params() | {"message": message, "category": category, "metadata": meta},
+                query("settle_failure"),
+                claim.params()
+                | {"delay_ms": delay, "message": message, "category": str(category),
+                   "metadata": Jsonb(metadata or {}), "child_killed": child_killed},
             )
-            if await cur.fetchone() is None:
-                raise ClaimLost(claim, "fail")
-        return Outcome("failed")
+            row = await cur.fetchone()
+        if row is None:
+            raise ClaimLost(claim, "fail")
+        status = JobStatus(row[1])
+        return Outcome(status, int(row[3]) if status is JobStatus.PENDING else 0, child_kills=int(row[2]))
 
     async def defer(self, claim: Claim, delay_ms: int, message: str) -> int:
         """Back to pending without spending the attempt; returns the deferral count."""

@@ -73,7 +73,7 @@ def object_key(user_id: str, job_id: str, attempt: int, content_type: str) -> st
     fmt = OutputFormat.from_content_type(content_type.split(";", 1)[0].strip().lower())
     for label, value in (("user_id", user_id), ("job_id", job_id)):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", value):
-            raise StorageError("validation", f"{label} {value!r} cannot be used in a storage path")
+            raise StorageError(ErrorCategory.VALIDATION, f"{label} {value!r} cannot be used in a storage path")
     return f"{user_id}/{job_id}/{int(attempt)}.{fmt.extension}"
 
 
@@ -85,10 +85,10 @@ def writer_tag() -> str:
 def validate_path(path: str) -> tuple[str, ...]:
     """Split a relative object path; refuse absolute paths, ``..``, ``.``, empty segments."""
     if not path or path.startswith(("/", "\\")) or "\\" in path or "\x00" in path:
-        raise StorageError("permanent", f"invalid storage path {path!r}: must be relative")
+        raise StorageError(ErrorCategory.PERMANENT, f"invalid storage path {path!r}: must be relative")
     parts = tuple(path.split("/"))
     if any(p in {"", ".", ".."} for p in parts) or re.match(r"^[A-Za-z]:", path):
-        raise StorageError("permanent", f"invalid storage path {path!r}: must not escape the store")
+        raise StorageError(ErrorCategory.PERMANENT, f"invalid storage path {path!r}: must not escape the store")
     return parts
 
 
@@ -127,7 +127,7 @@ class LocalStorage:
         # Symlinks inside root must not lead out of it either.
         resolved = os.path.realpath(target)
         if resolved != root and not resolved.startswith(root.rstrip(os.sep) + os.sep):
-            raise StorageError("permanent", f"invalid storage path {path!r}: escapes the store")
+            raise StorageError(ErrorCategory.PERMANENT, f"invalid storage path {path!r}: escapes the store")
         return Path(target)
 
     def put(self, path: str, file: Path, content_type: str) -> None:
@@ -147,10 +147,10 @@ class LocalStorage:
                     os.unlink(tmp)
         except FileNotFoundError as exc:
             if not Path(file).exists():
-                raise StorageError("permanent", f"local storage: input file {file} does not exist") from exc
-            raise StorageError("transient", f"local storage: cannot write {path}: {exc}") from exc
+                raise StorageError(ErrorCategory.PERMANENT, f"local storage: input file {file} does not exist") from exc
+            raise StorageError(ErrorCategory.TRANSIENT, f"local storage: cannot write {path}: {exc}") from exc
         except OSError as exc:
-            raise StorageError("transient", f"local storage: cannot write {path}: {exc}") from exc
+            raise StorageError(ErrorCategory.TRANSIENT, f"local storage: cannot write {path}: {exc}") from exc
 
     def signed_url(self, path: str, ttl_seconds: int) -> str:
         validate_path(path)
@@ -167,7 +167,7 @@ class LocalStorage:
             except IsADirectoryError:
                 continue
             except OSError as exc:
-                raise StorageError("transient", f"local storage: cannot delete {path}: {exc}") from exc
+                raise StorageError(ErrorCategory.TRANSIENT, f"local storage: cannot delete {path}: {exc}") from exc
             parent = target.parent
             if parent != self.root and parent.resolve() != self.root.resolve():
                 with contextlib.suppress(OSError):
@@ -180,7 +180,8 @@ class LocalStorage:
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:
-            raise StorageError("permanent", f"local storage root {self.root} is not writable: {exc}") from exc
+            raise StorageError(
+                ErrorCategory.PERMANENT, f"local storage root {self.root} is not writable: {exc}") from exc
 
 
 # ---- Supabase Storage ------------------------------------------------------
@@ -205,7 +206,7 @@ class SupabaseStorage:
             self._client = supabase.create_client(url, service_role_key, options)
         except Exception as exc:
             self._http.close()
-            raise StorageError("permanent", f"supabase storage: cannot create client: {exc}") from exc
+            raise StorageError(ErrorCategory.PERMANENT, f"supabase storage: cannot create client: {exc}") from exc
         self._storage: Any = self._client.storage
 
     def _bucket(self) -> Any:
@@ -222,7 +223,9 @@ class SupabaseStorage:
                 status = int(exc.status)
             except (TypeError, ValueError):
                 status = 500
-            category: ErrorCategory = "transient" if _is_transient_status(status) else "permanent"
+            category: ErrorCategory = (
+                ErrorCategory.TRANSIENT if _is_transient_status(status) else ErrorCategory.PERMANENT
+            )
             raise StorageError(
                 category,
                 f"supabase storage {operation} failed: {status} {exc.code}: {exc.message}",
@@ -230,24 +233,25 @@ class SupabaseStorage:
             ) from exc
         except httpx.TimeoutException as exc:
             raise StorageError(
-                "transient", f"supabase storage {operation} timed out after {self.timeout_seconds}s: {exc!r}"
+                ErrorCategory.TRANSIENT,
+                f"supabase storage {operation} timed out after {self.timeout_seconds}s: {exc!r}"
             ) from exc
         except httpx.TransportError as exc:
             raise StorageError(
-                "transient", f"supabase storage {operation}: connection error: {exc!r}"
+                ErrorCategory.TRANSIENT, f"supabase storage {operation}: connection error: {exc!r}"
             ) from exc
         except StorageException as exc:
-            raise StorageError("transient", f"supabase storage {operation}: {exc}") from exc
+            raise StorageError(ErrorCategory.TRANSIENT, f"supabase storage {operation}: {exc}") from exc
         except ValueError as exc:
             # pydantic's ValidationError (a malformed answer) is a ValueError too.
             raise StorageError(
-                "transient", f"supabase storage {operation}: unexpected answer: {exc}"
+                ErrorCategory.TRANSIENT, f"supabase storage {operation}: unexpected answer: {exc}"
             ) from exc
 
     def put(self, path: str, file: Path, content_type: str) -> None:
         validate_path(path)
         if not Path(file).is_file():
-            raise StorageError("permanent", f"supabase storage upload: input file {file} does not exist")
+            raise StorageError(ErrorCategory.PERMANENT, f"supabase storage upload: input file {file} does not exist")
         options = {"content-type": content_type, "upsert": "true", "cache-control": "3600"}
         self._run("upload", lambda: self._bucket().upload(path, Path(file), options))
 
@@ -256,7 +260,10 @@ class SupabaseStorage:
         result = self._run("sign", lambda: self._bucket().create_signed_url(path, int(ttl_seconds)))
         url = result.get("signedURL") or result.get("signedUrl")
         if not url:
-            raise StorageError("transient", f"supabase storage sign: no signed URL in the answer for {path}")
+            raise StorageError(
+                ErrorCategory.TRANSIENT,
+                f"supabase storage sign: no signed URL in the answer for {path}"
+            )
         return str(url)
 
     def delete(self, paths: list[str]) -> None:

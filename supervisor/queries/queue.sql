@@ -83,41 +83,50 @@ SELECT id, cancel_requested FROM held;
 -- A claim that lost deleted its own object: its entry goes too.
 DELETE FROM export_uploads WHERE storage_key = %(storage_key)s AND job_id = %(id)s;
 
--- name: retry_job
--- Back to pending after a retryable error, not before %(delay_ms)s.
-UPDATE export_jobs
-   SET status = 'pending', worker_id = NULL, heartbeat_at = NULL,
-       available_at = now() + make_interval(secs => %(delay_ms)s / 1000.0),
-       error_message = %(message)s, error_category = %(category)s,
-       metadata = metadata || %(metadata)s,
-       error_history = (error_history || jsonb_build_array(jsonb_build_object(
-           'attempt', attempts, 'at', now(), 'worker_id', worker_id,
-           'category', %(category)s::text, 'message', left(%(message)s::text, 500))))
-           #- '{-11}'
- WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
-   AND status = 'processing'
-RETURNING id, available_at;
-
--- name: fail_job
--- Failed for good, and its mail queued, in one statement.
-WITH done AS (
-    UPDATE export_jobs
-       SET status = 'failed', completed_at = now(),
-           error_message = %(message)s, error_category = %(category)s,
-           metadata = metadata || %(metadata)s,
-           error_history = (error_history || jsonb_build_array(jsonb_build_object(
-               'attempt', attempts, 'at', now(), 'worker_id', worker_id,
-               'category', %(category)s::text, 'message', left(%(message)s::text, 500))))
-               #- '{-11}'
+-- name: settle_failure
+-- A failed attempt: back to pending after %(delay_ms)s, or failed for good with
+-- its mail, in one statement. export_job_is_final is the one retry rule (the
+-- stale rescue uses it too). A render that killed its child (time or memory)
+-- counts toward POISON_KILL_LIMIT and goes back in line behind newer work.
+WITH claim AS (
+    SELECT id, attempts, max_attempts, priority,
+           child_kills + CASE WHEN %(child_killed)s THEN 1 ELSE 0 END AS kills
+      FROM export_jobs
      WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
        AND status = 'processing'
-    RETURNING id, export_job_recipient(user_id, notify_email) AS recipient
+       FOR UPDATE
+), decided AS (
+    SELECT claim.*, export_job_is_final(%(category)s, attempts, max_attempts, kills) AS final,
+           now() + make_interval(secs => %(delay_ms)s / 1000.0) AS retry_at
+      FROM claim
+), settled AS (
+    UPDATE export_jobs AS j
+       SET status = CASE WHEN d.final THEN 'failed' ELSE 'pending' END,
+           completed_at = CASE WHEN d.final THEN now() END,
+           worker_id = CASE WHEN d.final THEN j.worker_id END,
+           heartbeat_at = CASE WHEN d.final THEN j.heartbeat_at END,
+           available_at = CASE WHEN d.final THEN j.available_at ELSE d.retry_at END,
+           claim_order = CASE WHEN %(child_killed)s AND NOT d.final
+                              THEN export_job_requeue_order(d.retry_at, d.priority) ELSE j.claim_order END,
+           child_kills = d.kills,
+           error_message = %(message)s,
+           error_category = %(category)s,
+           metadata = j.metadata || %(metadata)s,
+           error_history = (j.error_history || jsonb_build_array(jsonb_build_object(
+               'attempt', j.attempts, 'at', now(), 'worker_id', j.worker_id,
+               'category', %(category)s::text, 'message', left(%(message)s::text, 500))))
+               #- '{-11}'
+      FROM decided AS d
+     WHERE j.id = d.id
+    RETURNING j.id, j.status, j.user_id, j.notify_email, d.kills, d.retry_at
 ), mail AS (
     INSERT INTO export_mail_outbox (job_id, kind, recipient)
-    SELECT id, 'failed', recipient FROM done WHERE recipient IS NOT NULL
+    SELECT id, 'failed', export_job_recipient(user_id, notify_email) FROM settled
+     WHERE status = 'failed' AND export_job_recipient(user_id, notify_email) IS NOT NULL
     ON CONFLICT (job_id, kind) DO NOTHING
 )
-SELECT id FROM done;
+SELECT id, status, kills, greatest(0, extract(epoch FROM retry_at - now()) * 1000)::int AS retry_in_ms
+  FROM settled;
 
 -- name: cancel_claimed_job
 -- The supervisor stopped the render of a job whose cancel was requested.
@@ -139,8 +148,8 @@ UPDATE export_jobs
 RETURNING id;
 
 -- name: rescue_stale
--- Claims whose heartbeat stopped go back to pending (or to failed when out of
--- attempts). The outer WHERE re-checks after the row lock, so a job completed
+-- Claims whose heartbeat stopped go back to pending (or to failed when
+-- export_job_is_final says so, as for any transient error). The outer WHERE re-checks after the row lock, so a job completed
 -- between the read and the write stays completed. Final failures get their mail.
 WITH stale AS (
     SELECT id FROM export_jobs
@@ -151,8 +160,10 @@ WITH stale AS (
      FOR UPDATE SKIP LOCKED
 ), rescued AS (
     UPDATE export_jobs AS j
-       SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'pending' END,
-           completed_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+       SET status = CASE WHEN export_job_is_final('transient', j.attempts, j.max_attempts, j.child_kills)
+                         THEN 'failed' ELSE 'pending' END,
+           completed_at = CASE WHEN export_job_is_final('transient', j.attempts, j.max_attempts, j.child_kills)
+                               THEN now() END,
            available_at = now(), heartbeat_at = NULL,
            error_category = 'transient',
            error_message = format('worker %%s stopped heartbeating during attempt %%s (last sign of life %%s)',

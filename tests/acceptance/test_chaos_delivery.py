@@ -31,7 +31,7 @@ import pytest
 from psycopg.rows import dict_row
 from serving import CLI, ROOT, free_port, requires_chromium, serve_env, start_serve, wait_healthy
 
-from supervisor.db import open_pool
+from supervisor.database import open_pool
 from supervisor.retention import run_retention
 from supervisor.storage import build_storage
 from supervisor.sweep import sweep_temp

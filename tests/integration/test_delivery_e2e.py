@@ -22,7 +22,7 @@ from psycopg.rows import dict_row
 
 from render_child.null_child import TINY_PDF, null_child_entry
 from shared.config import Settings
-from supervisor.db import open_pool
+from supervisor.database import open_pool
 from supervisor.links import LinkSigner, load_or_create_secret
 from supervisor.migrate import sync_queue_settings
 from supervisor.queue import ClaimLost, JobQueue
@@ -572,7 +572,7 @@ async def test_final_failure_mails_once_in_plain_words(tmp_path: Path, db_url: s
 async def test_endless_storage_outage_ends_in_one_failure_mail(
     tmp_path: Path, db_url: str, storage_fake: FakeSupabaseStorage
 ) -> None:
-    from supervisor.runner import MAX_STORAGE_DEFERRALS
+    from supervisor.settle import MAX_STORAGE_DEFERRALS
 
     settings = settings_for(tmp_path, db_url, **remote_env(storage_fake, None))
     storage_fake.fail(503)

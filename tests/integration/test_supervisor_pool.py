@@ -301,7 +301,10 @@ async def test_hung_page_fails_at_job_timeout_and_pool_recovers(start_supervisor
     elapsed = time.monotonic() - t0
     assert row["status"] == "failed", row
     assert "JOB_TIMEOUT_SECONDS" in row["error_message"], row["error_message"]
-    assert row["error_category"] == "transient"
+    # A render past its deadline is a poison strike: resource, with its reason code kept.
+    assert row["error_category"] == "resource"
+    assert row["metadata"]["failure_reason"] == "timeout"
+    assert row["child_kills"] == 1
     assert 2.5 <= elapsed < 10, elapsed
 
     next_id = await create(sup.queue, html_payload())
@@ -413,7 +416,7 @@ async def test_container_high_water_stops_claiming_until_memory_falls(start_supe
         row = await sup.queue.get_job(job_id)
         assert row is not None and row["status"] == "pending" and row["attempts"] == 0, row
         await asyncio.sleep(0.1)
-    assert sup.memory().healthy, "high water is not critical: the worker stays healthy"
+    assert sup.health.memory().healthy, "high water is not critical: the worker stays healthy"
     sup.watchdog.read_container = container(0.40)
     assert (await wait_for_status(sup.queue, job_id, {"completed", "failed"}, 30))["status"] == "completed"
     assert sup.pool.stats.kills == {}
@@ -477,7 +480,7 @@ async def test_missing_chromium_brakes_the_pool_and_claims_nothing(start_supervi
     )
     sup: Supervisor = run.sup
     job_id = await create(sup.queue, html_payload())
-    await wait_until(lambda: sup.pool.braked, 30, "the restart-storm brake")
+    await wait_until(lambda: sup.pool.brake.engaged, 30, "the restart-storm brake")
 
     def spawned() -> int:
         return sum(sup.pool._generations.values())
@@ -494,7 +497,7 @@ async def test_missing_chromium_brakes_the_pool_and_claims_nothing(start_supervi
     ok, message = sup.pool.describe()
     assert not ok
     assert "keep failing to start" in message
-    health = sup.render_pool()
+    health = sup.health.render_pool()
     assert not health.healthy
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from supervisor import watchdog as watchdog_module
+from supervisor.children import ChildState
 from supervisor.memory import ContainerMemory
-from supervisor.pool import ChildState
 from supervisor.watchdog import Watchdog
 
 pytestmark = pytest.mark.timeout(30)
