@@ -29,7 +29,6 @@ def _doc(text: str, **limits: Any) -> msgspec.Meta:
     return msgspec.Meta(description=text, **limits)
 
 
-Ms = Annotated[int, _doc("milliseconds", ge=1, le=3_600_000)]
 LogLevel = Literal["debug", "info", "warn", "warning", "error"]
 
 

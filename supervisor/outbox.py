@@ -39,7 +39,6 @@ class OutboxSender:
         self.storage = storage
         self.metrics = metrics
         self.wake = asyncio.Event()
-        self.last_error = ""
 
     async def run(self, idle_seconds: float = 5.0) -> None:
         while True:
@@ -108,7 +107,6 @@ class OutboxSender:
         attempts = int(row["attempts"])
         give_up = give_up or attempts >= self.settings.mail.mail_max_attempts
         delay = min(3600, 5 * 2 ** (attempts - 1))
-        self.last_error = error
         if self.metrics is not None:
             self.metrics.mail_errors.labels(row["kind"]).inc()
         log.warning(

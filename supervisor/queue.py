@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from shared.config import RetrySettings
 from shared.errors import ErrorCategory
-from shared.vocabulary import JobStatus
+from shared.vocabulary import ExportType, JobStatus
 from supervisor.queries import query
 
 
@@ -62,7 +62,7 @@ class Claim:
     attempt: int
     worker_id: str
     user_id: str
-    export_type: str
+    export_type: ExportType
     payload: dict[str, Any]
     max_attempts: int
     notify_email: str | None
@@ -153,7 +153,7 @@ class JobQueue:
                 attempt=r["attempts"],
                 worker_id=self.worker_id,
                 user_id=str(r["user_id"]),
-                export_type=r["export_type"],
+                export_type=ExportType(r["export_type"]),
                 payload=r["payload"],
                 max_attempts=r["max_attempts"],
                 notify_email=r["notify_email"],

@@ -231,57 +231,6 @@ SELECT count(*) FILTER (WHERE status = 'pending')::int AS pending,
                 FILTER (WHERE status = 'pending' AND available_at <= now())), 0)::float8 AS oldest_pending_seconds
   FROM export_jobs WHERE status IN ('pending', 'processing');
 
--- name: expired_jobs
--- Retention: jobs past their keep time, locked so one worker handles each.
--- A file already removed by files-only retention is not deleted (or counted) again.
-SELECT id, CASE WHEN file_deleted_at IS NULL THEN storage_path END AS storage_path FROM export_jobs
- WHERE (status = 'completed' AND created_at < now() - make_interval(days => %(completed_days)s))
-    OR (status IN ('failed', 'cancelled') AND created_at < now() - make_interval(days => %(failed_days)s))
- LIMIT %(limit)s
- FOR UPDATE SKIP LOCKED;
-
--- name: expired_files
-SELECT id, storage_path FROM export_jobs
- WHERE status = 'completed' AND storage_path IS NOT NULL AND file_deleted_at IS NULL
-   AND completed_at < now() - make_interval(days => %(files_days)s)
- LIMIT %(limit)s
- FOR UPDATE SKIP LOCKED;
-
--- name: mark_files_deleted
-UPDATE export_jobs SET file_deleted_at = now(), file_url = NULL
- WHERE id = ANY(%(ids)s::uuid[]);
-
--- name: delete_jobs
-DELETE FROM export_jobs WHERE id = ANY(%(ids)s::uuid[]);
-
--- name: claim_mail
--- The sender takes due mails for a while; another worker takes them only after
--- the lease ends (a crashed sender's mails are not lost).
-WITH due AS (
-    SELECT id FROM export_mail_outbox
-     WHERE sent_at IS NULL AND gave_up_at IS NULL AND available_at <= now()
-       AND (locked_until IS NULL OR locked_until < now())
-     ORDER BY available_at
-     LIMIT %(limit)s
-     FOR UPDATE SKIP LOCKED
-)
-UPDATE export_mail_outbox AS m
-   SET locked_by = %(worker_id)s, locked_until = now() + make_interval(secs => %(lease_seconds)s),
-       attempts = m.attempts + 1
-  FROM due WHERE m.id = due.id
-RETURNING m.id, m.job_id, m.kind, m.recipient, m.attempts;
-
--- name: mail_sent
-UPDATE export_mail_outbox SET sent_at = now(), locked_until = NULL, last_error = NULL
- WHERE id = %(id)s AND locked_by = %(worker_id)s;
-
--- name: mail_failed
-UPDATE export_mail_outbox
-   SET locked_until = NULL, last_error = left(%(error)s, 1000),
-       available_at = now() + make_interval(secs => %(delay_seconds)s),
-       gave_up_at = CASE WHEN %(give_up)s THEN now() END
- WHERE id = %(id)s AND locked_by = %(worker_id)s;
-
 -- name: defer_job
 -- Storage is down (breaker open): back to pending after the cooldown without
 -- spending the attempt; counted, so an endless outage still ends in failure.
@@ -295,17 +244,3 @@ UPDATE export_jobs
  WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
    AND status = 'processing'
 RETURNING (metadata ->> 'storage_deferrals')::int;
-
--- name: orphan_uploads
--- Retention: objects written by claims that lost or died (no completion took
--- them), old enough that no claim can still be writing them. The join keeps a
--- completed job's own object even if its entry somehow survived.
-SELECT u.storage_key FROM export_uploads AS u
-  LEFT JOIN export_jobs AS j ON j.id = u.job_id AND j.storage_path = u.storage_key
- WHERE j.id IS NULL AND u.started_at < now() - make_interval(secs => %(older_than_seconds)s)
- ORDER BY u.started_at
- LIMIT %(limit)s
- FOR UPDATE OF u SKIP LOCKED;
-
--- name: forget_uploads
-DELETE FROM export_uploads WHERE storage_key = ANY(%(keys)s::text[]);
