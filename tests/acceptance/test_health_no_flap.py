@@ -8,6 +8,7 @@ restart-storm brake, a failing canary, no child able to boot within the bound).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import time
@@ -54,10 +55,8 @@ def test_health_stays_up_while_children_are_killed_repeatedly(db_url: str, tmp_p
                 if victims:
                     victim = victims[0]  # the oldest: its replacement may still be booting when the next goes
                     for p in [victim, *victim.children(recursive=True)]:
-                        try:
+                        with contextlib.suppress(psutil.Error):
                             p.send_signal(signal.SIGKILL)
-                        except psutil.Error:
-                            pass
                     kills += 1
                 next_kill = now + KILL_EVERY_SECONDS
             status, _, body = http_get(f"http://127.0.0.1:{port}/health", timeout=5)
