@@ -210,19 +210,35 @@ class Supervisor:
         self._spawn_task(self._stats_loop(), "stats")
 
     async def _start_http(self) -> None:
+        from supervisor.health import CallbackHealthSources
         from supervisor.http_app import AppState, build_app, make_server
 
+        # The HTTP side's own small pool: callers can exhaust it, never the worker's claims and heartbeats.
+        http = self.settings.http
+        api_db = await open_pool(
+            self.conninfo, self.settings, max_size=http.http_db_pool_size, name=f"export-worker-api {self.worker_id}",
+            timeout=http.http_db_wait_seconds, max_waiting=http.http_db_pool_size * 8,
+        )
         state = AppState(
             settings=self.settings,
-            queue=self.queue,
+            queue=JobQueue(api_db, self.worker_id, self.settings.retry),
             metrics=self.metrics,
             listener=self.listener,
             storage=self.storage,
             link_signer=self.link_signer,
             files_root=self.data_dir / "files",
-            health=self,
+            health=CallbackHealthSources(
+                api_db, storage_fn=self.storage_health, render_pool_fn=self.render_pool, memory_fn=self.memory
+            ),
         )
-        self.http_server = make_server(build_app(state), self.settings.worker.port)
+        try:
+            self.http_server = make_server(
+                build_app(state), self.settings.worker.port, self.settings.worker.host, limits=http
+            )
+        except BaseException:
+            await api_db.close()
+            raise
+        self.http_server.on_stop.append(api_db.close)
         self._spawn_task(self.http_server.serve(), "http")
         for _ in range(200):
             if self.http_server.started:
