@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(Path(args.config) if args.config else None)
     except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+        print(_masked(str(exc)), file=sys.stderr)
         return EXIT_BAD_INPUT
     # `serve` logs to stdout (the seed's JSON logs); other commands keep stdout for results.
     serving = args.command == "serve"
@@ -59,10 +60,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args, settings)
     except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_masked(str(exc), settings.database.database_url)}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if getattr(args, "verbose", False):
+            raise
+        # One line, never a traceback that could carry a connection string (--verbose shows it).
+        first_line = (str(exc).strip().splitlines() or [""])[0]
+        print(f"error: {type(exc).__name__}: {_masked(first_line, settings.database.database_url)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _masked(text: str, *urls: str) -> str:
+    """`text` without the password of any connection string (DATABASE_URL from the environment too)."""
+    from supervisor.database import mask_password
+
+    return mask_password(text, os.environ.get("DATABASE_URL"), *urls)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -455,7 +470,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         except (psycopg.OperationalError, PoolTimeout) as exc:
             # Before anything was claimed: say why in one line and let the platform restart us.
             first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            log.error("cannot start: database unavailable", extra={"error": first_line})
+            log.error("cannot start: database unavailable", extra={"error": _masked(first_line, url)})
             raise CliError(f"database unavailable: {first_line}") from None
         except OSError as exc:
             log.error("cannot start: cannot listen", extra={"port": settings.worker.port, "error": str(exc)})

