@@ -217,7 +217,7 @@ class Supervisor:
         http = self.settings.http
         api_db = await open_pool(
             self.conninfo, self.settings, max_size=http.http_db_pool_size, name=f"export-worker-api {self.worker_id}",
-            timeout=http.http_db_wait_seconds, max_waiting=http.http_db_pool_size * 8,
+            timeout=http.http_db_wait_seconds, max_waiting=http.http_db_pool_size * 32,
         )
         state = AppState(
             settings=self.settings,
