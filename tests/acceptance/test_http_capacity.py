@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import statistics
 import threading
 import time
@@ -186,7 +187,7 @@ def test_exhausted_api_side_leaves_claims_and_heartbeats_on_time(db_url: str, tm
             conn.execute("SELECT pg_advisory_unlock(7312001, hashtext(%s))", (blocked_user,))
             for t in flooders:
                 t.join(30)
-    gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
     print(f"\nAPI side exhausted ({answers.count(503)} answers 503 of {len(answers)}): job claimed after "
           f"{claim_s:.2f} s; {len(beats)} heartbeats, gaps max {max(gaps):.2f} s (interval 1 s), "
           f"lag over the interval {max(gaps) - 1:.2f} s")
