@@ -240,7 +240,8 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
             applied = migrate(url)
             sync_queue_settings(url, settings)
         except psycopg.Error as exc:
-            raise CliError(f"migration failed: {exc}") from None
+            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CliError(f"migration failed: {first_line}") from None
         return applied
 
     applied = _with_database(settings, work)

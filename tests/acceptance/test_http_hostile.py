@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import subprocess
 import threading
 import time
 import uuid
@@ -29,7 +30,7 @@ from hostile import (
     send_raw,
     user_token,
 )
-from serving import free_port, http_get, running_serve, serve_env
+from serving import CLI, ROOT, free_port, http_get, running_serve, serve_env
 
 ALICE = "3f1c2b9e-7f5a-4c51-9a43-0a8f4f1d2e11"
 HTML_SOURCE = '{"kind": "html", "html": "<h1>hi</h1>"}'
@@ -297,3 +298,41 @@ def test_rss_stays_flat_while_three_400mb_uploads_are_refused(db_url: str, tmp_p
     print(f"\nRSS baseline {baseline / MiB:.1f} MiB, peak {peak / MiB:.1f} MiB (+{grown:.1f} MiB) "
           f"under 3 x 400 MB uploads (declared and chunked); /health {', '.join(f'{m:.0f}' for m in health_ms)} ms")
     assert grown < 50, f"RSS grew by {grown:.1f} MiB"
+
+
+SECRET = "s3cret-pw-never-printed"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    "url", [f"postgress://user:{SECRET}@127.0.0.1/db", f"postgresql://user:{SECRET}@127.0.0.1:1/db"],
+    ids=["misspelt-scheme", "unreachable"],
+)
+def test_no_command_prints_the_database_password(url: str, tmp_path: Path) -> None:
+    html = tmp_path / "page.html"
+    html.write_text("<h1>x</h1>")
+    commands = [["migrate"], ["serve"], ["status", str(uuid.uuid4())], ["list"], ["cancel", str(uuid.uuid4())],
+                ["enqueue", "--user-id", ALICE, "--html", str(html)], ["config"]]
+    for command in commands:
+        env = serve_env(url, tmp_path / "data", free_port(), CONNECT_TIMEOUT_SECONDS="2")
+        proc = subprocess.run([str(CLI), *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        out = proc.stdout + proc.stderr
+        assert SECRET not in out, (command, out)
+        if command != ["config"]:
+            assert proc.returncode == 1, (command, out)
+            assert len(proc.stderr.strip().splitlines()) == 1, (command, proc.stderr)
+            assert "Traceback" not in out
+
+
+@pytest.mark.timeout(120)
+def test_host_setting_is_the_bind_address(db_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "serve.log"
+    with running_serve(serve_env(db_url, tmp_path / "data", port, HOST="127.0.0.1"), log):
+        pass
+    assert f"HTTP listening on 127.0.0.1:{port}" in log.read_text()
+    # An address this machine does not have cannot be bound: one line, exit 1.
+    env = serve_env(db_url, tmp_path / "data2", free_port(), HOST="203.0.113.7")
+    proc = subprocess.run([str(CLI), "serve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "cannot listen" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
