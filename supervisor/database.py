@@ -40,6 +40,11 @@ def mask_password(text: str, *urls: str | None) -> str:
     return _KV_PASSWORD.sub(lambda m: m["head"] + "***", text)
 
 
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (libpq adds hints on more lines)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 def _password_of(url: str) -> str | None:
     if "://" in url:
         try:
