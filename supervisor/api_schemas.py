@@ -175,6 +175,7 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
 
 
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_INNERMOST = re.compile(rb"\[\]|\{\}")
 _NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
@@ -189,7 +190,7 @@ def nesting_exceeds(raw: bytes, max_depth: int) -> bool:
     for _ in range(max_depth):
         if not brackets:
             return False
-        shorter = brackets.replace(b"[]", b"").replace(b"{}", b"")
+        shorter = _INNERMOST.sub(b"", brackets)  # one level per pass, all pairs of it at once
         if shorter == brackets:
             return False  # unbalanced: the decoder names that
         brackets = shorter
