@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
@@ -17,24 +15,12 @@ from supervisor.listener import Listener
 from supervisor.problems import ApiProblem
 from supervisor.queue import JobQueue
 from tests.conftest import html_payload
+from tests.integration.test_listener import listener  # noqa: F401 - the same running Listener fixture
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-async def listener(db_url: str) -> AsyncIterator[Listener]:
-    lst = Listener(db_url, reconnect_delay=0.1)
-    task = asyncio.create_task(lst.run())
-    await asyncio.wait_for(lst.connected.wait(), 10)
-    try:
-        yield lst
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-async def test_a_watcher_gets_only_its_job(listener: Listener, queue: JobQueue) -> None:
+async def test_a_watcher_gets_only_its_job(listener: Listener, queue: JobQueue) -> None:  # noqa: F811
     mine = await queue.create_job(user_id=str(uuid.uuid4()), export_type="pdf", payload=html_payload())
     updates = listener.watch(str(mine["id"]))
     other = await queue.create_job(user_id=str(uuid.uuid4()), export_type="pdf", payload=html_payload())
@@ -49,7 +35,7 @@ async def test_a_watcher_gets_only_its_job(listener: Listener, queue: JobQueue) 
 
 
 async def test_a_change_missed_while_deaf_is_delivered_after_reconnect(
-    listener: Listener, queue: JobQueue, db_url: str
+    listener: Listener, queue: JobQueue, db_url: str  # noqa: F811
 ) -> None:
     job = await queue.create_job(user_id=str(uuid.uuid4()), export_type="pdf", payload=html_payload())
     job_id = str(job["id"])
