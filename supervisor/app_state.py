@@ -15,6 +15,7 @@ from supervisor.queue import JobQueue
 
 if TYPE_CHECKING:
     from supervisor.events import StreamLimits
+    from supervisor.http_database import HttpDatabase
     from supervisor.links import LinkSigner
     from supervisor.storage import Storage
 
@@ -32,6 +33,8 @@ class AppState:
     files_root: Path | None
     health: HealthSources
     sse_keepalive_seconds: float = 15.0
+    # The pool behind `queue`, revived after an outage (None in tests that bring their own).
+    database: HttpDatabase | None = field(default=None, repr=False)
     # Open event streams, per user and in all (filled in by build_app).
     streams: StreamLimits | None = field(default=None, repr=False)
     # /metrics refreshes the queue gauges from the database at most once per interval.

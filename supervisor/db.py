@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
+
+log = logging.getLogger(__name__)
 
 
 async def open_pool(
@@ -41,3 +46,32 @@ async def open_pool(
     )
     await pool.open(wait=True, timeout=settings.database.connect_timeout_seconds * 2)
     return pool
+
+
+async def revive_pool(pool: AsyncConnectionPool[Any], conninfo: str, connect_timeout: int) -> None:
+    """Return once `pool` can hand out a connection again, pushing it to reconnect at once.
+
+    psycopg_pool retries each lost connection with exponential backoff (1, 2, 4 ... s,
+    for up to 5 minutes): after an outage of a minute the pool could stay empty for
+    half a minute once the database is back. Once a second, try one connection of our
+    own; when it works and the pool still has none to give, add a connection attempt
+    now (a resize by one and back: the pool may hold one over its size until it shrinks).
+    """
+    import psycopg
+
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            probe = await psycopg.AsyncConnection.connect(conninfo, connect_timeout=connect_timeout)
+        except Exception as exc:
+            log.debug("database still unreachable: %s", exc)
+            continue
+        await probe.close()
+        with contextlib.suppress(Exception):
+            async with pool.connection(timeout=0.5) as conn:
+                await conn.execute("SELECT 1")
+            return  # recovered on its own
+        await pool.resize(pool.min_size + 1, pool.max_size + 1)
+        await pool.resize(pool.min_size - 1, pool.max_size - 1)
+        log.info("database reachable again; pool %s reconnecting now", pool.name)
+        return

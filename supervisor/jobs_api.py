@@ -58,7 +58,7 @@ DB_BUSY_RETRY_AFTER_SECONDS = 1
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def guarded(fn: Handler) -> Handler:
+def guarded(state: AppState, fn: Handler) -> Handler:
     """Every failure a caller can cause becomes a problem response, never a 500."""
 
     async def endpoint(request: Request) -> Response:
@@ -71,7 +71,9 @@ def guarded(fn: Handler) -> Handler:
         except ClientDisconnect:
             log.info("client went away before sending the whole request", extra={"path": request.url.path})
             return Response(status_code=400)  # nobody is there to read it
-        except (PoolTimeout, TooManyRequests):
+        except (PoolTimeout, TooManyRequests) as exc:
+            if isinstance(exc, PoolTimeout) and state.database is not None:
+                state.database.failed()  # busy, or broken since an outage: the reviver tells which
             return unavailable(
                 "all of the API's database connections are busy; try again shortly",
                 slug="busy",
@@ -79,6 +81,8 @@ def guarded(fn: Handler) -> Handler:
             ).response()
         except psycopg.OperationalError as exc:
             log.warning("database unavailable for %s %s: %s", request.method, request.url.path, exc)
+            if state.database is not None:
+                state.database.failed()
             return unavailable("the database is unavailable", slug="database-unavailable", retry_after=5).response()
 
     endpoint.__name__ = fn.__name__
@@ -96,11 +100,11 @@ class JobsApi:
 
     def routes(self) -> list[Route]:
         return [
-            Route("/v1/jobs", guarded(self.create_job), methods=["POST"]),
-            Route("/v1/jobs/{job_id}", guarded(self.get_job), methods=["GET"]),
-            Route("/v1/jobs/{job_id}/events", guarded(self.job_events), methods=["GET"]),
-            Route("/v1/jobs/{job_id}/download", guarded(self.download), methods=["GET"]),
-            Route("/v1/jobs/{job_id}/cancel", guarded(self.cancel), methods=["POST"]),
+            Route("/v1/jobs", guarded(self.state, self.create_job), methods=["POST"]),
+            Route("/v1/jobs/{job_id}", guarded(self.state, self.get_job), methods=["GET"]),
+            Route("/v1/jobs/{job_id}/events", guarded(self.state, self.job_events), methods=["GET"]),
+            Route("/v1/jobs/{job_id}/download", guarded(self.state, self.download), methods=["GET"]),
+            Route("/v1/jobs/{job_id}/cancel", guarded(self.state, self.cancel), methods=["POST"]),
         ]
 
     # -- helpers --

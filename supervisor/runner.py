@@ -212,28 +212,27 @@ class Supervisor:
     async def _start_http(self) -> None:
         from supervisor.health import CallbackHealthSources
         from supervisor.http_app import AppState, build_app, make_server
+        from supervisor.http_database import HttpDatabase
 
         # The HTTP side's own small pool: callers can exhaust it, never the worker's claims and heartbeats.
-        http = self.settings.http
-        api_db = await open_pool(
-            self.conninfo, self.settings, max_size=http.http_db_pool_size, name=f"export-worker-api {self.worker_id}",
-            timeout=http.http_db_wait_seconds, max_waiting=http.http_db_pool_size * 32,
-        )
+        api_db = await HttpDatabase.open(self.conninfo, self.settings, self.worker_id)
         state = AppState(
             settings=self.settings,
-            queue=JobQueue(api_db, self.worker_id, self.settings.retry),
+            queue=JobQueue(api_db.pool, self.worker_id, self.settings.retry),
             metrics=self.metrics,
             listener=self.listener,
             storage=self.storage,
             link_signer=self.link_signer,
             files_root=self.data_dir / "files",
             health=CallbackHealthSources(
-                api_db, storage_fn=self.storage_health, render_pool_fn=self.render_pool, memory_fn=self.memory
+                api_db.pool, storage_fn=self.storage_health, render_pool_fn=self.render_pool,
+                memory_fn=self.memory, database_fn=api_db.health,
             ),
+            database=api_db,
         )
         try:
             self.http_server = make_server(
-                build_app(state), self.settings.worker.port, self.settings.worker.host, limits=http
+                build_app(state), self.settings.worker.port, self.settings.worker.host, limits=self.settings.http
             )
         except BaseException:
             await api_db.close()
