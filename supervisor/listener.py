@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from supervisor.queries import load
+from supervisor.queries import query
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class StatusFanout:
 
 async def fetch_statuses(conn: psycopg.AsyncConnection[Any], job_ids: list[str]) -> list[dict[str, Any]]:
     """The status payloads of `job_ids` (the NOTIFY shape), in one query."""
-    cur = await conn.cursor(row_factory=dict_row).execute(load("status.sql")["job_statuses"], {"ids": job_ids})
+    cur = await conn.cursor(row_factory=dict_row).execute(query("job_statuses"), {"ids": job_ids})
     return [{**row, "id": str(row["id"])} for row in await cur.fetchall()]
 
 

@@ -110,7 +110,8 @@ WITH claim AS (
                               THEN export_job_requeue_order(d.retry_at, d.priority) ELSE j.claim_order END,
            error_message = %(message)s,
            error_category = %(category)s,
-           metadata = j.metadata || %(metadata)s || jsonb_build_object('child_kills', d.kills),
+           metadata = j.metadata || %(metadata)s
+                      || CASE WHEN %(child_killed)s THEN jsonb_build_object('child_kills', d.kills) ELSE '{}' END,
            error_history = (j.error_history || jsonb_build_array(jsonb_build_object(
                'attempt', j.attempts, 'at', now(), 'worker_id', j.worker_id,
                'category', %(category)s::text, 'message', left(%(message)s::text, 500))))

@@ -36,7 +36,7 @@ NORMAL_JOBS = 30
 ENV = {
     "MAX_CONCURRENT_RENDERS": "2",
     "ALLOW_TEST_TEMPLATES": "true",
-    "JOB_TIMEOUT_SECONDS": "2",
+    "JOB_TIMEOUT_SECONDS": "1",
     "MAX_ATTEMPTS": "5",
     "RETRY_BACKOFF_BASE_MS": "200",
     "RETRY_BACKOFF_CAP_MS": "400",
@@ -46,7 +46,7 @@ ENV = {
     "HEARTBEAT_INTERVAL_SECONDS": "1",
     "PUPPETEER_EXECUTABLE_PATH": CHROMIUM,
 }
-NORMAL_HTML = "<h1>Lunch</h1>" + "<p>Soup of the day, bread, butter</p>" * 40
+NORMAL_HTML = "<h1>Lunch</h1>" + "<p>Soup of the day, bread, butter</p>" * 2500
 
 
 async def _run(tmp_path: Path, db_url: str, with_poison: bool) -> tuple[list[float], dict[str, Any] | None]:
