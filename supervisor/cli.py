@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     # `serve` logs to stdout (the seed's JSON logs); other commands keep stdout for results.
     serving = args.command == "serve"
     if serving:
-        from supervisor.runner import default_worker_id
+        from supervisor.identity import default_worker_id
 
         setup_logging(settings.worker.log_level, settings.worker.worker_id or default_worker_id(), sys.stdout)
     else:

@@ -10,9 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from shared.payload import PayloadError, parse_payload
 from supervisor.breaker import STATE_VALUES
 from supervisor.db import open_pool
 from supervisor.health import HealthCheck, breaker_check, database_check, memory_check
+from supervisor.identity import default_worker_id
 from supervisor.listener import Listener
 from supervisor.metrics import Metrics
 from supervisor.migrate import migrate, sync_queue_settings
@@ -41,10 +40,6 @@ log = logging.getLogger(__name__)
 
 MAX_STORAGE_DEFERRALS = 100
 EXTENSIONS = {"application/pdf": "pdf", "image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-
-
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 @dataclass
