@@ -147,6 +147,7 @@ say "building $IMAGE from the Dockerfile (podman, layer cache on)"
 "${PODMAN[@]}" build --format docker --pull=never --layers --network host "${LIMITS[@]}" "${BUILD_MOUNTS[@]}" \
     -t "$IMAGE" . > "$WORK/build.log" 2>&1 \
     || { tail -40 "$WORK/build.log"; fail "podman build failed"; }
+podman image prune -f > /dev/null  # earlier builds' untagged images; the layer cache stays
 SIZE=$(podman image inspect --format '{{.Size}}' "$IMAGE")
 say "built $IMAGE: $((SIZE / 1000 / 1000)) MB"
 
@@ -298,26 +299,37 @@ ELAPSED=$(secs "$ELAPSED_MS")
 STATUS=$(sql -c "SELECT status FROM export_jobs WHERE id = '$BUSY_JOB'")
 [ "$CODE" = 0 ] || fail "exit code $CODE after SIGTERM"
 # The supervisor gives in-flight renders the whole grace and hands back what is
-# left; only then does it stop its children, giving them up to 5 s (pool.stop
-# in supervisor/runner.py), and exit. So the job is settled within the grace,
-# and the container exits after it by that teardown: allowed here, 5 s plus
-# 2 s for the processes and the container to end (measured: 4 s after the
-# hand-back on this 2-core machine under load).
-TEARDOWN_MS=7000
+# left; only then does it stop its children (up to 5 s, pool.stop in
+# supervisor/runner.py) and exit. So the job is settled within the grace and
+# the exit follows by that teardown (measured here: 4 to 6 s under load). What
+# a deployment needs is an exit before the platform's SIGKILL: railway.json's
+# drainingSeconds leaves this much room after the shipped grace, and the exit
+# here must fit in the same room after this check's grace.
+TEARDOWN_MS=$("$PY" - <<'PYEOF'
+import json
+from pathlib import Path
+from shared.config import load_settings
+draining = json.loads(Path("railway.json").read_text())["deploy"]["drainingSeconds"]
+grace = load_settings(Path("config.toml"), environ={}).worker.graceful_shutdown_timeout_ms
+print(draining * 1000 - grace)
+PYEOF
+)
+[ "$TEARDOWN_MS" -gt 0 ] || fail "railway.json's drainingSeconds leaves no time after GRACEFUL_SHUTDOWN_TIMEOUT_MS"
+[ "$ELAPSED_MS" -le $((GRACE_MS + TEARDOWN_MS)) ] \
+    || fail "took ${ELAPSED}s to exit after SIGTERM: more than the grace ($GRACE_MS ms) plus the" \
+            "${TEARDOWN_MS} ms railway.json's drainingSeconds leaves after the shipped grace"
+[[ $STATUS =~ ^(pending|completed)$ ]] || fail "the in-flight job is '$STATUS', not handed back or completed"
 RELEASED_AT=$("${PODMAN[@]}" logs "$NAME" 2>&1 | grep -m1 '"job released to pending at shutdown"' \
     | sed 's/.*"timestamp":"\([^"]*\)".*/\1/' || true)
 RELEASED_MS=0
 [ -z "$RELEASED_AT" ] || RELEASED_MS=$(($(date -d "$RELEASED_AT" +%s%3N) - T0))
-[ "$ELAPSED_MS" -le $((GRACE_MS + TEARDOWN_MS)) ] \
-    || fail "took ${ELAPSED}s to exit after SIGTERM (GRACEFUL_SHUTDOWN_TIMEOUT_MS=$GRACE_MS, teardown ${TEARDOWN_MS} ms)"
-[[ $STATUS =~ ^(pending|completed)$ ]] || fail "the in-flight job is '$STATUS', not handed back or completed"
 if [ "$STATUS" = pending ]; then
     [ "$RELEASED_MS" -gt 0 ] && [ "$RELEASED_MS" -le $((GRACE_MS + 1000)) ] \
         || fail "the in-flight job was not handed back within the grace (${RELEASED_MS} ms after SIGTERM)"
 fi
 if [ "$STATUS" = pending ]; then SETTLED="handed back after $(secs "$RELEASED_MS")s"; else SETTLED=completed; fi
 say "ok: SIGTERM with a job in flight: job $SETTLED, exit 0 after ${ELAPSED}s" \
-    "(grace $(secs "$GRACE_MS")s, then the children's teardown)"
+    "(grace $(secs "$GRACE_MS")s, then the children's teardown; Railway's draining leaves $(secs "$TEARDOWN_MS")s for it)"
 
 # ---- 4. the embedded default database, as the non-root user --------------------------------
 PORT2=$(free_port)
