@@ -5,6 +5,8 @@
 #
 # Build:  docker build -t export-worker .
 # Run:    docker run --rm -p 3000:3000 -e DATABASE_URL=postgresql://... export-worker
+# Check:  make image-check  (builds this file with podman and runs the image as a
+#         deployment would: health, renders, fonts, non-root, tini, SIGTERM)
 #
 # The base tag is pinned to a minor Python on a fixed Debian release. For fully
 # reproducible builds pin the digest too (python:3.11-slim-bookworm@sha256:...),
