@@ -5,6 +5,8 @@
 #
 # Build:  docker build -t export-worker .
 # Run:    docker run --rm -p 3000:3000 -e DATABASE_URL=postgresql://... export-worker
+# Check:  make image-check  (builds this file with podman and runs the image as a
+#         deployment would: health, renders, fonts, non-root, tini, SIGTERM)
 #
 # The base tag is pinned to a minor Python on a fixed Debian release. For fully
 # reproducible builds pin the digest too (python:3.11-slim-bookworm@sha256:...),
@@ -13,19 +15,29 @@
 FROM python:3.11-slim-bookworm
 
 # System packages: Debian's Chromium (Playwright drives it through
-# PUPPETEER_EXECUTABLE_PATH; no browser download at build or run time), fonts
-# so menus render with real glyphs and emoji, tini as PID 1, curl for
-# HEALTHCHECK. Versions are not pinned: bookworm(-security) only ever carries
-# the current patch release of each package, so a pinned version would vanish
-# from the mirror and break the build at the next Chromium security update.
+# PUPPETEER_EXECUTABLE_PATH; no browser download at build or run time);
+# libatomic1, which Playwright's bundled Node driver links and python's slim
+# images lack (without it every render child fails to start); fonts so menus
+# in any script render with real glyphs and emoji (Noto core for Latin, Greek,
+# Cyrillic, Arabic, Hebrew, Thai, Devanagari and more; Noto CJK; Noto Color
+# Emoji; Liberation for documents that name Arial or Times); fontconfig, whose
+# install step builds the system font cache once here instead of per process at
+# run time (the non-root user cannot write the system cache); tini as PID 1;
+# curl for HEALTHCHECK. Versions are not pinned: bookworm(-security) only ever
+# carries the current patch release of each package, so a pinned version would
+# vanish from the mirror and break the build at the next Chromium security update.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
         chromium \
+        libatomic1 \
         ca-certificates \
         curl \
+        fontconfig \
         fonts-dejavu-core \
         fonts-liberation \
+        fonts-noto-core \
+        fonts-noto-cjk \
         fonts-noto-color-emoji \
         tini \
     && rm -rf /var/lib/apt/lists/*

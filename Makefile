@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Debian's Chromium where it exists; otherwise Playwright's own download.
 CHROMIUM_ENV := $(if $(wildcard /usr/bin/chromium),,PUPPETEER_EXECUTABLE_PATH=)
 
-.PHONY: setup chromium demo test lint types gate bench serve clean
+.PHONY: setup chromium demo test lint types gate bench serve image-check clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ types: setup
 	$(BIN)/mypy
 
 gate: lint types test
+
+# Build the Dockerfile with podman and run the image as a deployment would
+# (scripts/image-check.sh; root, podman and debootstrap needed).
+image-check: setup
+	scripts/image-check.sh
 
 bench: chromium
 	$(CHROMIUM_ENV) $(BIN)/export-worker bench

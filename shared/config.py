@@ -44,7 +44,7 @@ class DatabaseSettings(_Section):
 
 
 class WorkerSettings(_Section):
-    worker_id: Annotated[str, _doc("this worker's name in worker_id; empty = hostname-pid")] = ""
+    worker_id: Annotated[str, _doc("this worker's name in worker_id; empty = railway-$RAILWAY_REPLICA_ID on Railway, else hostname-pid")] = ""
     max_concurrent_renders: Annotated[int, _doc("render children (one Chromium each)", ge=1, le=32)] = 3
     job_timeout_seconds: Annotated[int, _doc("outer deadline per render; the child is killed after it", ge=1, le=120)] = 60
     polling_interval_busy_ms: Annotated[int, _doc("poll interval while jobs keep coming", ge=10, le=600_000)] = 2000

@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     # `serve` logs to stdout (the seed's JSON logs); other commands keep stdout for results.
     serving = args.command == "serve"
     if serving:
-        from supervisor.runner import default_worker_id
+        from supervisor.identity import default_worker_id
 
         setup_logging(settings.worker.log_level, settings.worker.worker_id or default_worker_id(), sys.stdout)
     else:
@@ -79,7 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="export-worker",
         description="PDF and image export worker: a Postgres queue, a supervisor, a pool of Chromium children.",
     )
-    parser.add_argument("--config", help="config file (default: ./config.toml, or EXPORT_WORKER_CONFIG)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="config file (default: ./config.toml, or EXPORT_WORKER_CONFIG)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug lines to stderr")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -101,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--html", metavar="FILE", help="an HTML file to render")
     source.add_argument("--menu", metavar="FILE", help="a menu document (JSON) to render with a template")
     source.add_argument("--url", help="a URL on the allowlist (ALLOWED_URL_HOSTS)")
-    p.add_argument("--type", dest="export_type", choices=("pdf", "image"), default="pdf")
+    p.add_argument("--type", dest="export_type", choices=("pdf", "image"), default="pdf", help="what to render")
     p.add_argument("--template", choices=("classic", "modern"), default="classic", help="menu template")
     p.add_argument("--options", metavar="JSON", help='render options, e.g. \'{"pdf": {"landscape": true}}\'')
     p.add_argument("--subscriber", action="store_true", help="subscriber tier (priority and limits)")
@@ -114,23 +116,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_enqueue)
 
     p = sub.add_parser("status", help="show a job")
-    p.add_argument("job_id")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("job_id", help="the job's UUID")
+    p.add_argument("--json", action="store_true", help="print the job as JSON")
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("list", help="list jobs")
-    p.add_argument("--status", choices=("pending", "processing", "completed", "failed", "cancelled"))
-    p.add_argument("--user-id")
-    p.add_argument("--limit", type=int, default=20)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--status", choices=("pending", "processing", "completed", "failed", "cancelled"),
+                   help="only jobs in this status")
+    p.add_argument("--user-id", help="only this owner's jobs")
+    p.add_argument("--limit", type=int, default=20, help="at most this many, newest first")
+    p.add_argument("--json", action="store_true", help="print the jobs as JSON")
     p.set_defaults(handler=cmd_list)
 
     p = sub.add_parser("cancel", help="cancel a pending job, or ask the worker to stop a running one")
-    p.add_argument("job_id")
+    p.add_argument("job_id", help="the job's UUID")
     p.set_defaults(handler=cmd_cancel)
 
     p = sub.add_parser("retry", help="send a failed or cancelled job back to pending with fresh attempts")
-    p.add_argument("job_id")
+    p.add_argument("job_id", help="the job's UUID")
     p.set_defaults(handler=cmd_retry)
 
     p = sub.add_parser("rescue", help="return stale processing jobs now (what every worker does on its own)")
@@ -140,15 +143,74 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_cleanup)
 
     p = sub.add_parser("demo", help="render the sample menus on the embedded defaults and show the results")
-    p.add_argument("--timeout", type=float, default=180)
+    p.add_argument("--timeout", type=float, default=180, help="seconds to wait for the renders at most")
     p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser("bench", help="run the benchmarks and print a table (see BENCHMARKS.md)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the harness works")
     p.add_argument("--jobs", type=int, default=200, help="jobs per end-to-end case")
-    p.add_argument("--out", default="bench/results/latest.json")
+    p.add_argument("--out", default="bench/results/latest.json", help="where the results go (JSON)")
     p.set_defaults(handler=cmd_bench)
+
+    p = sub.add_parser("help", help="show this help; --markdown prints the command reference (the README's)")
+    p.add_argument("--markdown", action="store_true", help="print the command reference as Markdown")
+    p.set_defaults(handler=cmd_help)
     return parser
+
+
+# ---- the command reference ----------------------------------------------------------
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def _option_rows(parser: argparse.ArgumentParser) -> list[str]:
+    """One Markdown table row per option or argument of `parser`, in declaration order."""
+    exclusive = {id(a): g for g in parser._mutually_exclusive_groups for a in g._group_actions}
+    rows = []
+    for action in parser._actions:
+        if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+            continue
+        metavar = action.metavar or (
+            "{" + ",".join(map(str, action.choices)) + "}" if action.choices else action.dest.upper()
+        )
+        if not action.option_strings:
+            name = str(metavar)
+        elif action.nargs == 0:
+            name = ", ".join(action.option_strings)
+        else:
+            name = f"{', '.join(action.option_strings)} {metavar}"
+        notes = []
+        group = exclusive.get(id(action))
+        if group is not None:
+            others = [o.option_strings[-1] for o in group._group_actions if o is not action]
+            notes.append(("one of this and " if group.required else "not with ") + ", ".join(others))
+        elif action.required:
+            notes.append("required")
+        if action.option_strings and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS):
+            notes.append(f"default: {action.default}")
+        text = (action.help or "").strip()
+        if notes:
+            text = f"{text} ({'; '.join(notes)})" if text else "; ".join(notes)
+        rows.append(f"| `{_cell(name)}` | {_cell(text)} |")
+    return rows
+
+
+def render_cli_markdown(parser: argparse.ArgumentParser | None = None) -> str:
+    """The README's command reference, generated from the argparse parser itself."""
+    parser = parser or build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {choice.dest: choice.help or "" for choice in sub._choices_actions}
+    lines = ["| command | what it does |", "| --- | --- |"]
+    lines += [f"| `{parser.prog} {name}` | {_cell(helps[name])} |" for name in sub.choices]
+    lines += ["", f"Options of every command (before the command): `{parser.prog} [--config FILE] [-v] COMMAND`.", ""]
+    lines += ["| option | meaning |", "| --- | --- |", *_option_rows(parser)]
+    for name, command in sub.choices.items():
+        rows = _option_rows(command)
+        if rows:
+            lines += ["", f"`{parser.prog} {name}`:", "", "| option | meaning |", "| --- | --- |", *rows]
+    return "\n".join(lines)
 
 
 # ---- helpers ----------------------------------------------------------------------
@@ -211,6 +273,14 @@ def _print_job(job: dict[str, Any], as_json: bool) -> None:
 
 
 # ---- commands -----------------------------------------------------------------------
+
+
+def cmd_help(args: argparse.Namespace, settings: Settings) -> int:
+    if args.markdown:
+        print(render_cli_markdown())
+    else:
+        build_parser().print_help()
+    return 0
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:

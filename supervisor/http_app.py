@@ -33,6 +33,7 @@ from supervisor.app_state import AppState
 from supervisor.health import health_report
 from supervisor.http_limits import BoundedConfig, ContentLengthGuard
 from supervisor.jobs_api import JobsApi
+from supervisor.metrics import read_jobs_created
 from supervisor.openapi import openapi_document
 from supervisor.problems import TITLES, problem_response
 
@@ -93,7 +94,7 @@ def build_app(state: AppState) -> ASGIApp:
 
 
 async def _refresh_queue_gauges(state: AppState) -> None:
-    """export_queue_depth and the oldest pending age, from the database, at most once a second."""
+    """export_queue_depth, the oldest pending age and jobs created, from the database, at most once a second."""
     if time.monotonic() - state._stats_at < QUEUE_STATS_INTERVAL_SECONDS:
         return
     async with state._stats_lock:
@@ -107,6 +108,12 @@ async def _refresh_queue_gauges(state: AppState) -> None:
             return
         state.metrics.queue_depth.set(stats.get("pending", 0) or 0)
         state.metrics.oldest_pending_age.set(stats.get("oldest_pending_seconds", 0.0) or 0.0)
+        try:
+            created = await asyncio.wait_for(read_jobs_created(state.queue.pool), QUEUE_STATS_TIMEOUT_SECONDS)
+        except Exception as exc:  # as above: the scrape still answers
+            log.debug("jobs created count unavailable for /metrics: %s", exc)
+            return
+        state.metrics.set_jobs_created(created)
 
 
 def _forbidden(detail: str) -> Response:

@@ -6,7 +6,13 @@ colliding on the global default registry.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from psycopg_pool import AsyncConnectionPool
+
+from supervisor.queries import load
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120)
 
@@ -18,7 +24,9 @@ class Metrics:
         # The seed's metrics.
         self.jobs_created = Counter(
             "export_jobs_created_total",
-            "Jobs created through this worker's HTTP API (CLI and RPC creations are other processes)",
+            "Jobs created by any path (SQL function or RPC, HTTP API, CLI, any worker), counted in the database "
+            "and read at scrape time: every worker reports the same total, so aggregate across workers with "
+            "max(), not sum()",
             ["export_type"],
             registry=r,
         )
@@ -107,3 +115,21 @@ class Metrics:
         self.mail_errors = Counter(
             "export_mail_errors_total", "Mail sends that failed (retried later)", ["kind"], registry=r
         )
+
+    def set_jobs_created(self, totals: Mapping[str, int]) -> None:
+        """Raise export_jobs_created_total to the database's counts; a counter never goes down.
+
+        This worker's own API increments it at once; the database's count already
+        includes those jobs, so catching up to it never counts one twice.
+        """
+        for export_type, total in totals.items():
+            seen = self.registry.get_sample_value("export_jobs_created_total", {"export_type": export_type}) or 0.0
+            if total > seen:
+                self.jobs_created.labels(export_type).inc(total - seen)
+
+
+async def read_jobs_created(pool: AsyncConnectionPool[Any]) -> dict[str, int]:
+    """Every job ever created, by export type, from migration 0005's counter table."""
+    async with pool.connection() as conn:
+        cur = await conn.execute(load("metrics.sql")["jobs_created"])
+        return {str(export_type): int(created) for export_type, created in await cur.fetchall()}

@@ -14,10 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import shutil
 import signal
-import socket
 import time
 from collections import deque
 from pathlib import Path
@@ -29,6 +27,7 @@ from shared.config import Settings
 from shared.vocabulary import KillReason
 from supervisor.composition import Overrides, WorkerParts, assemble
 from supervisor.database import open_pool
+from supervisor.identity import default_worker_id
 from supervisor.metrics import Metrics
 from supervisor.queue import Claim, JobQueue
 from supervisor.tasks import OnFailure, TaskOwner
@@ -39,8 +38,6 @@ EXIT_LOOP_FAILED = 1  # a FATAL loop failed: the platform restarts the container
 SETTLE_GRACE_SECONDS = 10  # after the render grace, the time jobs get to be settled
 
 
-def default_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Supervisor:

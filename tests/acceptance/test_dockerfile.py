@@ -121,10 +121,14 @@ def test_chromium_fonts_tini_curl_from_apt() -> None:
     assert "-y" in words or "--yes" in words
     for package in (
         "chromium",
+        "libatomic1",  # Playwright's Node driver links it; slim images lack it (render children never start)
         "tini",
         "curl",
+        "fontconfig",  # builds the font cache at install time; fc-list for scripts/image-check.sh
         "fonts-dejavu-core",
         "fonts-liberation",
+        "fonts-noto-core",
+        "fonts-noto-cjk",
         "fonts-noto-color-emoji",
     ):
         assert package in words, f"{package} not installed from apt"
@@ -255,3 +259,19 @@ def test_railway_draining_covers_graceful_shutdown() -> None:
     # A number, not a string: Railway's parser rejects "45".
     assert isinstance(draining, int)
     assert draining * 1000 > grace_ms, "Railway would SIGKILL before in-flight renders get their grace period"
+
+
+# --------------------------------------------------------------------------- make image-check
+
+
+def test_image_check_builds_this_dockerfile_and_runs_in_ci() -> None:
+    """The image is built and run for real by scripts/image-check.sh; make and CI call it."""
+    script = (ROOT / "scripts" / "image-check.sh").read_text(encoding="utf-8")
+    assert re.search(r"^\s*\"\$\{PODMAN\[@\]\}\" build [^\n]*\\\n\s*-t \"\$IMAGE\" \. ", script, re.M), (
+        "image-check must build the repository's own Dockerfile (context ., no -f)"
+    )
+    assert "--format docker" in script, "OCI format drops HEALTHCHECK"
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    assert re.search(r"^image-check:.*\n\tscripts/image-check\.sh$", makefile, re.M)
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    assert "make image-check" in ci
