@@ -24,6 +24,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from render_child.netpolicy import Blocked, Fetcher, FetchFailed
+from render_child.pdfmeta import safe_title, set_document_info
 from render_child.templates import TEST_TEMPLATES, render_menu_html
 from shared.errors import ErrorCategory, JobError
 from shared.messages import BlockedRequest, Rendered, RenderFailed, RenderJob
@@ -315,12 +316,24 @@ class Renderer:
             margin={"top": m.top, "right": m.right, "bottom": m.bottom, "left": m.left},
             print_background=opts.print_background,
             scale=opts.scale,
+            outline=True,  # the headings (restaurant, sections) become bookmarks
+            tagged=True,  # a structure tree for screen readers and reflow
         )
-        pages = count_pdf_pages(data)
+        data, pages = set_document_info(data, self._document_title(slot, job))
         if pages > job.limits.max_pages:
             limit = job.limits.max_pages
             raise JobError("validation", f"PDF has {pages} pages, more than the limit of {limit} (MAX_PAGES)")
         return data, {"pages": pages}
+
+    def _document_title(self, slot: _Slot, job: RenderJob) -> str:
+        source = job.payload.source
+        fallback = job.payload.filename or "Export"
+        if isinstance(source, MenuSource):
+            return safe_title(source.menu.title, fallback)
+        try:
+            return safe_title(slot.page.title(), fallback)
+        except PlaywrightError:
+            return fallback
 
     def _image(self, slot: _Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
         opts = job.payload.image
@@ -334,6 +347,13 @@ class Renderer:
         )
         slot.origins.add("emulation")  # marks the slot for an emulation reset
         if opts.full_page:
+            if opts.height is None:
+                # Measured in a 16 px viewport, the content size is the content's own height;
+                # in an 800 px one it is at least 800 (a band of white under a short menu).
+                cdp.send(
+                    "Emulation.setDeviceMetricsOverride",
+                    {"width": width, "height": 16, "deviceScaleFactor": dsf, "mobile": False},
+                )
             metrics = cdp.send("Page.getLayoutMetrics")
             size = metrics.get("cssContentSize") or metrics["contentSize"]
             height = max(1, int(size["height"] + 0.999))

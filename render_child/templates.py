@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
-
 import jinja2
 
+from shared.locales import format_price, locale_for
 from shared.menu import MenuDocument
 
 MENU_TEMPLATES = ("classic", "modern")
-CURRENCY_SYMBOLS = {"USD": "$", "EUR": "\u20ac", "GBP": "\u00a3"}
+# Short badges on the items, explained by a legend under the menu whenever one appears.
 DIETARY_LABELS = {
     "vegetarian": "V",
     "vegan": "VG",
@@ -20,9 +19,23 @@ DIETARY_LABELS = {
     "halal": "Halal",
     "kosher": "Kosher",
 }
+DIETARY_WORDS = {
+    "vegetarian": "vegetarian",
+    "vegan": "vegan",
+    "gluten-free": "gluten-free",
+    "dairy-free": "dairy-free",
+    "nut-free": "nut-free",
+}
+# Noto (fonts-noto-core) for Latin, Greek, Cyrillic and each right-to-left or Indic script
+# by name, before DejaVu, which would otherwise draw Arabic and Hebrew; Chinese, Japanese
+# and Korean come from fontconfig's fallback by the page's lang (fonts-noto-cjk).
+_SCRIPTS = {
+    "serif": "'Noto Naskh Arabic', 'Noto Serif Hebrew', 'Noto Serif Devanagari', 'Noto Serif Thai'",
+    "sans-serif": "'Noto Sans Arabic', 'Noto Sans Hebrew', 'Noto Sans Devanagari', 'Noto Sans Thai'",
+}
 FONT_STACKS = {
-    "serif": "Georgia, 'DejaVu Serif', 'Liberation Serif', 'Times New Roman', serif",
-    "sans-serif": "'Helvetica Neue', Arial, 'DejaVu Sans', 'Liberation Sans', sans-serif",
+    "serif": f"'Noto Serif', {_SCRIPTS['serif']}, 'DejaVu Serif', Georgia, serif, 'Noto Color Emoji'",
+    "sans-serif": f"'Noto Sans', {_SCRIPTS['sans-serif']}, 'DejaVu Sans', Arial, sans-serif, 'Noto Color Emoji'",
 }
 
 _env = jinja2.Environment(
@@ -34,19 +47,10 @@ _env = jinja2.Environment(
 )
 
 
-def format_price(price: str | None, currency: str) -> str:
-    if not price:
-        return ""
-    try:
-        amount = Decimal(price)
-    except InvalidOperation:
-        return price
-    text = f"{amount:,.2f}"
-    symbol = CURRENCY_SYMBOLS.get(currency)
-    return f"{symbol}{text}" if symbol else f"{text} {currency}"
-
-
-_env.filters["price"] = format_price
+def dietary_legend(menu: MenuDocument) -> list[tuple[str, str]]:
+    """(badge, meaning) for every abbreviated badge the menu shows, in the badges' order."""
+    used = {tag for section in menu.sections for item in section.items for tag in item.dietary}
+    return [(DIETARY_LABELS[tag], words) for tag, words in DIETARY_WORDS.items() if tag in used]
 
 
 def render_menu_html(menu: MenuDocument, template: str) -> str:
@@ -54,11 +58,18 @@ def render_menu_html(menu: MenuDocument, template: str) -> str:
     if template not in MENU_TEMPLATES:
         raise ValueError(f"unknown menu template {template!r}")
     tpl = _env.get_template(f"menu_{template}.html.j2")
+    currencies = [item.currency for section in menu.sections for item in section.items]
+    where = locale_for(menu.locale, currencies[0] if currencies else "USD")
     return tpl.render(
         menu=menu,
+        title=menu.title,
+        lang=where.html_lang,
+        direction=where.direction,
+        price=lambda item: format_price(item.price, item.currency, menu.locale),
         accent=menu.theme.accent_color,
         font_stack=FONT_STACKS.get(menu.theme.font, FONT_STACKS["serif"]),
         dietary_labels=DIETARY_LABELS,
+        legend=dietary_legend(menu),
     )
 
 

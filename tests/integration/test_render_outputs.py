@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
 
+import msgspec
 import pypdf
 import pytest
 from PIL import Image
@@ -18,6 +20,7 @@ from shared.payload import ImageOptions, Margins, MenuSource, PdfOptions
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.chromium, requires_chromium]
 
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 TALL = (
     "<body style='margin:0'><div style='height:3000px;background:linear-gradient(red,blue)'>tall</div></body>"
 )
@@ -163,3 +166,82 @@ def test_long_menu_breaks_between_items(child: ChildHandle, template: str) -> No
             pages_with_desc = [n for n, text in enumerate(texts) if tag in text]
             assert len(pages_with_name) == 1, name
             assert pages_with_name == pages_with_desc, f"{name} is split across pages"
+
+
+def _sample(name: str) -> MenuDocument:
+    return msgspec.json.decode((SAMPLES / f"{name}.json").read_bytes(), type=MenuDocument)
+
+
+@pytest.mark.parametrize("template", ["classic", "modern"])
+def test_menu_pdf_metadata_outline_and_tags(child: ChildHandle, template: str) -> None:
+    menu = _sample("bistro")
+    answer = child.render(make_job(MenuSource(menu=menu, template=template), child.scratch))
+    reader = _pdf(answer)
+    meta = reader.metadata
+    assert meta is not None
+    assert meta.title == "Bistro Lumière \u2014 Menu du soir"
+    assert meta.creator == "export-worker" and meta.producer == "export-worker"
+    assert set(meta) <= {"/Title", "/Creator", "/Producer"}
+    root = reader.trailer["/Root"]
+    assert bool(root["/MarkInfo"]["/Marked"])  # tagged
+    assert "/StructTreeRoot" in root
+    assert root["/Lang"] == "fr-CA"
+    assert "/Metadata" not in root  # no XMP packet repeating anything
+    # the restaurant (h1) holds the sections (h2) as bookmarks
+    outline = reader.outline
+    assert [getattr(o, "title", None) for o in outline if not isinstance(o, list)] == ["Bistro Lumière"]
+    children = next(o for o in outline if isinstance(o, list))
+    # as printed: classic's headings are upper-cased by CSS
+    assert [o.title.casefold() for o in children] == [s.title.casefold() for s in menu.sections]
+    with open(answer.output_path, "rb") as fh:  # type: ignore[union-attr]
+        raw = fh.read()
+    assert b"HeadlessChrome" not in raw and b"Skia/PDF" not in raw
+
+
+@pytest.mark.parametrize(
+    "head",
+    ["<title>https://menus.example/m/42?token=s3cret&lang=de</title>", "<title>index?token=s3cret</title>", ""],
+)
+def test_pdf_metadata_never_carries_an_address(child: ChildHandle, head: str) -> None:
+    job = make_job(f"<!doctype html><html><head>{head}</head><body><h1>Hi</h1></body></html>", child.scratch)
+    answer = child.render(job)
+    reader = _pdf(answer)
+    assert reader.metadata is not None and reader.metadata.title == "Export"
+    with open(answer.output_path, "rb") as fh:  # type: ignore[union-attr]
+        raw = fh.read()
+    assert b"s3cret" not in raw and b"about:blank" not in raw and b"menus.example" not in raw
+
+
+def test_pdf_title_from_a_plain_page_title(child: ChildHandle) -> None:
+    job = make_job("<!doctype html><title>Spring  specials</title><h1>Hi</h1>", child.scratch)
+    reader = _pdf(child.render(job))
+    assert reader.metadata is not None and reader.metadata.title == "Spring specials"
+
+
+def _white_margins(img: Image.Image) -> tuple[int, int, int, int]:
+    """White pixels between the content and the left, top, right and bottom edges."""
+    gray = img.convert("L")
+    box = Image.eval(gray, lambda v: 255 if v < 245 else 0).getbbox()
+    assert box is not None, "the image is blank"
+    left, top, right, bottom = box
+    return left, top, img.width - right, img.height - bottom
+
+
+@pytest.mark.parametrize("template", ["classic", "modern"])
+def test_menu_image_has_margins_and_fits_its_content(child: ChildHandle, template: str) -> None:
+    menu = _sample("noodle_bar")
+    opts = ImageOptions(format="jpeg", width=900, quality=90)
+    job = make_job(MenuSource(menu=menu, template=template), child.scratch, export_type="image", image=opts)
+    img = _image(child.render(job), "jpeg")
+    left, top, right, bottom = _white_margins(img)
+    assert 20 <= left <= 80 and 20 <= right <= 80, (left, right)
+    assert 20 <= top <= 80, top
+    assert 15 <= bottom <= 60, bottom  # a margin, not a band of white
+
+
+def test_full_page_image_is_as_tall_as_its_content(child: ChildHandle) -> None:
+    """Not at least the 800 px viewport: a short page gives a short image."""
+    page = "<body style='margin:0'><div style='height:120px;background:#123'></div></body>"
+    opts = ImageOptions(width=300, full_page=True)
+    img = _image(child.render(make_job(page, child.scratch, export_type="image", image=opts)), "png")
+    assert img.size == (300, 120)
