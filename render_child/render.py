@@ -319,7 +319,8 @@ class Renderer:
             outline=True,  # the headings (restaurant, sections) become bookmarks
             tagged=True,  # a structure tree for screen readers and reflow
         )
-        data, pages = set_document_info(data, self._document_title(slot, job))
+        data = set_document_info(data, self._document_title(slot, job))
+        pages = count_pdf_pages(data)
         if pages > job.limits.max_pages:
             limit = job.limits.max_pages
             raise JobError("validation", f"PDF has {pages} pages, more than the limit of {limit} (MAX_PAGES)")

@@ -13,6 +13,7 @@ from PIL import Image
 from render_helpers import ChildHandle, make_job, requires_chromium, running_child
 
 from render_child.canary import canary_job
+from render_child.pdfmeta import safe_title, set_document_info
 from render_child.render import count_pdf_pages
 from shared.menu import MenuDocument, MenuItem, MenuSection, Restaurant
 from shared.messages import Rendered, RenderFailed, RenderLimits
@@ -245,3 +246,32 @@ def test_full_page_image_is_as_tall_as_its_content(child: ChildHandle) -> None:
     opts = ImageOptions(width=300, full_page=True)
     img = _image(child.render(make_job(page, child.scratch, export_type="image", image=opts)), "png")
     assert img.size == (300, 120)
+
+
+@pytest.mark.parametrize(
+    "title", ["Spring menu", "Bistro Lumière \u2014 Menu du soir", "a (b) \\ c", "مطعم الياسمين", "x" * 250]
+)
+def test_document_info_rewrite_keeps_the_file_valid(child: ChildHandle, title: str) -> None:
+    """In place when the title fits Chromium's Info dictionary, through pypdf when it does not."""
+    raw = child.render(make_job("<!doctype html><title>t</title><h1>Hi</h1><h2>Sub</h2>", child.scratch))
+    assert isinstance(raw, Rendered)
+    with open(raw.output_path, "rb") as fh:
+        data = fh.read()
+    # the render child already rewrote it once; a second rewrite must work the same
+    out = set_document_info(data, title)
+    reader = pypdf.PdfReader(io.BytesIO(out), strict=True)  # strict: every xref offset must be right
+    assert reader.metadata is not None
+    assert dict(reader.metadata) == {"/Title": title, "/Creator": "export-worker", "/Producer": "export-worker"}
+    assert len(reader.pages) == count_pdf_pages(out) == 1
+    assert len(reader.outline) == 2
+    if len(title) < 100:
+        assert len(out) == len(data)  # in place: not one offset moved
+
+
+@pytest.mark.parametrize(
+    ("candidate", "expected"),
+    [("https://x.example/m?id=1", "Export"), ("about:blank", "Export"), ("menu?token=abc", "Export"),
+     ("Lunch: specials", "Lunch: specials"), ("  Spring\n menu ", "Spring menu"), ("", "Export")],
+)
+def test_safe_title(candidate: str, expected: str) -> None:
+    assert safe_title(candidate, "Export") == expected
