@@ -61,6 +61,14 @@ def test_image(child: ChildHandle, sample: str, template: str) -> None:
     check_golden(f"{sample}-{template}-image", Image.open(answer.output_path))
 
 
+def test_multilingual_first_page_legible(child: ChildHandle, tmp_path: Path) -> None:
+    """The food hall's first page at 100 dpi, where every script can be read by a person too."""
+    answer = child.render(make_job(MenuSource(menu=_menu("world_kitchen"), template="classic"), child.scratch))
+    assert isinstance(answer, Rendered), answer
+    page = rasterise_first_page(Path(answer.output_path), tmp_path / "page.png", dpi=100)
+    check_golden("world_kitchen-classic-pdf-100dpi", page)
+
+
 def test_four_missing_glyphs_fail_the_comparison(child: ChildHandle) -> None:
     """The tolerance is tight enough to see one four-character dish name drawn as boxes."""
     if updating():
