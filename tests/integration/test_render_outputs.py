@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pypdf
@@ -275,3 +276,29 @@ def test_document_info_rewrite_keeps_the_file_valid(child: ChildHandle, title: s
 )
 def test_safe_title(candidate: str, expected: str) -> None:
     assert safe_title(candidate, "Export") == expected
+
+
+def _x_of(reader: pypdf.PdfReader, needle: str) -> float:
+    """Where on page 1 (points from the left) the first text containing ``needle`` starts."""
+    found: list[float] = []
+
+    def visit(text: str, cm: Any, tm: Any, _font: Any, _size: Any) -> None:
+        if needle in text and not found:
+            found.append(tm[4] * cm[0] + cm[4])
+
+    reader.pages[0].extract_text(visitor_text=visit)
+    assert found, f"{needle!r} not on page 1"
+    return found[0]
+
+
+@pytest.mark.parametrize("template", ["classic", "modern"])
+def test_rtl_menu_is_mirrored(child: ChildHandle, template: str) -> None:
+    """Arabic: the first dish's badges on the right half, its price at the left margin;
+    the French bistro the other way round."""
+    rtl = _pdf(child.render(make_job(MenuSource(menu=_sample("jasmine_rtl"), template=template), child.scratch)))  # type: ignore[arg-type]
+    width = float(rtl.pages[0].mediabox.width)
+    assert _x_of(rtl, "VG") > width / 2
+    assert _x_of(rtl, "\u0662\u0668\u066b\u0660\u0660") < width / 4  # 28.00 in Arabic-Indic digits
+    ltr = _pdf(child.render(make_job(MenuSource(menu=_sample("bistro"), template=template), child.scratch)))  # type: ignore[arg-type]
+    assert _x_of(ltr, "Salade") < width / 4
+    assert _x_of(ltr, "16,50") > width / 2
