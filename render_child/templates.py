@@ -47,6 +47,11 @@ _env = jinja2.Environment(
 )
 
 
+# Load Babel's number and currency data now, while the child boots, not in its first job
+# (measured: ~70 ms for the first price; then ~8 ms for each further locale, ~70 us a price).
+format_price("1", "USD")
+
+
 def dietary_legend(menu: MenuDocument) -> list[tuple[str, str]]:
     """(badge, meaning) for every abbreviated badge the menu shows, in the badges' order."""
     used = {tag for section in menu.sections for item in section.items for tag in item.dietary}
