@@ -339,7 +339,10 @@ class Renderer:
     def _image(self, slot: _Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
         opts = job.payload.image
         width = opts.width
-        view_height = opts.height or 800
+        # A full-page image without a height is measured in a 16 px viewport, so the content
+        # size is the content's own height; in an 800 px one it would be at least 800 (a band
+        # of white under a short menu).
+        view_height = opts.height or 16
         dsf = opts.device_scale_factor
         cdp = slot.cdp
         cdp.send(
@@ -348,13 +351,6 @@ class Renderer:
         )
         slot.origins.add("emulation")  # marks the slot for an emulation reset
         if opts.full_page:
-            if opts.height is None:
-                # Measured in a 16 px viewport, the content size is the content's own height;
-                # in an 800 px one it is at least 800 (a band of white under a short menu).
-                cdp.send(
-                    "Emulation.setDeviceMetricsOverride",
-                    {"width": width, "height": 16, "deviceScaleFactor": dsf, "mobile": False},
-                )
             metrics = cdp.send("Page.getLayoutMetrics")
             size = metrics.get("cssContentSize") or metrics["contentSize"]
             height = max(1, int(size["height"] + 0.999))
