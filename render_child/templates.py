@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+from importlib import resources
+
 import jinja2
 
-from shared.locales import format_price, locale_for
+from shared.locales import format_price, locale_for, parse_locale
 from shared.menu import MenuDocument
 
 MENU_TEMPLATES = ("classic", "modern")
@@ -19,13 +23,11 @@ DIETARY_LABELS = {
     "halal": "Halal",
     "kosher": "Kosher",
 }
-DIETARY_WORDS = {
-    "vegetarian": "vegetarian",
-    "vegan": "vegan",
-    "gluten-free": "gluten-free",
-    "dairy-free": "dairy-free",
-    "nut-free": "nut-free",
-}
+ABBREVIATED = ("vegetarian", "vegan", "gluten-free", "dairy-free", "nut-free")
+# The legend's words in the menu's language where we have them, else in English.
+LEGEND_WORDS: dict[str, dict[str, str]] = json.loads(
+    resources.files("render_child").joinpath("templates/dietary_legend.json").read_text(encoding="utf-8")
+)
 # Noto (fonts-noto-core) for Latin, Greek, Cyrillic and each right-to-left or Indic script
 # by name, before DejaVu, which would otherwise draw Arabic and Hebrew; Chinese, Japanese
 # and Korean come from fontconfig's fallback by the page's lang (fonts-noto-cjk).
@@ -52,10 +54,22 @@ _env = jinja2.Environment(
 format_price("1", "USD")
 
 
-def dietary_legend(menu: MenuDocument) -> list[tuple[str, str]]:
-    """(badge, meaning) for every abbreviated badge the menu shows, in the badges' order."""
+@dataclass(frozen=True)
+class Legend:
+    lang: str
+    direction: str
+    entries: list[tuple[str, str]]  # (badge, meaning), in the badges' order
+
+
+def dietary_legend(menu: MenuDocument) -> Legend:
+    """The abbreviated badges the menu shows, explained in its language (or English)."""
     used = {tag for section in menu.sections for item in section.items for tag in item.dietary}
-    return [(DIETARY_LABELS[tag], words) for tag, words in DIETARY_WORDS.items() if tag in used]
+    where = parse_locale(menu.locale) if menu.locale else None
+    lang = where.locale.language if where is not None and where.locale.language in LEGEND_WORDS else "en"
+    direction = where.direction if where is not None and lang != "en" else "ltr"
+    words = LEGEND_WORDS[lang]
+    entries = [(DIETARY_LABELS[tag], words[tag]) for tag in ABBREVIATED if tag in used]
+    return Legend(lang=lang, direction=direction, entries=entries)
 
 
 def render_menu_html(menu: MenuDocument, template: str) -> str:

@@ -52,13 +52,21 @@ def differing_pixels(actual: Image.Image, golden: Image.Image) -> tuple[int, Ima
     return count, faded
 
 
+def _within_tolerance(actual: Image.Image, golden: Image.Image) -> bool:
+    if actual.size != golden.size:
+        return False
+    return differing_pixels(actual, golden)[0] <= int(actual.width * actual.height * MAX_DIFFERING_FRACTION)
+
+
 def check_golden(name: str, actual: Image.Image) -> None:
     """Compare ``actual`` with tests/golden/{name}.png (or write it when refreshing)."""
     golden_path = GOLDEN_DIR / f"{name}.png"
     actual = actual.convert("RGB")
     if updating():
-        GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
-        actual.save(golden_path, optimize=True)
+        # rewrite only what changed beyond the tolerance: no churn of committed images
+        if not golden_path.exists() or not _within_tolerance(actual, Image.open(golden_path).convert("RGB")):
+            GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
+            actual.save(golden_path, optimize=True)
         return
     assert golden_path.exists(), f"no golden image {golden_path}; run `make golden` to create it"
     golden = Image.open(golden_path).convert("RGB")

@@ -9,7 +9,7 @@ import markupsafe
 import msgspec
 import pytest
 
-from render_child.templates import MENU_TEMPLATES, dietary_legend, render_menu_html
+from render_child.templates import ABBREVIATED, LEGEND_WORDS, MENU_TEMPLATES, dietary_legend, render_menu_html
 from shared.locales import LocaleError, format_price, parse_locale
 from shared.menu import MenuDocument, MenuItem, MenuSection, Restaurant, Theme
 from shared.payload import PayloadError, parse_payload
@@ -176,12 +176,23 @@ def test_ltr_menu_and_title() -> None:
 @pytest.mark.parametrize("template", MENU_TEMPLATES)
 def test_dietary_legend_when_badges_appear(template: str) -> None:
     menu = evil_menu()  # vegan and spicy: VG needs explaining, Spicy does not
-    assert dietary_legend(menu) == [("VG", "vegan")]
+    assert dietary_legend(menu).entries == [("VG", "vegan")]
     html = render_menu_html(menu, template)
-    assert 'class="legend"' in html and ">VG</span>vegan<" in html
+    assert '<p class="legend" lang="en" dir="ltr">' in html and ">VG</span>vegan<" in html
     plain = msgspec.structs.replace(menu, sections=[MenuSection(title="S", items=[MenuItem(name="Tea")])])
-    assert dietary_legend(plain) == []
+    assert dietary_legend(plain).entries == []
     assert 'class="legend"' not in render_menu_html(plain, template)
+
+
+@pytest.mark.parametrize(
+    ("locale", "lang", "direction", "vegan"),
+    [(None, "en", "ltr", "vegan"), ("fr_CA", "fr", "ltr", "végétalien"), ("de_DE", "de", "ltr", "vegan"),
+     ("ar_AE@numbers=arab", "ar", "rtl", "نباتي صرف"), ("he_IL", "he", "rtl", "טבעוני"),
+     ("fa_IR", "en", "ltr", "vegan"), ("ja_JP", "ja", "ltr", "ヴィーガン")],
+)
+def test_dietary_legend_speaks_the_menus_language(locale: str | None, lang: str, direction: str, vegan: str) -> None:
+    legend = dietary_legend(msgspec.structs.replace(evil_menu(), locale=locale))
+    assert (legend.lang, legend.direction, legend.entries) == (lang, direction, [("VG", vegan)])
 
 
 @pytest.mark.parametrize("template", MENU_TEMPLATES)
@@ -207,3 +218,11 @@ def test_samples_render(sample: str, template: str) -> None:
     # the showcase reads like a real menu; markup in text belongs to the escaping tests above
     text = (SAMPLES / sample).read_text(encoding="utf-8")
     assert "<" not in text and ">" not in text
+
+
+def test_every_legend_language_has_every_word() -> None:
+    assert "en" in LEGEND_WORDS
+    for lang, words in LEGEND_WORDS.items():
+        assert set(words) == set(ABBREVIATED), lang
+        assert all(w.strip() for w in words.values()), lang
+        parse_locale(lang)  # a language CLDR knows
