@@ -10,6 +10,7 @@ templates; then, with pypdf:
 from __future__ import annotations
 
 import re
+import subprocess
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterator
@@ -126,6 +127,13 @@ def _draws_notdef(font: Any, data: bytes) -> bool:
                 code += 1
         return any(names.get(byte, "/g0") == "/g0" for byte in data)
     return False
+
+
+@pytest.fixture(scope="module", autouse=True)
+def noto_fonts_installed() -> None:
+    families = subprocess.run(["fc-list", ":", "family"], capture_output=True, text=True, check=True).stdout
+    missing = [f for f in ("Noto Sans", "Noto Sans CJK JP", "Noto Color Emoji") if f not in families]
+    assert not missing, f"fonts {missing} are not installed: run scripts/install-chromium.sh"
 
 
 @pytest.fixture(scope="module")
