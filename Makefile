@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Debian's Chromium where it exists; otherwise Playwright's own download.
 CHROMIUM_ENV := $(if $(wildcard /usr/bin/chromium),,PUPPETEER_EXECUTABLE_PATH=)
 
-.PHONY: setup chromium demo test lint types gate bench serve image-check clean
+.PHONY: setup chromium demo test lint types gate bench serve image-check clean golden
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ serve: chromium
 
 test: chromium
 	$(CHROMIUM_ENV) $(BIN)/pytest
+
+# Re-render the golden images of the sample menus (tests/golden/*.png); review and commit them.
+golden: chromium
+	UPDATE_GOLDEN=1 $(CHROMIUM_ENV) $(BIN)/pytest -q tests/integration/test_menu_golden.py
 
 lint: setup
 	$(BIN)/ruff check .

@@ -24,6 +24,7 @@ from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from render_child.netpolicy import Blocked, Fetcher, FetchFailed
+from render_child.pdfmeta import safe_title, set_document_info
 from render_child.templates import TEST_TEMPLATES, render_menu_html
 from shared.errors import ErrorCategory, JobError
 from shared.messages import BlockedRequest, Rendered, RenderFailed, RenderJob
@@ -317,7 +318,10 @@ class Renderer:
             margin={"top": m.top, "right": m.right, "bottom": m.bottom, "left": m.left},
             print_background=opts.print_background,
             scale=opts.scale,
+            outline=True,  # the headings (restaurant, sections) become bookmarks
+            tagged=True,  # a structure tree for screen readers and reflow
         )
+        data = set_document_info(data, self._document_title(slot, job))
         pages = count_pdf_pages(data)
         if pages > job.limits.max_pages:
             limit = job.limits.max_pages
@@ -327,10 +331,23 @@ class Renderer:
             )
         return data, {"pages": pages}
 
+    def _document_title(self, slot: _Slot, job: RenderJob) -> str:
+        source = job.payload.source
+        fallback = job.payload.filename or "Export"
+        if isinstance(source, MenuSource):
+            return safe_title(source.menu.title, fallback)
+        try:
+            return safe_title(slot.page.title(), fallback)
+        except PlaywrightError:
+            return fallback
+
     def _image(self, slot: _Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
         opts = job.payload.image
         width = opts.width
-        view_height = opts.height or 800
+        # A full-page image without a height is measured in a 16 px viewport, so the content
+        # size is the content's own height; in an 800 px one it would be at least 800 (a band
+        # of white under a short menu).
+        view_height = opts.height or 16
         dsf = opts.device_scale_factor
         cdp = slot.cdp
         cdp.send(

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Install a Chromium for the render children, and promtool for the alert-rule tests.
-# Debian/Ubuntu: the distribution's packages (what the Dockerfile uses too).
+# Install a Chromium for the render children, the fonts menus print with, and promtool
+# for the alert-rule tests. Debian/Ubuntu: the distribution's packages (what the Dockerfile
+# uses too). The Noto fonts cover Latin, Greek, Cyrillic, Arabic, Hebrew, Devanagari, Thai,
+# Chinese, Japanese, Korean and colour emoji (about 148 MB installed; see README "Fonts").
 # Elsewhere: Playwright's own download (then run with PUPPETEER_EXECUTABLE_PATH="").
 set -euo pipefail
 venv=${1:-.venv}
@@ -9,6 +11,9 @@ if command -v apt-get >/dev/null 2>&1; then
     command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core fonts-liberation)
     command -v promtool >/dev/null 2>&1 || need+=(prometheus)
     command -v pdfinfo >/dev/null 2>&1 || need+=(poppler-utils)
+    for pkg in fonts-noto-core fonts-noto-cjk fonts-noto-color-emoji; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || need+=("$pkg")
+    done
     if [ ${#need[@]} -gt 0 ]; then
         sudo=""
         [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -21,4 +26,5 @@ if command -v apt-get >/dev/null 2>&1; then
 else
     echo "no apt-get: downloading Playwright's Chromium; set PUPPETEER_EXECUTABLE_PATH=\"\" to use it" >&2
     "$venv/bin/playwright" install chromium
+    echo "install Noto fonts yourself (Noto Sans, Noto Sans CJK, Noto Color Emoji), or CJK and emoji print as boxes" >&2
 fi

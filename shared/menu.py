@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from shared.locales import LOCALE_PATTERN, parse_locale
+
 ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 LongText = Annotated[str, msgspec.Meta(max_length=2000)]
 DietaryTag = Literal["vegetarian", "vegan", "gluten-free", "dairy-free", "nut-free", "spicy", "halal", "kosher"]
@@ -46,5 +48,19 @@ class Theme(_Strict):
 class MenuDocument(_Strict):
     restaurant: Restaurant
     sections: Annotated[list[MenuSection], msgspec.Meta(min_length=1, max_length=100)]
+    # "Dinner", "Lunch specials": with the restaurant's name, the PDF's title and the mail's subject
+    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    # how prices, digits and text direction are printed; unset: each price's currency's home locale
+    locale: Annotated[str, msgspec.Meta(pattern=LOCALE_PATTERN)] | None = None
     theme: Theme = msgspec.field(default_factory=Theme)
     footer: LongText = ""
+
+    def __post_init__(self) -> None:
+        if self.locale is not None:
+            parse_locale(self.locale)  # LocaleError is a ValueError: msgspec names the field
+
+    @property
+    def title(self) -> str:
+        """``Bistro Lumière — Dinner``, or the restaurant's name alone."""
+        name = self.restaurant.name
+        return f"{name} \u2014 {self.name}" if self.name else name

@@ -22,8 +22,12 @@ DEMO_USER = "00000000-0000-4000-8000-00000000d3e0"
 
 
 def demo_jobs() -> list[tuple[str, str, dict[str, Any]]]:
-    bistro = json.loads((SAMPLES / "bistro.json").read_text(encoding="utf-8"))
-    noodles = json.loads((SAMPLES / "noodle_bar.json").read_text(encoding="utf-8"))
+    def sample(name: str) -> dict[str, Any]:
+        menu: dict[str, Any] = json.loads((SAMPLES / f"{name}.json").read_text(encoding="utf-8"))
+        return menu
+
+    bistro, noodles = sample("bistro"), sample("noodle_bar")
+    world, jasmine = sample("world_kitchen"), sample("jasmine_rtl")  # every script; right to left
     return [
         ("bistro, classic", "pdf", {"source": {"kind": "menu", "menu": bistro, "template": "classic"}}),
         ("noodle bar, modern", "pdf", {"source": {"kind": "menu", "menu": noodles, "template": "modern"}}),
@@ -31,6 +35,9 @@ def demo_jobs() -> list[tuple[str, str, dict[str, Any]]]:
                                      "image": {"format": "png", "width": 1000}}),
         ("noodle bar, classic", "image", {"source": {"kind": "menu", "menu": noodles, "template": "classic"},
                                           "image": {"format": "jpeg", "width": 900, "quality": 85}}),
+        ("world kitchen, classic", "pdf", {"source": {"kind": "menu", "menu": world, "template": "classic"}}),
+        ("jasmine (rtl), modern", "image", {"source": {"kind": "menu", "menu": jasmine, "template": "modern"},
+                                            "image": {"format": "png", "width": 900}}),
     ]
 
 

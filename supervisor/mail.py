@@ -11,7 +11,6 @@ try again later (5xx, 429, connection problems) or give up (other 4xx).
 from __future__ import annotations
 
 import contextlib
-import html
 import http.client
 import json
 import os
@@ -20,12 +19,16 @@ import secrets
 import smtplib
 import ssl
 import urllib.error
+from datetime import UTC, datetime
 from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
+from email.utils import formatdate
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+import jinja2
 import msgspec
+
+from shared.vocabulary import FailureReason
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -61,30 +64,57 @@ class MailBackend(Protocol):
 
 # ---- composing ---------------------------------------------------------------
 
+_env = jinja2.Environment(
+    loader=jinja2.PackageLoader("supervisor", "templates"),
+    autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",), default=False),
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+)
+
 
 def _type_words(export_type: str) -> str:
     return "PDF" if export_type == "pdf" else "image" if export_type == "image" else export_type
 
 
-_REASON_RULES: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("cancel",), "the export was cancelled"),
-    (("storage", "bucket", "upload"), "the file could not be stored"),
-    (("timed out", "timeout", "took too long", "deadline"), "the page took too long to render"),
-    (("memory", "oom"), "the page needed more memory than an export may use"),
-    (("max_input", "input too large", "document too large"), "the document is larger than allowed"),
-    (("max_pages", "page count", "too many pages", "pages"), "the document has more pages than allowed"),
-    (("pixel",), "the image would be larger than allowed"),
-    (("max_output", "too large", "output size", "bytes"), "the file would be larger than allowed"),
-    (("blocked", "not allowed", "allowlist"), "the page tried to load something that is not allowed"),
+# (words in the message, the failure in plain words, what the person can do about it)
+_REASON_RULES: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("cancel",), "the export was cancelled",
+     "Nothing, if you cancelled it yourself. Start a new export whenever you are ready."),
+    (("storage", "bucket", "upload"), "the file could not be stored",
+     "This was a problem on our side, not in your menu. Please export again in a few minutes."),
+    (("timed out", "timeout", "took too long", "deadline"), "the page took too long to render",
+     "Export again. If it keeps happening, remove very large images or split the menu into smaller parts."),
+    (("memory", "oom"), "the page needed more memory than an export may use",
+     "Remove or shrink large images, or split the menu into smaller parts, then export again."),
+    (("max_input", "input too large", "document too large"), "the document is larger than allowed",
+     "Shorten the menu or remove large images, then export again."),
+    (("max_pages", "page count", "too many pages", "pages"), "the document has more pages than allowed",
+     "Split the menu into smaller parts (one per section, for example) or choose a smaller scale, then export again."),
+    (("pixel",), "the image would be larger than allowed",
+     "Choose a smaller width or scale for the image, or export a PDF instead."),
+    (("max_output", "too large", "output size", "bytes"), "the file would be larger than allowed",
+     "Remove or shrink large images, then export again."),
+    (("blocked", "not allowed", "allowlist"), "the page tried to load something that is not allowed",
+     "Use images from an address your administrator allows, or remove them, then export again."),
 )
+_CATEGORY_STEPS = {
+    "validation": "Correct the menu where the reason above points, then export again.",
+    "resource": "Export again later. If it keeps failing, split the menu into smaller parts.",
+    "transient": "Please export again in a few minutes. If it still fails, reply to this mail.",
+}
+_LAST_STEP = "Please reply to this mail so that we can look into it; exporting again will not help yet."
+
+
+def _rule(message: str) -> tuple[tuple[str, ...], str, str] | None:
+    lowered = (message or "").lower()
+    return next((rule for rule in _REASON_RULES if any(n in lowered for n in rule[0])), None)
 
 
 def plain_reason(category: str, message: str) -> str:
     """A failure in plain words for the user (no internals, no stack traces)."""
-    lowered = (message or "").lower()
-    for needles, words in _REASON_RULES:
-        if any(n in lowered for n in needles):
-            return words
+    rule = _rule(message)
+    if rule is not None:
+        return rule[1]
     if category == "validation":
         short = (message or "").strip().splitlines()[0] if message and message.strip() else ""
         if not short:
@@ -97,11 +127,84 @@ def plain_reason(category: str, message: str) -> str:
     return "the export could not be completed"
 
 
-def _wrap_html(title: str, body_html: str) -> str:
-    return (
-        '<!DOCTYPE html>\n<html><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title></head>\n"
-        f'<body style="font-family: sans-serif; line-height: 1.5">\n{body_html}\n</body></html>\n'
+def next_step(category: str, message: str) -> str:
+    """What the person can do about a failure, in one or two plain sentences."""
+    rule = _rule(message)
+    return rule[2] if rule is not None else _CATEGORY_STEPS.get(category, _LAST_STEP)
+
+
+# The failure's reason code (metadata.failure_reason, written where the failure was
+# decided) in plain words, with the next step. RENDER and INVALID_PAYLOAD carry the
+# child's or the validator's own message, whose limit words are matched above.
+_REASON_WORDS: dict[FailureReason, tuple[str, str]] = {
+    FailureReason.TIMEOUT: ("the page took too long to render",
+                            "Export again. If it keeps happening, remove very large images or split the menu "
+                            "into smaller parts."),
+    FailureReason.MEMORY: ("the page needed more memory than an export may use",
+                           "Remove or shrink large images, or split the menu into smaller parts, then export again."),
+    FailureReason.CONTAINER_MEMORY: ("the export service was short of memory while rendering it",
+                                     "Please export again in a few minutes."),
+    FailureReason.CHILD_CRASHED: ("the renderer stopped unexpectedly, even after several tries",
+                                  "Please export again in a few minutes. If it still fails, reply to this mail."),
+    FailureReason.STORAGE: ("the file could not be stored",
+                            "This was a problem on our side, not in your menu. Please export again in a few "
+                            "minutes."),
+    FailureReason.STALE: ("the export service handling it stopped, even after several tries",
+                          "Please export again in a few minutes. If it still fails, reply to this mail."),
+}
+
+
+def explain_failure(category: str, reason: str | None, message: str) -> tuple[str, str]:
+    """(the failure in plain words, what to do next), from its reason code when it has one."""
+    try:
+        known = _REASON_WORDS.get(FailureReason(reason)) if reason else None
+    except ValueError:
+        known = None
+    if known is not None:
+        return known
+    return plain_reason(category, message), next_step(category, message)
+
+
+def document_name(payload: Any) -> str:
+    """``Bistro Lumière — Dinner`` for a menu, else the requested file name, else empty."""
+    if not isinstance(payload, dict):
+        return ""
+    source = payload.get("source")
+    if isinstance(source, dict) and source.get("kind") == "menu" and isinstance(source.get("menu"), dict):
+        menu = source["menu"]
+        restaurant = menu.get("restaurant") if isinstance(menu.get("restaurant"), dict) else {}
+        parts = [str(restaurant.get("name") or "").strip(), str(menu.get("name") or "").strip()]
+        return _one_line(" \u2014 ".join(p for p in parts if p))
+    return _one_line(str(payload.get("filename") or ""))
+
+
+def human_expiry(when: datetime | str) -> str:
+    """``7 December 2026, 12:35 UTC`` (English month names, whatever the server's locale)."""
+    moment = datetime.fromisoformat(when) if isinstance(when, str) else when
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    return f"{moment.day} {_MONTHS[moment.month - 1]} {moment.year}, {moment:%H:%M} UTC"
+
+
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September",
+           "October", "November", "December")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())[:200]
+
+
+def _compose(kind: str, *, to: str, job_id: str, subject: str, values: dict[str, str]) -> OutgoingMail:
+    context = {"subject": subject, "job_id": job_id, **values}
+    return OutgoingMail(
+        to=to,
+        subject=subject,
+        text=_env.get_template(f"mail_{kind}.txt.j2").render(context),
+        html=_env.get_template(f"mail_{kind}.html.j2").render(context),
+        kind=kind,
+        job_id=job_id,
+        template_data={"status": kind, **context},
     )
 
 
@@ -109,40 +212,22 @@ def compose_completed(
     job_id: str,
     export_type: str,
     download_url: str,
-    expires_at_iso: str,
+    expires_at: datetime | str,
     from_name: str = "Exports",
     *,
     to: str = "",
+    document: str = "",
 ) -> OutgoingMail:
     what = _type_words(export_type)
-    subject = f"Your {what} export is ready"
-    text = (
-        f"Hello,\n\nyour {what} export is ready. Download it here:\n\n{download_url}\n\n"
-        f"The link works until {expires_at_iso}.\n\nJob: {job_id}\n\n-- {from_name}\n"
-    )
-    e = html.escape
-    body = (
-        f"<p>Hello,</p>\n<p>your {e(what)} export is ready.</p>\n"
-        f'<p><a href="{e(download_url, quote=True)}">Download your {e(what)}</a></p>\n'
-        f"<p>The link works until {e(expires_at_iso)}.<br>"
-        f"If the button does not work, copy this address: {e(download_url)}</p>\n"
-        f'<p style="color:#666">Job: {e(job_id)}<br>&mdash; {e(from_name)}</p>'
-    )
-    return OutgoingMail(
-        to=to,
-        subject=subject,
-        text=text,
-        html=_wrap_html(subject, body),
-        kind="completed",
-        job_id=job_id,
-        template_data={
-            "status": "completed",
-            "subject": subject,
-            "job_id": job_id,
-            "export_type": export_type,
+    document = _one_line(document)
+    subject = _one_line(_env.get_template("mail_subjects.j2").module.completed(what, document))  # type: ignore[attr-defined]
+    expires = human_expiry(expires_at)
+    return _compose(
+        "completed", to=to, job_id=job_id, subject=subject,
+        values={
+            "export_type": export_type, "what": what, "document": document,
             "download_url": download_url,
-            "expires_at": expires_at_iso,
-            "from_name": from_name,
+            "expires": expires, "expires_at": str(expires_at), "from_name": from_name,
         },
     )
 
@@ -154,37 +239,25 @@ def compose_failed(
     from_name: str = "Exports",
     *,
     to: str = "",
+    document: str = "",
+    next_step: str = _LAST_STEP,
 ) -> OutgoingMail:
     what = _type_words(export_type)
-    subject = f"Your {what} export could not be completed"
-    text = (
-        f"Hello,\n\nyour {what} export could not be completed: {reason_in_plain_words}.\n\n"
-        f"You can try again; if it keeps failing, reply with the job id below.\n\n"
-        f"Job: {job_id}\n\n-- {from_name}\n"
-    )
-    e = html.escape
-    body = (
-        f"<p>Hello,</p>\n<p>your {e(what)} export could not be completed: "
-        f"<strong>{e(reason_in_plain_words)}</strong>.</p>\n"
-        "<p>You can try again; if it keeps failing, reply with the job id below.</p>\n"
-        f'<p style="color:#666">Job: {e(job_id)}<br>&mdash; {e(from_name)}</p>'
-    )
-    return OutgoingMail(
-        to=to,
-        subject=subject,
-        text=text,
-        html=_wrap_html(subject, body),
-        kind="failed",
-        job_id=job_id,
-        template_data={
-            "status": "failed",
-            "subject": subject,
-            "job_id": job_id,
-            "export_type": export_type,
-            "reason": reason_in_plain_words,
-            "from_name": from_name,
+    document = _one_line(document)
+    subject = _one_line(_env.get_template("mail_subjects.j2").module.failed(what, document))  # type: ignore[attr-defined]
+    return _compose(
+        "failed", to=to, job_id=job_id, subject=subject,
+        values={
+            "export_type": export_type, "what": what, "document": document, "reason": reason_in_plain_words,
+            "next_step": next_step, "from_name": from_name,
         },
     )
+
+
+def message_id(mail: OutgoingMail, from_email: str) -> str:
+    """The same for every send of one outbox row (unique per job and kind): receivers drop repeats."""
+    domain = from_email.rsplit("@", 1)[-1] if "@" in from_email else "export-worker.invalid"
+    return f"<{mail.job_id}.{mail.kind}@{domain}>"
 
 
 def to_email_message(mail: OutgoingMail, from_email: str) -> EmailMessage:
@@ -195,8 +268,7 @@ def to_email_message(mail: OutgoingMail, from_email: str) -> EmailMessage:
         msg["To"] = mail.to
     msg["Subject"] = mail.subject
     msg["Date"] = formatdate(localtime=False, usegmt=True)
-    domain = from_email.rsplit("@", 1)[-1] if "@" in from_email else None
-    msg["Message-ID"] = make_msgid(idstring=f"{mail.job_id}.{mail.kind}", domain=domain)
+    msg["Message-ID"] = message_id(mail, from_email)
     msg[JOB_ID_HEADER] = mail.job_id
     msg.set_content(mail.text)
     msg.add_alternative(mail.html, subtype="html")
@@ -356,7 +428,14 @@ class SmtpMail:
 
 
 class EmlFileMail:
-    """Writes each mail to ``{directory}/{job_id}-{kind}.eml``, atomically; rewriting overwrites."""
+    """Writes each mail to ``{directory}/{job_id}-{kind}.eml``: one file per outbox row.
+
+    The name is the outbox row's identity (the table is unique per job and kind), so
+    a second send of the same row, after a crash between writing and recording it as
+    sent, finds the file and does nothing. The file appears whole or not at all
+    (written to a temporary name, then renamed) and only its owner may read it (0600):
+    it holds a signed download link.
+    """
 
     def __init__(self, directory: Path, from_email: str) -> None:
         self.directory = Path(directory)
@@ -370,16 +449,19 @@ class EmlFileMail:
 
     def send(self, mail: OutgoingMail) -> None:
         target = self.path_for(mail.job_id, mail.kind)
+        if target.exists():
+            return  # this row was mailed before; the outbox just had not recorded it
         data = to_email_message(mail, self.from_email).as_bytes()
+        tmp = self.directory / f".{target.name}.{secrets.token_hex(6)}.tmp"
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = self.directory / f".{target.name}.{secrets.token_hex(6)}.tmp"
+            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             try:
-                with open(tmp, "wb") as fh:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as fh:
                     fh.write(data)
                     fh.flush()
                     os.fsync(fh.fileno())
-                os.replace(tmp, target)
+                os.rename(tmp, target)
             finally:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(tmp)

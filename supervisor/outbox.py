@@ -67,7 +67,7 @@ class OutboxSender:
         return len(rows)
 
     async def _send_one(self, row: dict[str, Any]) -> None:
-        from supervisor.mail import MailError, compose_completed, compose_failed, plain_reason
+        from supervisor.mail import MailError, compose_completed, compose_failed, document_name, explain_failure
 
         async with self.pool.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(query("get_job"), {"id": row["job_id"]})
@@ -86,10 +86,14 @@ class OutboxSender:
                 ttl = self.settings.storage.signed_url_ttl_seconds
                 url = await asyncio.to_thread(self.storage.signed_url, job["storage_path"], ttl)
                 expires = (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat(timespec="seconds")
-                mail = compose_completed(job_id, job["export_type"], url, expires, to=row["recipient"])
+                mail = compose_completed(job_id, job["export_type"], url, expires, to=row["recipient"],
+                                         document=document_name(job["payload"]))
             else:
-                reason = plain_reason(job["error_category"] or "permanent", job["error_message"] or "")
-                mail = compose_failed(job_id, job["export_type"], reason, to=row["recipient"])
+                reason = (job.get("metadata") or {}).get("failure_reason")
+                words, step = explain_failure(job["error_category"] or "permanent", reason,
+                                              job["error_message"] or "")
+                mail = compose_failed(job_id, job["export_type"], words, to=row["recipient"],
+                                      document=document_name(job["payload"]), next_step=step)
             await asyncio.to_thread(self.mail.send, mail)
         except MailError as exc:
             await self._failed(row, str(exc), give_up=not exc.transient)

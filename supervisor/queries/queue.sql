@@ -168,6 +168,7 @@ WITH stale AS (
                                THEN now() END,
            available_at = now(), heartbeat_at = NULL,
            error_category = 'transient',
+           metadata = j.metadata || '{"failure_reason": "stale"}',
            error_message = format('worker %%s stopped heartbeating during attempt %%s (last sign of life %%s)',
                                   coalesce(j.worker_id, '?'), j.attempts,
                                   coalesce(j.heartbeat_at, j.started_at, j.updated_at)),

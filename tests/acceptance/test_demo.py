@@ -20,7 +20,8 @@ def test_demo_renders_the_sample_menus_and_writes_files_and_mails(db_url: str, t
     result = subprocess.run([str(exe), "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if " completed " in line]
-    assert len(rows) == 4, result.stdout
+    assert len(rows) == 6, result.stdout
+    assert "world kitchen" in result.stdout and "jasmine (rtl)" in result.stdout  # every script; right to left
     files = sorted(p.suffix for p in (data / "files").rglob("*") if p.is_file())
-    assert files == [".jpg", ".pdf", ".pdf", ".png"]
-    assert len(list((data / "mail").glob("*-completed.eml"))) == 4
+    assert files == [".jpg", ".pdf", ".pdf", ".pdf", ".png", ".png"]
+    assert len(list((data / "mail").glob("*-completed.eml"))) == 6

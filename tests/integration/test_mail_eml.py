@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import email
 import email.policy
+import stat
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -48,14 +50,43 @@ def test_one_file_per_job_and_kind(tmp_path: Path) -> None:
     assert failed["Subject"] == "Your PDF export could not be completed"
 
 
-def test_rewriting_is_idempotent(tmp_path: Path) -> None:
+def test_a_second_send_of_the_same_row_does_nothing(tmp_path: Path) -> None:
+    """A worker that died between writing the mail and recording it as sent sends it again
+    after the outbox lease; the file named after the row is found and left as it was."""
+    backend = EmlFileMail(tmp_path / "mail", "exports@example.com")
+    first = compose_completed(JOB, "image", "http://x/f.png?sig=1", "2030-01-01T00:00:00Z", to="ada@example.com")
+    backend.send(first)
+    target = tmp_path / "mail" / f"{JOB}-completed.eml"
+    before = target.stat()
+    content = target.read_bytes()
+    # the retry composes anew: a fresh link and expiry, a new Date header
+    again = compose_completed(JOB, "image", "http://x/f.png?sig=2", "2030-01-02T00:00:00Z", to="ada@example.com")
+    backend.send(again)
+    backend.send(again)
+    after = target.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert target.read_bytes() == content
+    assert [p.name for p in (tmp_path / "mail").iterdir()] == [f"{JOB}-completed.eml"]  # no temp files
+    assert _read(target)["Subject"] == "Your image export is ready"
+
+
+def test_file_and_directory_are_private(tmp_path: Path) -> None:
+    backend = EmlFileMail(tmp_path / "mail", "exports@example.com")
+    backend.send(compose_failed(JOB, "pdf", "the file could not be stored", to="ada@example.com"))
+    assert stat.S_IMODE((tmp_path / "mail" / f"{JOB}-failed.eml").stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "mail").stat().st_mode) == 0o700
+
+
+def test_concurrent_sends_of_one_row_leave_one_whole_file(tmp_path: Path) -> None:
     backend = EmlFileMail(tmp_path, "exports@example.com")
-    mail = compose_completed(JOB, "image", "http://x/f.png", "2030-01-01T00:00:00Z", to="ada@example.com")
-    backend.send(mail)
-    backend.send(mail)
-    backend.send(mail)
+    mail = compose_completed(JOB, "pdf", "http://x/f.pdf", "2030-01-01T00:00:00Z", to="ada@example.com")
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: backend.send(mail), range(32)))
     assert [p.name for p in tmp_path.iterdir()] == [f"{JOB}-completed.eml"]
-    assert _read(tmp_path / f"{JOB}-completed.eml")["Subject"] == "Your image export is ready"
+    msg = _read(tmp_path / f"{JOB}-completed.eml")
+    assert msg["Message-ID"].strip() == f"<{JOB}.completed@example.com>"  # strip: a long header may fold
+    plain = msg.get_body(("plain",))
+    assert plain is not None and "http://x/f.pdf" in plain.get_content()
 
 
 def test_unsafe_job_id_refused(tmp_path: Path) -> None:

@@ -99,3 +99,18 @@ def test_build_mail_backend_smtp(tmp_path: Any) -> None:
     backend = build_mail_backend(settings, tmp_path)
     assert isinstance(backend, SmtpMail)
     assert (backend.host, backend.port, backend.starttls) == ("mail.example", 2525, False)
+
+
+def test_a_resend_carries_the_same_message_id(smtp_server: tuple[Sink, int]) -> None:
+    """After a crash between sending and recording, the outbox sends the row again; the
+    Message-ID, derived from the row (job and kind), is the same, so receivers drop the repeat."""
+    sink, port = smtp_server
+    backend = SmtpMail("127.0.0.1", port, "", "", False, "exports@example.com", timeout=5)
+    backend.send(compose_completed(JOB, "pdf", "https://x/f.pdf?s=1", "2030-01-01T00:00:00Z", to="ada@example.com"))
+    backend.send(compose_completed(JOB, "pdf", "https://x/f.pdf?s=2", "2030-01-02T00:00:00Z", to="ada@example.com"))
+    backend.send(compose_failed(JOB, "pdf", "the file could not be stored", to="ada@example.com"))
+    ids = [
+        email.message_from_bytes(env.content, policy=email.policy.default)["Message-ID"].strip()
+        for env in sink.envelopes
+    ]
+    assert ids == [f"<{JOB}.completed@example.com>"] * 2 + [f"<{JOB}.failed@example.com>"]

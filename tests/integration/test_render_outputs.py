@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
+import msgspec
 import pypdf
 import pytest
 from PIL import Image
 from render_helpers import ChildHandle, make_job, requires_chromium, running_child
 
 from render_child.canary import canary_job
+from render_child.pdfmeta import safe_title, set_document_info
 from render_child.render import count_pdf_pages
 from shared.menu import MenuDocument, MenuItem, MenuSection, Restaurant
 from shared.messages import Rendered, RenderFailed, RenderLimits
@@ -18,6 +22,7 @@ from shared.payload import ImageOptions, Margins, MenuSource, PdfOptions
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.chromium, requires_chromium]
 
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 TALL = (
     "<body style='margin:0'><div style='height:3000px;background:linear-gradient(red,blue)'>tall</div></body>"
 )
@@ -163,3 +168,137 @@ def test_long_menu_breaks_between_items(child: ChildHandle, template: str) -> No
             pages_with_desc = [n for n, text in enumerate(texts) if tag in text]
             assert len(pages_with_name) == 1, name
             assert pages_with_name == pages_with_desc, f"{name} is split across pages"
+
+
+def _sample(name: str) -> MenuDocument:
+    return msgspec.json.decode((SAMPLES / f"{name}.json").read_bytes(), type=MenuDocument)
+
+
+@pytest.mark.parametrize("template", ["classic", "modern"])
+def test_menu_pdf_metadata_outline_and_tags(child: ChildHandle, template: str) -> None:
+    menu = _sample("bistro")
+    answer = child.render(make_job(MenuSource(menu=menu, template=template), child.scratch))
+    reader = _pdf(answer)
+    meta = reader.metadata
+    assert meta is not None
+    assert meta.title == "Bistro Lumière \u2014 Menu du soir"
+    assert meta.creator == "export-worker" and meta.producer == "export-worker"
+    assert set(meta) <= {"/Title", "/Creator", "/Producer"}
+    root = reader.trailer["/Root"]
+    assert bool(root["/MarkInfo"]["/Marked"])  # tagged
+    assert "/StructTreeRoot" in root
+    assert root["/Lang"] == "fr-CA"
+    assert "/Metadata" not in root  # no XMP packet repeating anything
+    # the restaurant (h1) holds the sections (h2) as bookmarks
+    outline = reader.outline
+    assert [getattr(o, "title", None) for o in outline if not isinstance(o, list)] == ["Bistro Lumière"]
+    children = next(o for o in outline if isinstance(o, list))
+    # as printed: classic's headings are upper-cased by CSS
+    assert [o.title.casefold() for o in children] == [s.title.casefold() for s in menu.sections]
+    with open(answer.output_path, "rb") as fh:  # type: ignore[union-attr]
+        raw = fh.read()
+    assert b"HeadlessChrome" not in raw and b"Skia/PDF" not in raw
+
+
+@pytest.mark.parametrize(
+    "head",
+    ["<title>https://menus.example/m/42?token=s3cret&lang=de</title>", "<title>index?token=s3cret</title>", ""],
+)
+def test_pdf_metadata_never_carries_an_address(child: ChildHandle, head: str) -> None:
+    job = make_job(f"<!doctype html><html><head>{head}</head><body><h1>Hi</h1></body></html>", child.scratch)
+    answer = child.render(job)
+    reader = _pdf(answer)
+    assert reader.metadata is not None and reader.metadata.title == "Export"
+    with open(answer.output_path, "rb") as fh:  # type: ignore[union-attr]
+        raw = fh.read()
+    assert b"s3cret" not in raw and b"about:blank" not in raw and b"menus.example" not in raw
+
+
+def test_pdf_title_from_a_plain_page_title(child: ChildHandle) -> None:
+    job = make_job("<!doctype html><title>Spring  specials</title><h1>Hi</h1>", child.scratch)
+    reader = _pdf(child.render(job))
+    assert reader.metadata is not None and reader.metadata.title == "Spring specials"
+
+
+def _white_margins(img: Image.Image) -> tuple[int, int, int, int]:
+    """White pixels between the content and the left, top, right and bottom edges."""
+    gray = img.convert("L")
+    box = Image.eval(gray, lambda v: 255 if v < 245 else 0).getbbox()
+    assert box is not None, "the image is blank"
+    left, top, right, bottom = box
+    return left, top, img.width - right, img.height - bottom
+
+
+@pytest.mark.parametrize("template", ["classic", "modern"])
+def test_menu_image_has_margins_and_fits_its_content(child: ChildHandle, template: str) -> None:
+    menu = _sample("noodle_bar")
+    opts = ImageOptions(format="jpeg", width=900, quality=90)
+    job = make_job(MenuSource(menu=menu, template=template), child.scratch, export_type="image", image=opts)
+    img = _image(child.render(job), "jpeg")
+    left, top, right, bottom = _white_margins(img)
+    assert 20 <= left <= 80 and 20 <= right <= 80, (left, right)
+    assert 20 <= top <= 80, top
+    assert 15 <= bottom <= 60, bottom  # a margin, not a band of white
+
+
+def test_full_page_image_is_as_tall_as_its_content(child: ChildHandle) -> None:
+    """Not at least the 800 px viewport: a short page gives a short image."""
+    page = "<body style='margin:0'><div style='height:120px;background:#123'></div></body>"
+    opts = ImageOptions(width=300, full_page=True)
+    img = _image(child.render(make_job(page, child.scratch, export_type="image", image=opts)), "png")
+    assert img.size == (300, 120)
+
+
+@pytest.mark.parametrize(
+    "title", ["Spring menu", "Bistro Lumière \u2014 Menu du soir", "a (b) \\ c", "مطعم الياسمين", "x" * 250]
+)
+def test_document_info_rewrite_keeps_the_file_valid(child: ChildHandle, title: str) -> None:
+    """In place when the title fits Chromium's Info dictionary, through pypdf when it does not."""
+    raw = child.render(make_job("<!doctype html><title>t</title><h1>Hi</h1><h2>Sub</h2>", child.scratch))
+    assert isinstance(raw, Rendered)
+    with open(raw.output_path, "rb") as fh:
+        data = fh.read()
+    # the render child already rewrote it once; a second rewrite must work the same
+    out = set_document_info(data, title)
+    reader = pypdf.PdfReader(io.BytesIO(out), strict=True)  # strict: every xref offset must be right
+    assert reader.metadata is not None
+    assert dict(reader.metadata) == {"/Title": title, "/Creator": "export-worker", "/Producer": "export-worker"}
+    assert len(reader.pages) == count_pdf_pages(out) == 1
+    assert len(reader.outline) == 2
+    if len(title) < 100:
+        assert len(out) == len(data)  # in place: not one offset moved
+
+
+@pytest.mark.parametrize(
+    ("candidate", "expected"),
+    [("https://x.example/m?id=1", "Export"), ("about:blank", "Export"), ("menu?token=abc", "Export"),
+     ("Lunch: specials", "Lunch: specials"), ("  Spring\n menu ", "Spring menu"), ("", "Export")],
+)
+def test_safe_title(candidate: str, expected: str) -> None:
+    assert safe_title(candidate, "Export") == expected
+
+
+def _x_of(reader: pypdf.PdfReader, needle: str) -> float:
+    """Where on page 1 (points from the left) the first text containing ``needle`` starts."""
+    found: list[float] = []
+
+    def visit(text: str, cm: Any, tm: Any, _font: Any, _size: Any) -> None:
+        if needle in text and not found:
+            found.append(tm[4] * cm[0] + cm[4])
+
+    reader.pages[0].extract_text(visitor_text=visit)
+    assert found, f"{needle!r} not on page 1"
+    return found[0]
+
+
+@pytest.mark.parametrize("template", ["classic", "modern"])
+def test_rtl_menu_is_mirrored(child: ChildHandle, template: str) -> None:
+    """Arabic: the first dish's badges on the right half, its price at the left margin;
+    the French bistro the other way round."""
+    rtl = _pdf(child.render(make_job(MenuSource(menu=_sample("jasmine_rtl"), template=template), child.scratch)))  # type: ignore[arg-type]
+    width = float(rtl.pages[0].mediabox.width)
+    assert _x_of(rtl, "VG") > width / 2
+    assert _x_of(rtl, "\u0662\u0668\u066b\u0660\u0660") < width / 4  # 28.00 in Arabic-Indic digits
+    ltr = _pdf(child.render(make_job(MenuSource(menu=_sample("bistro"), template=template), child.scratch)))  # type: ignore[arg-type]
+    assert _x_of(ltr, "Salade") < width / 4
+    assert _x_of(ltr, "16,50") > width / 2

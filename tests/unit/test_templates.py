@@ -5,11 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import markupsafe
 import msgspec
 import pytest
 
-from render_child.templates import MENU_TEMPLATES, format_price, render_menu_html
+from render_child.templates import ABBREVIATED, LEGEND_WORDS, MENU_TEMPLATES, dietary_legend, render_menu_html
+from shared.locales import LocaleError, format_price, parse_locale
 from shared.menu import MenuDocument, MenuItem, MenuSection, Restaurant, Theme
+from shared.payload import PayloadError, parse_payload
 
 pytestmark = [pytest.mark.timeout(60)]
 
@@ -85,8 +88,8 @@ def test_print_css_and_content(template: str) -> None:
     assert "break-after: avoid" in html  # section headers are not orphaned
     assert "@page" in html
     assert "#123456" in html
-    assert "\u20ac9.50" in html
-    assert "Arial" in html  # the sans-serif theme font
+    assert "9,50\u00a0\u20ac" in html  # EUR without a locale: its home locale, de_DE
+    assert "Noto Sans" in html  # the sans-serif theme font
 
 
 def test_templates_look_different() -> None:
@@ -96,18 +99,110 @@ def test_templates_look_different() -> None:
         render_menu_html(menu, "fancy")
 
 
+NBSP = "\u00a0"
+RLM = "\u200f"
+
+
 @pytest.mark.parametrize(
-    ("price", "currency", "expected"),
+    ("price", "currency", "locale", "expected"),
     [
-        ("12", "USD", "$12.00"),
-        ("12.5", "EUR", "\u20ac12.50"),
-        ("1234.5", "GBP", "\u00a31,234.50"),
-        ("7.25", "JPY", "7.25 JPY"),
-        (None, "USD", ""),
+        ("500", "JPY", "en_US", "\u00a5500"),  # yen has no minor unit
+        ("500", "JPY", None, "\uffe5500"),  # ja_JP, JPY's home: CLDR's full-width yen sign
+        ("1250", "JPY", "ja_JP", "\uffe51,250"),
+        ("9.5", "EUR", "de_DE", f"9,50{NBSP}\u20ac"),
+        ("9.5", "EUR", "fr_FR", f"9,50{NBSP}\u20ac"),
+        ("1250", "EUR", None, f"1.250,00{NBSP}\u20ac"),  # de_DE, EUR's home
+        ("9.5", "EUR", "nl_NL", f"\u20ac{NBSP}9,50"),
+        ("9.5", "EUR", "en_IE", "\u20ac9.50"),
+        ("9.5", "USD", "en_US", "$9.50"),
+        ("9.5", "USD", None, "$9.50"),
+        ("9.5", "GBP", "en_GB", "\u00a39.50"),
+        ("1234.5", "GBP", None, "\u00a31,234.50"),
+        ("9.5", "CHF", "de_CH", f"CHF{NBSP}9.50"),
+        ("9.5", "CHF", "fr_CH", f"9,50{NBSP}CHF"),
+        ("1234567.5", "INR", "en_IN", "\u20b912,34,567.50"),  # lakh grouping
+        ("1234567.5", "INR", None, "\u20b912,34,567.50"),
+        ("9.5", "AED", "ar_AE", f"{RLM}9.50{NBSP}\u062f.\u0625.{RLM}"),  # Latin digits: CLDR's ar_AE default
+        ("9.5", "AED", "ar_AE@numbers=arab", f"{RLM}\u0669\u066b\u0665\u0660{NBSP}\u062f.\u0625.{RLM}"),
+        ("9.5", "AED", "en_AE", "AED9.50"),
+        ("12", "CAD", "fr_CA", f"12,00{NBSP}$"),
+        ("9.5", "XTS", "de_DE", f"9,50{NBSP}XTS"),  # a code CLDR has no symbol for prints as itself
+        (None, "USD", None, ""),
     ],
 )
-def test_format_price(price: str | None, currency: str, expected: str) -> None:
-    assert format_price(price, currency) == expected
+def test_format_price(price: str | None, currency: str, locale: str | None, expected: str) -> None:
+    assert format_price(price, currency, locale) == expected
+
+
+@pytest.mark.parametrize(
+    ("locale", "lang", "direction"),
+    [("ar_AE", "ar-AE", "rtl"), ("he_IL", "he-IL", "rtl"), ("fa-IR", "fa-IR", "rtl"), ("de_DE", "de-DE", "ltr"),
+     ("zh_Hant_TW", "zh-Hant-TW", "ltr"), ("ja", "ja", "ltr")],
+)
+def test_locale_direction(locale: str, lang: str, direction: str) -> None:
+    where = parse_locale(locale)
+    assert (where.html_lang, where.direction) == (lang, direction)
+
+
+@pytest.mark.parametrize(
+    ("locale", "words"),
+    [("xx_YY", "unknown"), ("de_DE@numbers=klingon", "numbering system"), ("German", "not a locale")],
+)
+def test_bad_locale_is_named(locale: str, words: str) -> None:
+    with pytest.raises(LocaleError, match=words):
+        parse_locale(locale)
+    menu = {"restaurant": {"name": "X"}, "sections": [{"title": "S"}], "locale": locale}
+    with pytest.raises(PayloadError, match="locale"):
+        parse_payload({"source": {"kind": "menu", "menu": menu}}, "pdf")
+
+
+@pytest.mark.parametrize("locale", ["ar_AE", "he_IL"])
+@pytest.mark.parametrize("template", MENU_TEMPLATES)
+def test_rtl_menu(template: str, locale: str) -> None:
+    menu = msgspec.structs.replace(evil_menu(), locale=locale)
+    html = render_menu_html(menu, template)
+    assert f'<html lang="{locale.replace("_", "-")}" dir="rtl">' in html
+    assert "inline-start" in html or "leader" in html  # logical CSS or a flex leader: both mirror under rtl
+
+
+def test_ltr_menu_and_title() -> None:
+    menu = msgspec.structs.replace(evil_menu(), locale="de_DE", name="Mittagskarte")
+    html = render_menu_html(menu, "classic")
+    assert '<html lang="de-DE" dir="ltr">' in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html.split("<title>")[1].split("</title>")[0]
+    assert menu.title.endswith(" \u2014 Mittagskarte")
+
+
+@pytest.mark.parametrize("template", MENU_TEMPLATES)
+def test_dietary_legend_when_badges_appear(template: str) -> None:
+    menu = evil_menu()  # vegan and spicy: VG needs explaining, Spicy does not
+    assert dietary_legend(menu).entries == [("VG", "vegan")]
+    html = render_menu_html(menu, template)
+    assert '<p class="legend" lang="en" dir="ltr">' in html and ">VG</span>vegan<" in html
+    plain = msgspec.structs.replace(menu, sections=[MenuSection(title="S", items=[MenuItem(name="Tea")])])
+    assert dietary_legend(plain).entries == []
+    assert 'class="legend"' not in render_menu_html(plain, template)
+
+
+@pytest.mark.parametrize(
+    ("locale", "lang", "direction", "vegan"),
+    [(None, "en", "ltr", "vegan"), ("fr_CA", "fr", "ltr", "végétalien"), ("de_DE", "de", "ltr", "vegan"),
+     ("ar_AE@numbers=arab", "ar", "rtl", "نباتي صرف"), ("he_IL", "he", "rtl", "טבעוני"),
+     ("fa_IR", "en", "ltr", "vegan"), ("ja_JP", "ja", "ltr", "ヴィーガン")],
+)
+def test_dietary_legend_speaks_the_menus_language(locale: str | None, lang: str, direction: str, vegan: str) -> None:
+    legend = dietary_legend(msgspec.structs.replace(evil_menu(), locale=locale))
+    assert (legend.lang, legend.direction, legend.entries) == (lang, direction, [("VG", vegan)])
+
+
+@pytest.mark.parametrize("template", MENU_TEMPLATES)
+def test_section_heading_css_matches_the_markup(template: str) -> None:
+    """The heading and description sit in div.section-lead; the CSS must select them there."""
+    html = render_menu_html(evil_menu(), template)
+    assert '<div class="section-lead">\n    <h2>' in html
+    assert ".section-lead > h2 {" in html
+    assert ".section-lead > .section-description {" in html
+    assert "section.menu-section > h2" not in html
 
 
 @pytest.mark.parametrize("sample", sorted(p.name for p in SAMPLES.glob("*.json")) or ["none"])
@@ -119,4 +214,15 @@ def test_samples_render(sample: str, template: str) -> None:
     html = render_menu_html(menu, template)
     for section in menu.sections:
         for item in section.items:
-            assert item.name.replace("'", "&#39;") in html
+            assert str(markupsafe.escape(item.name)) in html
+    # the showcase reads like a real menu; markup in text belongs to the escaping tests above
+    text = (SAMPLES / sample).read_text(encoding="utf-8")
+    assert "<" not in text and ">" not in text
+
+
+def test_every_legend_language_has_every_word() -> None:
+    assert "en" in LEGEND_WORDS
+    for lang, words in LEGEND_WORDS.items():
+        assert set(words) == set(ABBREVIATED), lang
+        assert all(w.strip() for w in words.values()), lang
+        parse_locale(lang)  # a language CLDR knows
