@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from render_child.netpolicy import LOCKDOWN_ARGS
+from shared.child_env import child_environ
 from shared.messages import (
     EX_BOOT_FAILED,
     EX_PARENT_GONE,
@@ -190,7 +191,9 @@ def _run(conn: multiprocessing.connection.Connection, options_bytes: bytes) -> i
             if options.executable_path:
                 launch["executable_path"] = options.executable_path
             home = chromium_home(options.scratch_dir, os.getpid())
-            launch["env"] = {**os.environ, "XDG_CONFIG_HOME": f"{home}/config", "XDG_CACHE_HOME": f"{home}/cache"}
+            # The allowlist again, whoever started this child: Chromium sees no secret.
+            env = child_environ(os.environ)
+            launch["env"] = {**env, "XDG_CONFIG_HOME": f"{home}/config", "XDG_CACHE_HOME": f"{home}/cache"}
             browser = manager.chromium.launch(**launch)
             renderer = Renderer(browser, channel.log)
             renderer.warm_up()

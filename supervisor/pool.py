@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from shared.child_env import CleanEnvProcess
 from shared.messages import (
     EX_BOOT_FAILED,
     EX_RECYCLE,
@@ -170,7 +171,8 @@ class RenderPool:
         self._generations[index] = generation
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         options = msgspec.structs.replace(self.config.options, child_index=index)
-        process = self._ctx.Process(
+        # Exec'd with the allowlisted environment only: no secret reaches a child (shared/child_env.py).
+        process = CleanEnvProcess(
             target=self.config.target,
             args=(child_conn, msgspec.msgpack.encode(options)),
             name=f"render-child-{index}",
