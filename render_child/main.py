@@ -153,6 +153,7 @@ def child_entry(conn: multiprocessing.connection.Connection, options_bytes: byte
     """The ``spawn`` target. Never returns: exits with one of the protocol's exit codes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_parent_death_signal()
+    os.umask(0o077)  # outputs, canaries and Chromium's profile: private to this user
     with contextlib.suppress(OSError):
         os.setpgrp()
     with contextlib.suppress(OSError):

