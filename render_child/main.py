@@ -66,8 +66,9 @@ def _set_parent_death_signal() -> None:
 #     is the full browser, whose first tab preloads the omnibox popup WebUI
 #     (chrome://omnibox-popup.top-chrome/) in a renderer of its own (~50 MB).
 #   NetworkServiceInProcess2: the network service in the browser process instead of a
-#     utility process of its own (~20 MB). It runs unsandboxed either way (--no-sandbox),
-#     and the lockdown switches (host resolver rules, dead proxy) apply unchanged.
+#     utility process of its own (~20 MB). The network service is unsandboxed either way
+#     (with --no-sandbox, or in the browser process), and the lockdown switches (host
+#     resolver rules, dead proxy) apply unchanged.
 _PLAYWRIGHT_DISABLED_FEATURES = (
     "AvoidUnnecessaryBeforeUnloadCheckSync", "DestroyProfileOnBrowserClose", "HttpsUpgrades",
     "HttpsFirstBalancedModeAutoEnable", "LensOverlay", "MediaRouter", "PaintHolding",
@@ -191,6 +192,9 @@ def _run(conn: multiprocessing.connection.Connection, options_bytes: bytes) -> i
             }
             if options.executable_path:
                 launch["executable_path"] = options.executable_path
+            # Playwright adds --no-sandbox itself unless told otherwise; the supervisor
+            # left it out of the args when the host allows the sandbox (supervisor/sandbox.py).
+            launch["chromium_sandbox"] = "--no-sandbox" not in options.chromium_args
             home = chromium_home(options.scratch_dir, os.getpid())
             # The allowlist again, whoever started this child: Chromium sees no secret.
             env = child_environ(os.environ)

@@ -23,6 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from psycopg_pool import AsyncConnectionPool
 
+from supervisor import sandbox
+
 DATABASE_TIMEOUT_SECONDS = 2.0
 
 
@@ -148,6 +150,15 @@ class CallbackHealthSources:
 # ---- the report ----------------------------------------------------------------
 
 
+def _with_sandbox(check: HealthCheck) -> HealthCheck:
+    """The puppeteer check with Chromium's sandbox mode in its details (once a pool detected it)."""
+    probe = sandbox.detected()
+    if probe is None:
+        return check
+    details = {**(check.details or {}), "chromium_sandbox": probe.mode.value, "chromium_sandbox_reason": probe.reason}
+    return HealthCheck(check.healthy, check.message, details)
+
+
 def _guard(name: str, fn: Callable[[], HealthCheck]) -> HealthCheck:
     try:
         result = fn()
@@ -169,7 +180,7 @@ async def health_report(sources: HealthSources) -> tuple[int, dict[str, Any]]:
     checks = {
         "database": database,
         "storage": _guard("Storage", sources.storage_health),
-        "puppeteer": _guard("Puppeteer", sources.render_pool),
+        "puppeteer": _with_sandbox(_guard("Puppeteer", sources.render_pool)),
         "memory": _guard("Memory", sources.memory),
     }
     healthy = all(c.healthy for c in checks.values())

@@ -46,6 +46,7 @@ from shared.messages import (
     chromium_home,
 )
 from supervisor.memory import kill_marked, kill_tree
+from supervisor.sandbox import chromium_args
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,9 @@ class PoolStats:
 class RenderPool:
     def __init__(self, config: PoolConfig, owner: PoolOwner, metrics: Any = None) -> None:
         self.config = config
+        # Chromium's own sandbox where the host allows it: detected once, logged once (supervisor/sandbox.py).
+        args = chromium_args(config.options.chromium_args)
+        config.options = msgspec.structs.replace(config.options, chromium_args=args)
         self.owner = owner
         self.metrics = metrics
         self.handles: list[ChildHandle] = []
