@@ -37,6 +37,7 @@ from shared.messages import (
     Stop,
     chromium_home,
 )
+from shared.vocabulary import ErrorCategory
 
 PR_SET_PDEATHSIG = 1
 EX_BROWSER_GONE = 1  # Chromium itself died: a crash, the supervisor replaces the child
@@ -228,7 +229,7 @@ def _run(conn: multiprocessing.connection.Connection, options_bytes: bytes) -> i
                 answer = renderer.render(msg, defer_reset=True)
             except PlaywrightError as exc:  # render() answers everything; this is the browser itself
                 answer = RenderFailed(
-                    job_id=msg.job_id, category="transient", message=f"browser error: {exc}", render_ms=0.0
+                    job_id=msg.job_id, category=ErrorCategory.TRANSIENT, message=f"browser error: {exc}", render_ms=0.0
                 )
             try:
                 channel.send(answer)

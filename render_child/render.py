@@ -51,13 +51,13 @@ def _classify(exc: BaseException) -> tuple[ErrorCategory, str]:
     if isinstance(exc, JobError):
         return exc.category, exc.message
     if isinstance(exc, PlaywrightTimeout):
-        return "transient", f"render timed out: {_first_line(exc)}"
+        return ErrorCategory.TRANSIENT, f"render timed out: {_first_line(exc)}"
     if isinstance(exc, PlaywrightError):
         text = _first_line(exc)
         if "crash" in text.lower():
-            return "transient", f"renderer crashed: {text}"
-        return "transient", f"browser error: {text}"
-    return "transient", f"{type(exc).__name__}: {exc}"
+            return ErrorCategory.TRANSIENT, f"renderer crashed: {text}"
+        return ErrorCategory.TRANSIENT, f"browser error: {text}"
+    return ErrorCategory.TRANSIENT, f"{type(exc).__name__}: {exc}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -208,9 +208,9 @@ class Renderer:
             source = job.payload.source
             js = isinstance(source, TestTemplateSource)
             if js and not job.allow_test_templates:
-                raise JobError("validation", "test templates are not allowed on this worker")
+                raise JobError(ErrorCategory.VALIDATION, "test templates are not allowed on this worker")
             if job.export_type not in ("pdf", "image"):
-                raise JobError("validation", f"unknown export_type {job.export_type!r}")
+                raise JobError(ErrorCategory.VALIDATION, f"unknown export_type {job.export_type!r}")
             slot = self._get_slot(js=js)
             self._load(slot, job)
             if job.export_type == "pdf":
@@ -221,7 +221,7 @@ class Renderer:
                 content_type = CONTENT_TYPES[job.payload.image.format]
             if len(data) > job.limits.max_output_bytes:
                 raise JobError(
-                    "validation",
+                    ErrorCategory.VALIDATION,
                     f"output is {len(data)} bytes, more than the limit of "
                     f"{job.limits.max_output_bytes} (MAX_OUTPUT_BYTES)",
                 )
@@ -240,14 +240,15 @@ class Renderer:
         except Exception as exc:
             category, message = _classify(exc)
             if slot is not None and slot.crashed and "crash" not in message:
-                category, message = "transient", f"renderer crashed: {message}"
+                category, message = ErrorCategory.TRANSIENT, f"renderer crashed: {message}"
             blocked: list[BlockedRequest] = list(self._fetcher.blocked) if self._fetcher else []
             if isinstance(exc, PlaywrightError) and slot is not None:
                 # a timed-out or crashed page may still be busy: never reuse it
                 self._discard(slot)
                 self.rebuilds += 1
             return RenderFailed(
-                job_id=job.job_id, category=category, message=message, render_ms=_ms(start), blocked=blocked
+                job_id=job.job_id, category=category, message=message, render_ms=_ms(start), blocked=blocked,
+                timed_out=isinstance(exc, PlaywrightTimeout),
             )
         finally:
             self._expect_main_navigation = False
@@ -282,26 +283,27 @@ class Renderer:
                 self._fetcher.check_url(source.url, main_document=True)
             except Blocked as exc:
                 self._fetcher.record(source.url, exc.reason)
-                raise JobError("permanent", f"URL host not allowed: {exc.reason}") from None
+                raise JobError(ErrorCategory.PERMANENT, f"URL host not allowed: {exc.reason}") from None
             self._expect_main_navigation = True
             try:
                 response = page.goto(source.url, wait_until="load", timeout=timeout)
             except PlaywrightError as exc:
                 for item in self._fetcher.blocked:
                     if item.url == source.url:
-                        raise JobError("permanent", f"URL not allowed: {item.reason}") from None
+                        raise JobError(ErrorCategory.PERMANENT, f"URL not allowed: {item.reason}") from None
                 if "ERR_FAILED" in str(exc):
-                    raise JobError("transient", f"could not fetch {source.url}: {_first_line(exc)}") from None
+                    raise JobError(
+                        ErrorCategory.TRANSIENT, f"could not fetch {source.url}: {_first_line(exc)}") from None
                 raise
             if response is not None and response.status >= 400:
-                category: ErrorCategory = "transient" if response.status >= 500 else "permanent"
+                category: ErrorCategory = ErrorCategory.TRANSIENT if response.status >= 500 else ErrorCategory.PERMANENT
                 raise JobError(category, f"{source.url} answered HTTP {response.status}")
         elif isinstance(source, TestTemplateSource):
             if source.name == "crash-renderer":
                 with contextlib.suppress(PlaywrightError):
                     page.goto("chrome://crash", timeout=5_000)
                 page.set_content("<p>after crash</p>", timeout=5_000)  # raises: the page crashed
-                raise JobError("transient", "renderer did not crash")
+                raise JobError(ErrorCategory.TRANSIENT, "renderer did not crash")
             page.set_content(TEST_TEMPLATES[source.name], wait_until="load", timeout=timeout)
         else:  # pragma: no cover - the union is closed
             raise JobError("validation", "unknown source kind")
@@ -319,7 +321,10 @@ class Renderer:
         pages = count_pdf_pages(data)
         if pages > job.limits.max_pages:
             limit = job.limits.max_pages
-            raise JobError("validation", f"PDF has {pages} pages, more than the limit of {limit} (MAX_PAGES)")
+            raise JobError(
+                ErrorCategory.VALIDATION,
+                f"PDF has {pages} pages, more than the limit of {limit} (MAX_PAGES)"
+            )
         return data, {"pages": pages}
 
     def _image(self, slot: _Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
@@ -342,7 +347,7 @@ class Renderer:
         pixels = width * height * dsf * dsf
         if pixels > job.limits.max_image_pixels:
             raise JobError(
-                "validation",
+                ErrorCategory.VALIDATION,
                 f"image would be {int(pixels)} pixels ({width}x{height} at scale {dsf}), more than the limit "
                 f"of {job.limits.max_image_pixels} (MAX_IMAGE_PIXELS)",
             )

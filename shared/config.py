@@ -29,7 +29,6 @@ def _doc(text: str, **limits: Any) -> msgspec.Meta:
     return msgspec.Meta(description=text, **limits)
 
 
-Ms = Annotated[int, _doc("milliseconds", ge=1, le=3_600_000)]
 LogLevel = Literal["debug", "info", "warn", "warning", "error"]
 
 
@@ -105,6 +104,7 @@ class MailSettings(_Section):
     smtp_password: Annotated[str, _doc("SMTP password (secret)")] = ""
     smtp_starttls: Annotated[bool, _doc("use STARTTLS")] = True
     mail_max_attempts: Annotated[int, _doc("sends tried per mail before it is given up", ge=1, le=100)] = 12
+    mail_lease_seconds: Annotated[int, _doc("a sender holds a claimed mail this long; if it dies, another worker sends it after", ge=5, le=3600)] = 120
 
 
 class LimitSettings(_Section):
@@ -123,6 +123,7 @@ class RetrySettings(_Section):
     retry_backoff_cap_ms: Annotated[int, _doc("no retry waits longer", ge=0, le=86_400_000)] = 300_000
     heartbeat_interval_seconds: Annotated[int, _doc("how often in-flight claims are refreshed", ge=1, le=300)] = 10
     stale_after_seconds: Annotated[int, _doc("a claim without heartbeat this long is rescued", ge=5, le=3600)] = 60
+    poison_kill_limit: Annotated[int, _doc("a job whose render was killed (time or memory) this often fails for good", ge=1, le=100)] = 2
 
 
 class RetentionSettings(_Section):

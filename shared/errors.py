@@ -1,16 +1,10 @@
-"""Error categories: what the queue does with a failed attempt.
-
-``transient`` and ``resource`` are retried with backoff until max_attempts;
-``permanent`` and ``validation`` fail the job at once.
-"""
+"""A failed attempt as an exception: its category decides retry or fail (see shared/vocabulary.py)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from shared.vocabulary import ErrorCategory
 
-ErrorCategory = Literal["transient", "permanent", "resource", "validation"]
-RETRYABLE: frozenset[str] = frozenset({"transient", "resource"})
-CATEGORIES: tuple[ErrorCategory, ...] = ("transient", "permanent", "resource", "validation")
+__all__ = ["ErrorCategory", "JobError"]
 
 
 class JobError(Exception):

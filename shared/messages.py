@@ -90,6 +90,7 @@ class RenderFailed(_Msg, tag="render_failed"):
     message: str
     render_ms: float
     blocked: list[BlockedRequest] = []
+    timed_out: bool = False  # the page hit its navigation or render timeout
 
 
 class Log(_Msg, tag="log"):
@@ -109,7 +110,6 @@ FROM_CHILD_DECODER = msgspec.msgpack.Decoder(FromChild)
 
 # Exit codes are a protocol (billiard's EX_RECYCLE): the supervisor reads them to
 # tell a planned retirement from a crash.
-EX_OK = 0
 EX_RECYCLE = 0x9B  # the child retired on request (Stop) or after its render budget
 EX_BOOT_FAILED = 0x9C  # Chromium could not be launched
 EX_PARENT_GONE = 0x9D  # the pipe closed: the supervisor is gone

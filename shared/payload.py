@@ -89,7 +89,6 @@ class RenderPayload(_Strict):
     filename: Annotated[str, msgspec.Meta(pattern=r"^[\w.\- ]{1,100}$")] | None = None
 
 
-ExportType = Literal["pdf", "image"]
 _encoder = msgspec.json.Encoder()
 
 

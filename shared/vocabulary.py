@@ -91,3 +91,19 @@ _CONTENT_TYPES: dict[OutputFormat, str] = {
     OutputFormat.JPEG: "image/jpeg",
     OutputFormat.WEBP: "image/webp",
 }
+
+
+class FailureReason(StrEnum):
+    """Why an attempt failed, as a code kept with the failure (``metadata.failure_reason``).
+
+    Mails and the console turn the code into plain words; nothing parses messages.
+    """
+
+    RENDER = "render"  # the page itself could not be rendered (the child said why)
+    INVALID_PAYLOAD = "invalid_payload"
+    TIMEOUT = "timeout"
+    MEMORY = "memory"
+    CONTAINER_MEMORY = "container_memory"
+    CHILD_CRASHED = "child_crashed"
+    STORAGE = "storage"
+    STALE = "stale"  # the claiming worker stopped heartbeating

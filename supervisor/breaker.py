@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Literal, TypeVar
 
+from shared.vocabulary import ErrorCategory
 from supervisor.storage import Storage, StorageError
 
 BreakerState = Literal["closed", "open", "half_open"]
@@ -158,7 +159,7 @@ class BreakerStorage:
         if not self.breaker.allow():
             wait = self.breaker.seconds_until_retry()
             err = StorageError(
-                "transient", f"storage circuit breaker is open; retry in {max(1, math.ceil(wait))}s"
+                ErrorCategory.TRANSIENT, f"storage circuit breaker is open; retry in {max(1, math.ceil(wait))}s"
             )
             err.breaker_open = True
             err.retry_after = wait

@@ -420,15 +420,20 @@ def cmd_rescue(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
     from supervisor.retention import run_retention
     from supervisor.storage import build_storage
+    from supervisor.sweep import sweep_temp
 
-    storage = build_storage(settings, Path(settings.data_dir).resolve())
+    data_dir = Path(settings.data_dir).resolve()
+    storage = build_storage(settings, data_dir)
 
     async def work(queue: Any) -> int:
         result = await run_retention(queue.pool, storage, settings.retention)
         if result.skipped:
             print("another worker is running retention right now; nothing done")
         else:
-            print(f"deleted {result.jobs_deleted} job(s) and {result.files_deleted} file(s)")
+            print(f"deleted {result.jobs_deleted} job(s), {result.files_deleted} file(s) "
+                  f"and {result.orphans_deleted} orphaned object(s)")
+        swept = sweep_temp(data_dir)
+        print(f"removed {swept} temp file(s) of dead workers")
         return 0
 
     code: int = _run_queue(settings, work)

@@ -64,6 +64,12 @@ class Metrics:
             buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
             registry=r,
         )
+        self.background_failures = Counter(
+            "export_background_failures_total",
+            "Background loops and tasks of the supervisor that raised (each is logged with its traceback)",
+            ["task"],
+            registry=r,
+        )
         # The pool.
         self.child_memory = Gauge(
             "export_child_memory_bytes", "PSS of each child's whole process tree", ["child"], registry=r
@@ -94,6 +100,16 @@ class Metrics:
         )
         self.storage_errors = Counter(
             "export_storage_errors_total", "Storage operations that failed", ["operation"], registry=r
+        )
+        self.orphans_deleted = Counter(
+            "export_orphan_objects_deleted_total",
+            "Stored objects of claims that lost or died, deleted by retention's sweep",
+            registry=r,
+        )
+        self.temp_files_swept = Counter(
+            "export_temp_files_swept_total",
+            "Upload temp files and scratch outputs of dead workers removed by the temp sweep",
+            registry=r,
         )
         self.mails_sent = Counter("export_mails_sent_total", "Mails sent from the outbox", ["kind"], registry=r)
         self.mail_errors = Counter(

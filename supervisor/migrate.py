@@ -74,7 +74,7 @@ def sync_queue_settings(conninfo: str, settings: Settings) -> None:
                    free_user_pending_limit = %s, subscriber_pending_limit = %s,
                    subscriber_priority = %s, free_user_priority = %s,
                    priority_aging_seconds = %s, max_attempts = %s, max_payload_bytes = %s,
-                   updated_at = now()
+                   poison_kill_limit = %s, updated_at = now()
                WHERE id""",
             (
                 limits.free_user_hourly_limit,
@@ -86,5 +86,6 @@ def sync_queue_settings(conninfo: str, settings: Settings) -> None:
                 limits.priority_aging_seconds,
                 settings.retry.max_attempts,
                 settings.render.max_input_bytes + 65_536,  # the source plus its options
+                settings.retry.poison_kill_limit,
             ),
         )

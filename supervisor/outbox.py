@@ -21,8 +21,6 @@ from supervisor.queries import query
 
 log = logging.getLogger(__name__)
 
-LEASE_SECONDS = 120
-
 
 class OutboxSender:
     def __init__(
@@ -41,7 +39,6 @@ class OutboxSender:
         self.storage = storage
         self.metrics = metrics
         self.wake = asyncio.Event()
-        self.last_error = ""
 
     async def run(self, idle_seconds: float = 5.0) -> None:
         while True:
@@ -62,7 +59,7 @@ class OutboxSender:
         async with self.pool.connection() as conn:
             cur = await conn.cursor(row_factory=dict_row).execute(
                 query("claim_mail"),
-                {"limit": limit, "worker_id": self.worker_id, "lease_seconds": LEASE_SECONDS},
+                {"limit": limit, "worker_id": self.worker_id, "lease_seconds": self.settings.mail.mail_lease_seconds},
             )
             rows = await cur.fetchall()
         for row in rows:
@@ -110,7 +107,6 @@ class OutboxSender:
         attempts = int(row["attempts"])
         give_up = give_up or attempts >= self.settings.mail.mail_max_attempts
         delay = min(3600, 5 * 2 ** (attempts - 1))
-        self.last_error = error
         if self.metrics is not None:
             self.metrics.mail_errors.labels(row["kind"]).inc()
         log.warning(

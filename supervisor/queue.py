@@ -14,7 +14,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -23,7 +23,8 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import RetrySettings
-from shared.errors import RETRYABLE, ErrorCategory
+from shared.errors import ErrorCategory
+from shared.vocabulary import ExportType, JobStatus
 from supervisor.queries import query
 
 
@@ -61,7 +62,7 @@ class Claim:
     attempt: int
     worker_id: str
     user_id: str
-    export_type: str
+    export_type: ExportType
     payload: dict[str, Any]
     max_attempts: int
     notify_email: str | None
@@ -78,8 +79,11 @@ class Claim:
 
 @dataclass(frozen=True)
 class Outcome:
-    status: Literal["pending", "failed"]
+    """What the retry rule made of a failed attempt: pending again (after retry_in_ms) or failed."""
+
+    status: JobStatus
     retry_in_ms: int = 0
+    child_kills: int = 0
 
 
 def full_jitter_backoff_ms(attempt: int, base_ms: int, cap_ms: int, rng: Callable[[], float]) -> int:
@@ -149,7 +153,7 @@ class JobQueue:
                 attempt=r["attempts"],
                 worker_id=self.worker_id,
                 user_id=str(r["user_id"]),
-                export_type=r["export_type"],
+                export_type=ExportType(r["export_type"]),
                 payload=r["payload"],
                 max_attempts=r["max_attempts"],
                 notify_email=r["notify_email"],
@@ -179,6 +183,32 @@ class JobQueue:
             )
             rows = await cur.fetchall()
         return {str(r[0]): bool(r[1]) for r in rows}
+
+    async def fence_uploads(self, uploads: Sequence[tuple[Claim, str]]) -> dict[str, bool]:
+        """The pre-upload fence: refresh claims and record the key each will write.
+
+        Returns {job_id: cancel_requested} for the claims still held; only those
+        (and only when not cancelled) may upload.
+        """
+        if not uploads:
+            return {}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                query("fence_uploads"),
+                {
+                    "ids": [c.job_id for c, _ in uploads],
+                    "attempts": [c.attempt for c, _ in uploads],
+                    "keys": [key for _, key in uploads],
+                    "worker_id": self.worker_id,
+                },
+            )
+            rows = await cur.fetchall()
+        return {str(r[0]): bool(r[1]) for r in rows}
+
+    async def forget_upload(self, claim: Claim, storage_key: str) -> None:
+        """A lost claim removed its own object; drop its upload entry too."""
+        async with self.pool.connection() as conn:
+            await conn.execute(query("forget_upload"), {"storage_key": storage_key, "id": claim.job_id})
 
     # ---- fenced outcomes -----------------------------------------------------
 
@@ -215,35 +245,33 @@ class JobQueue:
         message: str,
         metadata: dict[str, Any] | None = None,
         *,
+        child_killed: bool = False,
         retry_delay_ms: int | None = None,
     ) -> Outcome:
-        """Retry (transient, resource; attempts left) or fail for good (and queue the mail)."""
-        meta = Jsonb(metadata or {})
-        if category in RETRYABLE and not claim.last_attempt:
-            delay = (
-                retry_delay_ms
-                if retry_delay_ms is not None
-                else full_jitter_backoff_ms(
-                    claim.attempt, self.retry.retry_backoff_base_ms, self.retry.retry_backoff_cap_ms, self._rng
-                )
+        """Record a failed attempt; the database's one retry rule decides retry or final.
+
+        `child_killed`: the render was killed for time or memory (counts toward
+        POISON_KILL_LIMIT and sends the job behind newer work).
+        """
+        delay = (
+            retry_delay_ms
+            if retry_delay_ms is not None
+            else full_jitter_backoff_ms(
+                claim.attempt, self.retry.retry_backoff_base_ms, self.retry.retry_backoff_cap_ms, self._rng
             )
-            async with self.pool.connection() as conn:
-                cur = await conn.execute(
-                    query("retry_job"),
-                    claim.params()
-                    | {"delay_ms": delay, "message": message, "category": category, "metadata": meta},
-                )
-                if await cur.fetchone() is None:
-                    raise ClaimLost(claim, "retry")
-            return Outcome("pending", delay)
+        )
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                query("fail_job"),
-                claim.params() | {"message": message, "category": category, "metadata": meta},
+                query("settle_failure"),
+                claim.params()
+                | {"delay_ms": delay, "message": message, "category": str(category),
+                   "metadata": Jsonb(metadata or {}), "child_killed": child_killed},
             )
-            if await cur.fetchone() is None:
-                raise ClaimLost(claim, "fail")
-        return Outcome("failed")
+            row = await cur.fetchone()
+        if row is None:
+            raise ClaimLost(claim, "fail")
+        status = JobStatus(row[1])
+        return Outcome(status, int(row[3]) if status is JobStatus.PENDING else 0, child_kills=int(row[2]))
 
     async def defer(self, claim: Claim, delay_ms: int, message: str) -> int:
         """Back to pending without spending the attempt; returns the deferral count."""
@@ -335,13 +363,17 @@ class FenceCheck:
 
     def __init__(self, queue: JobQueue) -> None:
         self.queue = queue
-        self._waiting: list[tuple[Claim, asyncio.Future[bool | None]]] = []
+        self._waiting: list[tuple[Claim, str, asyncio.Future[bool | None]]] = []
         self._task: asyncio.Task[None] | None = None
 
-    async def check(self, claim: Claim) -> bool:
-        """True when a cancel was requested; raises ClaimLost when the claim is gone."""
+    async def check(self, claim: Claim, storage_key: str) -> bool:
+        """True when a cancel was requested; raises ClaimLost when the claim is gone.
+
+        When it returns False the claim still holds and `storage_key` is recorded
+        as this claim's upload (see fence_uploads).
+        """
         ticket: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((claim, ticket))
+        self._waiting.append((claim, storage_key, ticket))
         if self._task is None:
             self._task = asyncio.create_task(self._drain())
         state = await ticket
@@ -350,23 +382,23 @@ class FenceCheck:
         return state
 
     async def _drain(self) -> None:
-        batch: list[tuple[Claim, asyncio.Future[bool | None]]] = []
+        batch: list[tuple[Claim, str, asyncio.Future[bool | None]]] = []
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting, []
                 try:
-                    held = await self.queue.heartbeat([c for c, _ in batch])
+                    held = await self.queue.fence_uploads([(c, key) for c, key, _ in batch])
                 except Exception as exc:
-                    for _, ticket in batch:
+                    for _, _, ticket in batch:
                         if not ticket.done():
                             ticket.set_exception(exc)
                     continue
-                for claim, ticket in batch:
+                for claim, _, ticket in batch:
                     if not ticket.done():
                         ticket.set_result(held.get(claim.job_id))
         finally:  # cancelled (shutdown): nobody waits forever, nobody uploads unchecked
             self._task = None
-            for claim, ticket in [*batch, *self._waiting]:
+            for claim, _, ticket in [*batch, *self._waiting]:
                 if not ticket.done():
                     ticket.set_exception(ClaimLost(claim, "upload (fence check cancelled)"))
             self._waiting = []

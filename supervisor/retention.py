@@ -16,20 +16,31 @@ log = logging.getLogger(__name__)
 
 RETENTION_LOCK_KEY = 7_312_002
 BATCH = 500
+# An upload entry older than this belongs to a claim that lost or died: no claim
+# lives this long (JOB_TIMEOUT_SECONDS <= 120, STALE_AFTER_SECONDS <= 3600).
+ORPHAN_AFTER_SECONDS = 2 * 3600
 
 
 @dataclass
 class RetentionResult:
     jobs_deleted: int = 0
     files_deleted: int = 0
+    orphans_deleted: int = 0
     skipped: bool = False  # another worker holds the retention lock
 
 
-async def run_retention(pool: AsyncConnectionPool[Any], storage: Any, settings: RetentionSettings) -> RetentionResult:
+async def run_retention(
+    pool: AsyncConnectionPool[Any],
+    storage: Any,
+    settings: RetentionSettings,
+    *,
+    orphan_after_seconds: float = ORPHAN_AFTER_SECONDS,
+) -> RetentionResult:
     """Delete expired files, then expired jobs with theirs; a file is removed before its row.
 
     If a storage delete fails, the rows stay and the next run tries again: a row
-    never disappears while its file remains.
+    never disappears while its file remains. Last, objects that no completion took
+    (their claim lost or died) are deleted with their upload entries.
     """
     result = RetentionResult()
     async with pool.connection() as conn, conn.transaction():
@@ -63,6 +74,17 @@ async def run_retention(pool: AsyncConnectionPool[Any], storage: Any, settings: 
                 result.files_deleted += len(paths)
             await conn.execute(query("delete_jobs"), {"ids": [r[0] for r in rows]})
             result.jobs_deleted += len(rows)
-    if result.jobs_deleted or result.files_deleted:
-        log.info("retention done", extra={"jobs_deleted": result.jobs_deleted, "files_deleted": result.files_deleted})
+        while True:
+            cur = await conn.execute(
+                query("orphan_uploads"), {"older_than_seconds": orphan_after_seconds, "limit": BATCH}
+            )
+            keys = [r[0] for r in await cur.fetchall()]
+            if not keys:
+                break
+            await asyncio.to_thread(storage.delete, keys)
+            await conn.execute(query("forget_uploads"), {"keys": keys})
+            result.orphans_deleted += len(keys)
+    if result.jobs_deleted or result.files_deleted or result.orphans_deleted:
+        log.info("retention done", extra={"jobs_deleted": result.jobs_deleted, "files_deleted": result.files_deleted,
+                                          "orphans_deleted": result.orphans_deleted})
     return result

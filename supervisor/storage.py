@@ -13,6 +13,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 import httpx
 
 from shared.errors import ErrorCategory, JobError
+from shared.vocabulary import OutputFormat
 from supervisor.data_dir import PRIVATE_FILE_MODE, make_private_dir
 from supervisor.links import LinkSigner, load_or_create_secret
 
@@ -30,13 +32,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-EXTENSIONS: dict[str, str] = {
-    "application/pdf": "pdf",
-    "image/png": "png",
-    "image/jpeg": "jpg",
-    "image/jpg": "jpg",
-    "image/webp": "webp",
-}
+# Upload temp files live here, one folder per writing process ({host}-{pid}), so
+# the temp sweep can tell a dead writer's leftovers from a live one's.
+UPLOAD_TEMP_DIR = ".uploads"
 
 
 class StorageError(JobError):
@@ -67,24 +65,31 @@ class Storage(Protocol):
         """Raise StorageError if the store is unusable (bucket missing, root not writable)."""
 
 
-def object_path(user_id: str, job_id: str, export_type: str, content_type: str) -> str:
-    """The object key of a job's file: ``{user_id}/{job_id}.{ext}``; the same for every retry."""
-    ext = EXTENSIONS.get(content_type.split(";", 1)[0].strip().lower())
-    if ext is None:
-        ext = "pdf" if export_type == "pdf" else "png"
+def object_key(user_id: str, job_id: str, attempt: int, content_type: str) -> str:
+    """The object key one claim writes: ``{user_id}/{job_id}/{attempt}.{ext}``.
+
+    Every claim of a job has its own attempt number, so its own key: a worker that
+    lost its claim can never overwrite the object a later claim completed with.
+    """
+    fmt = OutputFormat.from_content_type(content_type.split(";", 1)[0].strip().lower())
     for label, value in (("user_id", user_id), ("job_id", job_id)):
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", value):
-            raise StorageError("validation", f"{label} {value!r} cannot be used in a storage path")
-    return f"{user_id}/{job_id}.{ext}"
+            raise StorageError(ErrorCategory.VALIDATION, f"{label} {value!r} cannot be used in a storage path")
+    return f"{user_id}/{job_id}/{int(attempt)}.{fmt.extension}"
+
+
+def writer_tag() -> str:
+    """``{host}-{pid}``: names this process's temp folders (see supervisor/sweep.py)."""
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 def validate_path(path: str) -> tuple[str, ...]:
     """Split a relative object path; refuse absolute paths, ``..``, ``.``, empty segments."""
     if not path or path.startswith(("/", "\\")) or "\\" in path or "\x00" in path:
-        raise StorageError("permanent", f"invalid storage path {path!r}: must be relative")
+        raise StorageError(ErrorCategory.PERMANENT, f"invalid storage path {path!r}: must be relative")
     parts = tuple(path.split("/"))
     if any(p in {"", ".", ".."} for p in parts) or re.match(r"^[A-Za-z]:", path):
-        raise StorageError("permanent", f"invalid storage path {path!r}: must not escape the store")
+        raise StorageError(ErrorCategory.PERMANENT, f"invalid storage path {path!r}: must not escape the store")
     return parts
 
 
@@ -111,6 +116,7 @@ class LocalStorage:
         self.links = links
         self.public_base_url = public_base_url.rstrip("/")
         self._clock = clock
+        self.temp_dir = self.root / UPLOAD_TEMP_DIR / writer_tag()
 
     def resolve(self, path: str) -> Path:
         """The file for an object path, refusing anything outside root."""
@@ -122,14 +128,15 @@ class LocalStorage:
         # Symlinks inside root must not lead out of it either.
         resolved = os.path.realpath(target)
         if resolved != root and not resolved.startswith(root.rstrip(os.sep) + os.sep):
-            raise StorageError("permanent", f"invalid storage path {path!r}: escapes the store")
+            raise StorageError(ErrorCategory.PERMANENT, f"invalid storage path {path!r}: escapes the store")
         return Path(target)
 
     def put(self, path: str, file: Path, content_type: str) -> None:
         target = self.resolve(path)
         try:
             make_private_dir(target.parent)
-            tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}.tmp"
+            make_private_dir(self.temp_dir)
+            tmp = self.temp_dir / f"{secrets.token_hex(6)}.tmp"
             try:
                 # Created 0600 (the rename keeps it): exports are users' documents.
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
@@ -143,10 +150,10 @@ class LocalStorage:
                     os.unlink(tmp)
         except FileNotFoundError as exc:
             if not Path(file).exists():
-                raise StorageError("permanent", f"local storage: input file {file} does not exist") from exc
-            raise StorageError("transient", f"local storage: cannot write {path}: {exc}") from exc
+                raise StorageError(ErrorCategory.PERMANENT, f"local storage: input file {file} does not exist") from exc
+            raise StorageError(ErrorCategory.TRANSIENT, f"local storage: cannot write {path}: {exc}") from exc
         except OSError as exc:
-            raise StorageError("transient", f"local storage: cannot write {path}: {exc}") from exc
+            raise StorageError(ErrorCategory.TRANSIENT, f"local storage: cannot write {path}: {exc}") from exc
 
     def signed_url(self, path: str, ttl_seconds: int) -> str:
         validate_path(path)
@@ -163,7 +170,7 @@ class LocalStorage:
             except IsADirectoryError:
                 continue
             except OSError as exc:
-                raise StorageError("transient", f"local storage: cannot delete {path}: {exc}") from exc
+                raise StorageError(ErrorCategory.TRANSIENT, f"local storage: cannot delete {path}: {exc}") from exc
             parent = target.parent
             if parent != self.root and parent.resolve() != self.root.resolve():
                 with contextlib.suppress(OSError):
@@ -176,7 +183,8 @@ class LocalStorage:
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:
-            raise StorageError("permanent", f"local storage root {self.root} is not writable: {exc}") from exc
+            raise StorageError(
+                ErrorCategory.PERMANENT, f"local storage root {self.root} is not writable: {exc}") from exc
 
 
 # ---- Supabase Storage ------------------------------------------------------
@@ -201,7 +209,7 @@ class SupabaseStorage:
             self._client = supabase.create_client(url, service_role_key, options)
         except Exception as exc:
             self._http.close()
-            raise StorageError("permanent", f"supabase storage: cannot create client: {exc}") from exc
+            raise StorageError(ErrorCategory.PERMANENT, f"supabase storage: cannot create client: {exc}") from exc
         self._storage: Any = self._client.storage
 
     def _bucket(self) -> Any:
@@ -218,7 +226,9 @@ class SupabaseStorage:
                 status = int(exc.status)
             except (TypeError, ValueError):
                 status = 500
-            category: ErrorCategory = "transient" if _is_transient_status(status) else "permanent"
+            category: ErrorCategory = (
+                ErrorCategory.TRANSIENT if _is_transient_status(status) else ErrorCategory.PERMANENT
+            )
             raise StorageError(
                 category,
                 f"supabase storage {operation} failed: {status} {exc.code}: {exc.message}",
@@ -226,24 +236,25 @@ class SupabaseStorage:
             ) from exc
         except httpx.TimeoutException as exc:
             raise StorageError(
-                "transient", f"supabase storage {operation} timed out after {self.timeout_seconds}s: {exc!r}"
+                ErrorCategory.TRANSIENT,
+                f"supabase storage {operation} timed out after {self.timeout_seconds}s: {exc!r}"
             ) from exc
         except httpx.TransportError as exc:
             raise StorageError(
-                "transient", f"supabase storage {operation}: connection error: {exc!r}"
+                ErrorCategory.TRANSIENT, f"supabase storage {operation}: connection error: {exc!r}"
             ) from exc
         except StorageException as exc:
-            raise StorageError("transient", f"supabase storage {operation}: {exc}") from exc
+            raise StorageError(ErrorCategory.TRANSIENT, f"supabase storage {operation}: {exc}") from exc
         except ValueError as exc:
             # pydantic's ValidationError (a malformed answer) is a ValueError too.
             raise StorageError(
-                "transient", f"supabase storage {operation}: unexpected answer: {exc}"
+                ErrorCategory.TRANSIENT, f"supabase storage {operation}: unexpected answer: {exc}"
             ) from exc
 
     def put(self, path: str, file: Path, content_type: str) -> None:
         validate_path(path)
         if not Path(file).is_file():
-            raise StorageError("permanent", f"supabase storage upload: input file {file} does not exist")
+            raise StorageError(ErrorCategory.PERMANENT, f"supabase storage upload: input file {file} does not exist")
         options = {"content-type": content_type, "upsert": "true", "cache-control": "3600"}
         self._run("upload", lambda: self._bucket().upload(path, Path(file), options))
 
@@ -252,7 +263,10 @@ class SupabaseStorage:
         result = self._run("sign", lambda: self._bucket().create_signed_url(path, int(ttl_seconds)))
         url = result.get("signedURL") or result.get("signedUrl")
         if not url:
-            raise StorageError("transient", f"supabase storage sign: no signed URL in the answer for {path}")
+            raise StorageError(
+                ErrorCategory.TRANSIENT,
+                f"supabase storage sign: no signed URL in the answer for {path}"
+            )
         return str(url)
 
     def delete(self, paths: list[str]) -> None:

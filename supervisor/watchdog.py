@@ -1,10 +1,11 @@
 """The watchdog thread: memory and deadlines, on time whatever the event loop does.
 
 It runs in its own thread so that no database, storage or mail call can delay
-it (invariant 3). Every tick it measures each child's whole tree (PSS), kills a
+it (DESIGN.md section 2, invariant 3). Every tick it measures each child's whole tree (PSS), kills a
 tree over the per-child limit or past its job deadline, reads the container's
-memory, and kills the largest child above the critical mark. It only kills and
-records the reason; the pool settles the job on the event loop.
+memory, and kills the largest child above the critical mark. It only kills, and
+posts (child, reason, detail) to the pool on the event loop; the pool records the
+reason and settles the job. It writes no field of a child but its memory reading.
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ from collections.abc import Callable
 
 import psutil
 
+from shared.vocabulary import KillReason
+from supervisor.children import ChildHandle, ChildState
 from supervisor.memory import ContainerMemory, container_memory, kill_tree, tree, tree_pss_bytes, tree_rss_bytes
 from supervisor.metrics import Metrics
-from supervisor.pool import ChildHandle, ChildState, RenderPool
+from supervisor.pool import RenderPool
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +53,15 @@ class Watchdog:
         self.container: ContainerMemory | None = None
         self.over_high_water = False
         self.over_critical = False
-        self.last_tick = 0.0
+        # Handles this thread killed, with why (id() keys; the pool reads them when it reaps,
+        # since the child's exit can reach the loop before the posted report does).
+        self._verdicts: dict[int, tuple[KillReason, str]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
+
+    def verdict_for(self, handle: ChildHandle) -> tuple[KillReason, str] | None:
+        """Why this thread killed `handle`, if it did."""
+        return self._verdicts.get(id(handle))
 
     def start(self) -> None:
         self._thread.start()
@@ -70,10 +79,13 @@ class Watchdog:
 
     def tick(self) -> None:
         now = time.monotonic()
-        self.last_tick = now
+        live = {id(h) for h in self.pool.handles}
+        for gone in [key for key in self._verdicts if key not in live]:
+            del self._verdicts[gone]
         sizes: list[tuple[int, ChildHandle]] = []
         for handle in list(self.pool.handles):
-            if handle.state is ChildState.DEAD or handle.kill_reason is not None or not handle.pid:
+            if (handle.state is ChildState.DEAD or handle.kill_reason is not None or not handle.pid
+                    or id(handle) in self._verdicts):
                 continue
             procs = tree(handle.pid)
             # PSS means reading every mapping of every process (smaps_rollup): measured at
@@ -87,27 +99,26 @@ class Watchdog:
             sizes.append((size, handle))
             assignment = handle.assignment
             if size > self.child_limit_bytes:
-                self._kill(handle, "memory", procs,
+                self._kill(handle, KillReason.MEMORY, procs,
                            f"tree PSS {size // 2**20} MiB over the limit of {self.child_limit_bytes // 2**20} MiB")
             elif assignment is not None and now > assignment.deadline:
-                self._kill(handle, "timeout", procs, "render passed its deadline")
+                self._kill(handle, KillReason.TIMEOUT, procs, "render passed its deadline")
         container = self.read_container()
         self.container = container
         self.over_high_water = container.ratio >= self.high_water_ratio
         self.over_critical = container.ratio >= self.critical_ratio
         if self.over_critical and sizes:
             _, largest = max(sizes, key=lambda pair: pair[0])
-            if largest.kill_reason is None:
-                self._kill(largest, "container_memory", tree(largest.pid),
+            if largest.kill_reason is None and id(largest) not in self._verdicts:
+                self._kill(largest, KillReason.CONTAINER_MEMORY, tree(largest.pid),
                            f"container memory at {container.ratio:.0%} of {container.limit_bytes // 2**20} MiB")
         if self.metrics is not None:
             for size, handle in sizes:
                 self.metrics.child_memory.labels(str(handle.index)).set(size)
             self.metrics.container_memory_ratio.set(container.ratio)
 
-    def _kill(self, handle: ChildHandle, reason: str, procs: list[psutil.Process], detail: str) -> None:
-        handle.kill_reason = reason
-        handle.kill_detail = detail
+    def _kill(self, handle: ChildHandle, reason: KillReason, procs: list[psutil.Process], detail: str) -> None:
+        self._verdicts[id(handle)] = (reason, detail)
         kill_tree(handle.pid, procs)
-        # Settling (retry or fail, replacement) happens on the event loop.
-        self.loop.call_soon_threadsafe(self.pool.on_watchdog_kill, handle, reason)
+        # Recording the reason and settling (retry or fail, replacement) happen on the event loop.
+        self.loop.call_soon_threadsafe(self.pool.on_watchdog_kill, handle, reason, detail)

@@ -13,7 +13,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings, load_settings
-from supervisor.db import open_pool
+from supervisor.database import open_pool
 from supervisor.migrate import migrate, sync_queue_settings
 from supervisor.queue import JobQueue
 

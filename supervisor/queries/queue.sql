@@ -41,7 +41,8 @@ UPDATE export_jobs AS j SET heartbeat_at = now()
 RETURNING j.id, j.cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- name: complete_job
--- Completed, and its mail queued, in one statement (atomic, one round trip).
+-- Completed, its mail queued and its object's upload entry closed, in one
+-- statement (atomic, one round trip). storage_path is this claim's own key.
 WITH done AS (
     UPDATE export_jobs
        SET status = 'completed', completed_at = now(), heartbeat_at = now(),
@@ -55,44 +56,77 @@ WITH done AS (
     INSERT INTO export_mail_outbox (job_id, kind, recipient)
     SELECT id, 'completed', recipient FROM done WHERE recipient IS NOT NULL
     ON CONFLICT (job_id, kind) DO NOTHING
+), uploaded AS (
+    DELETE FROM export_uploads AS u USING done
+     WHERE u.storage_key = %(storage_path)s AND u.job_id = done.id
 )
 SELECT id FROM done;
 
--- name: retry_job
--- Back to pending after a retryable error, not before %(delay_ms)s.
-UPDATE export_jobs
-   SET status = 'pending', worker_id = NULL, heartbeat_at = NULL,
-       available_at = now() + make_interval(secs => %(delay_ms)s / 1000.0),
-       error_message = %(message)s, error_category = %(category)s,
-       metadata = metadata || %(metadata)s,
-       error_history = (error_history || jsonb_build_array(jsonb_build_object(
-           'attempt', attempts, 'at', now(), 'worker_id', worker_id,
-           'category', %(category)s::text, 'message', left(%(message)s::text, 500))))
-           #- '{-11}'
- WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
-   AND status = 'processing'
-RETURNING id, available_at;
+-- name: fence_uploads
+-- The pre-upload fence: refresh each claim and, for those still held and not
+-- cancelled, record the object key it is about to write, in one statement.
+-- A claim missing from the result is lost and must upload nothing.
+WITH held AS (
+    UPDATE export_jobs AS j SET heartbeat_at = now()
+      FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(keys)s::text[]) AS f(id, attempts, storage_key)
+     WHERE j.id = f.id AND j.attempts = f.attempts
+       AND j.worker_id = %(worker_id)s AND j.status = 'processing'
+    RETURNING j.id, j.attempts, f.storage_key, j.cancel_requested_at IS NOT NULL AS cancel_requested
+), journal AS (
+    INSERT INTO export_uploads (storage_key, job_id, attempt, worker_id)
+    SELECT storage_key, id, attempts, %(worker_id)s FROM held WHERE NOT cancel_requested
+    ON CONFLICT (storage_key) DO NOTHING
+)
+SELECT id, cancel_requested FROM held;
 
--- name: fail_job
--- Failed for good, and its mail queued, in one statement.
-WITH done AS (
-    UPDATE export_jobs
-       SET status = 'failed', completed_at = now(),
-           error_message = %(message)s, error_category = %(category)s,
-           metadata = metadata || %(metadata)s,
-           error_history = (error_history || jsonb_build_array(jsonb_build_object(
-               'attempt', attempts, 'at', now(), 'worker_id', worker_id,
-               'category', %(category)s::text, 'message', left(%(message)s::text, 500))))
-               #- '{-11}'
+-- name: forget_upload
+-- A claim that lost deleted its own object: its entry goes too.
+DELETE FROM export_uploads WHERE storage_key = %(storage_key)s AND job_id = %(id)s;
+
+-- name: settle_failure
+-- A failed attempt: back to pending after %(delay_ms)s, or failed for good with
+-- its mail, in one statement. export_job_is_final is the one retry rule (the
+-- stale rescue uses it too). A render that killed its child (time or memory)
+-- counts toward POISON_KILL_LIMIT and goes back in line behind newer work.
+WITH claim AS (
+    SELECT id, attempts, max_attempts, priority,
+           child_kills + CASE WHEN %(child_killed)s THEN 1 ELSE 0 END AS kills
+      FROM export_jobs
      WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
        AND status = 'processing'
-    RETURNING id, export_job_recipient(user_id, notify_email) AS recipient
+       FOR UPDATE
+), decided AS (
+    SELECT claim.*, export_job_is_final(%(category)s, attempts, max_attempts, kills) AS final,
+           now() + make_interval(secs => %(delay_ms)s / 1000.0) AS retry_at
+      FROM claim
+), settled AS (
+    UPDATE export_jobs AS j
+       SET status = CASE WHEN d.final THEN 'failed' ELSE 'pending' END,
+           completed_at = CASE WHEN d.final THEN now() END,
+           worker_id = CASE WHEN d.final THEN j.worker_id END,
+           heartbeat_at = CASE WHEN d.final THEN j.heartbeat_at END,
+           available_at = CASE WHEN d.final THEN j.available_at ELSE d.retry_at END,
+           claim_order = CASE WHEN %(child_killed)s AND NOT d.final
+                              THEN export_job_requeue_order(d.retry_at, d.priority) ELSE j.claim_order END,
+           child_kills = d.kills,
+           error_message = %(message)s,
+           error_category = %(category)s,
+           metadata = j.metadata || %(metadata)s,
+           error_history = (j.error_history || jsonb_build_array(jsonb_build_object(
+               'attempt', j.attempts, 'at', now(), 'worker_id', j.worker_id,
+               'category', %(category)s::text, 'message', left(%(message)s::text, 500))))
+               #- '{-11}'
+      FROM decided AS d
+     WHERE j.id = d.id
+    RETURNING j.id, j.status, j.user_id, j.notify_email, d.kills, d.retry_at
 ), mail AS (
     INSERT INTO export_mail_outbox (job_id, kind, recipient)
-    SELECT id, 'failed', recipient FROM done WHERE recipient IS NOT NULL
+    SELECT id, 'failed', export_job_recipient(user_id, notify_email) FROM settled
+     WHERE status = 'failed' AND export_job_recipient(user_id, notify_email) IS NOT NULL
     ON CONFLICT (job_id, kind) DO NOTHING
 )
-SELECT id FROM done;
+SELECT id, status, kills, greatest(0, extract(epoch FROM retry_at - now()) * 1000)::int AS retry_in_ms
+  FROM settled;
 
 -- name: cancel_claimed_job
 -- The supervisor stopped the render of a job whose cancel was requested.
@@ -114,8 +148,8 @@ UPDATE export_jobs
 RETURNING id;
 
 -- name: rescue_stale
--- Claims whose heartbeat stopped go back to pending (or to failed when out of
--- attempts). The outer WHERE re-checks after the row lock, so a job completed
+-- Claims whose heartbeat stopped go back to pending (or to failed when
+-- export_job_is_final says so, as for any transient error). The outer WHERE re-checks after the row lock, so a job completed
 -- between the read and the write stays completed. Final failures get their mail.
 WITH stale AS (
     SELECT id FROM export_jobs
@@ -126,8 +160,10 @@ WITH stale AS (
      FOR UPDATE SKIP LOCKED
 ), rescued AS (
     UPDATE export_jobs AS j
-       SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'pending' END,
-           completed_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+       SET status = CASE WHEN export_job_is_final('transient', j.attempts, j.max_attempts, j.child_kills)
+                         THEN 'failed' ELSE 'pending' END,
+           completed_at = CASE WHEN export_job_is_final('transient', j.attempts, j.max_attempts, j.child_kills)
+                               THEN now() END,
            available_at = now(), heartbeat_at = NULL,
            error_category = 'transient',
            error_message = format('worker %%s stopped heartbeating during attempt %%s (last sign of life %%s)',
@@ -194,57 +230,6 @@ SELECT count(*) FILTER (WHERE status = 'pending')::int AS pending,
        coalesce(extract(epoch FROM now() - min(greatest(created_at, available_at))
                 FILTER (WHERE status = 'pending' AND available_at <= now())), 0)::float8 AS oldest_pending_seconds
   FROM export_jobs WHERE status IN ('pending', 'processing');
-
--- name: expired_jobs
--- Retention: jobs past their keep time, locked so one worker handles each.
--- A file already removed by files-only retention is not deleted (or counted) again.
-SELECT id, CASE WHEN file_deleted_at IS NULL THEN storage_path END AS storage_path FROM export_jobs
- WHERE (status = 'completed' AND created_at < now() - make_interval(days => %(completed_days)s))
-    OR (status IN ('failed', 'cancelled') AND created_at < now() - make_interval(days => %(failed_days)s))
- LIMIT %(limit)s
- FOR UPDATE SKIP LOCKED;
-
--- name: expired_files
-SELECT id, storage_path FROM export_jobs
- WHERE status = 'completed' AND storage_path IS NOT NULL AND file_deleted_at IS NULL
-   AND completed_at < now() - make_interval(days => %(files_days)s)
- LIMIT %(limit)s
- FOR UPDATE SKIP LOCKED;
-
--- name: mark_files_deleted
-UPDATE export_jobs SET file_deleted_at = now(), file_url = NULL
- WHERE id = ANY(%(ids)s::uuid[]);
-
--- name: delete_jobs
-DELETE FROM export_jobs WHERE id = ANY(%(ids)s::uuid[]);
-
--- name: claim_mail
--- The sender takes due mails for a while; another worker takes them only after
--- the lease ends (a crashed sender's mails are not lost).
-WITH due AS (
-    SELECT id FROM export_mail_outbox
-     WHERE sent_at IS NULL AND gave_up_at IS NULL AND available_at <= now()
-       AND (locked_until IS NULL OR locked_until < now())
-     ORDER BY available_at
-     LIMIT %(limit)s
-     FOR UPDATE SKIP LOCKED
-)
-UPDATE export_mail_outbox AS m
-   SET locked_by = %(worker_id)s, locked_until = now() + make_interval(secs => %(lease_seconds)s),
-       attempts = m.attempts + 1
-  FROM due WHERE m.id = due.id
-RETURNING m.id, m.job_id, m.kind, m.recipient, m.attempts;
-
--- name: mail_sent
-UPDATE export_mail_outbox SET sent_at = now(), locked_until = NULL, last_error = NULL
- WHERE id = %(id)s AND locked_by = %(worker_id)s;
-
--- name: mail_failed
-UPDATE export_mail_outbox
-   SET locked_until = NULL, last_error = left(%(error)s, 1000),
-       available_at = now() + make_interval(secs => %(delay_seconds)s),
-       gave_up_at = CASE WHEN %(give_up)s THEN now() END
- WHERE id = %(id)s AND locked_by = %(worker_id)s;
 
 -- name: defer_job
 -- Storage is down (breaker open): back to pending after the cooldown without

@@ -15,10 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from shared.chromium import chromium_binary
+
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / ".venv" / "bin" / "export-worker"
 
-requires_chromium = pytest.mark.skipif(not os.path.exists("/usr/bin/chromium"), reason="no Chromium binary")
+# `serve` finds Chromium from PUPPETEER_EXECUTABLE_PATH (empty: Playwright's own); so do the tests.
+_CHROMIUM = os.environ.get("PUPPETEER_EXECUTABLE_PATH", "/usr/bin/chromium")
+requires_chromium = pytest.mark.skipif(
+    chromium_binary(_CHROMIUM) is None, reason=f"no Chromium for PUPPETEER_EXECUTABLE_PATH={_CHROMIUM!r}"
+)
 
 # Settings from the developer's shell that would point `serve` at real services or change its policy.
 _DROPPED_ENV = frozenset({"EXPORT_WORKER_CONFIG", "SUPABASE_URL", "SENDGRID_API_KEY", "SMTP_HOST", "ALLOWED_URL_HOSTS"})

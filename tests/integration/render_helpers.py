@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from render_child.main import child_entry
+from shared.chromium import chromium_binary
 from shared.messages import (
     CHROMIUM_ARGS,
     FROM_CHILD_DECODER,
@@ -40,10 +41,11 @@ from shared.messages import (
 )
 from shared.payload import HtmlSource, ImageOptions, PdfOptions, RenderPayload, Source
 
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+# The product's own setting and lookup: Debian's Chromium, or Playwright's when the setting is empty.
+CHROMIUM = os.environ.get("PUPPETEER_EXECUTABLE_PATH", "/usr/bin/chromium")
 
 requires_chromium = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) or shutil.which("chromium")), reason="no Chromium binary"
+    chromium_binary(CHROMIUM) is None, reason=f"no Chromium for PUPPETEER_EXECUTABLE_PATH={CHROMIUM!r}"
 )
 
 

@@ -22,13 +22,13 @@ from psycopg.rows import dict_row
 
 from render_child.null_child import TINY_PDF, null_child_entry
 from shared.config import Settings
-from supervisor.db import open_pool
+from supervisor.database import open_pool
 from supervisor.links import LinkSigner, load_or_create_secret
 from supervisor.migrate import sync_queue_settings
 from supervisor.queue import ClaimLost, JobQueue
 from supervisor.retention import run_retention
 from supervisor.runner import Supervisor
-from supervisor.storage import SupabaseStorage, build_storage, object_path
+from supervisor.storage import SupabaseStorage, build_storage, object_key
 from tests.conftest import html_payload, make_settings
 
 try:
@@ -199,7 +199,7 @@ async def test_happy_path_supabase_and_sendgrid(
 
     rows = jobs(db_url, ids)
     for job_id, user in created:
-        path = f"{user}/{job_id}.pdf"
+        path = f"{user}/{job_id}/1.pdf"
         row = rows[job_id]
         assert row["storage_path"] == path
         assert row["attempts"] == 1
@@ -289,7 +289,8 @@ async def test_storage_outage_defers_without_spending_attempts(
 
     final = jobs(db_url, ids)
     for job_id, user in created:
-        path = f"{user}/{job_id}.pdf"
+        path = final[job_id]["storage_path"]
+        assert path.startswith(f"{user}/{job_id}/")
         assert final[job_id]["status"] == "completed"
         # Each deferral handed its attempt back: the allowance grew by as many claims.
         assert final[job_id]["max_attempts"] - final[job_id]["attempts"] == 2, final[job_id]
@@ -337,37 +338,38 @@ async def test_mail_outage_loses_nothing_and_sends_once(
     for job_id, user in created:
         mails = sendgrid_mails_for(sendgrid_fake, job_id)
         assert len(mails) == 1, f"{job_id}: {len(mails)} mails"
-        assert f"/object/sign/{BUCKET}/{user}/{job_id}.pdf?token=" in mail_text(mails[0])
+        assert f"/object/sign/{BUCKET}/{user}/{job_id}/1.pdf?token=" in mail_text(mails[0])
         (ob,) = outbox(db_url, job_id)
         assert ob["last_error"] is None and ob["sent_at"] is not None
     assert len(sendgrid_fake.messages) == len(ids)
 
 
-# ---- 4. a job whose completion was lost runs again: same object, one mail ------------------
+# ---- 4. a job whose completion was lost runs again: its own object, one mail -------------
 
 
-async def test_rerun_after_lost_completion_writes_same_object_and_mails_once(
+async def test_rerun_after_lost_completion_writes_its_own_object_and_mails_once(
     tmp_path: Path, db_url: str, storage_fake: FakeSupabaseStorage, sendgrid_fake: FakeSendGrid
 ) -> None:
     settings = settings_for(tmp_path, db_url, **remote_env(storage_fake, sendgrid_fake))
     ((job_id, user),) = create_jobs(db_url, 1)
-    path = object_path(user, job_id, "pdf", "application/pdf")
     out = tmp_path / "first.pdf"
     out.write_bytes(TINY_PDF)
 
-    # A first worker claims, renders and uploads; then its claim is rescued before it completes.
+    # A first worker claims, passes its fence check, uploads; then its claim is rescued before it completes.
     pool = await open_pool(db_url, settings, max_size=2)
     store = SupabaseStorage(storage_fake.url, KEY, BUCKET, timeout_seconds=5)
     try:
         first = JobQueue(pool, "lost-worker", settings.retry)
         (claim,) = await first.claim(1)
-        await asyncio.to_thread(store.put, path, out, "application/pdf")
-        url = await asyncio.to_thread(store.signed_url, path, 60)
+        lost_path = object_key(user, job_id, claim.attempt, "application/pdf")
+        assert await first.fence_uploads([(claim, lost_path)]) == {job_id: False}
+        await asyncio.to_thread(store.put, lost_path, out, "application/pdf")
+        url = await asyncio.to_thread(store.signed_url, lost_path, 60)
         sql(db_url, "UPDATE export_jobs SET heartbeat_at = now() - interval '10 minutes' WHERE id = %s", job_id)
         rescued = await JobQueue(pool, "rescuer", settings.retry).rescue_stale(60)
         assert rescued == [(job_id, "pending")]
         with pytest.raises(ClaimLost):
-            await first.complete(claim, storage_path=path, file_url=url, file_size_bytes=len(TINY_PDF),
+            await first.complete(claim, storage_path=lost_path, file_url=url, file_size_bytes=len(TINY_PDF),
                                  content_type="application/pdf", metadata={})
         assert outbox(db_url, job_id) == []
 
@@ -377,19 +379,25 @@ async def test_rerun_after_lost_completion_writes_same_object_and_mails_once(
             await asyncio.sleep(0.3)
 
         row = jobs(db_url, [job_id])[job_id]
-        assert row["attempts"] == 2 and row["storage_path"] == path
-        assert storage_fake.upload_counts[path] == 2  # uploaded twice, with upsert ...
-        assert [k for k in storage_fake.objects if k[1].startswith(f"{user}/")] == [(BUCKET, path)]  # ... one object
-        assert all(u.x_upsert == "true" for u in storage_fake.uploads)
+        won_path = object_key(user, job_id, 2, "application/pdf")
+        assert row["attempts"] == 2 and row["storage_path"] == won_path
+        # Each claim wrote its own object once; the lost one's never replaced the winner's.
+        assert storage_fake.upload_counts[lost_path] == 1 and storage_fake.upload_counts[won_path] == 1
         assert len(outbox(db_url, job_id)) == 1
         assert len(sendgrid_mails_for(sendgrid_fake, job_id)) == 1
 
         # The lost worker's late completion still changes nothing.
         with pytest.raises(ClaimLost):
-            await first.complete(claim, storage_path=path, file_url=url, file_size_bytes=1,
+            await first.complete(claim, storage_path=lost_path, file_url=url, file_size_bytes=1,
                                  content_type="application/pdf", metadata={})
         assert jobs(db_url, [job_id])[job_id]["file_size_bytes"] == len(TINY_PDF)
         assert len(outbox(db_url, job_id)) == 1
+
+        # Retention's orphan sweep removes the lost claim's object and keeps the winner's.
+        result = await run_retention(pool, store, settings.retention, orphan_after_seconds=0)
+        assert result.orphans_deleted == 1
+        assert [k for k in storage_fake.objects if k[1].startswith(f"{user}/")] == [(BUCKET, won_path)]
+        assert sql(db_url, "SELECT storage_key FROM export_uploads") == []
     finally:
         store.close()
         await pool.close()
@@ -422,7 +430,7 @@ async def test_retention_removes_local_file_with_row(tmp_path: Path, db_url: str
     async with running(settings, db_url):
         await until(all_status(db_url, [job_id], "completed"), what="completed")
     data_dir = Path(settings.data_dir).resolve()
-    file = data_dir / "files" / user / f"{job_id}.pdf"
+    file = data_dir / "files" / user / job_id / "1.pdf"
     assert file.read_bytes() == TINY_PDF
 
     sql(db_url, "UPDATE export_jobs SET created_at = now() - interval '31 days', "
@@ -443,7 +451,7 @@ async def test_retention_removes_supabase_object_with_row(
 ) -> None:
     settings = settings_for(tmp_path, db_url, **remote_env(storage_fake, None))
     ((job_id, user),) = create_jobs(db_url, 1)
-    path = f"{user}/{job_id}.pdf"
+    path = f"{user}/{job_id}/1.pdf"
     async with running(settings, db_url):
         await until(all_status(db_url, [job_id], "completed"), what="completed")
     assert (BUCKET, path) in storage_fake.objects
@@ -513,7 +521,7 @@ async def test_embedded_defaults_file_and_eml(tmp_path: Path, db_url: str) -> No
         await until(all_status(db_url, [job_id], "completed"), what="completed")
         await until(eml.exists, what="eml written")
 
-    path = f"{user}/{job_id}.pdf"
+    path = f"{user}/{job_id}/1.pdf"
     assert (data_dir / "files" / path).read_bytes() == TINY_PDF
     row = jobs(db_url, [job_id])[job_id]
     signer = LinkSigner(load_or_create_secret(settings.storage.link_secret, data_dir))
@@ -564,7 +572,7 @@ async def test_final_failure_mails_once_in_plain_words(tmp_path: Path, db_url: s
 async def test_endless_storage_outage_ends_in_one_failure_mail(
     tmp_path: Path, db_url: str, storage_fake: FakeSupabaseStorage
 ) -> None:
-    from supervisor.runner import MAX_STORAGE_DEFERRALS
+    from supervisor.settle import MAX_STORAGE_DEFERRALS
 
     settings = settings_for(tmp_path, db_url, **remote_env(storage_fake, None))
     storage_fake.fail(503)
@@ -612,7 +620,7 @@ async def test_retention_keeps_row_while_its_file_cannot_be_deleted(
 
     settings = settings_for(tmp_path, db_url, **remote_env(storage_fake, None))
     ((job_id, user),) = create_jobs(db_url, 1)
-    path = f"{user}/{job_id}.pdf"
+    path = f"{user}/{job_id}/1.pdf"
     async with running(settings, db_url):
         await until(all_status(db_url, [job_id], "completed"), what="completed")
     sql(db_url, "UPDATE export_jobs SET created_at = now() - interval '31 days' WHERE id = %s", job_id)

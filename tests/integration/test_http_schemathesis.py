@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402  (installed wi
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
 from shared.config import ApiSettings  # noqa: E402
-from supervisor.db import open_pool  # noqa: E402
+from supervisor.database import open_pool  # noqa: E402
 from supervisor.health import CallbackHealthSources  # noqa: E402
 from supervisor.http_app import AppState, HttpServer, build_app, make_server  # noqa: E402
 from supervisor.links import LinkSigner  # noqa: E402

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from supervisor.db import open_pool
+from supervisor.database import open_pool
 from supervisor.queue import Claim, JobQueue
 from tests.conftest import html_payload, make_settings
 

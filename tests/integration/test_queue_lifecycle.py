@@ -430,8 +430,13 @@ async def test_fence_check_batches_and_tells_held_cancelled_and_lost_apart(queue
     await queue.rescue_stale(60)
     fence = FenceCheck(queue)
     results = await asyncio.gather(
-        *(fence.check(claims[j]) for j in (held_id, cancel_id, lost_id)), return_exceptions=True
+        *(fence.check(claims[j], f"u/{j}/{claims[j].attempt}.pdf") for j in (held_id, cancel_id, lost_id)),
+        return_exceptions=True,
     )
     assert results[0] is False
     assert results[1] is True
     assert isinstance(results[2], ClaimLost)
+    # Only the claim that may upload has its key recorded for the orphan sweep.
+    with psycopg.connect(db_url) as conn:
+        keys = [r[0] for r in conn.execute("SELECT storage_key FROM export_uploads")]
+    assert keys == [f"u/{held_id}/{claims[held_id].attempt}.pdf"]

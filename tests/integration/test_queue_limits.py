@@ -13,7 +13,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
-from supervisor.db import open_pool
+from supervisor.database import open_pool
 from supervisor.migrate import sync_queue_settings
 from supervisor.queue import InvalidJob, JobQueue, LimitExceeded
 from tests.conftest import html_payload, make_settings

@@ -12,7 +12,7 @@ import pytest
 from shared.config import Settings, StorageSettings
 from supervisor.breaker import BreakerStorage, CircuitBreaker
 from supervisor.links import LinkSigner, load_or_create_secret
-from supervisor.storage import LocalStorage, Storage, StorageError, build_storage, object_path
+from supervisor.storage import LocalStorage, Storage, StorageError, build_storage, object_key
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -51,13 +51,14 @@ def test_local_storage_satisfies_the_protocol(store: LocalStorage) -> None:
 
 
 def test_put_writes_atomically_and_overwrites(store: LocalStorage, tmp_path: Path) -> None:
-    path = object_path(USER, JOB, "pdf", "application/pdf")
+    path = object_key(USER, JOB, 1, "application/pdf")
     store.put(path, _src(tmp_path, b"one"), "application/pdf")
-    target = tmp_path / "files" / USER / f"{JOB}.pdf"
+    target = tmp_path / "files" / USER / JOB / "1.pdf"
     assert target.read_bytes() == b"one"
     store.put(path, _src(tmp_path, b"two"), "application/pdf")
     assert target.read_bytes() == b"two"
-    assert sorted(p.name for p in target.parent.iterdir()) == [f"{JOB}.pdf"]  # no temp files left
+    assert sorted(p.name for p in target.parent.iterdir()) == ["1.pdf"]
+    assert list(store.temp_dir.iterdir()) == []  # no temp files left
 
 
 def test_put_missing_input_is_permanent(store: LocalStorage, tmp_path: Path) -> None:
@@ -67,12 +68,12 @@ def test_put_missing_input_is_permanent(store: LocalStorage, tmp_path: Path) -> 
 
 
 def test_signed_url_verifies(store: LocalStorage, tmp_path: Path, clock: Clock) -> None:
-    path = object_path(USER, JOB, "pdf", "application/pdf")
+    path = object_key(USER, JOB, 1, "application/pdf")
     store.put(path, _src(tmp_path), "application/pdf")
     url = store.signed_url(path, 3600)
     parsed = urllib.parse.urlsplit(url)
     assert f"{parsed.scheme}://{parsed.netloc}" == "http://worker.test:3000"
-    assert parsed.path == f"/files/{USER}/{JOB}.pdf"
+    assert parsed.path == f"/files/{USER}/{JOB}/1.pdf"
     q = dict(urllib.parse.parse_qsl(parsed.query))
     assert int(q["expires"]) == int(clock.now) + 3600
     served = urllib.parse.unquote(parsed.path.removeprefix("/files/"))
@@ -118,7 +119,7 @@ def test_symlink_out_of_root_refused(store: LocalStorage, tmp_path: Path) -> Non
 
 
 def test_delete_missing_is_fine(store: LocalStorage, tmp_path: Path) -> None:
-    path = object_path(USER, JOB, "pdf", "application/pdf")
+    path = object_key(USER, JOB, 1, "application/pdf")
     store.put(path, _src(tmp_path), "application/pdf")
     store.delete([path, f"{USER}/missing.pdf", "nobody/missing.pdf"])
     assert not (tmp_path / "files" / path).exists()

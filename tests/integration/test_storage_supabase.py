@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from supervisor.breaker import BreakerStorage, CircuitBreaker
-from supervisor.storage import StorageError, SupabaseStorage, build_storage, object_path
+from supervisor.storage import StorageError, SupabaseStorage, build_storage, object_key
 
 try:
     from tests.fakes.supabase_storage import FakeSupabaseStorage
@@ -49,25 +49,26 @@ def pdf_file(tmp_path: Path) -> Path:
     return p
 
 
-def test_object_path_is_a_function_of_the_job() -> None:
-    assert object_path(USER, JOB, "pdf", "application/pdf") == f"{USER}/{JOB}.pdf"
-    assert object_path(USER, JOB, "image", "image/png") == f"{USER}/{JOB}.png"
-    assert object_path(USER, JOB, "image", "image/jpeg") == f"{USER}/{JOB}.jpg"
-    assert object_path(USER, JOB, "image", "image/webp") == f"{USER}/{JOB}.webp"
-    assert object_path(USER, JOB, "pdf", "application/pdf") == object_path(
-        USER, JOB, "pdf", "application/pdf"
-    )
+def test_object_key_is_a_function_of_the_claim() -> None:
+    assert object_key(USER, JOB, 1, "application/pdf") == f"{USER}/{JOB}/1.pdf"
+    assert object_key(USER, JOB, 2, "image/png") == f"{USER}/{JOB}/2.png"
+    assert object_key(USER, JOB, 1, "image/jpeg") == f"{USER}/{JOB}/1.jpg"
+    assert object_key(USER, JOB, 3, "image/webp") == f"{USER}/{JOB}/3.webp"
+    # Another claim of the same job never writes the same object.
+    assert object_key(USER, JOB, 1, "application/pdf") != object_key(USER, JOB, 2, "application/pdf")
     with pytest.raises(StorageError):
-        object_path("../etc", JOB, "pdf", "application/pdf")
+        object_key("../etc", JOB, 1, "application/pdf")
+    with pytest.raises(ValueError, match="unknown content type"):
+        object_key(USER, JOB, 1, "text/html")
 
 
 def test_upload_sends_path_headers_and_body(
     fake: FakeSupabaseStorage, store: SupabaseStorage, pdf_file: Path
 ) -> None:
-    path = object_path(USER, JOB, "pdf", "application/pdf")
+    path = object_key(USER, JOB, 1, "application/pdf")
     store.put(path, pdf_file, "application/pdf")
 
-    assert fake.requests == [("POST", f"/storage/v1/object/export-files/{USER}/{JOB}.pdf")]
+    assert fake.requests == [("POST", f"/storage/v1/object/export-files/{USER}/{JOB}/1.pdf")]
     up = fake.uploads[0]
     assert up.headers["authorization"] == f"Bearer {KEY}"
     assert up.headers["apikey"] == KEY
@@ -81,7 +82,7 @@ def test_upload_sends_path_headers_and_body(
 def test_upload_is_idempotent_upsert(
     fake: FakeSupabaseStorage, store: SupabaseStorage, pdf_file: Path
 ) -> None:
-    path = object_path(USER, JOB, "pdf", "application/pdf")
+    path = object_key(USER, JOB, 1, "application/pdf")
     store.put(path, pdf_file, "application/pdf")
     pdf_file.write_bytes(PDF + b"retried")
     store.put(path, pdf_file, "application/pdf")  # a retried job writes the same object
@@ -91,10 +92,10 @@ def test_upload_is_idempotent_upsert(
 
 
 def test_signed_url(fake: FakeSupabaseStorage, store: SupabaseStorage, pdf_file: Path) -> None:
-    path = object_path(USER, JOB, "pdf", "application/pdf")
+    path = object_key(USER, JOB, 1, "application/pdf")
     store.put(path, pdf_file, "application/pdf")
     url = store.signed_url(path, 3600)
-    assert url.startswith(f"{fake.url}/storage/v1/object/sign/export-files/{USER}/{JOB}.pdf?token=")
+    assert url.startswith(f"{fake.url}/storage/v1/object/sign/export-files/{USER}/{JOB}/1.pdf?token=")
     assert fake.sign_requests[0]["expiresIn"] == "3600"
     assert ("POST", f"/storage/v1/object/sign/export-files/{path}") in fake.requests
 
@@ -107,7 +108,7 @@ def test_sign_missing_object_is_permanent(store: SupabaseStorage) -> None:
 
 
 def test_remove(fake: FakeSupabaseStorage, store: SupabaseStorage, pdf_file: Path) -> None:
-    path = object_path(USER, JOB, "pdf", "application/pdf")
+    path = object_key(USER, JOB, 1, "application/pdf")
     store.put(path, pdf_file, "application/pdf")
     store.delete([path, f"{USER}/missing.pdf"])  # missing objects are fine
     assert fake.requests[-1] == ("DELETE", "/storage/v1/object/export-files")
@@ -211,7 +212,7 @@ def test_breaker_opens_rejects_probes_and_closes(
     clock = Clock()
     breaker = CircuitBreaker(failure_threshold=3, cooldown_seconds=30, clock=clock)
     guarded = BreakerStorage(store, breaker)
-    path = object_path(USER, JOB, "pdf", "application/pdf")
+    path = object_key(USER, JOB, 1, "application/pdf")
     url_path = f"/storage/v1/object/export-files/{path}"
 
     fake.fail(503)

@@ -21,6 +21,7 @@ import psutil
 import pytest
 from conftest import html_payload, make_settings
 
+from shared.chromium import chromium_binary
 from shared.messages import chromium_home
 from supervisor import memory
 from supervisor.queue import JobQueue
@@ -29,9 +30,9 @@ from supervisor.runner import Supervisor
 pytestmark = [pytest.mark.timeout(90), pytest.mark.chromium]
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
-if not os.path.exists(CHROMIUM):  # pragma: no cover
-    pytestmark.append(pytest.mark.skip(reason="no Chromium binary"))
+CHROMIUM = os.environ.get("PUPPETEER_EXECUTABLE_PATH", "/usr/bin/chromium")  # the product's setting
+if chromium_binary(CHROMIUM) is None:  # pragma: no cover - the product could not render either
+    pytestmark.append(pytest.mark.skip(reason=f"no Chromium for PUPPETEER_EXECUTABLE_PATH={CHROMIUM!r}"))
 
 BASE_ENV = {
     "MAX_CONCURRENT_RENDERS": "2",
@@ -301,7 +302,10 @@ async def test_hung_page_fails_at_job_timeout_and_pool_recovers(start_supervisor
     elapsed = time.monotonic() - t0
     assert row["status"] == "failed", row
     assert "JOB_TIMEOUT_SECONDS" in row["error_message"], row["error_message"]
-    assert row["error_category"] == "transient"
+    # A render past its deadline is a poison strike: resource, with its reason code kept.
+    assert row["error_category"] == "resource"
+    assert row["metadata"]["failure_reason"] == "timeout"
+    assert row["child_kills"] == 1
     assert 2.5 <= elapsed < 10, elapsed
 
     next_id = await create(sup.queue, html_payload())
@@ -413,7 +417,7 @@ async def test_container_high_water_stops_claiming_until_memory_falls(start_supe
         row = await sup.queue.get_job(job_id)
         assert row is not None and row["status"] == "pending" and row["attempts"] == 0, row
         await asyncio.sleep(0.1)
-    assert sup.memory().healthy, "high water is not critical: the worker stays healthy"
+    assert sup.health.memory().healthy, "high water is not critical: the worker stays healthy"
     sup.watchdog.read_container = container(0.40)
     assert (await wait_for_status(sup.queue, job_id, {"completed", "failed"}, 30))["status"] == "completed"
     assert sup.pool.stats.kills == {}
@@ -477,7 +481,7 @@ async def test_missing_chromium_brakes_the_pool_and_claims_nothing(start_supervi
     )
     sup: Supervisor = run.sup
     job_id = await create(sup.queue, html_payload())
-    await wait_until(lambda: sup.pool.braked, 30, "the restart-storm brake")
+    await wait_until(lambda: sup.pool.brake.engaged, 30, "the restart-storm brake")
 
     def spawned() -> int:
         return sum(sup.pool._generations.values())
@@ -494,7 +498,7 @@ async def test_missing_chromium_brakes_the_pool_and_claims_nothing(start_supervi
     ok, message = sup.pool.describe()
     assert not ok
     assert "keep failing to start" in message
-    health = sup.render_pool()
+    health = sup.health.render_pool()
     assert not health.healthy
 
 

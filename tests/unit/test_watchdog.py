@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -10,9 +11,10 @@ from typing import Any
 
 import pytest
 
+from shared.messages import FROM_CHILD_DECODER, FROM_CHILD_ENCODER, Log
 from supervisor import watchdog as watchdog_module
+from supervisor.children import ChildState, relay_log
 from supervisor.memory import ContainerMemory
-from supervisor.pool import ChildState
 from supervisor.watchdog import Watchdog
 
 pytestmark = pytest.mark.timeout(30)
@@ -77,3 +79,17 @@ def test_near_the_limit_pss_is_read_every_tick(monkeypatch: pytest.MonkeyPatch, 
         dog.tick()
     assert len(calls) == 3
     assert killed == ["memory"] * 3
+
+
+@pytest.mark.parametrize(("level", "expected"), [("warning", logging.WARNING), ("warn", logging.WARNING),
+                                                 ("error", logging.ERROR), ("debug", logging.DEBUG),
+                                                 ("info", logging.INFO), ("nonsense", logging.INFO)])
+def test_a_childs_log_line_keeps_its_level(level: str, expected: int, caplog: pytest.LogCaptureFixture) -> None:
+    """The child says "warning" (Python's name); it must come out as a WARNING, not INFO."""
+    message = FROM_CHILD_DECODER.decode(FROM_CHILD_ENCODER.encode(Log(level=level, message="disk low", job_id="j1")))
+    assert isinstance(message, Log)
+    with caplog.at_level(logging.DEBUG, logger="supervisor.children"):
+        relay_log(SimpleNamespace(name="child-0.1"), message)  # type: ignore[arg-type]
+    (record,) = [r for r in caplog.records if r.getMessage() == "disk low"]
+    assert record.levelno == expected
+    assert record.job_id == "j1"  # type: ignore[attr-defined]

@@ -1,0 +1,31 @@
+"""Which Chromium the render children launch: the configured binary, or Playwright's own.
+
+PUPPETEER_EXECUTABLE_PATH names a binary (Debian's /usr/bin/chromium by default);
+empty means the browser `playwright install chromium` downloaded. The tests ask
+the same question, so no test is skipped where the product would run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Where `playwright install` puts browsers: full Chromium, and the headless shell
+# newer Playwright versions launch for headless mode.
+_PLAYWRIGHT_GLOBS = ("chromium_headless_shell-*/chrome-linux*/headless_shell", "chromium-*/chrome-linux*/chrome")
+
+
+def chromium_binary(executable_path: str) -> str | None:
+    """The binary a child will launch for this setting, or None when there is none."""
+    if executable_path:
+        return executable_path if os.access(executable_path, os.X_OK) else None
+    return playwright_chromium()
+
+
+def playwright_chromium() -> str | None:
+    root = Path(os.environ.get("PLAYWRIGHT_BROWSERS_PATH") or Path.home() / ".cache" / "ms-playwright")
+    for pattern in _PLAYWRIGHT_GLOBS:
+        found = sorted(root.glob(pattern))
+        if found:
+            return str(found[-1])
+    return None

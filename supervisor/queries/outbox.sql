@@ -1,0 +1,29 @@
+-- Named queries of the mail outbox (supervisor/outbox.py): leases, sent, retried.
+
+-- name: claim_mail
+-- The sender takes due mails for a while; another worker takes them only after
+-- the lease ends (a crashed sender's mails are not lost).
+WITH due AS (
+    SELECT id FROM export_mail_outbox
+     WHERE sent_at IS NULL AND gave_up_at IS NULL AND available_at <= now()
+       AND (locked_until IS NULL OR locked_until < now())
+     ORDER BY available_at
+     LIMIT %(limit)s
+     FOR UPDATE SKIP LOCKED
+)
+UPDATE export_mail_outbox AS m
+   SET locked_by = %(worker_id)s, locked_until = now() + make_interval(secs => %(lease_seconds)s),
+       attempts = m.attempts + 1
+  FROM due WHERE m.id = due.id
+RETURNING m.id, m.job_id, m.kind, m.recipient, m.attempts;
+
+-- name: mail_sent
+UPDATE export_mail_outbox SET sent_at = now(), locked_until = NULL, last_error = NULL
+ WHERE id = %(id)s AND locked_by = %(worker_id)s;
+
+-- name: mail_failed
+UPDATE export_mail_outbox
+   SET locked_until = NULL, last_error = left(%(error)s, 1000),
+       available_at = now() + make_interval(secs => %(delay_seconds)s),
+       gave_up_at = CASE WHEN %(give_up)s THEN now() END
+ WHERE id = %(id)s AND locked_by = %(worker_id)s;

@@ -1,0 +1,72 @@
+"""What this worker tells ``GET /health``: the four checks, from state its parts keep anyway.
+
+The render pool is unhealthy only when nothing can render: the restart-storm
+brake is on, the canary fails, or no child has been able to render for longer
+than a child gets to boot. A child being replaced while another serves (or for
+less than that bound) is "degraded": 200, with the detail in the message, so a
+platform probe does not see the worker flap while it heals itself.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from shared.config import Settings
+from supervisor.breaker import CircuitBreaker
+from supervisor.children import ChildState
+from supervisor.health import HealthCheck, breaker_check, database_check, memory_check
+from supervisor.pool import RenderPool
+from supervisor.watchdog import Watchdog
+
+
+class WorkerHealth:
+    def __init__(
+        self,
+        settings: Settings,
+        db: AsyncConnectionPool[Any],
+        breaker: CircuitBreaker,
+        storage_name: str,
+        pool: RenderPool,
+        watchdog: Watchdog,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.breaker = breaker
+        self.storage_name = storage_name
+        self.pool = pool
+        self.watchdog = watchdog
+
+    async def database(self) -> HealthCheck:
+        return await database_check(self.db)
+
+    def storage_health(self) -> HealthCheck:
+        return breaker_check(
+            self.breaker.state if self.breaker.enabled else None,
+            backend=self.storage_name,
+            retry_in=self.breaker.seconds_until_retry(),
+        )
+
+    def render_pool(self) -> HealthCheck:
+        pool = self.pool
+        if self.settings.worker.enable_canary_export and pool.last_canary_ok is False:
+            return HealthCheck(False, "canary render failed: Chromium cannot render")
+        ok, message = pool.describe()
+        if ok:
+            return HealthCheck(True, message.replace("Render pool OK", "Puppeteer OK"))
+        if pool.brake.engaged or pool.last_able_at is None:
+            return HealthCheck(False, message)  # braked, or no child has been ready yet
+        unable_for = time.monotonic() - pool.last_able_at
+        if unable_for <= self.settings.pool.child_boot_timeout_seconds:
+            starting = sum(1 for h in pool.handles if h.state in (ChildState.BOOTING, ChildState.CANARY))
+            return HealthCheck(True, f"Puppeteer degraded: replacing render children ({starting} starting, "
+                                     f"none ready for {unable_for:.1f}s)")
+        return HealthCheck(False, f"{message}; none ready for {unable_for:.0f}s")
+
+    def memory(self) -> HealthCheck:
+        container = self.watchdog.container
+        if container is None:
+            return HealthCheck(True, "Memory usage: not measured yet")
+        return memory_check(container.ratio, self.watchdog.critical_ratio, source=container.source)

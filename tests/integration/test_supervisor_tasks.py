@@ -1,0 +1,87 @@
+"""Background work cannot die silently: a failing loop is logged, counted, and restarted or fatal.
+
+The pool tick is FATAL (without it nothing is reaped or topped up): when it raises,
+the worker stops with exit code 1 so the platform restarts it. A RESTART loop comes
+back after a backoff. Real supervisor, real database, null children.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+import pytest
+from conftest import make_settings
+
+from render_child.null_child import null_child_entry
+from supervisor.metrics import Metrics
+from supervisor.runner import EXIT_LOOP_FAILED, Supervisor
+from supervisor.tasks import OnFailure, TaskOwner
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def test_a_failing_tick_stops_the_worker_with_exit_code_1(
+    tmp_path: Path, db_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(tmp_path, db_url, MAX_CONCURRENT_RENDERS="1")
+    sup = Supervisor(settings, db_url, child_target=null_child_entry, serve_http=False)
+    task = asyncio.create_task(sup.run())
+    await asyncio.wait_for(sup.started.wait(), 30)
+
+    def broken_tick() -> None:
+        raise RuntimeError("tick exploded")
+
+    sup.pool.tick = broken_tick  # type: ignore[method-assign]
+    with caplog.at_level(logging.ERROR):
+        code = await asyncio.wait_for(task, 30)
+    assert code == EXIT_LOOP_FAILED
+    assert sup.metrics.background_failures.labels("tick")._value.get() == 1
+    failure = next(r for r in caplog.records if r.getMessage() == "background task failed")
+    assert failure.exc_info is not None and "tick exploded" in str(failure.exc_info[1])  # with its traceback
+    # Nothing is left running: the children are gone.
+    assert all(not h.process.is_alive() for h in sup.pool.handles)
+
+
+async def test_a_restart_loop_comes_back_after_a_failure(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics()
+    fatal: list[str] = []
+    owner = TaskOwner(metrics, fatal.append)
+    runs: list[float] = []
+    second_run = asyncio.Event()
+
+    async def flaky() -> None:
+        runs.append(time.monotonic())
+        if len(runs) == 1:
+            raise ValueError("first round fails")
+        second_run.set()
+        await asyncio.Event().wait()
+
+    owner.run_loop("flaky", flaky, OnFailure.RESTART)
+    with caplog.at_level(logging.WARNING):
+        await asyncio.wait_for(second_run.wait(), 5)
+    assert fatal == []
+    assert metrics.background_failures.labels("flaky")._value.get() == 1
+    assert runs[1] - runs[0] >= 0.4  # after the backoff, not in a hot loop
+    assert any(r.getMessage() == "restarting background loop" for r in caplog.records)
+    await owner.shutdown()
+    assert owner.pending == 0
+
+
+async def test_a_failing_one_off_task_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = Metrics()
+    owner = TaskOwner(metrics, lambda why: None)
+
+    async def boom() -> None:
+        raise KeyError("lost")
+
+    with caplog.at_level(logging.ERROR):
+        owner.spawn(boom(), name="settle-x")
+        for _ in range(100):
+            if owner.pending == 0:
+                break
+            await asyncio.sleep(0.01)
+    assert metrics.background_failures.labels("settle-x")._value.get() == 1
+    assert any(r.getMessage() == "background task failed" and r.exc_info for r in caplog.records)
