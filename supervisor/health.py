@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from psycopg_pool import AsyncConnectionPool
 
-from supervisor import sandbox
+from supervisor.sandbox import SandboxProbe
 
 DATABASE_TIMEOUT_SECONDS = 2.0
 
@@ -150,11 +150,8 @@ class CallbackHealthSources:
 # ---- the report ----------------------------------------------------------------
 
 
-def _with_sandbox(check: HealthCheck) -> HealthCheck:
-    """The puppeteer check with Chromium's sandbox mode in its details (once a pool detected it)."""
-    probe = sandbox.detected()
-    if probe is None:
-        return check
+def with_sandbox(check: HealthCheck, probe: SandboxProbe) -> HealthCheck:
+    """The puppeteer check with Chromium's sandbox mode (supervisor/sandbox.py) in its details."""
     details = {**(check.details or {}), "chromium_sandbox": probe.mode.value, "chromium_sandbox_reason": probe.reason}
     return HealthCheck(check.healthy, check.message, details)
 
@@ -180,7 +177,7 @@ async def health_report(sources: HealthSources) -> tuple[int, dict[str, Any]]:
     checks = {
         "database": database,
         "storage": _guard("Storage", sources.storage_health),
-        "puppeteer": _with_sandbox(_guard("Puppeteer", sources.render_pool)),
+        "puppeteer": _guard("Puppeteer", sources.render_pool),
         "memory": _guard("Memory", sources.memory),
     }
     healthy = all(c.healthy for c in checks.values())

@@ -108,11 +108,6 @@ def probe(
 _detected: SandboxProbe | None = None
 
 
-def detected() -> SandboxProbe | None:
-    """The boot-time result, or None before any render pool started in this process."""
-    return _detected
-
-
 def detect() -> SandboxProbe:
     """Probe once per process and log the mode once."""
     global _detected
@@ -126,9 +121,8 @@ def detect() -> SandboxProbe:
     return _detected
 
 
-def chromium_args(args: list[str], mode: SandboxMode | None = None) -> list[str]:
+def chromium_args(args: list[str], mode: SandboxMode) -> list[str]:
     """`args` with --no-sandbox removed when the sandbox can run, present when it cannot."""
-    mode = mode or detect().mode
     rest = [a for a in args if a != NO_SANDBOX]
     return rest if mode is SandboxMode.ON else [NO_SANDBOX, *rest]
 
