@@ -42,6 +42,8 @@ def test_detection_on_this_host_as_root() -> None:
         assert found.mode is sandbox.SandboxMode.OFF
         assert "root" in found.reason
         assert sandbox.chromium_args(["--disable-gpu"], found.mode) == ["--no-sandbox", "--disable-gpu"]
+    else:
+        assert "root" not in found.reason, found
 
 
 def _private_ancestor(path: str) -> tuple[str, str] | None:
@@ -96,10 +98,10 @@ def _status(pid: int) -> dict[str, str]:
 
 
 @needs_root
-def test_serve_as_a_plain_user_runs_chromium_sandboxed(db_url: str, throwaway_home: Path) -> None:
+def test_serve_as_a_plain_user_runs_chromium_sandboxed(db_url: str, throwaway_home: Path, tmp_path: Path) -> None:
     port = free_port()
     env = serve_env(db_url, throwaway_home / "data", port, HOME=str(throwaway_home), LINK_SECRET="link-secret-55aa")
-    log = throwaway_home.with_suffix(".log")
+    log = tmp_path / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(_as_throwaway([str(CLI), "serve"]), cwd=ROOT, env=env, stdout=out, stderr=out)
     try:
