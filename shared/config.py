@@ -51,6 +51,7 @@ class WorkerSettings(_Section):
     polling_interval_idle_ms: Annotated[int, _doc("poll interval when the queue was empty", ge=10, le=600_000)] = 5000
     graceful_shutdown_timeout_ms: Annotated[int, _doc("time in-flight renders get after SIGTERM", ge=0, le=600_000)] = 30_000
     port: Annotated[int, _doc("HTTP port for /health, /metrics and the API", ge=1, le=65535)] = 3000
+    host: Annotated[str, _doc("address the HTTP port binds to; 0.0.0.0 = all interfaces (containers)", min_length=1)] = "0.0.0.0"
     node_env: Annotated[str, _doc("seed compatibility; 'production' only changes the startup log line")] = "production"
     log_level: Annotated[LogLevel, _doc("debug, info, warn, error")] = "info"
     enable_canary_export: Annotated[bool, _doc("render a canary at start and after each recycle; gates claiming")] = True
@@ -137,6 +138,23 @@ class ApiSettings(_Section):
     export_api_keys: Annotated[str, _doc("comma-separated keys for trusted backends (secret)")] = ""
     supabase_jwt_secret: Annotated[str, _doc("HS256 secret for Supabase JWTs (secret)")] = ""
     supabase_jwks_url: Annotated[str, _doc("JWKS URL for asymmetric Supabase JWTs")] = ""
+    jwt_accepted_roles: Annotated[list[str], _doc("JWT `role` claims accepted from end users (add service_role only on purpose)")] = msgspec.field(default_factory=lambda: ["authenticated"])
+
+
+class HttpSettings(_Section):
+    """Bounds on what callers can hold: bodies, streams, connections, time, database connections."""
+
+    max_body_bytes: Annotated[int, _doc("largest request body; a bigger Content-Length is refused (413) unread", ge=4096, le=200_000_000)] = 4_000_000
+    max_json_depth: Annotated[int, _doc("deepest JSON nesting accepted in a request body (422 beyond)", ge=4, le=1000)] = 32
+    max_event_streams: Annotated[int, _doc("open event streams on this worker (429 beyond)", ge=1, le=100_000)] = 2000
+    max_event_streams_per_user: Annotated[int, _doc("open event streams per user (429 beyond)", ge=1, le=10_000)] = 20
+    http_header_timeout_seconds: Annotated[float, _doc("time a client gets to send a request's headers", ge=0.5, le=600)] = 10.0
+    http_body_timeout_seconds: Annotated[float, _doc("time a client gets to send a request's body after its headers", ge=0.5, le=3600)] = 30.0
+    http_keep_alive_seconds: Annotated[int, _doc("idle keep-alive connections are closed after this", ge=1, le=600)] = 5
+    http_max_connections: Annotated[int, _doc("open connections and requests before new ones get 503", ge=10, le=100_000)] = 4000
+    http_backlog: Annotated[int, _doc("listen backlog of the HTTP socket", ge=16, le=65_535)] = 2048
+    http_db_pool_size: Annotated[int, _doc("database connections of the API, event streams, /health and /metrics (apart from the worker's)", ge=1, le=50)] = 4
+    http_db_wait_seconds: Annotated[float, _doc("a request waits this long for one of those connections, then gets 503", ge=0.1, le=60)] = 3.0
 
 
 class MonitoringSettings(_Section):
@@ -155,6 +173,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     api: ApiSettings = msgspec.field(default_factory=ApiSettings)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     monitoring: MonitoringSettings = msgspec.field(default_factory=MonitoringSettings)
     # Not in a section: where everything embedded lives.
     data_dir: Annotated[str, _doc("directory for the embedded database, files, mail and scratch")] = "./.export-worker"

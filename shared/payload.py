@@ -8,7 +8,10 @@ JSON-ish input into a validated :class:`RenderPayload` or raises
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -102,9 +105,22 @@ def parse_payload(data: Any, export_type: str, *, max_input_bytes: int | None = 
         else:
             payload = msgspec.convert(data, RenderPayload)
     except msgspec.ValidationError as exc:
-        raise _payload_error(exc) from None
+        raise payload_error(exc) from None
     except msgspec.DecodeError as exc:
         raise PayloadError("", f"payload is not valid JSON: {exc}") from None
+    check_payload(payload, export_type, max_input_bytes=max_input_bytes)
+    return payload
+
+
+def check_payload(
+    payload: RenderPayload,
+    export_type: str,
+    *,
+    max_input_bytes: int | None = None,
+    allowed_url_hosts: Sequence[str] | None = None,
+) -> None:
+    """The rules a schema cannot say: options that depend on the export type, the input size,
+    and (when `allowed_url_hosts` is given) whether a `url` source may be rendered at all."""
     image = payload.image
     if export_type == "image":
         if image.quality is not None and image.format == "png":
@@ -117,10 +133,64 @@ def parse_payload(data: Any, export_type: str, *, max_input_bytes: int | None = 
             raise PayloadError(
                 "source", f"input is {size} bytes, more than the limit of {max_input_bytes} (MAX_INPUT_BYTES)"
             )
-    return payload
+    if allowed_url_hosts is not None and isinstance(payload.source, UrlSource):
+        problem = url_source_problem(payload.source.url, allowed_url_hosts)
+        if problem is not None:
+            raise PayloadError("source.url", problem)
 
 
-def _payload_error(exc: msgspec.ValidationError) -> PayloadError:
+def url_source_problem(url: str, allowed_url_hosts: Sequence[str]) -> str | None:
+    """Why `url` may not be rendered (the render child's own rules), or None when it may."""
+    from render_child.netpolicy import host_matches  # the child's matcher: one rule, both sides
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        return f"not a valid URL: {exc}"
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        return f"only http and https URLs can be rendered, not {scheme or 'a URL without a scheme'}"
+    if parts.username is not None or parts.password is not None:
+        return "credentials in the URL are not allowed"
+    host = parts.hostname
+    if not host:
+        return "the URL has no host"
+    if not host_matches(host, port or (443 if scheme == "https" else 80), list(allowed_url_hosts)):
+        if not allowed_url_hosts:
+            return "url sources are off on this worker (ALLOWED_URL_HOSTS is empty)"
+        return f"host {host} is not in ALLOWED_URL_HOSTS"
+    return None
+
+
+# NUL cannot be stored by PostgreSQL; an unpaired surrogate cannot be encoded as UTF-8.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable_string(value: Any, path: str = "") -> tuple[str, str] | None:
+    """The first string (key or value) in `value` holding NUL or an unpaired surrogate:
+    (its dotted path, what is wrong), or None."""
+    if isinstance(value, str):
+        found = _UNSTORABLE.search(value)
+        if found is None:
+            return None
+        what = "a NUL character (\\u0000)" if found.group() == "\x00" else "an unpaired surrogate"
+        return path, f"contains {what} at position {found.start()}, which cannot be stored"
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{path}.{key}" if path else str(key)
+            hit = unstorable_string(key, inner) or unstorable_string(item, inner)
+            if hit is not None:
+                return hit
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            hit = unstorable_string(item, f"{path}.{index}" if path else str(index))
+            if hit is not None:
+                return hit
+    return None
+
+
+def payload_error(exc: msgspec.ValidationError) -> PayloadError:
     text = str(exc)
     field = ""
     if " - at `$" in text:

@@ -8,10 +8,12 @@
 * otherwise the token must be a Supabase JWT: HS256 signed with
   ``SUPABASE_JWT_SECRET``, or RS256/ES256 signed by a key from
   ``SUPABASE_JWKS_URL``; audience ``authenticated``; ``exp`` and ``sub``
-  required; 30 s leeway. The principal's user is ``sub`` (a UUID).
+  required; 30 s leeway; its ``role`` claim in ``JWT_ACCEPTED_ROLES`` (default
+  ``authenticated`` only). The principal's user is ``sub`` (a UUID).
 
 Failures are :class:`AuthError`: 401 for a missing, malformed, forged or expired
-token; 403 when an end user names another user; 503 when the JWKS endpoint
+token, or any other failure while verifying it; 403 for a role that is not
+accepted, or when an end user names another user; 503 when the JWKS endpoint
 cannot be reached (the token may be fine; we cannot tell).
 """
 
@@ -117,7 +119,18 @@ def authenticate(headers: Mapping[str, str], settings: ApiSettings) -> Principal
         return Principal(user_id=None, trusted=True)
     if not settings.supabase_jwt_secret and not settings.supabase_jwks_url:
         raise AuthError(401, "token is not an API key, and JWT sign-in is not configured on this worker")
-    claims = verify_jwt(token, settings)
+    try:
+        claims = verify_jwt(token, settings)
+    except AuthError:
+        raise
+    except Exception as exc:  # e.g. an ES256 header naming an RSA key: the library's surprise is still a bad token
+        raise AuthError(401, f"token cannot be verified: {type(exc).__name__}") from None
+    role = claims.get("role")
+    if role not in settings.jwt_accepted_roles:
+        if role is None:
+            raise AuthError(401, "token has no 'role' claim")
+        accepted = ", ".join(settings.jwt_accepted_roles)
+        raise AuthError(403, f"token role {role!r} is not accepted here (JWT_ACCEPTED_ROLES: {accepted})")
     sub = claims.get("sub")
     try:
         user_id = str(UUID(str(sub)))

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ import msgspec
 from shared.config import ConfigError, Settings, load_settings, masked, render_config_toml, render_reference_markdown
 from shared.logs import setup_logging
 from shared.payload import PayloadError, parse_payload, payload_to_builtins
+from supervisor.database import mask_password, one_line
 
 log = logging.getLogger("export_worker.cli")
 
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(Path(args.config) if args.config else None)
     except ConfigError as exc:
-        print(str(exc), file=sys.stderr)
+        print(mask_password(str(exc), os.environ.get("DATABASE_URL")), file=sys.stderr)
         return EXIT_BAD_INPUT
     # `serve` logs to stdout (the seed's JSON logs); other commands keep stdout for results.
     serving = args.command == "serve"
@@ -59,10 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return handler(args, settings)
     except CliError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {mask_password(str(exc), settings.database.database_url)}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if getattr(args, "verbose", False):
+            raise
+        # One line, never a traceback that could carry a connection string (--verbose shows it).
+        masked = mask_password(one_line(exc), settings.database.database_url)
+        print(f"error: {type(exc).__name__}: {masked}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -172,8 +181,7 @@ def _run_queue(settings: Settings, work: Callable[[Any], Any]) -> Any:
             await probe.close()
             pool, queue = await open_queue(settings, url)
         except (psycopg.Error, PoolTimeout, OSError, TimeoutError) as exc:
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise CliError(f"database unavailable: {first_line}") from None
+            raise CliError(f"database unavailable: {one_line(exc)}") from None
         try:
             return await work(queue)
         finally:
@@ -225,7 +233,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
             applied = migrate(url)
             sync_queue_settings(url, settings)
         except psycopg.Error as exc:
-            raise CliError(f"migration failed: {exc}") from None
+            raise CliError(f"migration failed: {one_line(exc)}") from None
         return applied
 
     applied = _with_database(settings, work)
@@ -459,8 +467,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             code: int = asyncio.run(supervisor.run())
         except (psycopg.OperationalError, PoolTimeout) as exc:
             # Before anything was claimed: say why in one line and let the platform restart us.
-            first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            log.error("cannot start: database unavailable", extra={"error": first_line})
+            first_line = one_line(exc)
+            log.error("cannot start: database unavailable", extra={"error": mask_password(first_line, url)})
             raise CliError(f"database unavailable: {first_line}") from None
         except OSError as exc:
             log.error("cannot start: cannot listen", extra={"port": settings.worker.port, "error": str(exc)})

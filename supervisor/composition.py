@@ -116,7 +116,7 @@ async def assemble(
     )
     pool.kill_verdict = watchdog.verdict_for
     upkeep = Upkeep(settings, queue, pool, settler, storage, database, metrics)
-    health = WorkerHealth(settings, db, breaker, storage.name, pool, watchdog)
+    health = WorkerHealth(settings, breaker, storage.name, pool, watchdog)
     return WorkerParts(db, database, queue, link_signer, breaker, storage, outbox, listener, settler, pool,
                        watchdog, upkeep, health)
 

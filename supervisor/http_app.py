@@ -12,12 +12,11 @@ import asyncio
 import contextlib
 import logging
 import mimetypes
+import re
 import socket
 import time
-from collections.abc import Generator
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import uvicorn
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,41 +25,28 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp
 
-from shared.config import Settings
-from supervisor.api import JobsApi, json_response, openapi_document, problem_response
-from supervisor.health import HealthSources, health_report
-from supervisor.listener import Listener
-from supervisor.metrics import Metrics
-from supervisor.queue import JobQueue
-
-if TYPE_CHECKING:
-    from supervisor.links import LinkSigner
-    from supervisor.storage import Storage
+from shared.config import HttpSettings
+from supervisor.api_schemas import json_response
+from supervisor.app_state import AppState
+from supervisor.health import health_report
+from supervisor.http_limits import BoundedConfig, ContentLengthGuard
+from supervisor.jobs_api import JobsApi
+from supervisor.openapi import openapi_document
+from supervisor.problems import TITLES, problem_response
 
 log = logging.getLogger(__name__)
 
 QUEUE_STATS_INTERVAL_SECONDS = 1.0
 QUEUE_STATS_TIMEOUT_SECONDS = 1.0
+# What a `?download=` name may be (payload.filename's own pattern, plus its extension).
+DOWNLOAD_NAME = re.compile(r"^[\w.\- ]{1,110}$")
+
+__all__ = ["AppState", "HttpServer", "HttpServerError", "build_app", "make_server"]
 
 
-@dataclass
-class AppState:
-    settings: Settings
-    queue: JobQueue
-    metrics: Metrics
-    listener: Listener | None
-    storage: Storage | None
-    link_signer: LinkSigner | None
-    files_root: Path | None
-    health: HealthSources
-    sse_keepalive_seconds: float = 15.0
-    # /metrics refreshes the queue gauges from the database at most once per interval.
-    _stats_at: float = field(default=float("-inf"), repr=False)
-    _stats_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
-
-
-def build_app(state: AppState) -> Starlette:
+def build_app(state: AppState) -> ASGIApp:
     api = JobsApi(state)
     openapi = openapi_document()
 
@@ -80,18 +66,17 @@ def build_app(state: AppState) -> Starlette:
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        titles = {404: "Not Found", 405: "Method Not Allowed"}
-        title = titles.get(exc.status_code, "Error")
+        title = TITLES.get(exc.status_code, "Error")
         detail = (
             exc.detail
             if exc.detail and exc.detail != title
             else f"{request.method} {request.url.path}: {title}"
         )
-        return problem_response(exc.status_code, title, detail, headers=exc.headers)
+        return problem_response(exc.status_code, detail, headers=exc.headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error in %s %s", request.method, request.url.path)
-        return problem_response(500, "Internal Server Error", "an unexpected error occurred; it was logged")
+        return problem_response(500, "an unexpected error occurred; it was logged")
 
     routes = [
         Route("/health", health, methods=["GET"]),
@@ -100,10 +85,11 @@ def build_app(state: AppState) -> Starlette:
         Route("/files/{path:path}", files, methods=["GET", "HEAD"]),
         *api.routes(),
     ]
-    return Starlette(
+    app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
+    return ContentLengthGuard(app, state.settings.http.max_body_bytes)
 
 
 async def _refresh_queue_gauges(state: AppState) -> None:
@@ -124,13 +110,13 @@ async def _refresh_queue_gauges(state: AppState) -> None:
 
 
 def _forbidden(detail: str) -> Response:
-    return problem_response(403, "Forbidden", detail, slug="bad-link")
+    return problem_response(403, detail, slug="bad-link")
 
 
 async def _serve_file(state: AppState, request: Request) -> Response:
     path: str = request.path_params["path"]
     if state.link_signer is None or state.files_root is None:
-        return problem_response(404, "Not Found", "this worker does not serve local files")
+        return problem_response(404, "this worker does not serve local files")
     expires = request.query_params.get("expires")
     sig = request.query_params.get("sig")
     if not expires or not sig:
@@ -139,18 +125,22 @@ async def _serve_file(state: AppState, request: Request) -> Response:
         return _forbidden("the link is invalid or has expired")
     target = _resolve_inside(state.files_root, path)
     if target is None:
-        return problem_response(404, "Not Found", "no such file")
+        return problem_response(404, "no such file")
     if not target.is_file():
-        return problem_response(404, "Not Found", "the file no longer exists (deleted by retention?)")
+        return problem_response(404, "the file no longer exists (deleted by retention?)")
     media_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
     try:
         remaining = max(0, int(expires) - int(time.time()))
     except ValueError:
         remaining = 0
+    name = request.query_params.get("download") or target.name
+    if not DOWNLOAD_NAME.fullmatch(name):
+        return problem_response(422, "download must be a file name (letters, digits, . _ - and space)",
+                                field="download", slug="invalid-request")
     return FileResponse(
         target,
         media_type=media_type,
-        filename=target.name,
+        filename=name,
         headers={"Cache-Control": f"private, max-age={remaining}", "X-Content-Type-Options": "nosniff"},
     )
 
@@ -187,6 +177,8 @@ class HttpServer(uvicorn.Server):
         super().__init__(config)
         self.socket = sock
         self.port: int = sock.getsockname()[1]
+        # Run when the server has stopped (e.g. closing the HTTP side's database pool).
+        self.on_stop: list[Callable[[], Awaitable[None]]] = []
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -201,33 +193,46 @@ class HttpServer(uvicorn.Server):
         finally:
             with contextlib.suppress(OSError):
                 self.socket.close()
+            for stop in self.on_stop:
+                try:
+                    await stop()
+                except Exception as exc:  # stopping must not hide why the server stopped
+                    log.warning("HTTP side cleanup failed: %s", exc)
 
 
 def make_server(
-    app: Starlette,
+    app: ASGIApp,
     port: int,
     host: str = "0.0.0.0",
     *,
     access_log: bool = False,
     graceful_timeout_seconds: float = 3.0,
+    limits: HttpSettings | None = None,
 ) -> HttpServer:
     """Bind ``host:port`` now and return the server; run it with ``await server.serve()``.
 
     Raises OSError when the port cannot be bound. Open SSE streams get
     `graceful_timeout_seconds` after ``should_exit`` before they are cut.
+    `limits` bounds connections, backlog and the time a request may take.
     """
+    limits = limits or HttpSettings()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(2048)
+        sock.listen(limits.http_backlog)
         sock.setblocking(False)
     except OSError:
         sock.close()
         raise
-    config = uvicorn.Config(
+    config = BoundedConfig(
         app,
+        header_timeout=limits.http_header_timeout_seconds,
+        body_timeout=limits.http_body_timeout_seconds,
+        limit_concurrency=limits.http_max_connections,
+        backlog=limits.http_backlog,
+        timeout_keep_alive=limits.http_keep_alive_seconds,
         host=host,
         port=sock.getsockname()[1],
         lifespan="off",

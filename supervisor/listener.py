@@ -2,8 +2,14 @@
 
 Two channels: ``export_jobs_available`` (a job became pending: wake the claimer)
 and ``export_job_status`` (JSON {"id", "user_id", "status", "attempts",
-"cancel_requested"}: status streams and cancel requests). Subscribers get the
-decoded payloads on asyncio queues; the claimer gets an Event.
+"cancel_requested"}: status streams and cancel requests). Subscribers get every
+decoded payload on an asyncio queue; event streams *watch* one job and get only
+its payloads (a dict lookup per notification, however many streams are open).
+The claimer gets an Event.
+
+Streams hold no database connection: after a reconnect (notifications may have
+been missed) the listener reads the status of every watched job in one query on
+its own connection and hands it to the watchers.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import logging
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
+
+from supervisor.queries import load
 
 log = logging.getLogger(__name__)
 
@@ -22,11 +31,50 @@ AVAILABLE_CHANNEL = "export_jobs_available"
 STATUS_CHANNEL = "export_job_status"
 
 
-class Listener:
+WATCH_QUEUE_SIZE = 16
+
+
+class StatusFanout:
+    """Status payloads to the streams watching each job."""
+
+    def __init__(self) -> None:
+        self._watchers: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+
+    def watch(self, job_id: str) -> asyncio.Queue[dict[str, Any]]:
+        """A queue of `job_id`'s status payloads; call unwatch() when done."""
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue(maxsize=WATCH_QUEUE_SIZE)
+        self._watchers.setdefault(job_id, set()).add(q)
+        return q
+
+    def unwatch(self, job_id: str, q: asyncio.Queue[dict[str, Any]]) -> None:
+        queues = self._watchers.get(job_id)
+        if queues is not None:
+            queues.discard(q)
+            if not queues:
+                del self._watchers[job_id]
+
+    @property
+    def watched(self) -> list[str]:
+        return list(self._watchers)
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        for q in self._watchers.get(str(message.get("id")), ()):
+            with contextlib.suppress(asyncio.QueueFull):  # a stuck reader loses updates, not the worker
+                q.put_nowait(message)
+
+
+async def fetch_statuses(conn: psycopg.AsyncConnection[Any], job_ids: list[str]) -> list[dict[str, Any]]:
+    """The status payloads of `job_ids` (the NOTIFY shape), in one query."""
+    cur = await conn.cursor(row_factory=dict_row).execute(load("status.sql")["job_statuses"], {"ids": job_ids})
+    return [{**row, "id": str(row["id"])} for row in await cur.fetchall()]
+
+
+class Listener(StatusFanout):
     def __init__(self, conninfo: str, *, reconnect_delay: float = 1.0, connect_timeout: int = 5) -> None:
         self.conninfo = conninfo
         self.reconnect_delay = reconnect_delay
         self.connect_timeout = connect_timeout
+        super().__init__()
         self.job_available = asyncio.Event()
         self.connected = asyncio.Event()
         self._subscribers: set[asyncio.Queue[dict[str, Any]]] = set()
@@ -72,6 +120,9 @@ class Listener:
         await conn.execute(f"LISTEN {AVAILABLE_CHANNEL}")
         await conn.execute(f"LISTEN {STATUS_CHANNEL}")
         self.backend_pid = conn.info.backend_pid
+        if self.reconnects and self.watched:  # what the streams may have missed while we were deaf
+            for message in await fetch_statuses(conn, self.watched):
+                self.deliver(message)
         self.connected.set()
         async for notify in conn.notifies():
             if notify.channel == AVAILABLE_CHANNEL:
@@ -85,6 +136,9 @@ class Listener:
             message = json.loads(payload)
         except ValueError:
             return
+        if not isinstance(message, dict):
+            return
         for q in list(self._subscribers):
             with contextlib.suppress(asyncio.QueueFull):  # a stuck reader loses updates, not the worker
                 q.put_nowait(message)
+        self.deliver(message)

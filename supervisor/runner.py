@@ -20,6 +20,7 @@ import signal
 import socket
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -132,20 +133,36 @@ class Supervisor:
         self.tasks.run_loop("sweep", up.sweep_loop, restart)
 
     async def _start_http(self) -> None:
+        from supervisor.health import CallbackHealthSources
         from supervisor.http_app import AppState, build_app, make_server
+        from supervisor.http_database import HttpDatabase
 
         parts = self._parts
+        # The HTTP side's own small pool: callers can exhaust it, never the worker's claims and heartbeats.
+        api_db = await HttpDatabase.open(self.conninfo, self.settings, self.worker_id)
+        health = parts.health
         state = AppState(
             settings=self.settings,
-            queue=parts.queue,
+            queue=JobQueue(api_db.pool, self.worker_id, self.settings.retry),
             metrics=self.metrics,
             listener=parts.listener,
             storage=parts.storage,
             link_signer=parts.link_signer,
-            files_root=parts.settler.scratch.parent.parent / "files",
-            health=parts.health,
+            files_root=Path(self.settings.data_dir).resolve() / "files",
+            health=CallbackHealthSources(
+                api_db.pool, storage_fn=health.storage_health, render_pool_fn=health.render_pool,
+                memory_fn=health.memory, database_fn=api_db.health,
+            ),
+            database=api_db,
         )
-        self.http_server = make_server(build_app(state), self.settings.worker.port)
+        try:
+            self.http_server = make_server(
+                build_app(state), self.settings.worker.port, self.settings.worker.host, limits=self.settings.http
+            )
+        except BaseException:
+            await api_db.close()
+            raise
+        self.http_server.on_stop.append(api_db.close)
         self.tasks.run_loop("http", self.http_server.serve, OnFailure.FATAL)
         for _ in range(200):
             if self.http_server.started:

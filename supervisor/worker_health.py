@@ -10,14 +10,11 @@ platform probe does not see the worker flap while it heals itself.
 from __future__ import annotations
 
 import time
-from typing import Any
-
-from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
 from supervisor.breaker import CircuitBreaker
 from supervisor.children import ChildState
-from supervisor.health import HealthCheck, breaker_check, database_check, memory_check, with_sandbox
+from supervisor.health import HealthCheck, breaker_check, memory_check, with_sandbox
 from supervisor.pool import RenderPool
 from supervisor.watchdog import Watchdog
 
@@ -26,21 +23,16 @@ class WorkerHealth:
     def __init__(
         self,
         settings: Settings,
-        db: AsyncConnectionPool[Any],
         breaker: CircuitBreaker,
         storage_name: str,
         pool: RenderPool,
         watchdog: Watchdog,
     ) -> None:
         self.settings = settings
-        self.db = db
         self.breaker = breaker
         self.storage_name = storage_name
         self.pool = pool
         self.watchdog = watchdog
-
-    async def database(self) -> HealthCheck:
-        return await database_check(self.db)
 
     def storage_health(self) -> HealthCheck:
         return breaker_check(

@@ -1,8 +1,9 @@
 -- One rule decides whether a failed attempt is retried or final, for every path
 -- (a render's failure, a killed child, a stale claim): export_job_is_final.
 -- A job whose render killed its child (time or memory) POISON_KILL_LIMIT times is
--- final too (category resource), however many attempts it has left.
-ALTER TABLE export_jobs ADD COLUMN IF NOT EXISTS child_kills int NOT NULL DEFAULT 0;
+-- final too (category resource), however many attempts it has left. The count is
+-- metadata.child_kills (no new column: create_export_job returns export_jobs' row
+-- type, see 0007).
 ALTER TABLE export_queue_settings ADD COLUMN IF NOT EXISTS poison_kill_limit int NOT NULL DEFAULT 2;
 
 CREATE OR REPLACE FUNCTION export_job_is_final(

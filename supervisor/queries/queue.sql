@@ -90,7 +90,7 @@ DELETE FROM export_uploads WHERE storage_key = %(storage_key)s AND job_id = %(id
 -- counts toward POISON_KILL_LIMIT and goes back in line behind newer work.
 WITH claim AS (
     SELECT id, attempts, max_attempts, priority,
-           child_kills + CASE WHEN %(child_killed)s THEN 1 ELSE 0 END AS kills
+           coalesce((metadata ->> 'child_kills')::int, 0) + CASE WHEN %(child_killed)s THEN 1 ELSE 0 END AS kills
       FROM export_jobs
      WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
        AND status = 'processing'
@@ -108,10 +108,9 @@ WITH claim AS (
            available_at = CASE WHEN d.final THEN j.available_at ELSE d.retry_at END,
            claim_order = CASE WHEN %(child_killed)s AND NOT d.final
                               THEN export_job_requeue_order(d.retry_at, d.priority) ELSE j.claim_order END,
-           child_kills = d.kills,
            error_message = %(message)s,
            error_category = %(category)s,
-           metadata = j.metadata || %(metadata)s,
+           metadata = j.metadata || %(metadata)s || jsonb_build_object('child_kills', d.kills),
            error_history = (j.error_history || jsonb_build_array(jsonb_build_object(
                'attempt', j.attempts, 'at', now(), 'worker_id', j.worker_id,
                'category', %(category)s::text, 'message', left(%(message)s::text, 500))))
@@ -160,9 +159,11 @@ WITH stale AS (
      FOR UPDATE SKIP LOCKED
 ), rescued AS (
     UPDATE export_jobs AS j
-       SET status = CASE WHEN export_job_is_final('transient', j.attempts, j.max_attempts, j.child_kills)
+       SET status = CASE WHEN export_job_is_final('transient', j.attempts, j.max_attempts,
+                                             coalesce((j.metadata ->> 'child_kills')::int, 0))
                          THEN 'failed' ELSE 'pending' END,
-           completed_at = CASE WHEN export_job_is_final('transient', j.attempts, j.max_attempts, j.child_kills)
+           completed_at = CASE WHEN export_job_is_final('transient', j.attempts, j.max_attempts,
+                                             coalesce((j.metadata ->> 'child_kills')::int, 0))
                                THEN now() END,
            available_at = now(), heartbeat_at = NULL,
            error_category = 'transient',

@@ -248,6 +248,22 @@ async def test_idempotent_repeat_returns_same_id(env: Env) -> None:
     assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
 
 
+async def test_simultaneous_first_requests_with_one_key_give_one_job(env: Env) -> None:
+    answers = await asyncio.gather(*(create(env, ALICE_H, idempotency_key="order-77") for _ in range(5)))
+    assert sorted(r.status_code for r in answers) == [200, 200, 200, 200, 202], [r.text for r in answers]
+    assert len({r.json()["id"] for r in answers}) == 1
+    assert env.state.metrics.jobs_created.labels("pdf")._value.get() == 1  # counted once
+
+
+async def test_recipient_from_the_argument_or_payload_email(env: Env) -> None:
+    body = html_body()
+    body["payload"]["email"] = "payload@example.com"
+    from_payload = (await env.client.post("/v1/jobs", json=body, headers=ALICE_H)).json()["id"]
+    both = (await env.client.post("/v1/jobs", json={**body, "email": "arg@example.com"}, headers=ALICE_H)).json()["id"]
+    rows = [await env.state.queue.get_job(i) for i in (from_payload, both)]
+    assert [r["notify_email"] for r in rows if r] == ["payload@example.com", "arg@example.com"]
+
+
 async def test_trusted_key_with_user_id(env: Env) -> None:
     r = await create(env, KEY_H, user_id=BOB, subscriber=True)
     assert r.status_code == 202, r.text
@@ -342,6 +358,23 @@ async def test_download_completed_redirects_to_signed_link(env: Env) -> None:
     job = (await env.client.get(f"/v1/jobs/{job_id}", headers=ALICE_H)).json()
     assert job["status"] == "completed" and job["file_size_bytes"] == len(pdf)
     assert job["download_url"].startswith(f"{BASE}/files/{ALICE}/{job_id}.pdf?expires=")
+
+
+async def test_download_is_named_after_payload_filename(env: Env) -> None:
+    pdf = b"%PDF-1.7\n%%EOF\n"
+    body = html_body()
+    body["payload"]["filename"] = "Bistro menu"
+    job_id = (await env.client.post("/v1/jobs", json=body, headers=ALICE_H)).json()["id"]
+    await complete_with_file(env, job_id, pdf)
+    r = await env.client.get(f"/v1/jobs/{job_id}/download", headers=ALICE_H)
+    assert r.status_code == 302, r.text
+    assert urllib.parse.parse_qs(urllib.parse.urlsplit(r.headers["location"]).query)["download"] == ["Bistro menu.pdf"]
+    got = await env.client.get(r.headers["location"])
+    assert got.status_code == 200 and got.content == pdf
+    assert got.headers["content-disposition"] == "attachment; filename*=utf-8''Bistro%20menu.pdf"
+    # The name is the caller's to choose, but only a file name.
+    bad = r.headers["location"].replace("download=Bistro+menu.pdf", "download=..%2F%0D%0Ax")
+    assert assert_problem(await env.client.get(bad), 422)["field"] == "download"
 
 
 async def test_expired_link_is_403(env: Env) -> None:

@@ -105,7 +105,7 @@ async def test_a_poison_job_is_contained_and_failed_for_good(tmp_path: Path, db_
     assert poison is not None
     assert poison["status"] == "failed"
     assert poison["error_category"] == "resource"
-    assert poison["child_kills"] == 2  # POISON_KILL_LIMIT, although 3 attempts were left
+    assert poison["metadata"]["child_kills"] == 2  # POISON_KILL_LIMIT, although 3 attempts were left
     assert poison["attempts"] == 2
     assert poison["metadata"]["failure_reason"] == "timeout"
     assert "JOB_TIMEOUT_SECONDS" in poison["error_message"]

@@ -305,7 +305,7 @@ async def test_hung_page_fails_at_job_timeout_and_pool_recovers(start_supervisor
     # A render past its deadline is a poison strike: resource, with its reason code kept.
     assert row["error_category"] == "resource"
     assert row["metadata"]["failure_reason"] == "timeout"
-    assert row["child_kills"] == 1
+    assert row["metadata"]["child_kills"] == 1
     assert 2.5 <= elapsed < 10, elapsed
 
     next_id = await create(sup.queue, html_payload())

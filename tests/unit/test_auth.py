@@ -26,7 +26,7 @@ SETTINGS = ApiSettings(export_api_keys=" key-one ,key-two,", supabase_jwt_secret
 
 def claims(**extra: Any) -> dict[str, Any]:
     now = int(time.time())
-    out: dict[str, Any] = {"sub": USER, "aud": "authenticated", "exp": now + 300, "iat": now}
+    out: dict[str, Any] = {"sub": USER, "aud": "authenticated", "role": "authenticated", "exp": now + 300, "iat": now}
     out.update(extra)
     return {k: v for k, v in out.items() if v is not None}
 

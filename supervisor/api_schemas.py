@@ -1,0 +1,250 @@
+"""The bodies of the jobs API as msgspec Structs, and the one way a request body is decoded.
+
+The OpenAPI document (supervisor/openapi.py) is generated from these structs, so
+what is validated and what is published cannot drift apart. Field names are a
+contract (DESIGN.md: extend, never rename).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from starlette.responses import Response
+
+from shared.payload import RenderPayload, payload_error, unstorable_string
+from shared.vocabulary import ErrorCategory, ExportType, JobStatus
+from supervisor.problems import ApiProblem, invalid
+
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
+
+
+class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """The body of ``POST /v1/jobs``."""
+
+    export_type: ExportType
+    payload: RenderPayload
+    menu_id: UUID | None = None
+    subscriber: Annotated[
+        bool, msgspec.Meta(description="Trusted (API key) callers only; end users must omit it or send false.")
+    ] = False
+    idempotency_key: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1, max_length=200, description="A repeat with the same key returns the same job (200)."
+        ),
+    ] | None = None
+    email: Annotated[
+        str,
+        msgspec.Meta(
+            pattern=EMAIL_PATTERN,
+            max_length=320,
+            description="Where to mail the result; when absent, payload.email (and on Supabase the user's address).",
+        ),
+    ] | None = None
+    user_id: Annotated[
+        UUID | None,
+        msgspec.Meta(description="Required for trusted callers; end users may only name themselves."),
+    ] = None
+
+
+class JobLinks(msgspec.Struct, kw_only=True):
+    self_: str = msgspec.field(name="self")
+    events: str
+    download: str
+    cancel: str
+
+    @classmethod
+    def of(cls, job_id: str) -> JobLinks:
+        base = f"/v1/jobs/{job_id}"
+        return cls(self_=base, events=f"{base}/events", download=f"{base}/download", cancel=f"{base}/cancel")
+
+
+class JobAccepted(msgspec.Struct, kw_only=True):
+    """The answer to ``POST /v1/jobs`` (202 new, 200 a repeat of an idempotency key)."""
+
+    id: UUID
+    status: JobStatus
+    export_type: ExportType
+    created_at: datetime | None
+    links: JobLinks
+
+
+class Job(msgspec.Struct, kw_only=True):
+    """``GET /v1/jobs/{id}``."""
+
+    id: UUID
+    user_id: UUID
+    menu_id: UUID | None
+    status: JobStatus
+    export_type: ExportType
+    subscriber: bool
+    attempts: int
+    max_attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    cancel_requested: bool
+    error_category: ErrorCategory | None
+    error_message: str | None
+    file_size_bytes: int | None
+    content_type: str | None
+    download_url: Annotated[str | None, msgspec.Meta(description="A signed link, once completed.")]
+    metadata: dict[str, Any]
+    links: JobLinks
+
+
+class CancelResult(msgspec.Struct, kw_only=True):
+    """``POST /v1/jobs/{id}/cancel``: cancelled, or processing with a cancel requested."""
+
+    id: UUID
+    status: JobStatus
+    cancel_requested: bool
+    links: JobLinks
+
+
+class StatusEvent(msgspec.Struct, kw_only=True):
+    """The data of each ``event: status`` on ``GET /v1/jobs/{id}/events``."""
+
+    id: UUID
+    status: JobStatus
+    attempts: int
+    cancel_requested: bool
+
+    @classmethod
+    def of(cls, row: dict[str, Any]) -> StatusEvent:
+        """From a job row (``cancel_requested_at``) or a NOTIFY payload (``cancel_requested``)."""
+        requested = row.get("cancel_requested", row.get("cancel_requested_at") is not None)
+        return cls(id=UUID(str(row["id"])), status=JobStatus(row["status"]), attempts=int(row["attempts"]),
+                   cancel_requested=bool(requested))
+
+
+def utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def job_from_row(row: dict[str, Any], download_url: str | None) -> Job:
+    job_id = str(row["id"])
+    created = utc(row.get("created_at"))
+    assert created is not None
+    return Job(
+        id=UUID(job_id),
+        user_id=UUID(str(row["user_id"])),
+        menu_id=UUID(str(row["menu_id"])) if row.get("menu_id") else None,
+        status=JobStatus(row["status"]),
+        export_type=ExportType(row["export_type"]),
+        subscriber=bool(row.get("subscriber", False)),
+        attempts=row["attempts"],
+        max_attempts=row["max_attempts"],
+        created_at=created,
+        started_at=utc(row.get("started_at")),
+        completed_at=utc(row.get("completed_at")),
+        cancel_requested=row.get("cancel_requested_at") is not None,
+        error_category=ErrorCategory(row["error_category"]) if row.get("error_category") else None,
+        error_message=row.get("error_message"),
+        file_size_bytes=row.get("file_size_bytes"),
+        content_type=row.get("content_type"),
+        download_url=download_url,
+        metadata=row.get("metadata") or {},
+        links=JobLinks.of(job_id),
+    )
+
+
+# ---- encoding and decoding ------------------------------------------------------------
+
+
+def _enc_hook(value: Any) -> Any:
+    raise NotImplementedError(f"cannot encode {type(value).__name__}")
+
+
+_encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+
+
+def encode(value: Any) -> bytes:
+    return _encoder.encode(value)
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(encode(content), status_code=status, headers=headers or {}, media_type="application/json")
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_INNERMOST = re.compile(rb"\[\]|\{\}")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nesting_exceeds(raw: bytes, max_depth: int) -> bool:
+    """True when JSON `raw` nests arrays/objects deeper than `max_depth`.
+
+    Strings are cut out, the brackets kept, and innermost pairs removed level by
+    level: every step runs in C, so a body of a million '[' costs milliseconds and
+    never reaches a recursive decoder.
+    """
+    brackets = _JSON_STRING.sub(b"", raw).translate(None, _NOT_BRACKETS)
+    for _ in range(max_depth):
+        if not brackets:
+            return False
+        shorter = _INNERMOST.sub(b"", brackets)  # one level per pass, all pairs of it at once
+        if shorter == brackets:
+            return False  # unbalanced: the decoder names that
+        brackets = shorter
+    return b"[]" in brackets or b"{}" in brackets
+
+
+_create_decoder = msgspec.json.Decoder(JobCreate)
+
+
+def decode_create(raw: bytes, max_depth: int) -> JobCreate:
+    """The body of a create request, or a 422 naming the field."""
+    if nesting_exceeds(raw, max_depth):
+        raise invalid("", f"the JSON nests deeper than {max_depth} levels (MAX_JSON_DEPTH)")
+    try:
+        body = _create_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        problem = payload_error(exc)
+        raise invalid(problem.field, problem.message) from None
+    except (msgspec.DecodeError, RecursionError) as exc:
+        raise _undecodable(raw, exc) from None
+    hit = unstorable_string(msgspec.to_builtins(body))
+    if hit is not None:
+        raise invalid(*hit)
+    return body
+
+
+def _undecodable(raw: bytes, exc: Exception) -> ApiProblem:
+    """msgspec refuses unpaired surrogates without saying where; the stdlib parser finds the field."""
+    try:
+        loose = json.loads(raw)
+    except (ValueError, RecursionError):
+        return ApiProblem(422, f"the request body is not valid JSON: {exc}", field="", slug="invalid-json")
+    hit = unstorable_string(loose)
+    if hit is not None:
+        return invalid(*hit)
+    return ApiProblem(422, f"the request body is not valid JSON: {exc}", field="", slug="invalid-json")
+
+
+class HealthCheck(msgspec.Struct, kw_only=True):
+    healthy: bool
+    message: str
+    details: dict[str, Any] | None = None
+
+
+class HealthChecks(msgspec.Struct, kw_only=True):
+    database: HealthCheck
+    storage: HealthCheck
+    puppeteer: HealthCheck
+    memory: HealthCheck
+
+
+class Health(msgspec.Struct, kw_only=True):
+    """``GET /health``: the seed's shape (supervisor/health.py builds it)."""
+
+    status: Annotated[str, msgspec.Meta(pattern="^(healthy|unhealthy)$")]
+    timestamp: datetime
+    checks: HealthChecks

@@ -1,0 +1,74 @@
+"""/health does not flap while children are replaced: 200 ("degraded") as long as the pool heals.
+
+Render children are SIGKILLed one after another for 60 s while /health is probed every
+200 ms. A child being replaced while another serves, or for less than a child gets to
+boot, is "degraded" (200); 503 is only for a pool that cannot render at all (the
+restart-storm brake, a failing canary, no child able to boot within the bound).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from serving import free_port, http_get, requires_chromium, running_serve, serve_env
+
+pytestmark = [pytest.mark.timeout(150), pytest.mark.chromium, requires_chromium]
+
+KILL_FOR_SECONDS = 60
+KILL_EVERY_SECONDS = 1.5
+MIN_AGE_SECONDS = 1.0  # kill children that started, not ones still launching (a boot failure is another story)
+PROBE_EVERY_SECONDS = 0.2
+
+
+def _children(pid: int) -> list[psutil.Process]:
+    """The render children (direct children of serve that run Python)."""
+    out = []
+    for proc in psutil.Process(pid).children():
+        try:
+            if "python" in proc.name().lower() or "python" in " ".join(proc.cmdline()[:1]).lower():
+                out.append(proc)
+        except psutil.Error:
+            continue
+    return out
+
+
+def test_health_stays_up_while_children_are_killed_repeatedly(db_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = serve_env(db_url, tmp_path / "data", port, MAX_CONCURRENT_RENDERS="2", WATCHDOG_INTERVAL_MS="100")
+    answers: dict[int, int] = {}
+    braked_503 = other_503 = 0
+    kills = 0
+    with running_serve(env, tmp_path / "serve.log", stop_timeout=30) as proc:
+        started = time.monotonic()
+        next_kill = started
+        while time.monotonic() - started < KILL_FOR_SECONDS:
+            now = time.monotonic()
+            if now >= next_kill:
+                victims = sorted((p for p in _children(proc.pid) if time.time() - p.create_time() > MIN_AGE_SECONDS),
+                                 key=lambda p: p.create_time())
+                if victims:
+                    victim = victims[0]  # the oldest: its replacement may still be booting when the next goes
+                    for p in [victim, *victim.children(recursive=True)]:
+                        with contextlib.suppress(psutil.Error):
+                            p.send_signal(signal.SIGKILL)
+                    kills += 1
+                next_kill = now + KILL_EVERY_SECONDS
+            status, _, body = http_get(f"http://127.0.0.1:{port}/health", timeout=5)
+            answers[status] = answers.get(status, 0) + 1
+            if status == 503:
+                message = json.loads(body)["checks"]["puppeteer"]["message"]
+                if "keep failing to start" in message:
+                    braked_503 += 1
+                else:
+                    other_503 += 1
+                    print("503:", json.loads(body)["checks"])
+            time.sleep(PROBE_EVERY_SECONDS)
+    print(f"{kills} kills in {KILL_FOR_SECONDS}s; /health answers {answers}; braked 503s {braked_503}")
+    assert kills >= KILL_FOR_SECONDS / KILL_EVERY_SECONDS * 0.5
+    assert other_503 == 0, answers
