@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from render_child.netpolicy import LOCKDOWN_ARGS
+from shared.child_env import child_environ
 from shared.messages import (
     EX_BOOT_FAILED,
     EX_PARENT_GONE,
@@ -66,8 +67,9 @@ def _set_parent_death_signal() -> None:
 #     is the full browser, whose first tab preloads the omnibox popup WebUI
 #     (chrome://omnibox-popup.top-chrome/) in a renderer of its own (~50 MB).
 #   NetworkServiceInProcess2: the network service in the browser process instead of a
-#     utility process of its own (~20 MB). It runs unsandboxed either way (--no-sandbox),
-#     and the lockdown switches (host resolver rules, dead proxy) apply unchanged.
+#     utility process of its own (~20 MB). The network service is unsandboxed either way
+#     (with --no-sandbox, or in the browser process), and the lockdown switches (host
+#     resolver rules, dead proxy) apply unchanged.
 _PLAYWRIGHT_DISABLED_FEATURES = (
     "AvoidUnnecessaryBeforeUnloadCheckSync", "DestroyProfileOnBrowserClose", "HttpsUpgrades",
     "HttpsFirstBalancedModeAutoEnable", "LensOverlay", "MediaRouter", "PaintHolding",
@@ -153,6 +155,7 @@ def child_entry(conn: multiprocessing.connection.Connection, options_bytes: byte
     """The ``spawn`` target. Never returns: exits with one of the protocol's exit codes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _set_parent_death_signal()
+    os.umask(0o077)  # outputs, canaries and Chromium's profile: private to this user
     with contextlib.suppress(OSError):
         os.setpgrp()
     with contextlib.suppress(OSError):
@@ -190,8 +193,13 @@ def _run(conn: multiprocessing.connection.Connection, options_bytes: bytes) -> i
             }
             if options.executable_path:
                 launch["executable_path"] = options.executable_path
+            # Playwright adds --no-sandbox itself unless told otherwise; the supervisor
+            # left it out of the args when the host allows the sandbox (supervisor/sandbox.py).
+            launch["chromium_sandbox"] = "--no-sandbox" not in options.chromium_args
             home = chromium_home(options.scratch_dir, os.getpid())
-            launch["env"] = {**os.environ, "XDG_CONFIG_HOME": f"{home}/config", "XDG_CACHE_HOME": f"{home}/cache"}
+            # The allowlist again, whoever started this child: Chromium sees no secret.
+            env = child_environ(os.environ)
+            launch["env"] = {**env, "XDG_CONFIG_HOME": f"{home}/config", "XDG_CACHE_HOME": f"{home}/cache"}
             browser = manager.chromium.launch(**launch)
             renderer = Renderer(browser, channel.log)
             renderer.warm_up()

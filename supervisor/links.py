@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from supervisor.data_dir import make_private_dir
+
 SECRET_FILE = "link-secret"  # noqa: S105 - a file name, not a secret
 _SECRET_BYTES = 32
 
@@ -59,7 +61,7 @@ def load_or_create_secret(configured: str, data_dir: Path) -> bytes:
     """
     if configured:
         return configured.encode("utf-8")
-    data_dir.mkdir(parents=True, exist_ok=True)
+    make_private_dir(data_dir)
     target = data_dir / SECRET_FILE
     existing = _read_secret(target)
     if existing is not None:

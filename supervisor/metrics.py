@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from psycopg_pool import AsyncConnectionPool
 
+from supervisor import sandbox
 from supervisor.queries import load
 
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120)
@@ -90,6 +91,12 @@ class Metrics:
             "export_child_boot_failures_total", "Children whose Chromium failed to start", registry=r
         )
         self.children = Gauge("export_children", "Render children by state", ["state"], registry=r)
+        self.chromium_sandbox = Gauge(
+            "export_chromium_sandbox",
+            "1 when Chromium runs with its own sandbox (namespaces + seccomp), 0 with --no-sandbox",
+            registry=r,
+        )
+        self.chromium_sandbox.set_function(sandbox.gauge_value)
         self.canary_ok = Gauge("export_canary_healthy", "1 when the last canary render succeeded", registry=r)
         self.container_memory_ratio = Gauge(
             "export_container_memory_ratio", "Container memory in use over its limit", registry=r

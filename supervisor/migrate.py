@@ -12,6 +12,11 @@ from shared.config import Settings
 
 # One lock for every migrating process: the second waits, then finds nothing to do.
 MIGRATION_LOCK_KEY = 7_312_000
+# In each migration's transaction: what it added is locked down before it is
+# committed (0004_grants.sql; a no-op until that migration exists).
+LOCK_DOWN = """DO $$ BEGIN
+    IF to_regprocedure('export_worker_lock_down()') IS NOT NULL THEN PERFORM export_worker_lock_down(); END IF;
+END $$"""
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ def migrate(conninfo: str) -> list[str]:
                     continue
                 with conn.transaction():
                     conn.execute(migration.sql.encode())
+                    conn.execute(LOCK_DOWN.encode())
                     conn.execute(
                         "INSERT INTO export_worker_migrations (name, checksum) VALUES (%s, %s)",
                         (migration.name, migration.checksum),

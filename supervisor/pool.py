@@ -54,6 +54,7 @@ from supervisor.children import (
     wait_exited,
 )
 from supervisor.memory import kill_tree
+from supervisor.sandbox import chromium_args, detect
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,10 @@ class RenderPool:
 
     def __init__(self, config: PoolConfig, owner: PoolOwner, metrics: Any = None) -> None:
         self.config = config
+        # Chromium's own sandbox where the host allows it: detected once, logged once (supervisor/sandbox.py).
+        self.sandbox = detect()
+        args = chromium_args(config.options.chromium_args, self.sandbox.mode)
+        config.options = msgspec.structs.replace(config.options, chromium_args=args)
         self.owner = owner
         self.metrics = metrics
         self.handles: list[ChildHandle] = []

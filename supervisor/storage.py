@@ -24,6 +24,7 @@ import httpx
 
 from shared.errors import ErrorCategory, JobError
 from shared.vocabulary import OutputFormat
+from supervisor.data_dir import PRIVATE_FILE_MODE, make_private_dir
 from supervisor.links import LinkSigner, load_or_create_secret
 
 if TYPE_CHECKING:
@@ -133,11 +134,13 @@ class LocalStorage:
     def put(self, path: str, file: Path, content_type: str) -> None:
         target = self.resolve(path)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            self.temp_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(target.parent)
+            make_private_dir(self.temp_dir)
             tmp = self.temp_dir / f"{secrets.token_hex(6)}.tmp"
             try:
-                with open(file, "rb") as src, open(tmp, "wb") as dst:
+                # Created 0600 (the rename keeps it): exports are users' documents.
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+                with open(file, "rb") as src, os.fdopen(fd, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1024 * 1024)
                     dst.flush()
                     os.fsync(dst.fileno())

@@ -14,7 +14,7 @@ import time
 from shared.config import Settings
 from supervisor.breaker import CircuitBreaker
 from supervisor.children import ChildState
-from supervisor.health import HealthCheck, breaker_check, memory_check
+from supervisor.health import HealthCheck, breaker_check, memory_check, with_sandbox
 from supervisor.pool import RenderPool
 from supervisor.watchdog import Watchdog
 
@@ -42,6 +42,9 @@ class WorkerHealth:
         )
 
     def render_pool(self) -> HealthCheck:
+        return with_sandbox(self._render_pool(), self.pool.sandbox)  # the mode in /health's details
+
+    def _render_pool(self) -> HealthCheck:
         pool = self.pool
         if self.settings.worker.enable_canary_export and pool.last_canary_ok is False:
             return HealthCheck(False, "canary render failed: Chromium cannot render")

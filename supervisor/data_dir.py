@@ -1,0 +1,41 @@
+"""The data directory is private: 0700, and the files the worker writes into it 0600.
+
+It holds rendered exports (users' menus and documents), mails with download links,
+the link-signing secret and possibly an embedded database: nothing another local
+user should read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import stat
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def make_private_dir(path: Path) -> Path:
+    """Create `path` (and any missing parents) 0700, or tighten it to 0700 if it exists looser.
+
+    A directory we do not own (a volume mounted root-owned, writable through its
+    group) cannot be chmod-ed: that is logged, not fatal.
+    """
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    for directory in reversed(missing):  # Path.mkdir(parents=True) would make the parents 0777 & ~umask
+        with contextlib.suppress(FileExistsError):
+            directory.mkdir(mode=PRIVATE_DIR_MODE)
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode != PRIVATE_DIR_MODE:
+        try:
+            os.chmod(path, PRIVATE_DIR_MODE)
+        except PermissionError as exc:
+            log.warning(
+                "data directory is not private and cannot be made so",
+                extra={"path": str(path), "mode": oct(mode), "error": str(exc)},
+            )
+    return path
