@@ -25,7 +25,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from shared.config import Settings
 from supervisor.api import JobsApi, json_response, openapi_document, problem_response
@@ -93,13 +93,18 @@ def build_app(state: AppState) -> Starlette:
         log.exception("unhandled error in %s %s", request.method, request.url.path)
         return problem_response(500, "Internal Server Error", "an unexpected error occurred; it was logged")
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/files/{path:path}", files, methods=["GET", "HEAD"]),
         *api.routes(),
     ]
+    if state.settings.console.console_keys:  # the operator console, on a pool of its own
+        from supervisor.console import console_app, own_pool, worker_snapshot
+
+        pool = own_pool(str(state.queue.pool.conninfo), state.settings)
+        routes.append(Mount("/console", console_app(state.settings, pool, local=worker_snapshot(state.health))))
     return Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_error, Exception: server_error},

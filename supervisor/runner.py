@@ -36,6 +36,7 @@ from supervisor.pool import Assignment, ChildHandle, ChildTarget, PoolConfig, Re
 from supervisor.queue import Claim, ClaimLost, FenceCheck, JobQueue
 from supervisor.retention import run_retention
 from supervisor.watchdog import Watchdog
+from supervisor.workers import WorkerRegistry, snapshot_of
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,8 @@ class Supervisor:
         self.mail = self._mail or build_mail_backend(self.settings, self.data_dir)
         self.db = await open_pool(self.conninfo, self.settings, max_size=6, name=f"export-worker {self.worker_id}")
         self.queue = JobQueue(self.db, self.worker_id, self.settings.retry)
+        self.workers = WorkerRegistry(self.db, self.worker_id,
+                                      forget_hours=self.settings.console.console_worker_forget_hours)
         self.fence = FenceCheck(self.queue)
         self.listener: Listener | None = None
         if self.settings.database.listen_notify:
@@ -594,6 +597,7 @@ class Supervisor:
 
     async def _heartbeat_loop(self) -> None:
         while True:
+            await self.workers.beat(snapshot_of(self, self.workers))  # this worker's row in export_workers
             await asyncio.sleep(self.settings.retry.heartbeat_interval_seconds)
             await self.heartbeat_once()
 
