@@ -211,12 +211,12 @@ class Console:
     async def overview(self, request: Request, session: Session) -> Response:
         counts = await self.store.counts()
         throughput = await self.store.throughput()
-        stats = await self.store.queue_stats()
+        oldest = await self.store.oldest_pending()
         workers = await self._workers()
         live_workers = [w for w in workers if not w.gone]
         return self.render(
             request, session, "overview.html", title="Overview", counts=counts, throughput=throughput,
-            chart=throughput_svg(throughput), stats=stats, workers=live_workers,
+            chart=throughput_svg(throughput), oldest=oldest, workers=live_workers,
             gone=len(workers) - len(live_workers),
         )
 

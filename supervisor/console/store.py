@@ -201,9 +201,9 @@ class ConsoleStore:
         now_minute = datetime.now(UTC).replace(second=0, microsecond=0)
         return last_hour([Minute(r["minute"], r["completed"], r["failed"]) for r in rows], now_minute)
 
-    async def queue_stats(self) -> dict[str, Any]:
-        rows = await self._rows(query("queue_stats"))
-        return rows[0] if rows else {"pending": 0, "processing": 0, "oldest_pending_seconds": 0.0}
+    async def oldest_pending(self) -> dict[str, Any] | None:
+        rows = await self._rows(load("console.sql")["oldest_pending"])
+        return rows[0] if rows else None
 
     # ---- jobs ---------------------------------------------------------------------
 

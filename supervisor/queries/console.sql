@@ -16,6 +16,14 @@ SELECT date_trunc('minute', completed_at) AS minute,
  WHERE completed_at IS NOT NULL AND completed_at >= date_trunc('minute', now()) - interval '59 minutes'
  GROUP BY 1;
 
+-- name: oldest_pending
+-- The pending job created first (ready or waiting for a retry): one step down an index.
+SELECT id, created_at, available_at, extract(epoch FROM now() - created_at)::float8 AS age_seconds
+  FROM export_jobs
+ WHERE status = 'pending'
+ ORDER BY created_at
+ LIMIT 1;
+
 -- name: jobs_page
 -- The jobs list, newest first; the WHERE clause joins the filter_* pieces below.
 SELECT id, user_id, export_type, status, priority, attempts, max_attempts, created_at, updated_at,
