@@ -345,7 +345,8 @@ def _timeline(job: dict[str, Any]) -> list[tuple[Any, str, str]]:
                        f"{entry.get('category', '?')} on {entry.get('worker_id') or '?'}: "
                        f"{mask_text(str(entry.get('message', '')))}"))
     if job.get("started_at") and job["status"] != JobStatus.PENDING:
-        events.append((job["started_at"], f"attempt {job['attempts']} started", f"on {job.get('worker_id') or '?'}"))
+        worker = job.get("worker_id")
+        events.append((job["started_at"], f"attempt {job['attempts']} started", f"on {worker}" if worker else ""))
     if job.get("completed_at"):
         detail = mask_text(job.get("error_message")) if job["status"] != JobStatus.COMPLETED else (
             f"{job.get('file_size_bytes') or 0} bytes")
