@@ -250,7 +250,9 @@ class Console:
         if more:
             last = rows[-1]
             older = urlencode(flt.query_params(before=f"{last['created_at'].isoformat()}_{last['id']}"))
-        name = "_jobs_table.html" if request.headers.get("hx-request") else "jobs.html"
+        # htmx's filter form swaps the table alone; its history restore wants the whole page.
+        fragment = request.headers.get("hx-request") and not request.headers.get("hx-history-restore-request")
+        name = "_jobs_table.html" if fragment else "jobs.html"
         return self.render(
             request, session, name, status=422 if error else 200, title="Jobs", rows=rows, older=older,
             error=error, params=params, statuses=list(JobStatus), types=list(ExportType),

@@ -207,6 +207,10 @@ def test_operator_walks_the_console(db_url: str, tmp_path: Path, browser: Browse
         expect(page).to_have_url(f"{base}/login?next=%2Fconsole%2F")
 
         assert not op.errors, op.errors
+        with psycopg.connect(db_url, autocommit=True) as conn:  # the worker's own row, from its heartbeat
+            row = conn.execute("SELECT capacity, children_ready + children_busy, claiming, canary_ok, "
+                               "now() - last_heartbeat < interval '10 seconds' FROM export_workers").fetchall()
+        assert row == [(1, 1, True, True, True)]
         (tmp_path / "axe.json").write_text(json.dumps(op.axe_reports, indent=1))
         context.close()
     assert sorted(p.name for p in shots.iterdir()) == [

@@ -11,6 +11,7 @@ from shared.config import ConfigError, console_operators, load_settings
 from supervisor.console.access import Access
 from supervisor.console.chart import Minute, last_hour, throughput_svg
 from supervisor.console.masking import mask_email, mask_text, mask_url, payload_summary
+from supervisor.workers import KillLog
 
 KEY = "k" * 16
 
@@ -83,3 +84,13 @@ def test_chart_fills_the_hour_and_scales_to_the_busiest_minute() -> None:
     assert "busiest minute 4 jobs" in svg
     empty = str(throughput_svg(last_hour([], now)))
     assert "<rect" not in empty and "Last hour: 0 completed, 0 failed;" in empty
+
+
+def test_kill_counts_become_dated_events_newest_first() -> None:
+    kills = KillLog()
+    assert kills.observe({}) == []
+    first = kills.observe({"memory": 1})
+    assert [(e.reason, e.count) for e in first] == [("memory", 1)]
+    assert kills.observe({"memory": 1}) == first  # nothing new
+    latest = kills.observe({"memory": 3, "timeout": 1})
+    assert [(e.reason, e.count) for e in latest] == [("timeout", 1), ("memory", 2), ("memory", 1)]
