@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 from uuid import UUID
 
 import jinja2
@@ -46,7 +46,7 @@ SECURITY_HEADERS = {
     ),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make form POSTs send `Origin: null`
 }
 
 
@@ -127,7 +127,7 @@ class Console:
                     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                     return RedirectResponse(f"{_base(request)}/login?{urlencode({'next': target})}", 303,
                                             headers=SECURITY_HEADERS)
-                if request.method == "POST" and not await self._csrf_ok(request, session):
+                if request.method == "POST" and (_cross_origin(request) or not await self._csrf_ok(request, session)):
                     return self.render(request, session, "error.html", status=403, title="Refused",
                                        message="This form's CSRF token is missing or wrong. Reload the page "
                                                "and try again.")
@@ -178,6 +178,9 @@ class Console:
             target = f"{base}/"
         if request.method == "GET":
             return self.render(request, None, "login.html", title="Sign in", next=target, error="")
+        if _cross_origin(request):  # no signing in from another site's form
+            return self.render(request, None, "login.html", status=403, title="Sign in", next=target,
+                               error="Sign in from this page.")
         client = request.client.host if request.client else "unknown"
         wait = self.access.signin_wait(client)
         if wait > 0:
@@ -367,6 +370,14 @@ def _sort_key(at: Any) -> float:
 
 def _base(request: Request) -> str:
     return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+def _cross_origin(request: Request) -> bool:
+    """A browser POST from another origin (browsers send Origin on POSTs; other clients may not)."""
+    origin = request.headers.get("origin")
+    if origin is None:
+        return False
+    return urlsplit(origin).netloc != request.headers.get("host", "")
 
 
 def _https(request: Request) -> bool:

@@ -54,11 +54,9 @@ class LiveStream:
         yield b"retry: 3000\n\n"
         last_write = time.monotonic()
         while True:
-            try:
-                out = await self._changes(sent, watch)
-            except Exception as exc:  # the database is away: keep the stream, try again next tick
-                log.debug("console live update failed", extra={"error": str(exc)})
-                out = []
+            # Shielded: a page closed mid-query must not cancel the query (psycopg would then
+            # close the connection); the look finishes and gives its connection back.
+            out = await asyncio.shield(asyncio.ensure_future(self._look(sent, watch)))
             for chunk in out:
                 yield chunk
             if out:
@@ -69,6 +67,13 @@ class LiveStream:
             if await request.is_disconnected():
                 return
             await asyncio.sleep(self.interval)
+
+    async def _look(self, sent: dict[str, Any], watch: Watch) -> list[bytes]:
+        try:
+            return await self._changes(sent, watch)
+        except Exception as exc:  # the database is away: keep the stream, try again next tick
+            log.debug("console live update failed", extra={"error": str(exc)})
+            return []
 
     async def _changes(self, sent: dict[str, Any], watch: Watch) -> list[bytes]:
         out: list[bytes] = []

@@ -207,6 +207,7 @@ def test_operator_walks_the_console(db_url: str, tmp_path: Path, browser: Browse
         expect(page).to_have_url(f"{base}/login?next=%2Fconsole%2F")
 
         assert not op.errors, op.errors
+        assert "closing connection" not in (tmp_path / "serve.log").read_text()  # closed streams cancel no query
         with psycopg.connect(db_url, autocommit=True) as conn:  # the worker's own row, from its heartbeat
             row = conn.execute("SELECT capacity, children_ready + children_busy, claiming, canary_ok, "
                                "now() - last_heartbeat < interval '10 seconds' FROM export_workers").fetchall()

@@ -163,7 +163,13 @@ async def test_retry_needs_confirmation_and_a_csrf_token_and_is_audited(env: Env
     assert job_status(env.conn, job) == "failed"
     assert audit_rows(env.conn) == []
 
-    done = await env.client.post(f"/console/jobs/{job}/retry", data={"csrf": csrf_of(confirm.text)})
+    other_site = await env.client.post(f"/console/jobs/{job}/retry", data={"csrf": csrf_of(confirm.text)},
+                                       headers={"Origin": "https://evil.example"})
+    assert other_site.status_code == 403  # even with the token, from another origin
+    assert job_status(env.conn, job) == "failed"
+
+    done = await env.client.post(f"/console/jobs/{job}/retry", data={"csrf": csrf_of(confirm.text)},
+                                 headers={"Origin": BASE})
     assert done.status_code == 303
     assert job_status(env.conn, job) == "pending"
     assert audit_rows(env.conn) == [(OPERATOR, "retry_job", job, "retried: back to pending", 1)]
