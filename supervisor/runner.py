@@ -36,7 +36,7 @@ from supervisor.pool import Assignment, ChildHandle, ChildTarget, PoolConfig, Re
 from supervisor.queue import Claim, ClaimLost, FenceCheck, JobQueue
 from supervisor.retention import run_retention
 from supervisor.watchdog import Watchdog
-from supervisor.workers import WorkerRegistry, snapshot_of
+from supervisor.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -597,7 +597,7 @@ class Supervisor:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await self.workers.beat(snapshot_of(self, self.workers))  # this worker's row in export_workers
+            await self.workers.beat_for(self)  # this worker's row in export_workers
             await asyncio.sleep(self.settings.retry.heartbeat_interval_seconds)
             await self.heartbeat_once()
 

@@ -153,6 +153,16 @@ class WorkerRegistry:
         return True
 
 
+    async def beat_for(self, supervisor: Supervisor) -> bool:
+        """Read the supervisor and beat; a failure here is logged and never stops the caller's loop."""
+        try:
+            snapshot = snapshot_of(supervisor, self)
+        except Exception:
+            log.exception("could not read this worker's state for the workers table")
+            return False
+        return await self.beat(snapshot)
+
+
 def snapshot_of(supervisor: Supervisor, registry: WorkerRegistry) -> WorkerSnapshot:
     """What the supervisor's pool, watchdog and breaker say now (the pool may not be up yet)."""
     pool = getattr(supervisor, "pool", None)
