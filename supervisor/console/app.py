@@ -17,6 +17,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from uuid import UUID
 
 import jinja2
+import psycopg
+from psycopg_pool import PoolTimeout
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
@@ -131,7 +133,13 @@ class Console:
                     return self.render(request, session, "error.html", status=403, title="Refused",
                                        message="This form's CSRF token is missing or wrong. Reload the page "
                                                "and try again.")
-                response = await handler(request, session)
+                try:
+                    response = await handler(request, session)
+                except (psycopg.OperationalError, PoolTimeout) as exc:
+                    log.warning("console: database unavailable", extra={"error": str(exc)})
+                    return self.render(request, session, "error.html", status=503, title="Database unavailable",
+                                       message="The database is not answering; this page will work again when "
+                                               "it does.")
                 response.headers.update(SECURITY_HEADERS)
                 return response
 

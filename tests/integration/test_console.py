@@ -371,3 +371,15 @@ async def test_workers_rows_are_upserted_shown_marked_gone_and_forgotten(env: En
                      "WHERE worker_id = 'worker-b'")
     assert await registry.beat(snapshot("worker-a"))  # a beat also forgets long-gone workers
     assert [r.snapshot.worker_id for r in await list_workers(env.pool, gone_seconds=60)] == ["worker-a"]
+
+
+async def test_a_database_outage_is_a_503_page(settings: Settings) -> None:
+    async def unreachable() -> AsyncConnectionPool[Any]:
+        raise psycopg.OperationalError("connection refused")
+
+    app = Starlette(routes=[Mount("/console", console_app(console_settings(settings), unreachable))])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=BASE) as client:
+        assert (await sign_in(client)).status_code == 303  # signing in needs no database
+        r = await client.get("/console/jobs")
+        assert r.status_code == 503
+        assert "The database is not answering" in r.text
