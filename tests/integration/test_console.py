@@ -30,7 +30,15 @@ from supervisor.health import CallbackHealthSources
 from supervisor.http_app import AppState, build_app
 from supervisor.metrics import Metrics
 from supervisor.queue import JobQueue
-from supervisor.workers import NotClaiming, WorkerDetail, WorkerRegistry, WorkerSnapshot, list_workers
+from supervisor.workers import (
+    ChildInfo,
+    KillEvent,
+    NotClaiming,
+    WorkerDetail,
+    WorkerRegistry,
+    WorkerSnapshot,
+    list_workers,
+)
 from tests.integration.console_helpers import (
     CONSOLE_KEYS,
     OPERATOR,
@@ -353,6 +361,13 @@ async def test_workers_rows_are_upserted_shown_marked_gone_and_forgotten(env: En
     registry = WorkerRegistry(env.pool, "worker-a", forget_hours=24)
     assert await registry.beat(snapshot("worker-a"))
     assert await registry.beat(snapshot("worker-a", children_busy=2))
+    kill_time = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert await registry.beat(snapshot("worker-a", children_busy=2, detail=WorkerDetail(
+        children=[ChildInfo(name="child-0.3", pid=4242, state="busy", renders=17, age_seconds=125.0,
+                            memory_bytes=300 * 2**20, job_id=str(uuid.uuid4()))],
+        kills={"memory": 2, "timeout": 1},
+        recent_kills=[KillEvent(at=kill_time, reason="memory", count=2)],
+    )))
     other = WorkerRegistry(env.pool, "worker-b", forget_hours=24)
     assert await other.beat(snapshot("worker-b", claiming=True, not_claiming=None))
     env.conn.execute("UPDATE export_workers SET last_heartbeat = now() - interval '5 minutes' "
@@ -365,6 +380,9 @@ async def test_workers_rows_are_upserted_shown_marked_gone_and_forgotten(env: En
     await sign_in(env.client)
     page = await env.client.get("/console/workers")
     assert "not claiming: high_water" in page.text
+    assert "<td>child-0.3</td><td>4242</td><td>busy</td><td>17</td><td>2 min</td><td>300 MiB</td>" in page.text
+    assert "Since start: memory 2, timeout 1." in page.text
+    assert "<tr><td>2026-01-02 03:04:05 UTC</td><td>memory</td><td>2</td></tr>" in page.text
     assert '<span class="state bad">gone</span>' in page.text
 
     env.conn.execute("UPDATE export_workers SET last_heartbeat = now() - interval '25 hours' "
