@@ -130,9 +130,11 @@ class Console:
                     return RedirectResponse(f"{_base(request)}/login?{urlencode({'next': target})}", 303,
                                             headers=SECURITY_HEADERS)
                 if request.method == "POST" and (_cross_origin(request) or not await self._csrf_ok(request, session)):
+                    log.warning("console POST refused (CSRF token or origin)",
+                                extra={"operator": session.operator, "path": request.url.path})
                     return self.render(request, session, "error.html", status=403, title="Refused",
-                                       message="This form's CSRF token is missing or wrong. Reload the page "
-                                               "and try again.")
+                                       message="This form's CSRF token is missing or wrong, or it was sent from "
+                                               "another site. Reload the page and try again.")
                 try:
                     response = await handler(request, session)
                 except (psycopg.OperationalError, PoolTimeout) as exc:
