@@ -94,6 +94,8 @@ def templates() -> jinja2.Environment:
     )
     env.filters.update(age=_age, since=_since, mib=_mib, when=_when, mask=mask_text, mask_email=mask_email,
                        mask_url=mask_url)
+    for name in env.list_templates():  # compiled now, not during an operator's first page
+        env.get_template(name)
     return env
 
 
