@@ -9,6 +9,7 @@ into exit code 2 and one line naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
@@ -157,6 +158,15 @@ class HttpSettings(_Section):
     http_db_wait_seconds: Annotated[float, _doc("a request waits this long for one of those connections, then gets 503", ge=0.1, le=60)] = 3.0
 
 
+class ConsoleSettings(_Section):
+    console_keys: Annotated[str, _doc("comma-separated operator keys for /console, each `name:key` (the name goes in the audit log); empty = console off (secret)")] = ""
+    console_session_seconds: Annotated[int, _doc("lifetime of a console sign-in (the session cookie's expiry)", ge=60, le=604_800)] = 28_800
+    console_signin_limit_per_minute: Annotated[int, _doc("sign-in attempts allowed per client address per minute", ge=1, le=1000)] = 5
+    console_live_interval_ms: Annotated[int, _doc("how often the console's live view looks for changes", ge=200, le=60_000)] = 1000
+    console_worker_gone_seconds: Annotated[int, _doc("a worker row without a heartbeat this long is shown as gone", ge=5, le=86_400)] = 60
+    console_worker_forget_hours: Annotated[int, _doc("a gone worker's row is deleted after this many hours", ge=1, le=8760)] = 24
+
+
 class MonitoringSettings(_Section):
     sentry_dsn: Annotated[str, _doc("accepted, not used yet: Sentry is not wired (logged at start)")] = ""
     datadog_api_key: Annotated[str, _doc("accepted, not used yet: scrape /metrics instead (logged at start)")] = ""
@@ -174,6 +184,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     api: ApiSettings = msgspec.field(default_factory=ApiSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
     monitoring: MonitoringSettings = msgspec.field(default_factory=MonitoringSettings)
     # Not in a section: where everything embedded lives.
     data_dir: Annotated[str, _doc("directory for the embedded database, files, mail and scratch")] = "./.export-worker"
@@ -188,6 +199,7 @@ SECRET_KEYS = frozenset(
         "smtp_password",
         "export_api_keys",
         "supabase_jwt_secret",
+        "console_keys",
         "sentry_dsn",
         "datadog_api_key",
     }
@@ -306,9 +318,40 @@ def load_settings(
             sources[(section, key)] = f"environment variable {name}"
 
     try:
-        return msgspec.convert(raw, Settings, strict=True)
+        settings = msgspec.convert(raw, Settings, strict=True)
     except msgspec.ValidationError as exc:
         raise ConfigError(_explain(exc, raw, fields, sources, config_path)) from None
+    console_operators(settings.console.console_keys)  # a malformed CONSOLE_KEYS stops here, named
+    return settings
+
+
+CONSOLE_KEY_MIN_LENGTH = 16
+_OPERATOR_NAME = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
+
+
+def console_operators(console_keys: str) -> dict[str, str]:
+    """CONSOLE_KEYS as {operator name: key}. Each entry is `name:key`, or a bare key (named by its hash)."""
+    operators: dict[str, str] = {}
+    for position, entry in enumerate((e.strip() for e in console_keys.split(",")), start=1):
+        if not entry:
+            continue
+        name, sep, key = entry.partition(":")
+        if not sep:
+            name, key = "operator-" + hashlib.sha256(entry.encode()).hexdigest()[:8], entry
+        if not _OPERATOR_NAME.fullmatch(name):
+            raise ConfigError(
+                f"config error: CONSOLE_KEYS entry {position}: the operator name must be 1 to 64 of "
+                "A-Z a-z 0-9 _ . @ - (the entry is `name:key`)"
+            )
+        if len(key) < CONSOLE_KEY_MIN_LENGTH:
+            raise ConfigError(
+                f"config error: CONSOLE_KEYS entry {position} ({name}): the key is {len(key)} characters; "
+                f"at least {CONSOLE_KEY_MIN_LENGTH} are required"
+            )
+        if name in operators:
+            raise ConfigError(f"config error: CONSOLE_KEYS names operator {name!r} twice")
+        operators[name] = key
+    return operators
 
 
 def _explain(

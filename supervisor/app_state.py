@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
 from supervisor.health import HealthSources
@@ -33,6 +33,8 @@ class AppState:
     files_root: Path | None
     health: HealthSources
     sse_keepalive_seconds: float = 15.0
+    # The supervisor this app runs in (the console reads its children live); None in API-only tests.
+    worker: Any = field(default=None, repr=False)
     # The pool behind `queue`, revived after an outage (None in tests that bring their own).
     database: HttpDatabase | None = field(default=None, repr=False)
     # Open event streams, per user and in all (filled in by build_app).

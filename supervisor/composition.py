@@ -36,6 +36,7 @@ from supervisor.tasks import TaskOwner
 from supervisor.upkeep import Upkeep
 from supervisor.watchdog import Watchdog
 from supervisor.worker_health import WorkerHealth
+from supervisor.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,7 @@ class WorkerParts:
     watchdog: Watchdog
     upkeep: Upkeep
     health: WorkerHealth
+    workers: WorkerRegistry
 
 
 async def prepare_database(settings: Settings, conninfo: str, run_migrations: bool) -> None:
@@ -117,8 +119,9 @@ async def assemble(
     pool.kill_verdict = watchdog.verdict_for
     upkeep = Upkeep(settings, queue, pool, settler, storage, database, metrics)
     health = WorkerHealth(settings, breaker, storage.name, pool, watchdog)
+    workers = WorkerRegistry(db, worker_id, forget_hours=settings.console.console_worker_forget_hours)
     return WorkerParts(db, database, queue, link_signer, breaker, storage, outbox, listener, settler, pool,
-                       watchdog, upkeep, health)
+                       watchdog, upkeep, health, workers)
 
 
 def pool_config(settings: Settings, worker_id: str, scratch: Path, target: ChildTarget | None) -> PoolConfig:

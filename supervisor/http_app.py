@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from shared.config import HttpSettings
@@ -79,13 +79,18 @@ def build_app(state: AppState) -> ASGIApp:
         log.exception("unhandled error in %s %s", request.method, request.url.path)
         return problem_response(500, "an unexpected error occurred; it was logged")
 
-    routes = [
+    routes: list[BaseRoute] = [
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/files/{path:path}", files, methods=["GET", "HEAD"]),
         *api.routes(),
     ]
+    if state.settings.console.console_keys:  # the operator console, on the HTTP side's pool
+        from supervisor.console import console_app, worker_snapshot
+
+        console = console_app(state.settings, state.queue.pool, local=worker_snapshot(state.worker))
+        routes.append(Mount("/console", console))
     app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_error, Exception: server_error},

@@ -80,10 +80,13 @@ class Supervisor:
     storage = property(lambda self: self._parts.storage)
     health = property(lambda self: self._parts.health)
     inflight = property(lambda self: self._parts.settler.inflight)
+    workers = property(lambda self: self._parts.workers)
+    db_ok = property(lambda self: self._parts.database.ok)
 
     @property
     def _parts(self) -> WorkerParts:
-        assert self.parts is not None, "the supervisor has not started"
+        if self.parts is None:
+            raise AttributeError("the supervisor has not assembled its parts yet")
         return self.parts
 
     # ---- lifecycle -------------------------------------------------------------
@@ -128,6 +131,13 @@ class Supervisor:
         self.tasks.run_loop("retention", up.retention_loop, restart)
         self.tasks.run_loop("stats", up.stats_loop, restart)
         self.tasks.run_loop("sweep", up.sweep_loop, restart)
+        self.tasks.run_loop("workers-table", self._beat_loop, restart)
+
+    async def _beat_loop(self) -> None:
+        """This worker's row in the workers table (the console and operators read it)."""
+        while True:
+            await self._parts.workers.beat_for(self)
+            await asyncio.sleep(self.settings.retry.heartbeat_interval_seconds)
 
     async def _start_http(self) -> None:
         from supervisor.health import CallbackHealthSources
@@ -151,6 +161,7 @@ class Supervisor:
                 memory_fn=health.memory, database_fn=api_db.health,
             ),
             database=api_db,
+            worker=self,
         )
         try:
             self.http_server = make_server(

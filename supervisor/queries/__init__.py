@@ -18,17 +18,30 @@ _NAME = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 
 
 @cache
-def load() -> dict[str, sql.SQL]:
+def _parse(filename: str) -> dict[str, sql.SQL]:
+    text = (resources.files("supervisor.queries") / filename).read_text(encoding="utf-8")
+    parts = _NAME.split(text)
+    queries: dict[str, sql.SQL] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in queries:
+            raise ValueError(f"query {name} is defined twice in {filename}")
+        queries[name] = sql.SQL(body.strip())  # literal SQL from our own package file
+    return queries
+
+
+@cache
+def load(filename: str | None = None) -> dict[str, sql.SQL]:
+    """One owner's file of queries, or (no filename) every file's, each name once."""
+    if filename is not None:
+        return _parse(filename)
     queries: dict[str, sql.SQL] = {}
     folder = resources.files("supervisor.queries")
     for entry in sorted(folder.iterdir(), key=lambda e: e.name):
-        if not entry.name.endswith(".sql"):
-            continue
-        parts = _NAME.split(entry.read_text(encoding="utf-8"))
-        for name, body in zip(parts[1::2], parts[2::2], strict=True):
-            if name in queries:
-                raise ValueError(f"query {name} is defined twice ({entry.name})")
-            queries[name] = sql.SQL(body.strip())  # literal SQL from our own package file
+        if entry.name.endswith(".sql"):
+            for name, body in _parse(entry.name).items():
+                if name in queries:
+                    raise ValueError(f"query {name} is defined twice ({entry.name})")
+                queries[name] = body
     return queries
 
 
