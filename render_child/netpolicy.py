@@ -41,6 +41,7 @@ def _import_httpx_without_cli() -> None:
 _import_httpx_without_cli()
 import httpx  # noqa: E402
 
+from shared.hosts import host_matches, normalize_host  # noqa: E402
 from shared.messages import BlockedRequest, NetworkPolicy, RenderLimits  # noqa: E402
 
 # Chromium flags that take its own network away: every host name resolves to nothing
@@ -127,38 +128,6 @@ def classify_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> str 
     if not addr.is_global:
         return "non-global address"
     return None
-
-
-def normalize_host(host: str) -> str:
-    return host.strip().rstrip(".").lower()
-
-
-def host_matches(host: str, port: int, patterns: list[str]) -> bool:
-    """``host`` matches an entry ``name``, ``name:port``, ``*.suffix`` or ``*.suffix:port``."""
-    host = normalize_host(host)
-    for raw in patterns:
-        pattern = normalize_host(raw)
-        want_port: int | None = None
-        if pattern.startswith("["):  # [v6]:port or [v6]
-            end = pattern.find("]")
-            rest = pattern[end + 1 :]
-            pattern_host = pattern[1:end]
-            if rest.startswith(":") and rest[1:].isdigit():
-                want_port = int(rest[1:])
-        else:
-            pattern_host, sep, port_text = pattern.rpartition(":")
-            if not sep or not port_text.isdigit() or ":" in pattern_host:
-                pattern_host = pattern
-            else:
-                want_port = int(port_text)
-        if want_port is not None and want_port != port:
-            continue
-        if pattern_host.startswith("*."):
-            if host.endswith(pattern_host[1:]) and len(host) > len(pattern_host) - 1:
-                return True
-        elif host == pattern_host:
-            return True
-    return False
 
 
 def _default_port(scheme: str) -> int:

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from shared.hosts import host_matches  # the child's matcher too: one rule, both sides
 from shared.menu import MenuDocument
 
 
@@ -141,8 +142,6 @@ def check_payload(
 
 def url_source_problem(url: str, allowed_url_hosts: Sequence[str]) -> str | None:
     """Why `url` may not be rendered (the render child's own rules), or None when it may."""
-    from render_child.netpolicy import host_matches  # the child's matcher: one rule, both sides
-
     try:
         parts = urlsplit(url)
         port = parts.port

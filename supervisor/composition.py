@@ -29,6 +29,7 @@ from supervisor.migrate import migrate, sync_queue_settings
 from supervisor.outbox import OutboxSender
 from supervisor.pool import RenderPool
 from supervisor.queue import JobQueue
+from supervisor.sandbox import SandboxMode, chromium_args, detect
 from supervisor.settle import Settler
 from supervisor.storage import build_storage, writer_tag
 from supervisor.sweep import sweep_temp
@@ -104,7 +105,10 @@ async def assemble(
     delivery = Delivery(queue, storage, breaker, metrics, s.signed_url_ttl_seconds)
     scratch = data_dir / "scratch" / writer_tag()  # this process's own: the temp sweep removes it if we die
     settler = Settler(settings, worker_id, queue, delivery, breaker, metrics, tasks, scratch, outbox.wake)
-    pool = RenderPool(pool_config(settings, worker_id, scratch, overrides.child_target), settler, metrics)
+    # Chromium's own sandbox where the host allows it: detected once, logged once (supervisor/sandbox.py).
+    sandbox = detect()
+    config = pool_config(settings, worker_id, scratch, overrides.child_target, sandbox.mode)
+    pool = RenderPool(config, settler, metrics)
     settler.pool = pool
     p = settings.pool
     watchdog = Watchdog(
@@ -118,13 +122,15 @@ async def assemble(
     )
     pool.kill_verdict = watchdog.verdict_for
     upkeep = Upkeep(settings, queue, pool, settler, storage, database, metrics)
-    health = WorkerHealth(settings, breaker, storage.name, pool, watchdog)
+    health = WorkerHealth(settings, breaker, storage.name, pool, watchdog, sandbox)
     workers = WorkerRegistry(db, worker_id, forget_hours=settings.console.console_worker_forget_hours)
     return WorkerParts(db, database, queue, link_signer, breaker, storage, outbox, listener, settler, pool,
                        watchdog, upkeep, health, workers)
 
 
-def pool_config(settings: Settings, worker_id: str, scratch: Path, target: ChildTarget | None) -> PoolConfig:
+def pool_config(
+    settings: Settings, worker_id: str, scratch: Path, target: ChildTarget | None, sandbox: SandboxMode
+) -> PoolConfig:
     if target is None:
         from render_child.main import child_entry
 
@@ -134,7 +140,7 @@ def pool_config(settings: Settings, worker_id: str, scratch: Path, target: Child
         child_index=0,
         worker_id=worker_id,
         executable_path=settings.render.puppeteer_executable_path,
-        chromium_args=list(CHROMIUM_ARGS),
+        chromium_args=chromium_args(list(CHROMIUM_ARGS), sandbox),
         log_level=settings.worker.log_level,
         scratch_dir=str(scratch),
     )
@@ -150,3 +156,41 @@ def pool_config(settings: Settings, worker_id: str, scratch: Path, target: Child
         storm_limit=p.restart_storm_limit,
         storm_window_seconds=p.restart_storm_window_seconds,
     )
+
+
+async def http_server(
+    settings: Settings, conninfo: str, worker_id: str, metrics: Metrics, parts: WorkerParts, *, worker: Any
+) -> Any:
+    """The HTTP side (API, /health, /metrics, console) on its own small database pool.
+
+    Callers can exhaust that pool, never the worker's claims and heartbeats. The
+    server is bound when this returns; ``serve()`` runs it.
+    """
+    from supervisor.health import CallbackHealthSources
+    from supervisor.http_app import AppState, build_app, make_server
+    from supervisor.http_database import HttpDatabase
+
+    api_db = await HttpDatabase.open(conninfo, settings, worker_id)
+    health = parts.health
+    state = AppState(
+        settings=settings,
+        queue=JobQueue(api_db.pool, worker_id, settings.retry),
+        metrics=metrics,
+        listener=parts.listener,
+        storage=parts.storage,
+        link_signer=parts.link_signer,
+        files_root=Path(settings.data_dir).resolve() / "files",
+        health=CallbackHealthSources(
+            api_db.pool, storage_fn=health.storage_health, render_pool_fn=health.render_pool,
+            memory_fn=health.memory, database_fn=api_db.health,
+        ),
+        database=api_db,
+        worker=worker,
+    )
+    try:
+        server = make_server(build_app(state), settings.worker.port, settings.worker.host, limits=settings.http)
+    except BaseException:
+        await api_db.close()
+        raise
+    server.on_stop.append(api_db.close)
+    return server

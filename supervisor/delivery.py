@@ -17,8 +17,10 @@ from typing import Any
 
 from shared.messages import Rendered
 from supervisor.breaker import STATE_VALUES, BreakerStorage, CircuitBreaker
+from supervisor.fence import FenceCheck
+from supervisor.links import download_link
 from supervisor.metrics import Metrics
-from supervisor.queue import Claim, FenceCheck, JobQueue
+from supervisor.queue import Claim, JobQueue
 from supervisor.storage import object_key
 from supervisor.testhooks import pause_point
 
@@ -69,7 +71,7 @@ class Delivery:
             with open(output, "rb") as file:
                 digest = hashlib.file_digest(file, "sha256").hexdigest()
             self.storage.put(key, output, result.content_type)
-            return StoredFile(key, str(self.storage.signed_url(key, self.link_ttl_seconds)), digest)
+            return StoredFile(key, download_link(self.storage, key, self.link_ttl_seconds), digest)
 
         try:
             return await asyncio.to_thread(upload)
@@ -83,7 +85,7 @@ class Delivery:
         """A claim that lost deletes its own object (best effort: the orphan sweep backs it up)."""
         try:
             await asyncio.to_thread(self.storage.delete, [key])
-            await self.queue.forget_upload(claim, key)
+            await self.fence.journal.forget(claim, key)
             log.info("object of a lost claim deleted", extra={"job_id": claim.job_id, "storage_path": key})
         except Exception as exc:
             log.warning("could not delete the object of a lost claim; the orphan sweep will",

@@ -46,6 +46,7 @@ from supervisor.app_state import AppState
 from supervisor.auth import AuthError, Principal, authenticate, needs_network
 from supervisor.events import StatusPoller, StreamLimits, open_stream
 from supervisor.http_limits import read_body
+from supervisor.links import download_link
 from supervisor.listener import StatusFanout
 from supervisor.problems import ApiProblem, auth_problem, invalid, not_found, unavailable
 from supervisor.queue import InvalidJob, LimitExceeded
@@ -135,7 +136,8 @@ class JobsApi:
             raise ApiProblem(410, "the file of this job was deleted (retention) or never stored", slug="file-gone")
         ttl = self.state.settings.storage.signed_url_ttl_seconds
         try:
-            url = await asyncio.wait_for(asyncio.to_thread(storage.signed_url, str(path), ttl), SIGN_TIMEOUT_SECONDS)
+            signing = asyncio.to_thread(download_link, storage, str(path), ttl)
+            url = await asyncio.wait_for(signing, SIGN_TIMEOUT_SECONDS)
         except TimeoutError:
             raise unavailable(
                 "the file store did not answer in time", slug="storage-unavailable", retry_after=30

@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from supervisor.data_dir import make_private_dir
 
@@ -100,3 +101,15 @@ def _read_secret(target: Path) -> bytes | None:
     except ValueError:
         return None
     return value if len(value) >= 16 else None
+
+
+class Signs(Protocol):
+    def signed_url(self, path: str, ttl_seconds: int) -> str: ...
+
+
+def download_link(storage: Signs, key: str, ttl_seconds: int) -> str:
+    """The one place a download link is made: the store signs `key` for SIGNED_URL_TTL_SECONDS.
+
+    Synchronous (a store may call out over the network): call it in a thread.
+    """
+    return str(storage.signed_url(key, ttl_seconds))

@@ -17,6 +17,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
+from supervisor.links import download_link
 from supervisor.queries import query
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class OutboxSender:
         try:
             if row["kind"] == "completed":
                 ttl = self.settings.storage.signed_url_ttl_seconds
-                url = await asyncio.to_thread(self.storage.signed_url, job["storage_path"], ttl)
+                url = await asyncio.to_thread(download_link, self.storage, job["storage_path"], ttl)
                 expires = (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat(timespec="seconds")
                 mail = compose_completed(job_id, job["export_type"], url, expires, to=row["recipient"],
                                          document=document_name(job["payload"]))

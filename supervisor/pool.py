@@ -54,7 +54,6 @@ from supervisor.children import (
     wait_exited,
 )
 from supervisor.memory import kill_tree
-from supervisor.sandbox import chromium_args, detect
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +70,6 @@ class RenderPool:
 
     def __init__(self, config: PoolConfig, owner: PoolOwner, metrics: Any = None) -> None:
         self.config = config
-        # Chromium's own sandbox where the host allows it: detected once, logged once (supervisor/sandbox.py).
-        self.sandbox = detect()
-        args = chromium_args(config.options.chromium_args, self.sandbox.mode)
-        config.options = msgspec.structs.replace(config.options, chromium_args=args)
         self.owner = owner
         self.metrics = metrics
         self.handles: list[ChildHandle] = []
@@ -105,11 +100,15 @@ class RenderPool:
         log.debug("spawned render child", extra={"child": handle.name, "pid": handle.pid})
         return handle
 
-    async def stop(self, grace_seconds: float) -> None:
-        """Ask every child to stop; kill what is still there after the grace."""
+    def begin_stop(self) -> None:
+        """No more spawning; idle children stop now, busy ones right after their answer."""
         self.stopping = True
         for handle in self.handles:
             self._send_stop(handle)
+
+    async def stop(self, grace_seconds: float) -> None:
+        """Ask every child to stop; kill what is still there after the grace."""
+        self.begin_stop()
         await wait_exited(self.handles, grace_seconds)
         for handle in [h for h in self.handles if h.process.is_alive()]:
             self.kill(handle, KillReason.SHUTDOWN)

@@ -8,7 +8,6 @@ the caller cannot go on to upload or mail by accident.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
@@ -184,32 +183,6 @@ class JobQueue:
             rows = await cur.fetchall()
         return {str(r[0]): bool(r[1]) for r in rows}
 
-    async def fence_uploads(self, uploads: Sequence[tuple[Claim, str]]) -> dict[str, bool]:
-        """The pre-upload fence: refresh claims and record the key each will write.
-
-        Returns {job_id: cancel_requested} for the claims still held; only those
-        (and only when not cancelled) may upload.
-        """
-        if not uploads:
-            return {}
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(
-                query("fence_uploads"),
-                {
-                    "ids": [c.job_id for c, _ in uploads],
-                    "attempts": [c.attempt for c, _ in uploads],
-                    "keys": [key for _, key in uploads],
-                    "worker_id": self.worker_id,
-                },
-            )
-            rows = await cur.fetchall()
-        return {str(r[0]): bool(r[1]) for r in rows}
-
-    async def forget_upload(self, claim: Claim, storage_key: str) -> None:
-        """A lost claim removed its own object; drop its upload entry too."""
-        async with self.pool.connection() as conn:
-            await conn.execute(query("forget_upload"), {"storage_key": storage_key, "id": claim.job_id})
-
     # ---- fenced outcomes -----------------------------------------------------
 
     async def complete(
@@ -350,58 +323,6 @@ class JobQueue:
             cur = await conn.cursor(row_factory=dict_row).execute(query("queue_stats"))
             row = await cur.fetchone()
         return row or {"pending": 0, "processing": 0, "oldest_pending_seconds": 0.0}
-
-
-class FenceCheck:
-    """The pre-upload fence check, with group commit.
-
-    Before uploading, a delivery must see a heartbeat, sent after its render
-    ended, that still holds its claim. Deliveries that arrive while one such
-    heartbeat is in flight share the next one: one round trip for all of them,
-    each still checked before its own upload.
-    """
-
-    def __init__(self, queue: JobQueue) -> None:
-        self.queue = queue
-        self._waiting: list[tuple[Claim, str, asyncio.Future[bool | None]]] = []
-        self._task: asyncio.Task[None] | None = None
-
-    async def check(self, claim: Claim, storage_key: str) -> bool:
-        """True when a cancel was requested; raises ClaimLost when the claim is gone.
-
-        When it returns False the claim still holds and `storage_key` is recorded
-        as this claim's upload (see fence_uploads).
-        """
-        ticket: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((claim, storage_key, ticket))
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain())
-        state = await ticket
-        if state is None:
-            raise ClaimLost(claim, "upload")
-        return state
-
-    async def _drain(self) -> None:
-        batch: list[tuple[Claim, str, asyncio.Future[bool | None]]] = []
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting, []
-                try:
-                    held = await self.queue.fence_uploads([(c, key) for c, key, _ in batch])
-                except Exception as exc:
-                    for _, _, ticket in batch:
-                        if not ticket.done():
-                            ticket.set_exception(exc)
-                    continue
-                for claim, _, ticket in batch:
-                    if not ticket.done():
-                        ticket.set_result(held.get(claim.job_id))
-        finally:  # cancelled (shutdown): nobody waits forever, nobody uploads unchecked
-            self._task = None
-            for claim, _, ticket in [*batch, *self._waiting]:
-                if not ticket.done():
-                    ticket.set_exception(ClaimLost(claim, "upload (fence check cancelled)"))
-            self._waiting = []
 
 
 def _uuid(value: str | None, name: str) -> str | None:

@@ -18,14 +18,13 @@ import shutil
 import signal
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
 from shared.vocabulary import KillReason
-from supervisor.composition import Overrides, WorkerParts, assemble
+from supervisor.composition import Overrides, WorkerParts, assemble, http_server
 from supervisor.database import open_pool
 from supervisor.identity import default_worker_id
 from supervisor.metrics import Metrics
@@ -35,7 +34,8 @@ from supervisor.tasks import OnFailure, TaskOwner
 log = logging.getLogger(__name__)
 
 EXIT_LOOP_FAILED = 1  # a FATAL loop failed: the platform restarts the container
-SETTLE_GRACE_SECONDS = 10  # after the render grace, the time jobs get to be settled
+SETTLE_GRACE_SECONDS = 10  # after the render grace, the most time handing jobs back may take
+MIN_CHILD_STOP_SECONDS = 1.0  # a child told to Stop past the grace gets this long before SIGKILL
 
 
 
@@ -140,37 +140,8 @@ class Supervisor:
             await asyncio.sleep(self.settings.retry.heartbeat_interval_seconds)
 
     async def _start_http(self) -> None:
-        from supervisor.health import CallbackHealthSources
-        from supervisor.http_app import AppState, build_app, make_server
-        from supervisor.http_database import HttpDatabase
-
-        parts = self._parts
-        # The HTTP side's own small pool: callers can exhaust it, never the worker's claims and heartbeats.
-        api_db = await HttpDatabase.open(self.conninfo, self.settings, self.worker_id)
-        health = parts.health
-        state = AppState(
-            settings=self.settings,
-            queue=JobQueue(api_db.pool, self.worker_id, self.settings.retry),
-            metrics=self.metrics,
-            listener=parts.listener,
-            storage=parts.storage,
-            link_signer=parts.link_signer,
-            files_root=Path(self.settings.data_dir).resolve() / "files",
-            health=CallbackHealthSources(
-                api_db.pool, storage_fn=health.storage_health, render_pool_fn=health.render_pool,
-                memory_fn=health.memory, database_fn=api_db.health,
-            ),
-            database=api_db,
-            worker=self,
-        )
-        try:
-            self.http_server = make_server(
-                build_app(state), self.settings.worker.port, self.settings.worker.host, limits=self.settings.http
-            )
-        except BaseException:
-            await api_db.close()
-            raise
-        self.http_server.on_stop.append(api_db.close)
+        self.http_server = await http_server(self.settings, self.conninfo, self.worker_id, self.metrics,
+                                             self._parts, worker=self)
         self.tasks.run_loop("http", self.http_server.serve, OnFailure.FATAL)
         for _ in range(200):
             if self.http_server.started:
@@ -274,6 +245,8 @@ class Supervisor:
     async def _shutdown(self, parts: WorkerParts) -> None:
         """Finish in-flight renders within the grace, hand back the rest, stop everything."""
         parts.database.stopping = True
+        # Children with nothing to do close their Chromium during the grace, not after it.
+        parts.pool.begin_stop()
         deadline = time.monotonic() + self.settings.worker.graceful_shutdown_timeout_ms / 1000
         while self.inflight and time.monotonic() < deadline and not self.fast_stop:
             parts.settler.capacity.clear()
@@ -289,7 +262,7 @@ class Supervisor:
         while self.inflight and time.monotonic() < settle_deadline:
             await asyncio.sleep(0.02)
         parts.watchdog.stop()
-        await parts.pool.stop(grace_seconds=5)
+        await parts.pool.stop(grace_seconds=max(MIN_CHILD_STOP_SECONDS, deadline - time.monotonic()))
         if self.http_server is not None:
             self.http_server.should_exit = True
         await self.tasks.shutdown(keep=frozenset({"http"}))

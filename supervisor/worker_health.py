@@ -16,6 +16,7 @@ from supervisor.breaker import CircuitBreaker
 from supervisor.children import ChildState
 from supervisor.health import HealthCheck, breaker_check, memory_check, with_sandbox
 from supervisor.pool import RenderPool
+from supervisor.sandbox import SandboxProbe
 from supervisor.watchdog import Watchdog
 
 
@@ -27,8 +28,10 @@ class WorkerHealth:
         storage_name: str,
         pool: RenderPool,
         watchdog: Watchdog,
+        sandbox: SandboxProbe,
     ) -> None:
         self.settings = settings
+        self.sandbox = sandbox
         self.breaker = breaker
         self.storage_name = storage_name
         self.pool = pool
@@ -42,7 +45,7 @@ class WorkerHealth:
         )
 
     def render_pool(self) -> HealthCheck:
-        return with_sandbox(self._render_pool(), self.pool.sandbox)  # the mode in /health's details
+        return with_sandbox(self._render_pool(), self.sandbox)  # the mode in /health's details
 
     def _render_pool(self) -> HealthCheck:
         pool = self.pool

@@ -17,17 +17,26 @@ from collections import deque
 from datetime import UTC, datetime
 from enum import StrEnum
 from importlib import metadata
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import msgspec
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from shared.config import Settings
 from supervisor.queries import load
 
-if TYPE_CHECKING:
-    from supervisor.runner import Supervisor
+
+class Supervisor(Protocol):
+    """What the workers table reads of a running supervisor (its parts may not exist yet)."""
+
+    worker_id: str
+    settings: Settings
+    stopping: bool
+
+    @property
+    def db_ok(self) -> bool: ...
 
 log = logging.getLogger(__name__)
 

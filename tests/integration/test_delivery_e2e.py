@@ -23,6 +23,7 @@ from psycopg.rows import dict_row
 from render_child.null_child import TINY_PDF, null_child_entry
 from shared.config import Settings
 from supervisor.database import open_pool
+from supervisor.fence import UploadJournal
 from supervisor.links import LinkSigner, load_or_create_secret
 from supervisor.migrate import sync_queue_settings
 from supervisor.queue import ClaimLost, JobQueue
@@ -362,7 +363,7 @@ async def test_rerun_after_lost_completion_writes_its_own_object_and_mails_once(
         first = JobQueue(pool, "lost-worker", settings.retry)
         (claim,) = await first.claim(1)
         lost_path = object_key(user, job_id, claim.attempt, "application/pdf")
-        assert await first.fence_uploads([(claim, lost_path)]) == {job_id: False}
+        assert await UploadJournal(pool, 'lost-worker').fence([(claim, lost_path)]) == {job_id: False}
         await asyncio.to_thread(store.put, lost_path, out, "application/pdf")
         url = await asyncio.to_thread(store.signed_url, lost_path, 60)
         sql(db_url, "UPDATE export_jobs SET heartbeat_at = now() - interval '10 minutes' WHERE id = %s", job_id)
