@@ -24,6 +24,7 @@ import msgspec
 import psutil
 import psycopg
 
+from bench.report import goals, table
 from shared.config import Settings
 
 log = logging.getLogger("bench")
@@ -370,78 +371,6 @@ def machine(browser_version: str) -> dict[str, Any]:
             "python": platform.python_version(), "chromium": browser_version, "platform": platform.platform()}
 
 
-# ---- report --------------------------------------------------------------------------
-
-
-def _mb(b: float) -> str:
-    return f"{b / 2**20:.0f} MB"
-
-
-def goals(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
-    e2e = r["end_to_end"]["cases"]["small"]["per_s"]
-    ceil = r["ceiling"]["small"]["per_s"]
-    seed = r["browser_per_job"]["small"]["per_s"]
-    mem = r["memory"]
-    rows = [
-        ("small PDFs/s end to end", f"{e2e:.1f}/s", ">= 20/s", e2e >= 20),
-        ("end to end / ceiling (small)", f"{100 * e2e / ceil:.0f}%", ">= 85%", e2e >= 0.85 * ceil),
-        ("end to end / browser-per-job (small)", f"{e2e / seed:.1f}x", ">= 10x", e2e >= 10 * seed),
-        ("pickup p50 (NOTIFY)", f"{r['pickup']['notify']['p50_ms']:.1f} ms", "<= 5 ms",
-         r["pickup"]["notify"]["p50_ms"] <= 5),
-        ("creation p99 (8 clients)", f"{r['creation']['p99_ms']:.1f} ms", "<= 10 ms", r["creation"]["p99_ms"] <= 10),
-        ("null renderer", f"{r['null_renderer']['per_s']:.0f} jobs/s", ">= 1000 jobs/s",
-         r["null_renderer"]["per_s"] >= 1000),
-        ("idle child tree PSS", _mb(mem["idle_child_tree_pss_bytes"]), "<= 250 MB",
-         mem["idle_child_tree_pss_bytes"] <= 250 * 2**20),
-        ("supervisor RSS", _mb(mem["supervisor_rss_bytes"]), "<= 80 MB", mem["supervisor_rss_bytes"] <= 80 * 2**20),
-    ]
-    return rows
-
-
-def table(r: dict[str, Any]) -> str:
-    lines = [f"Parallelism: {r['parallelism']} (MAX_CONCURRENT_RENDERS); smoke={r['smoke']}", "",
-             "| case | document | jobs | jobs/min | jobs/s | p50 | p95 |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for label, key in (("end to end (pipeline)", "end_to_end"), ("ceiling (warm page loop)", "ceiling"),
-                       ("browser per job (seed)", "browser_per_job")):
-        cases = r[key]["cases"] if key == "end_to_end" else r[key]
-        for name in DOCS:
-            c = cases[name]
-            lines.append(f"| {label} | {name} | {c['jobs']} | {c['per_min']:.0f} | {c['per_s']:.2f} | "
-                         f"{c['p50_s'] * 1000:.0f} ms | {c['p95_s'] * 1000:.0f} ms |")
-    p, cr, nr, mem = r["pickup"], r["creation"], r["null_renderer"], r["memory"]
-    lines += [
-        *(f"| browser per job (child's flags) | small | {c['jobs']} | {c['per_min']:.0f} | {c['per_s']:.2f} | "
-          f"{c['p50_s'] * 1000:.0f} ms | {c['p95_s'] * 1000:.0f} ms |"
-          for c in [r.get("browser_per_job_child_flags", {}).get("small")] if c),
-        f"| pickup, NOTIFY (null child) | - | {p['notify']['samples']} | - | - | "
-        f"{p['notify']['p50_ms']:.1f} ms | {p['notify']['p95_ms']:.1f} ms |",
-        f"| pickup, polling only (null child) | - | {p['polling']['samples']} | - | - | "
-        f"{p['polling']['p50_ms']:.0f} ms | {p['polling']['p95_ms']:.0f} ms |",
-        f"| create_export_job, {cr['clients']} clients (p50 / p99) | - | {cr['calls']} | - | {cr['per_s']:.0f} | "
-        f"{cr['p50_ms']:.2f} ms | p99 {cr['p99_ms']:.2f} ms |",
-        f"| null renderer, full supervisor | - | {nr['jobs']} | {nr['per_s'] * 60:.0f} | {nr['per_s']:.0f} | - | - |",
-        f"| procrastinate no-op worker (peer) | - | - | - | {r['procrastinate']['status']} | - | - |",
-        "",
-        "| memory | value |", "|---|---:|",
-        f"| idle child tree PSS (largest of {len(mem['idle_child_tree_pss_all'])}) | "
-        f"{_mb(mem['idle_child_tree_pss_bytes'])} |",
-        *(f"| &nbsp;&nbsp;of which {name} | {_mb(pss)} |"
-          for name, pss in sorted(mem.get("idle_child_split", {}).items(), key=lambda kv: -kv[1])),
-        f"| supervisor RSS (idle, children ready) | {_mb(mem['supervisor_rss_bytes'])} |",
-        f"| supervisor RSS (after the end-to-end run) | {_mb(mem['supervisor_rss_after_bytes'])} |",
-        f"| peak child tree PSS during end to end | {_mb(mem['peak_child_tree_pss_bytes'])} |",
-        f"| peak PSS of all children together | {_mb(mem['peak_children_total_pss_bytes'])} |",
-        "", "| goal | measured | goal | met |", "|---|---:|---:|---|",
-    ]
-    for name, value, goal, met in goals(r):
-        lines.append(f"| {name} | {value} | {goal} | {'yes' if met else 'no'} |")
-    m = r["machine"]
-    lines += ["", f"Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gb']} GB RAM, Python {m['python']}, "
-              f"Chromium {m['chromium']}. Total bench time {r['total_s']:.0f} s."]
-    return "\n".join(lines)
-
-
 # ---- the command ---------------------------------------------------------------------
 
 
@@ -506,7 +435,7 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
     results["machine"] = machine(e2e.get("browser_version", ""))
     results["total_s"] = time.perf_counter() - t_start
     results["goals"] = [{"goal": n, "measured": v, "target": g, "met": m} for n, v, g, m in goals(results)]
-    text = table(results)
+    text = table(results, DOCS)
     print(text)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

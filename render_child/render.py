@@ -3,79 +3,45 @@
 Throughput comes from reuse (a warm page renders a small PDF in tens of ms; a new
 context and page costs hundreds). Isolation comes from the reset after every job:
 about:blank, cookies, HTTP cache, all storage, permissions and emulation are cleared,
-and if any step fails the context is thrown away and rebuilt. The network is never
-Chromium's own: every request goes through :meth:`Renderer._route` and the policy.
+and if any step fails the context is thrown away and rebuilt (both in
+:mod:`render_child.slots`; printing and capturing are in :mod:`render_child.output`).
+The network is never Chromium's own: every request goes through :meth:`Renderer._route`
+and the policy.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
-import re
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from playwright.sync_api import Browser, BrowserContext, CDPSession, ConsoleMessage, Page, Route
+from playwright.sync_api import Browser, ConsoleMessage, Route
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from render_child.netpolicy import Blocked, Fetcher, FetchFailed
-from render_child.pdfmeta import safe_title, set_document_info
+from render_child.output import CONTENT_TYPES, render_image, render_pdf
+from render_child.slots import LogFn, PageSlots, Slot, first_line
 from render_child.templates import TEST_TEMPLATES, render_menu_html
 from shared.errors import ErrorCategory, JobError
 from shared.messages import BlockedRequest, Rendered, RenderFailed, RenderJob
 from shared.payload import HtmlSource, MenuSource, TestTemplateSource, UrlSource
 
-DEFAULT_VIEWPORT = {"width": 1280, "height": 720}
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-_PAGE_OBJECT = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
-_PAGES_COUNT = re.compile(rb"/Type\s*/Pages\b[^>]*?/Count\s+(\d+)|/Count\s+(\d+)[^>]*?/Type\s*/Pages\b")
-
 _LOCAL_RESOURCE = "Not allowed to load local resource:"
-LogFn = Callable[[str, str, str | None], None]
-
-
-def count_pdf_pages(data: bytes) -> int:
-    """Pages of a PDF written by Chromium (Skia writes plain, uncompressed page objects)."""
-    pages = len(_PAGE_OBJECT.findall(data))
-    if pages:
-        return pages
-    counts = [int(a or b) for a, b in _PAGES_COUNT.findall(data)]
-    return max(counts, default=0)
 
 
 def _classify(exc: BaseException) -> tuple[ErrorCategory, str]:
     if isinstance(exc, JobError):
         return exc.category, exc.message
     if isinstance(exc, PlaywrightTimeout):
-        return ErrorCategory.TRANSIENT, f"render timed out: {_first_line(exc)}"
+        return ErrorCategory.TRANSIENT, f"render timed out: {first_line(exc)}"
     if isinstance(exc, PlaywrightError):
-        text = _first_line(exc)
+        text = first_line(exc)
         if "crash" in text.lower():
             return ErrorCategory.TRANSIENT, f"renderer crashed: {text}"
         return ErrorCategory.TRANSIENT, f"browser error: {text}"
     return ErrorCategory.TRANSIENT, f"{type(exc).__name__}: {exc}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:500] if text else type(exc).__name__
-
-
-@dataclass
-class _Slot:
-    """A context with one warm page; ``js`` contexts exist only for test templates."""
-
-    context: BrowserContext
-    page: Page
-    cdp: CDPSession
-    js: bool
-    crashed: bool = False
-    origins: set[str] = field(default_factory=set)
 
 
 class Renderer:
@@ -84,65 +50,15 @@ class Renderer:
         self.log = log
         self._fetcher: Fetcher | None = None
         self._expect_main_navigation = False
-        self._slot: _Slot | None = None
-        self._js_slot: _Slot | None = None
-        self._pending_reset: _Slot | None = None
-        self.last_reset_ms = 0.0
-        self.resets = 0
-        self.rebuilds = 0
+        self.slots = PageSlots(browser, log, route=self._route, on_console=self._on_console)
 
     # ---- contexts -----------------------------------------------------------
 
-    def _new_slot(self, js: bool) -> _Slot:
-        context = self.browser.new_context(
-            java_script_enabled=js,
-            viewport=DEFAULT_VIEWPORT,  # type: ignore[arg-type]
-            accept_downloads=False,
-            service_workers="block",
-            bypass_csp=False,
-        )
-        context.set_default_timeout(30_000)
-        page = context.new_page()
-        slot = _Slot(context=context, page=page, cdp=context.new_cdp_session(page), js=js)
-
-        def on_crash(_page: Page) -> None:
-            slot.crashed = True
-
-        page.on("crash", on_crash)
-        page.on("console", self._on_console)
-        context.route("**/*", lambda route: self._route(route, slot))
-        return slot
-
-    def _get_slot(self, js: bool) -> _Slot:
-        slot = self._js_slot if js else self._slot
-        if slot is None or slot.crashed or slot.page.is_closed():
-            if slot is not None:
-                self._discard(slot)
-                self.rebuilds += 1
-            slot = self._new_slot(js)
-            if js:
-                self._js_slot = slot
-            else:
-                self._slot = slot
-        return slot
-
-    def _discard(self, slot: _Slot) -> None:
-        if slot is self._slot:
-            self._slot = None
-        if slot is self._js_slot:
-            self._js_slot = None
-        try:
-            slot.context.close()
-        except Exception as exc:
-            self.log("warning", f"closing a browser context failed: {_first_line(exc)}", None)
-
     def warm_up(self) -> None:
-        self._get_slot(js=False)
+        self.slots.get(js=False)
 
     def close(self) -> None:
-        for slot in (self._slot, self._js_slot):
-            if slot is not None:
-                self._discard(slot)
+        self.slots.close()
 
     # ---- the network --------------------------------------------------------
 
@@ -154,7 +70,7 @@ class Renderer:
             scheme = url.split(":", 1)[0].lower()
             self._fetcher.record(url, f"scheme {scheme}: not allowed (refused by Chromium)")
 
-    def _route(self, route: Route, slot: _Slot) -> None:
+    def _route(self, route: Route, slot: Slot) -> None:
         request = route.request
         url = request.url
         fetcher = self._fetcher
@@ -204,7 +120,7 @@ class Renderer:
         self.finish()
         start = time.perf_counter()
         self._fetcher = Fetcher(policy=job.policy, limits=job.limits)
-        slot: _Slot | None = None
+        slot: Slot | None = None
         try:
             source = job.payload.source
             js = isinstance(source, TestTemplateSource)
@@ -212,13 +128,13 @@ class Renderer:
                 raise JobError(ErrorCategory.VALIDATION, "test templates are not allowed on this worker")
             if job.export_type not in ("pdf", "image"):
                 raise JobError(ErrorCategory.VALIDATION, f"unknown export_type {job.export_type!r}")
-            slot = self._get_slot(js=js)
+            slot = self.slots.get(js=js)
             self._load(slot, job)
             if job.export_type == "pdf":
-                data, meta = self._pdf(slot, job)
+                data, meta = render_pdf(slot, job)
                 content_type = "application/pdf"
             else:
-                data, meta = self._image(slot, job)
+                data, meta = render_image(slot, job)
                 content_type = CONTENT_TYPES[job.payload.image.format]
             if len(data) > job.limits.max_output_bytes:
                 raise JobError(
@@ -245,8 +161,7 @@ class Renderer:
             blocked: list[BlockedRequest] = list(self._fetcher.blocked) if self._fetcher else []
             if isinstance(exc, PlaywrightError) and slot is not None:
                 # a timed-out or crashed page may still be busy: never reuse it
-                self._discard(slot)
-                self.rebuilds += 1
+                self.slots.discard(slot)
             return RenderFailed(
                 job_id=job.job_id, category=category, message=message, render_ms=_ms(start), blocked=blocked,
                 timed_out=isinstance(exc, PlaywrightTimeout),
@@ -257,19 +172,14 @@ class Renderer:
             self._fetcher = None
             if fetcher is not None:
                 fetcher.close()
-            if slot is not None and (slot is self._slot or slot is self._js_slot):
-                if defer_reset:
-                    self._pending_reset = slot
-                else:
-                    self.reset(slot)
+            if slot is not None:
+                self.slots.release(slot, defer_reset=defer_reset)
 
     def finish(self) -> None:
         """Run the reset that :meth:`render` deferred, if any."""
-        slot, self._pending_reset = self._pending_reset, None
-        if slot is not None and (slot is self._slot or slot is self._js_slot):
-            self.reset(slot)
+        self.slots.finish()
 
-    def _load(self, slot: _Slot, job: RenderJob) -> None:
+    def _load(self, slot: Slot, job: RenderJob) -> None:
         source = job.payload.source
         page = slot.page
         timeout = float(job.limits.navigation_timeout_ms)
@@ -294,7 +204,7 @@ class Renderer:
                         raise JobError(ErrorCategory.PERMANENT, f"URL not allowed: {item.reason}") from None
                 if "ERR_FAILED" in str(exc):
                     raise JobError(
-                        ErrorCategory.TRANSIENT, f"could not fetch {source.url}: {_first_line(exc)}") from None
+                        ErrorCategory.TRANSIENT, f"could not fetch {source.url}: {first_line(exc)}") from None
                 raise
             if response is not None and response.status >= 400:
                 category: ErrorCategory = ErrorCategory.TRANSIENT if response.status >= 500 else ErrorCategory.PERMANENT
@@ -308,115 +218,6 @@ class Renderer:
             page.set_content(TEST_TEMPLATES[source.name], wait_until="load", timeout=timeout)
         else:  # pragma: no cover - the union is closed
             raise JobError("validation", "unknown source kind")
-
-    def _pdf(self, slot: _Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
-        opts = job.payload.pdf
-        m = opts.margins
-        data = slot.page.pdf(
-            format=opts.page_size,
-            landscape=opts.landscape,
-            margin={"top": m.top, "right": m.right, "bottom": m.bottom, "left": m.left},
-            print_background=opts.print_background,
-            scale=opts.scale,
-            outline=True,  # the headings (restaurant, sections) become bookmarks
-            tagged=True,  # a structure tree for screen readers and reflow
-        )
-        data = set_document_info(data, self._document_title(slot, job))
-        pages = count_pdf_pages(data)
-        if pages > job.limits.max_pages:
-            limit = job.limits.max_pages
-            raise JobError(
-                ErrorCategory.VALIDATION,
-                f"PDF has {pages} pages, more than the limit of {limit} (MAX_PAGES)"
-            )
-        return data, {"pages": pages}
-
-    def _document_title(self, slot: _Slot, job: RenderJob) -> str:
-        source = job.payload.source
-        fallback = job.payload.filename or "Export"
-        if isinstance(source, MenuSource):
-            return safe_title(source.menu.title, fallback)
-        try:
-            return safe_title(slot.page.title(), fallback)
-        except PlaywrightError:
-            return fallback
-
-    def _image(self, slot: _Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
-        opts = job.payload.image
-        width = opts.width
-        # A full-page image without a height is measured in a 16 px viewport, so the content
-        # size is the content's own height; in an 800 px one it would be at least 800 (a band
-        # of white under a short menu).
-        view_height = opts.height or 16
-        dsf = opts.device_scale_factor
-        cdp = slot.cdp
-        cdp.send(
-            "Emulation.setDeviceMetricsOverride",
-            {"width": width, "height": view_height, "deviceScaleFactor": dsf, "mobile": False},
-        )
-        slot.origins.add("emulation")  # marks the slot for an emulation reset
-        if opts.full_page:
-            metrics = cdp.send("Page.getLayoutMetrics")
-            size = metrics.get("cssContentSize") or metrics["contentSize"]
-            height = max(1, int(size["height"] + 0.999))
-        else:
-            height = view_height
-        pixels = width * height * dsf * dsf
-        if pixels > job.limits.max_image_pixels:
-            raise JobError(
-                ErrorCategory.VALIDATION,
-                f"image would be {int(pixels)} pixels ({width}x{height} at scale {dsf}), more than the limit "
-                f"of {job.limits.max_image_pixels} (MAX_IMAGE_PIXELS)",
-            )
-        params: dict[str, Any] = {
-            "format": opts.format,
-            "captureBeyondViewport": opts.full_page,
-            "fromSurface": True,
-            "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
-        }
-        if opts.format != "png":
-            params["quality"] = opts.quality if opts.quality is not None else 85
-        result = cdp.send("Page.captureScreenshot", params)
-        data = base64.b64decode(result["data"])
-        return data, {"width": round(width * dsf), "height": round(height * dsf)}
-
-    # ---- isolation ----------------------------------------------------------
-
-    def reset(self, slot: _Slot) -> None:
-        """Make the slot's page as if new; on any failure, throw the context away."""
-        start = time.perf_counter()
-        try:
-            if slot.crashed or slot.page.is_closed():
-                raise RuntimeError("page crashed or closed")
-            page = slot.page
-            cdp = slot.cdp
-            if page.url != "about:blank":
-                # leave the job's origin (a url source); set_content pages stay on about:blank
-                # and the next set_content replaces their whole document (~25 ms saved)
-                page.goto("about:blank", timeout=5_000)
-            if "emulation" in slot.origins:
-                cdp.send(
-                    "Emulation.setDeviceMetricsOverride",
-                    {
-                        "width": DEFAULT_VIEWPORT["width"],
-                        "height": DEFAULT_VIEWPORT["height"],
-                        "deviceScaleFactor": 1,
-                        "mobile": False,
-                    },
-                )
-            slot.context.clear_cookies()
-            slot.context.clear_permissions()
-            cdp.send("Network.clearBrowserCache")
-            cdp.send("Network.clearBrowserCookies")
-            for origin in sorted(slot.origins - {"emulation"}):
-                cdp.send("Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"})
-            slot.origins.clear()
-            self.resets += 1
-        except Exception as exc:
-            self.log("warning", f"context reset failed, rebuilding it: {_first_line(exc)}", None)
-            self._discard(slot)
-            self.rebuilds += 1
-        self.last_reset_ms = _ms(start)
 
 
 def _origin(url: str) -> str:

@@ -32,12 +32,12 @@ from supervisor.console.chart import throughput_svg
 from supervisor.console.live import LiveStream, Watch
 from supervisor.console.masking import mask_email, mask_text, mask_url, payload_summary
 from supervisor.console.store import ConsoleStore, FilterError, JobFilter, PoolSource
-from supervisor.workers import WorkerRow, WorkerSnapshot, list_workers
+from supervisor.console.workers_table import LocalSnapshot as LocalSnapshot  # re-exported for supervisor.console
+from supervisor.console.workers_table import WorkersTable
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
-LocalSnapshot = Callable[[], WorkerSnapshot | None]
 Handler = Callable[[Request, Session], Awaitable[Response]]
 
 SECURITY_HEADERS = {
@@ -115,7 +115,7 @@ class Console:
             signin_limit_per_minute=console.console_signin_limit_per_minute,
         )
         self.store = ConsoleStore(pool, settings)
-        self.local = local
+        self.workers_table = WorkersTable(self.store, console.console_worker_gone_seconds, local)
         self.env = templates()
         self.live = LiveStream(self.store, self.env, interval=console.console_live_interval_ms / 1000)
 
@@ -227,7 +227,7 @@ class Console:
         counts = await self.store.counts()
         throughput = await self.store.throughput()
         oldest = await self.store.oldest_pending()
-        workers = await self._workers()
+        workers = await self.workers_table.rows()
         live_workers = [w for w in workers if not w.gone]
         return self.render(
             request, session, "overview.html", title="Overview", counts=counts, throughput=throughput,
@@ -236,22 +236,8 @@ class Console:
         )
 
     async def workers(self, request: Request, session: Session) -> Response:
-        return self.render(request, session, "workers.html", title="Workers", workers=await self._workers(),
-                           local_id=self._local_id())
-
-    async def _workers(self) -> list[WorkerRow]:
-        """The workers table, with this process's own row replaced by a live reading."""
-        rows = await list_workers(await self.store.pool(), self.settings.console.console_worker_gone_seconds)
-        live = self.local() if self.local is not None else None
-        if live is None:
-            return rows
-        now = datetime.now(UTC)
-        mine = WorkerRow(snapshot=live, last_heartbeat=now, gone=False, silent_seconds=0.0)
-        return [mine, *(r for r in rows if r.snapshot.worker_id != live.worker_id)]
-
-    def _local_id(self) -> str | None:
-        live = self.local() if self.local is not None else None
-        return live.worker_id if live is not None else None
+        return self.render(request, session, "workers.html", title="Workers",
+                           workers=await self.workers_table.rows(), local_id=self.workers_table.local_id())
 
     async def jobs(self, request: Request, session: Session) -> Response:
         params = dict(request.query_params)

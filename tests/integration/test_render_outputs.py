@@ -14,8 +14,8 @@ from PIL import Image
 from render_helpers import ChildHandle, make_job, requires_chromium, running_child
 
 from render_child.canary import canary_job
+from render_child.output import count_pdf_pages
 from render_child.pdfmeta import safe_title, set_document_info
-from render_child.render import count_pdf_pages
 from shared.menu import MenuDocument, MenuItem, MenuSection, Restaurant
 from shared.messages import Rendered, RenderFailed, RenderLimits
 from shared.payload import ImageOptions, Margins, MenuSource, PdfOptions

@@ -1,0 +1,103 @@
+"""The output step of a render: the loaded page printed to PDF (with its page limit) or
+captured as an image (with its pixel limit)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from typing import Any
+
+from playwright.sync_api import Error as PlaywrightError
+
+from render_child.pdfmeta import safe_title, set_document_info
+from render_child.slots import Slot
+from shared.errors import ErrorCategory, JobError
+from shared.messages import RenderJob
+from shared.payload import MenuSource
+
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+_PAGE_OBJECT = re.compile(rb"/Type\s*/Page(?![A-Za-z])")
+_PAGES_COUNT = re.compile(rb"/Type\s*/Pages\b[^>]*?/Count\s+(\d+)|/Count\s+(\d+)[^>]*?/Type\s*/Pages\b")
+
+
+def count_pdf_pages(data: bytes) -> int:
+    """Pages of a PDF written by Chromium (Skia writes plain, uncompressed page objects)."""
+    pages = len(_PAGE_OBJECT.findall(data))
+    if pages:
+        return pages
+    counts = [int(a or b) for a, b in _PAGES_COUNT.findall(data)]
+    return max(counts, default=0)
+
+
+def render_pdf(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
+    opts = job.payload.pdf
+    m = opts.margins
+    data = slot.page.pdf(
+        format=opts.page_size,
+        landscape=opts.landscape,
+        margin={"top": m.top, "right": m.right, "bottom": m.bottom, "left": m.left},
+        print_background=opts.print_background,
+        scale=opts.scale,
+        outline=True,  # the headings (restaurant, sections) become bookmarks
+        tagged=True,  # a structure tree for screen readers and reflow
+    )
+    data = set_document_info(data, _document_title(slot, job))
+    pages = count_pdf_pages(data)
+    if pages > job.limits.max_pages:
+        limit = job.limits.max_pages
+        raise JobError(
+            ErrorCategory.VALIDATION,
+            f"PDF has {pages} pages, more than the limit of {limit} (MAX_PAGES)"
+        )
+    return data, {"pages": pages}
+
+
+def _document_title(slot: Slot, job: RenderJob) -> str:
+    source = job.payload.source
+    fallback = job.payload.filename or "Export"
+    if isinstance(source, MenuSource):
+        return safe_title(source.menu.title, fallback)
+    try:
+        return safe_title(slot.page.title(), fallback)
+    except PlaywrightError:
+        return fallback
+
+
+def render_image(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
+    opts = job.payload.image
+    width = opts.width
+    # A full-page image without a height is measured in a 16 px viewport, so the content
+    # size is the content's own height; in an 800 px one it would be at least 800 (a band
+    # of white under a short menu).
+    view_height = opts.height or 16
+    dsf = opts.device_scale_factor
+    cdp = slot.cdp
+    cdp.send(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": width, "height": view_height, "deviceScaleFactor": dsf, "mobile": False},
+    )
+    slot.origins.add("emulation")  # marks the slot for an emulation reset
+    if opts.full_page:
+        metrics = cdp.send("Page.getLayoutMetrics")
+        size = metrics.get("cssContentSize") or metrics["contentSize"]
+        height = max(1, int(size["height"] + 0.999))
+    else:
+        height = view_height
+    pixels = width * height * dsf * dsf
+    if pixels > job.limits.max_image_pixels:
+        raise JobError(
+            ErrorCategory.VALIDATION,
+            f"image would be {int(pixels)} pixels ({width}x{height} at scale {dsf}), more than the limit "
+            f"of {job.limits.max_image_pixels} (MAX_IMAGE_PIXELS)",
+        )
+    params: dict[str, Any] = {
+        "format": opts.format,
+        "captureBeyondViewport": opts.full_page,
+        "fromSurface": True,
+        "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
+    }
+    if opts.format != "png":
+        params["quality"] = opts.quality if opts.quality is not None else 85
+    result = cdp.send("Page.captureScreenshot", params)
+    data = base64.b64decode(result["data"])
+    return data, {"width": round(width * dsf), "height": round(height * dsf)}

@@ -1,0 +1,148 @@
+"""The renderer's page slots: warm browser contexts, each with one page, and the reset
+that makes a slot's page as if new between jobs.
+
+A slot is reused across jobs (a warm page renders a small PDF in tens of ms; a new
+context and page costs hundreds). After every job it is reset: about:blank, cookies,
+HTTP cache, all storage, permissions and emulation are cleared, and if any step fails
+the context is thrown away; the next job then gets a new one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from playwright.sync_api import Browser, BrowserContext, CDPSession, ConsoleMessage, Page, Route
+
+DEFAULT_VIEWPORT = {"width": 1280, "height": 720}
+LogFn = Callable[[str, str, str | None], None]
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:500] if text else type(exc).__name__
+
+
+@dataclass
+class Slot:
+    """A context with one warm page; ``js`` contexts exist only for test templates."""
+
+    context: BrowserContext
+    page: Page
+    cdp: CDPSession
+    js: bool
+    crashed: bool = False
+    origins: set[str] = field(default_factory=set)
+
+
+class PageSlots:
+    """The two slots a renderer keeps (without JavaScript, and with it for test
+    templates), built on demand, reset after each job, rebuilt when they break."""
+
+    def __init__(
+        self,
+        browser: Browser,
+        log: LogFn,
+        route: Callable[[Route, Slot], None],
+        on_console: Callable[[ConsoleMessage], None],
+    ) -> None:
+        self.browser = browser
+        self.log = log
+        self._route = route
+        self._on_console = on_console
+        self._slot: Slot | None = None
+        self._js_slot: Slot | None = None
+        self._pending_reset: Slot | None = None
+
+    def _new(self, js: bool) -> Slot:
+        context = self.browser.new_context(
+            java_script_enabled=js,
+            viewport=DEFAULT_VIEWPORT,  # type: ignore[arg-type]
+            accept_downloads=False,
+            service_workers="block",
+            bypass_csp=False,
+        )
+        context.set_default_timeout(30_000)
+        page = context.new_page()
+        slot = Slot(context=context, page=page, cdp=context.new_cdp_session(page), js=js)
+
+        def on_crash(_page: Page) -> None:
+            slot.crashed = True
+
+        page.on("crash", on_crash)
+        page.on("console", self._on_console)
+        context.route("**/*", lambda route: self._route(route, slot))
+        return slot
+
+    def get(self, js: bool) -> Slot:
+        slot = self._js_slot if js else self._slot
+        if slot is None or slot.crashed or slot.page.is_closed():
+            if slot is not None:
+                self.discard(slot)
+            slot = self._new(js)
+            if js:
+                self._js_slot = slot
+            else:
+                self._slot = slot
+        return slot
+
+    def discard(self, slot: Slot) -> None:
+        if slot is self._slot:
+            self._slot = None
+        if slot is self._js_slot:
+            self._js_slot = None
+        try:
+            slot.context.close()
+        except Exception as exc:
+            self.log("warning", f"closing a browser context failed: {first_line(exc)}", None)
+
+    def close(self) -> None:
+        for slot in (self._slot, self._js_slot):
+            if slot is not None:
+                self.discard(slot)
+
+    def release(self, slot: Slot, *, defer_reset: bool) -> None:
+        """A job is done with ``slot``: reset it now, or at :meth:`finish` when ``defer_reset``."""
+        if slot is self._slot or slot is self._js_slot:
+            if defer_reset:
+                self._pending_reset = slot
+            else:
+                self.reset(slot)
+
+    def finish(self) -> None:
+        """Run the reset that :meth:`release` deferred, if any."""
+        slot, self._pending_reset = self._pending_reset, None
+        if slot is not None and (slot is self._slot or slot is self._js_slot):
+            self.reset(slot)
+
+    def reset(self, slot: Slot) -> None:
+        """Make the slot's page as if new; on any failure, throw the context away."""
+        try:
+            if slot.crashed or slot.page.is_closed():
+                raise RuntimeError("page crashed or closed")
+            page = slot.page
+            cdp = slot.cdp
+            if page.url != "about:blank":
+                # leave the job's origin (a url source); set_content pages stay on about:blank
+                # and the next set_content replaces their whole document (~25 ms saved)
+                page.goto("about:blank", timeout=5_000)
+            if "emulation" in slot.origins:
+                cdp.send(
+                    "Emulation.setDeviceMetricsOverride",
+                    {
+                        "width": DEFAULT_VIEWPORT["width"],
+                        "height": DEFAULT_VIEWPORT["height"],
+                        "deviceScaleFactor": 1,
+                        "mobile": False,
+                    },
+                )
+            slot.context.clear_cookies()
+            slot.context.clear_permissions()
+            cdp.send("Network.clearBrowserCache")
+            cdp.send("Network.clearBrowserCookies")
+            for origin in sorted(slot.origins - {"emulation"}):
+                cdp.send("Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"})
+            slot.origins.clear()
+        except Exception as exc:
+            self.log("warning", f"context reset failed, rebuilding it: {first_line(exc)}", None)
+            self.discard(slot)
