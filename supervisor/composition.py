@@ -171,6 +171,7 @@ async def http_server(
     from supervisor.http_database import HttpDatabase
 
     api_db = await HttpDatabase.open(conninfo, settings, worker_id)
+    api_db.worker_database_ok = lambda: parts.database.ok
     health = parts.health
     state = AppState(
         settings=settings,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -24,6 +25,8 @@ class HttpDatabase:
         self.conninfo = conninfo
         self.connect_timeout = connect_timeout
         self._reviving: asyncio.Task[None] | None = None
+        # Whether the worker's own database work succeeds (its claims, heartbeats and stats).
+        self.worker_database_ok: Callable[[], bool] | None = None
 
     @classmethod
     async def open(cls, conninfo: str, settings: Settings, worker_id: str) -> HttpDatabase:
@@ -46,10 +49,23 @@ class HttpDatabase:
             )
 
     async def health(self) -> HealthCheck:
+        if self.busy() and self.worker_database_ok is not None:
+            # Callers hold every API connection: that is no reason for the platform to
+            # restart a worker whose own database work goes on (issue: hostile callers).
+            if self.worker_database_ok():
+                return HealthCheck(True, "Database connection OK (the API's connections are all busy)",
+                                   {"api_pool": "busy"})
+            return HealthCheck(False, "Database unavailable to the worker (the API's connections are all busy)")
         check = await database_check(self.pool)
         if not check.healthy:
             self.failed()
         return check
+
+    def busy(self) -> bool:
+        """Every connection of the API pool is in use, or requests already wait for one."""
+        stats = self.pool.get_stats()
+        in_use_all = stats.get("pool_size", 0) >= self.pool.max_size and stats.get("pool_available", 0) == 0
+        return in_use_all or stats.get("requests_waiting", 0) > 0
 
     async def close(self) -> None:
         if self._reviving is not None:

@@ -48,7 +48,7 @@ WITH done AS (
        SET status = 'completed', completed_at = now(), heartbeat_at = now(),
            storage_path = %(storage_path)s, file_url = %(file_url)s,
            file_size_bytes = %(file_size_bytes)s, content_type = %(content_type)s,
-           metadata = metadata || %(metadata)s, error_message = NULL, error_category = NULL
+           metadata = (metadata - 'failure_reason') || %(metadata)s, error_message = NULL, error_category = NULL
      WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
        AND status = 'processing'
     RETURNING id, export_job_recipient(user_id, notify_email) AS recipient
