@@ -349,7 +349,7 @@ def _check_webhooks(hooks: WebhookSettings) -> None:
     if secret:
         body = secret.removeprefix("whsec_")
         try:
-            key = base64.b64decode(body + "==", validate=True) if secret.startswith("whsec_") else b""
+            key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True) if secret.startswith("whsec_") else b""
         except binascii.Error:
             key = b""
         if len(key) < 16:
