@@ -20,7 +20,14 @@ from dataclasses import dataclass
 
 import httpx
 
-from render_child.netpolicy import Blocked, FetchFailed, Resolver, is_trusted_private, resolve_checked
+from render_child.netpolicy import (
+    Blocked,
+    FetchFailed,
+    Resolver,
+    is_trusted_private,
+    parse_http_url,
+    resolve_checked,
+)
 from shared.config import Settings
 from shared.hosts import host_matches, normalize_host
 from shared.messages import NetworkPolicy
@@ -57,17 +64,11 @@ def check_url(url: str, settings: Settings) -> httpx.URL:
     if len(url) > MAX_URL_LENGTH:
         raise TargetRefused(f"the URL is longer than {MAX_URL_LENGTH} characters")
     try:
-        parsed = httpx.URL(url)
-    except Exception:
-        raise TargetRefused("not a URL") from None
+        parsed = parse_http_url(url)
+    except Blocked as exc:
+        raise TargetRefused(exc.reason) from None
     scheme = parsed.scheme.lower()
-    if scheme not in ("http", "https"):
-        raise TargetRefused(f"scheme {scheme or '(none)'} is not allowed; use https")
-    if parsed.userinfo:
-        raise TargetRefused("credentials in the URL are not allowed")
     host = normalize_host(parsed.host)
-    if not host:
-        raise TargetRefused("the URL has no host")
     port = parsed.port or (443 if scheme == "https" else 80)
     if scheme == "http" and not is_trusted_private(host, port, _policy(settings)):
         raise TargetRefused(f"http is allowed only for hosts in TRUSTED_PRIVATE_HOSTS; use https for {host}")
