@@ -116,6 +116,7 @@ class WebhookSettings(_Section):
 
     webhook_secret: Annotated[str, _doc("whsec_ secret (base64 after the prefix) that signs webhooks; empty = jobs may not name a webhook (secret)")] = ""
     webhook_allowed_hosts: Annotated[list[str], _doc("when set, the only hosts (and *.suffix) a webhook may target")] = []
+    webhook_default_url: Annotated[str, _doc("webhook of every job that names none (checked like one at start); empty = none")] = ""
     webhook_connect_timeout_seconds: Annotated[float, _doc("time to connect to a webhook target", ge=0.1, le=60)] = 5.0
     webhook_timeout_seconds: Annotated[float, _doc("whole time of one delivery, answer included", ge=0.5, le=120)] = 10.0
     webhook_max_response_bytes: Annotated[int, _doc("most of a receiver's answer that is read", ge=0, le=1_000_000)] = 65_536
@@ -355,6 +356,8 @@ def _check_webhooks(hooks: WebhookSettings) -> None:
         if len(key) < 16:
             raise ConfigError("config error: WEBHOOK_SECRET must be whsec_ followed by at least 16 bytes in base64 "
                               "(e.g. whsec_ + `openssl rand -base64 32`)")
+    if hooks.webhook_default_url and not secret:
+        raise ConfigError("config error: WEBHOOK_DEFAULT_URL is set but WEBHOOK_SECRET is not; webhooks are signed")
     if hooks.webhook_lease_seconds <= hooks.webhook_timeout_seconds:
         raise ConfigError(f"config error: WEBHOOK_LEASE_SECONDS ({hooks.webhook_lease_seconds}) must be longer than "
                           f"WEBHOOK_TIMEOUT_SECONDS ({hooks.webhook_timeout_seconds}), or two workers send at once")

@@ -7,6 +7,9 @@
 -- retry of that event carries the same `webhook-id` header (receivers
 -- de-duplicate on it).
 ALTER TABLE export_jobs ADD COLUMN IF NOT EXISTS webhook_url text;
+-- WEBHOOK_DEFAULT_URL, written by `migrate` and `serve` (sync_queue_settings):
+-- the webhook of every job created without one, by any path.
+ALTER TABLE export_queue_settings ADD COLUMN IF NOT EXISTS webhook_default_url text;
 
 CREATE TABLE IF NOT EXISTS export_webhook_outbox (
     id            bigserial PRIMARY KEY,
@@ -143,7 +146,7 @@ BEGIN
             extract(epoch FROM now())
               - (CASE WHEN p_subscriber THEN s.subscriber_priority ELSE s.free_user_priority END)
                 * s.priority_aging_seconds,
-            p_webhook_url)
+            coalesce(p_webhook_url, s.webhook_default_url))
     RETURNING * INTO result;
     result.created := true;
     RETURN result;
