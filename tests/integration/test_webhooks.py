@@ -129,6 +129,8 @@ async def test_one_signed_delivery_per_job_and_event(tmp_path: Path, db_url: str
     assert abs((expires - datetime.now(UTC)).total_seconds() - settings.storage.signed_url_ttl_seconds) < 60
     assert f"expires={int(expires.timestamp())}" in data["file_url"] and "sig=" in data["file_url"]
     assert datetime.fromisoformat(done.payload["timestamp"]) == job["completed_at"]
+    lag = (deliveries(db_url, ok)[0]["delivered_at"] - job["completed_at"]).total_seconds()
+    print(f"\ncompletion to delivered: {lag * 1000:.0f} ms")
 
     fdata = failed.payload["data"]
     fjob = _get_job(db_url, bad)
@@ -162,6 +164,16 @@ async def test_retried_after_500s_with_the_same_id_then_delivered(tmp_path: Path
     assert all(g >= 0.1 for g in gaps), f"backoff between tries: {gaps}"
     hook = _get_job(db_url, job_id)["webhooks"][0]
     assert hook["status"] == "delivered" and hook["attempts"] == 3
+    print(f"\nretry gaps after 500, 503 (base 0.2 s, cap 0.5 s): {[round(g, 2) for g in gaps]} s")
+
+    # `export-worker status` shows the outcome.
+    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "EXPORT_WORKER_CONFIG"}}
+    env |= {"DATABASE_URL": db_url, "EXPORT_WORKER_DATA_DIR": str(tmp_path / "data")}
+    shown = subprocess.run([str(ROOT / ".venv/bin/export-worker"), "status", job_id], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=50)
+    assert shown.returncode == 0, shown.stderr
+    line = next(x for x in shown.stdout.splitlines() if "export.completed" in x)
+    assert f"delivered, 3 attempt(s), id {hook['webhook_id']}" in line
 
 
 async def test_410_gone_disables_the_delivery(tmp_path: Path, db_url: str) -> None:
@@ -209,6 +221,7 @@ async def test_a_slow_receiver_holds_up_neither_rendering_nor_mail(tmp_path: Pat
             slow.release.set()
             await until(delivered(db_url, hooked), what="the held delivery completes once released")
     assert took < 10, f"5 jobs rendered and mailed in {took:.1f}s while the receiver held its answer"
+    print(f"\n5 jobs rendered and mailed in {took:.2f} s while a receiver held its answer")
 
 
 # ---- the HTTP API shows the outcome ---------------------------------------------------------
@@ -286,3 +299,4 @@ async def test_killed_after_the_2xx_redelivers_with_the_same_id(tmp_path: Path, 
     final = deliveries(db_url, job_id)[0]
     assert final["locked_by"] == "hook-b" and final["attempts"] == 2
     assert waited >= 2, f"B sent only after A's lease ended ({waited:.1f}s)"
+    print(f"\nkilled after the 2xx; delivered again by B {waited:.1f} s later (lease 3 s)")
