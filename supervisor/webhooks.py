@@ -32,7 +32,7 @@ from psycopg_pool import AsyncConnectionPool
 from standardwebhooks.webhooks import Webhook
 
 from shared.config import Settings
-from shared.vocabulary import ErrorCategory, ExportType, JobStatus, OutputFormat, WebhookEvent
+from shared.vocabulary import ErrorCategory, ExportType, JobStatus, OutputFormat, WebhookEvent, WebhookStatus
 from supervisor.links import download_link
 from supervisor.metrics import Metrics
 from supervisor.outbox import drain_forever
@@ -43,6 +43,7 @@ from supervisor.webhook_targets import Target, TargetRefused, TargetUnreachable,
 log = logging.getLogger(__name__)
 
 USER_AGENT = "export-worker-webhooks/1"
+RETRY = "retry"  # the metric's outcome for an attempt that will be tried again (the row stays pending)
 EXPECTED_STATUS = {WebhookEvent.COMPLETED: JobStatus.COMPLETED, WebhookEvent.FAILED: JobStatus.FAILED}
 
 
@@ -120,14 +121,14 @@ class WebhookSender:
             # Tests stop a worker here (after the 2xx, before the write): the at-least-once edge.
             await asyncio.to_thread(pause_point, "webhook-delivered", row["webhook_id"])
             await self._write("webhook_delivered", row, status=status)
-            self.metrics.webhook_deliveries.labels(event, "delivered").inc()
+            self.metrics.webhook_deliveries.labels(event, WebhookStatus.DELIVERED).inc()
             log.info("webhook delivered", extra=self._log_fields(row, status))
         elif status == 410:
             await self._write("webhook_disabled", row, status=status, error="410 Gone: the receiver disabled it")
-            self.metrics.webhook_deliveries.labels(event, "disabled").inc()
+            self.metrics.webhook_deliveries.labels(event, WebhookStatus.DISABLED).inc()
             log.warning("webhook disabled by the receiver (410 Gone)", extra=self._log_fields(row, status))
-        else:
-            await self._retry_or_give_up(row, event, status, error, give_up=False)
+        else:  # status 0: no answer at all
+            await self._retry_or_give_up(row, event, status or None, error, give_up=False)
 
     async def _body(self, row: dict[str, Any], event: WebhookEvent) -> bytes:
         async with self.pool.connection() as conn:
@@ -219,7 +220,7 @@ class WebhookSender:
         give_up = give_up or left <= 0
         delay = min(hooks.webhook_backoff_cap_seconds, hooks.webhook_backoff_base_seconds * 2 ** (row["attempts"] - 1))
         delay = min(delay / 2 + random.uniform(0, delay / 2), max(left, 0))  # equal jitter; a last try at the end
-        outcome = "failed" if give_up else "retry"
+        outcome = WebhookStatus.FAILED if give_up else RETRY
         self.metrics.webhook_deliveries.labels(event, outcome).inc()
         log.warning("webhook gave up" if give_up else "webhook not delivered; will retry",
                     extra=self._log_fields(row, status) | {"error": error, "retry_in_s": round(delay, 2)})

@@ -300,3 +300,41 @@ async def test_killed_after_the_2xx_redelivers_with_the_same_id(tmp_path: Path, 
     assert final["locked_by"] == "hook-b" and final["attempts"] == 2
     assert waited >= 2, f"B sent only after A's lease ended ({waited:.1f}s)"
     print(f"\nkilled after the 2xx; delivered again by B {waited:.1f} s later (lease 3 s)")
+
+
+# ---- bounded time, no answer -----------------------------------------------------------------
+
+
+async def test_a_receiver_slower_than_the_timeout_is_retried(tmp_path: Path, db_url: str) -> None:
+    with WebhookReceiver(SECRET, hold_for=30) as slow:
+        settings = hook_settings(tmp_path, db_url, slow, WEBHOOK_TIMEOUT_SECONDS="1", WEBHOOK_LEASE_SECONDS="2")
+        job_id = create_job(db_url, html_payload(), slow.hook_url())
+        async with running(settings, db_url):
+            await until(slow.started.is_set, what="the first attempt arriving")
+            started = time.monotonic()
+            await until(lambda: any((r["last_error"] or "").startswith("no answer within")
+                                    for r in deliveries(db_url, job_id)), what="the first attempt timing out")
+            gave_up_after = time.monotonic() - started
+            slow.release.set()
+            await until(delivered(db_url, job_id), what="delivered once the receiver answers in time")
+        got = slow.snapshot()
+    assert 0.8 < gave_up_after < 3, f"the attempt was abandoned after {gave_up_after:.2f}s (timeout 1 s)"
+    assert len({r.webhook_id for r in got}) == 1 and all(r.error is None for r in got)
+    row = deliveries(db_url, job_id)[0]
+    assert row["attempts"] >= 2 and row["last_status"] == 200 and row["last_error"] is None
+    print(f"\na receiver holding its answer was abandoned after {gave_up_after:.2f} s (timeout 1 s)")
+
+
+async def test_a_closed_port_is_retried_with_the_error_kept(tmp_path: Path, db_url: str) -> None:
+    with WebhookReceiver(SECRET) as receiver:
+        port = receiver.port
+    settings = settings_for(tmp_path, db_url, **(FAST | {"TRUSTED_PRIVATE_HOSTS": f"127.0.0.1:{port}"}))
+    job_id = create_job(db_url, html_payload(), f"http://127.0.0.1:{port}/hook")
+    async with running(settings, db_url) as sup:
+        await until(lambda: sample(sup, "export_webhook_deliveries_total", event="export.completed",
+                                   outcome="retry") >= 2, what="two failed attempts")
+    row = deliveries(db_url, job_id)[0]
+    assert row["delivered_at"] is None and row["gave_up_at"] is None and row["last_status"] is None
+    assert "ConnectError" in row["last_error"], row["last_error"]
+    hook = _get_job(db_url, job_id)["webhooks"][0]
+    assert hook["status"] == "pending" and hook["next_attempt_at"] is not None
