@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -205,21 +205,28 @@ async def test_given_up_after_the_retry_period(tmp_path: Path, db_url: str) -> N
 # ---- a slow receiver holds up neither rendering nor mail ---------------------------------
 
 
-async def test_a_slow_receiver_holds_up_neither_rendering_nor_mail(tmp_path: Path, db_url: str) -> None:
+@contextlib.asynccontextmanager
+async def held_delivery(tmp_path: Path, db_url: str, timeout: str,
+                        lease: str) -> AsyncIterator[tuple[WebhookReceiver, str, float]]:
+    """A running worker whose first delivery a receiver holds: (receiver, job id, when it arrived)."""
     with WebhookReceiver(SECRET, hold_for=30) as slow:
-        settings = hook_settings(tmp_path, db_url, slow, WEBHOOK_TIMEOUT_SECONDS="20", WEBHOOK_LEASE_SECONDS="30")
-        hooked = create_job(db_url, html_payload(), slow.hook_url())
+        settings = hook_settings(tmp_path, db_url, slow, WEBHOOK_TIMEOUT_SECONDS=timeout, WEBHOOK_LEASE_SECONDS=lease)
+        job_id = create_job(db_url, html_payload(), slow.hook_url())
         async with running(settings, db_url):
-            await until(slow.started.is_set, what="the slow receiver holding the first delivery")
-            held_at = time.monotonic()
-            later = [create_job(db_url, html_payload(f"<p>{i}</p>"), None, "reader@example.com") for i in range(5)]
-            for job_id in later:
-                await until(lambda j=job_id: _get_job(db_url, j)["status"] == "completed", what="later jobs")
-                await until(lambda j=job_id: any(r["sent_at"] for r in outbox(db_url, j)), what="their mail")
-            took = time.monotonic() - held_at
-            assert deliveries(db_url, hooked)[0]["delivered_at"] is None, "the slow delivery is still held"
-            slow.release.set()
-            await until(delivered(db_url, hooked), what="the held delivery completes once released")
+            await until(slow.started.is_set, what="the receiver holding the first delivery")
+            yield slow, job_id, time.monotonic()
+
+
+async def test_a_slow_receiver_holds_up_neither_rendering_nor_mail(tmp_path: Path, db_url: str) -> None:
+    async with held_delivery(tmp_path, db_url, timeout="20", lease="30") as (slow, hooked, held_at):
+        later = [create_job(db_url, html_payload(f"<p>{i}</p>"), None, "reader@example.com") for i in range(5)]
+        for job_id in later:
+            await until(lambda j=job_id: _get_job(db_url, j)["status"] == "completed", what="later jobs")
+            await until(lambda j=job_id: any(r["sent_at"] for r in outbox(db_url, j)), what="their mail")
+        took = time.monotonic() - held_at
+        assert deliveries(db_url, hooked)[0]["delivered_at"] is None, "the slow delivery is still held"
+        slow.release.set()
+        await until(delivered(db_url, hooked), what="the held delivery completes once released")
     assert took < 10, f"5 jobs rendered and mailed in {took:.1f}s while the receiver held its answer"
     print(f"\n5 jobs rendered and mailed in {took:.2f} s while a receiver held its answer")
 
@@ -306,17 +313,12 @@ async def test_killed_after_the_2xx_redelivers_with_the_same_id(tmp_path: Path, 
 
 
 async def test_a_receiver_slower_than_the_timeout_is_retried(tmp_path: Path, db_url: str) -> None:
-    with WebhookReceiver(SECRET, hold_for=30) as slow:
-        settings = hook_settings(tmp_path, db_url, slow, WEBHOOK_TIMEOUT_SECONDS="1", WEBHOOK_LEASE_SECONDS="2")
-        job_id = create_job(db_url, html_payload(), slow.hook_url())
-        async with running(settings, db_url):
-            await until(slow.started.is_set, what="the first attempt arriving")
-            started = time.monotonic()
-            await until(lambda: any((r["last_error"] or "").startswith("no answer within")
-                                    for r in deliveries(db_url, job_id)), what="the first attempt timing out")
-            gave_up_after = time.monotonic() - started
-            slow.release.set()
-            await until(delivered(db_url, job_id), what="delivered once the receiver answers in time")
+    async with held_delivery(tmp_path, db_url, timeout="1", lease="2") as (slow, job_id, started):
+        await until(lambda: any((r["last_error"] or "").startswith("no answer within")
+                                for r in deliveries(db_url, job_id)), what="the first attempt timing out")
+        gave_up_after = time.monotonic() - started
+        slow.release.set()
+        await until(delivered(db_url, job_id), what="delivered once the receiver answers in time")
         got = slow.snapshot()
     assert 0.8 < gave_up_after < 3, f"the attempt was abandoned after {gave_up_after:.2f}s (timeout 1 s)"
     assert len({r.webhook_id for r in got}) == 1 and all(r.error is None for r in got)
