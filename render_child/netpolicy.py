@@ -225,6 +225,22 @@ def resolve_checked(
     return ips
 
 
+def parse_http_url(url: str) -> httpx.URL:
+    """An http(s) URL with a host and no credentials (the fetcher's and the webhooks'); raise :class:`Blocked`."""
+    try:
+        parsed = httpx.URL(url)
+    except Exception:
+        raise Blocked("malformed URL") from None
+    scheme = parsed.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise Blocked(f"scheme {scheme or '(none)'}: not allowed")
+    if parsed.userinfo:
+        raise Blocked("credentials in URL are not allowed")
+    if not parsed.host:
+        raise Blocked("URL has no host")
+    return parsed
+
+
 @dataclass
 class Fetcher:
     """One job's fetcher: decides, fetches, and records what it blocked."""
@@ -242,19 +258,9 @@ class Fetcher:
 
     def check_url(self, url: str, *, main_document: bool) -> httpx.URL:
         """Scheme and host-allowlist checks (no DNS). Raise :class:`Blocked`."""
-        try:
-            parsed = httpx.URL(url)
-        except Exception:
-            raise Blocked("malformed URL") from None
-        scheme = parsed.scheme.lower()
-        if scheme not in ("http", "https"):
-            raise Blocked(f"scheme {scheme or '(none)'}: not allowed")
-        if parsed.userinfo:
-            raise Blocked("credentials in URL are not allowed")
+        parsed = parse_http_url(url)
         host = parsed.host
-        if not host:
-            raise Blocked("URL has no host")
-        port = parsed.port or _default_port(scheme)
+        port = parsed.port or _default_port(parsed.scheme.lower())
         allowed = self.policy.allowed_url_hosts if main_document else self.policy.allowed_hosts
         if not host_matches(host, port, allowed):
             which = "allowed_url_hosts" if main_document else "allowed_hosts"

@@ -9,6 +9,8 @@ into exit code 2 and one line naming the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import re
@@ -109,6 +111,21 @@ class MailSettings(_Section):
     mail_lease_seconds: Annotated[int, _doc("a sender holds a claimed mail this long; if it dies, another worker sends it after", ge=5, le=3600)] = 120
 
 
+class WebhookSettings(_Section):
+    """Callbacks to a job's webhook_url (supervisor/webhooks.py), signed to the Standard Webhooks spec."""
+
+    webhook_secret: Annotated[str, _doc("whsec_ secret (base64 after the prefix) that signs webhooks; empty = jobs may not name a webhook (secret)")] = ""
+    webhook_allowed_hosts: Annotated[list[str], _doc("when set, the only hosts (and *.suffix) a webhook may target")] = []
+    webhook_default_url: Annotated[str, _doc("webhook of every job that names none (checked like one at start); empty = none")] = ""
+    webhook_connect_timeout_seconds: Annotated[float, _doc("time to connect to a webhook target", ge=0.1, le=60)] = 5.0
+    webhook_timeout_seconds: Annotated[float, _doc("whole time of one delivery, answer included", ge=0.5, le=120)] = 10.0
+    webhook_max_response_bytes: Annotated[int, _doc("most of a receiver's answer that is read", ge=0, le=1_000_000)] = 65_536
+    webhook_retry_period_seconds: Annotated[int, _doc("a delivery is retried this long after its event, then given up", ge=1, le=604_800)] = 86_400
+    webhook_backoff_base_seconds: Annotated[float, _doc("first retry waits about this long; each next one twice as long (with jitter)", ge=0.05, le=3600)] = 5.0
+    webhook_backoff_cap_seconds: Annotated[float, _doc("no retry waits longer", ge=0.05, le=86_400)] = 3600.0
+    webhook_lease_seconds: Annotated[int, _doc("a sender holds a claimed delivery this long; if it dies, another worker sends it after", ge=2, le=3600)] = 60
+
+
 class LimitSettings(_Section):
     free_user_hourly_limit: Annotated[int, _doc("jobs a free user may create per 60 minutes", ge=0, le=1_000_000)] = 10
     subscriber_hourly_limit: Annotated[int, _doc("jobs a subscriber may create per 60 minutes", ge=0, le=1_000_000)] = 50
@@ -179,6 +196,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     render: RenderSettings = msgspec.field(default_factory=RenderSettings)
     storage: StorageSettings = msgspec.field(default_factory=StorageSettings)
     mail: MailSettings = msgspec.field(default_factory=MailSettings)
+    webhooks: WebhookSettings = msgspec.field(default_factory=WebhookSettings)
     limits: LimitSettings = msgspec.field(default_factory=LimitSettings)
     retry: RetrySettings = msgspec.field(default_factory=RetrySettings)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
@@ -197,6 +215,7 @@ SECRET_KEYS = frozenset(
         "link_secret",
         "sendgrid_api_key",
         "smtp_password",
+        "webhook_secret",
         "export_api_keys",
         "supabase_jwt_secret",
         "console_keys",
@@ -322,7 +341,26 @@ def load_settings(
     except msgspec.ValidationError as exc:
         raise ConfigError(_explain(exc, raw, fields, sources, config_path)) from None
     console_operators(settings.console.console_keys)  # a malformed CONSOLE_KEYS stops here, named
+    _check_webhooks(settings.webhooks)
     return settings
+
+
+def _check_webhooks(hooks: WebhookSettings) -> None:
+    secret = hooks.webhook_secret
+    if secret:
+        body = secret.removeprefix("whsec_")
+        try:
+            key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True) if secret.startswith("whsec_") else b""
+        except binascii.Error:
+            key = b""
+        if len(key) < 16:
+            raise ConfigError("config error: WEBHOOK_SECRET must be whsec_ followed by at least 16 bytes in base64 "
+                              "(e.g. whsec_ + `openssl rand -base64 32`)")
+    if hooks.webhook_default_url and not secret:
+        raise ConfigError("config error: WEBHOOK_DEFAULT_URL is set but WEBHOOK_SECRET is not; webhooks are signed")
+    if hooks.webhook_lease_seconds <= hooks.webhook_timeout_seconds:
+        raise ConfigError(f"config error: WEBHOOK_LEASE_SECONDS ({hooks.webhook_lease_seconds}) must be longer than "
+                          f"WEBHOOK_TIMEOUT_SECONDS ({hooks.webhook_timeout_seconds}), or two workers send at once")
 
 
 CONSOLE_KEY_MIN_LENGTH = 16

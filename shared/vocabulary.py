@@ -107,3 +107,19 @@ class FailureReason(StrEnum):
     CHILD_CRASHED = "child_crashed"
     STORAGE = "storage"
     STALE = "stale"  # the claiming worker stopped heartbeating
+
+
+class WebhookEvent(StrEnum):
+    """The events a job's webhook receives (the body's ``type``)."""
+
+    COMPLETED = "export.completed"
+    FAILED = "export.failed"  # only when the failure is final
+
+
+class WebhookStatus(StrEnum):
+    """Where one webhook delivery stands (the job's ``webhooks[].status``)."""
+
+    PENDING = "pending"  # not sent yet, or retrying
+    DELIVERED = "delivered"  # the receiver answered 2xx
+    DISABLED = "disabled"  # the receiver answered 410 Gone
+    FAILED = "failed"  # given up: the retry period ended, or the target became unsafe

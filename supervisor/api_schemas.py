@@ -17,7 +17,7 @@ import msgspec
 from starlette.responses import Response
 
 from shared.payload import RenderPayload, payload_error, unstorable_string
-from shared.vocabulary import ErrorCategory, ExportType, JobStatus
+from shared.vocabulary import ErrorCategory, ExportType, JobStatus, WebhookEvent, WebhookStatus
 from supervisor.problems import ApiProblem, invalid
 
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+\.[^@\s]+$"
@@ -50,6 +50,27 @@ class JobCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         UUID | None,
         msgspec.Meta(description="Required for trusted callers; end users may only name themselves."),
     ] = None
+    webhook_url: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=2048,
+            description="Called (signed, Standard Webhooks) on export.completed and on a final export.failed. "
+            "https only; a host resolving to a private, loopback, link-local or metadata address is refused (422).",
+        ),
+    ] | None = None
+
+
+class WebhookDelivery(msgspec.Struct, kw_only=True):
+    """One webhook event of a job and where its delivery stands."""
+
+    event: WebhookEvent
+    webhook_id: Annotated[str, msgspec.Meta(description="The `webhook-id` header: the same on every retry.")]
+    status: WebhookStatus
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+    next_attempt_at: datetime | None
 
 
 class JobLinks(msgspec.Struct, kw_only=True):
@@ -95,6 +116,8 @@ class Job(msgspec.Struct, kw_only=True):
     content_type: str | None
     download_url: Annotated[str | None, msgspec.Meta(description="A signed link, once completed.")]
     metadata: dict[str, Any]
+    webhook_url: str | None = None
+    webhooks: list[WebhookDelivery] = []
     links: JobLinks
 
 
@@ -152,6 +175,8 @@ def job_from_row(row: dict[str, Any], download_url: str | None) -> Job:
         content_type=row.get("content_type"),
         download_url=download_url,
         metadata=row.get("metadata") or {},
+        webhook_url=row.get("webhook_url"),
+        webhooks=msgspec.convert(row.get("webhooks") or [], list[WebhookDelivery]),
         links=JobLinks.of(job_id),
     )
 

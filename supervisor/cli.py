@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subscriber", action="store_true", help="subscriber tier (priority and limits)")
     p.add_argument("--idempotency-key", help="a repeat with the same key returns the same job")
     p.add_argument("--email", help="where the completion or failure mail goes")
+    p.add_argument("--webhook", metavar="URL", help="https URL called (signed) when the job ends (completed or failed)")
     p.add_argument("--menu-id", help="the menu's UUID, when the source is a menu")
     p.add_argument("--json", action="store_true", help="print the job as JSON")
     p.add_argument("--wait", action="store_true", help="show progress until the job ends")

@@ -29,7 +29,7 @@ def _print_job(job: dict[str, Any], as_json: bool) -> None:
         return
     fields = ("id", "status", "export_type", "user_id", "priority", "attempts", "max_attempts", "worker_id",
               "created_at", "started_at", "completed_at", "error_category", "error_message",
-              "storage_path", "file_url", "file_size_bytes")
+              "storage_path", "file_url", "file_size_bytes", "webhook_url")
     for name in fields:
         value = job.get(name)
         if name == "attempts":
@@ -37,6 +37,12 @@ def _print_job(job: dict[str, Any], as_json: bool) -> None:
         if name == "max_attempts" or value is None:
             continue
         print(f"{name:>16}  {value}")
+    for hook in job.get("webhooks") or []:
+        # webhook_status, attempts and the last error of each event's delivery
+        line = f"{hook['status']}, {hook['attempts']} attempt(s), id {hook['webhook_id']}"
+        if hook.get("last_error"):
+            line += f", last error: {hook['last_error']}"
+        print(f"{hook['event']:>16}  {line}")
 
 
 def _build_payload(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
@@ -72,10 +78,15 @@ def _build_payload(args: argparse.Namespace, settings: Settings) -> dict[str, An
 
 def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from supervisor.queue import InvalidJob, LimitExceeded
+    from supervisor.webhook_targets import refuse_unsafe
 
     payload = _build_payload(args, settings)
 
     async def work(queue: Any) -> int:
+        if args.webhook is not None:
+            refused = await refuse_unsafe(args.webhook, settings)
+            if refused is not None:
+                raise CliError(f"invalid request: webhook_url (--webhook) is refused: {refused}", EXIT_BAD_INPUT)
         try:
             job = await queue.create_job(
                 user_id=args.user_id,
@@ -85,6 +96,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
                 subscriber=args.subscriber,
                 idempotency_key=args.idempotency_key,
                 email=args.email,
+                webhook_url=args.webhook,
             )
         except LimitExceeded as exc:
             raise CliError(f"refused: {exc.message} (retry after {exc.retry_after_seconds}s)", EXIT_LIMIT) from None

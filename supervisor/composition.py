@@ -30,12 +30,13 @@ from supervisor.outbox import OutboxSender
 from supervisor.pool import RenderPool
 from supervisor.queue import JobQueue
 from supervisor.sandbox import SandboxMode, chromium_args, detect
-from supervisor.settle import Settler
+from supervisor.settle import Settler, Wakes
 from supervisor.storage import build_storage, writer_tag
 from supervisor.sweep import sweep_temp
 from supervisor.tasks import TaskOwner
 from supervisor.upkeep import Upkeep
 from supervisor.watchdog import Watchdog
+from supervisor.webhooks import WebhookSender
 from supervisor.worker_health import WorkerHealth
 from supervisor.workers import WorkerRegistry
 
@@ -63,6 +64,7 @@ class WorkerParts:
     breaker: CircuitBreaker
     storage: BreakerStorage
     outbox: OutboxSender
+    webhooks: WebhookSender
     listener: Listener | None
     settler: Settler
     pool: RenderPool
@@ -102,9 +104,11 @@ async def assemble(
     if settings.database.listen_notify:
         listener = Listener(conninfo, connect_timeout=settings.database.connect_timeout_seconds)
     outbox = OutboxSender(db, worker_id, settings, mail, storage, metrics)
+    webhooks = WebhookSender(db, worker_id, settings, storage, metrics)
     delivery = Delivery(queue, storage, breaker, metrics, s.signed_url_ttl_seconds)
     scratch = data_dir / "scratch" / writer_tag()  # this process's own: the temp sweep removes it if we die
-    settler = Settler(settings, worker_id, queue, delivery, breaker, metrics, tasks, scratch, outbox.wake)
+    settler = Settler(settings, worker_id, queue, delivery, breaker, metrics, tasks, scratch,
+                      Wakes(outbox.wake, webhooks.wake))
     # Chromium's own sandbox where the host allows it: detected once, logged once (supervisor/sandbox.py).
     sandbox = detect()
     config = pool_config(settings, worker_id, scratch, overrides.child_target, sandbox.mode)
@@ -124,8 +128,8 @@ async def assemble(
     upkeep = Upkeep(settings, queue, pool, settler, storage, database, metrics)
     health = WorkerHealth(settings, breaker, storage.name, pool, watchdog, sandbox)
     workers = WorkerRegistry(db, worker_id, forget_hours=settings.console.console_worker_forget_hours)
-    return WorkerParts(db, database, queue, link_signer, breaker, storage, outbox, listener, settler, pool,
-                       watchdog, upkeep, health, workers)
+    return WorkerParts(db, database, queue, link_signer, breaker, storage, outbox, webhooks, listener, settler,
+                       pool, watchdog, upkeep, health, workers)
 
 
 def pool_config(

@@ -50,6 +50,7 @@ from supervisor.links import download_link
 from supervisor.listener import StatusFanout
 from supervisor.problems import ApiProblem, auth_problem, invalid, not_found, unavailable
 from supervisor.queue import InvalidJob, LimitExceeded
+from supervisor.webhook_targets import refuse_unsafe
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +167,10 @@ class JobsApi:
         user_id = principal.acting_for(requested_user)
         assert user_id is not None
         self._check_payload(body)
+        if body.webhook_url is not None:
+            refused = await refuse_unsafe(body.webhook_url, settings)
+            if refused is not None:
+                raise invalid("webhook_url", f"webhook_url is refused: {refused}")
         try:
             row = await self.state.queue.create_job(
                 user_id=user_id,
@@ -175,6 +180,7 @@ class JobsApi:
                 subscriber=body.subscriber,
                 idempotency_key=body.idempotency_key,
                 email=body.email,
+                webhook_url=body.webhook_url,
             )
         except LimitExceeded as exc:
             raise ApiProblem(

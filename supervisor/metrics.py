@@ -122,6 +122,13 @@ class Metrics:
         self.mail_errors = Counter(
             "export_mail_errors_total", "Mail sends that failed (retried later)", ["kind"], registry=r
         )
+        self.webhook_deliveries = Counter(
+            "export_webhook_deliveries_total",
+            "Webhook delivery attempts by event and outcome: delivered (2xx), disabled (410 Gone), retry "
+            "(anything else; tried again later), failed (given up)",
+            ["event", "outcome"],
+            registry=r,
+        )
 
     def set_jobs_created(self, totals: Mapping[str, int]) -> None:
         """Raise export_jobs_created_total to the database's counts; a counter never goes down.

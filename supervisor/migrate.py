@@ -8,7 +8,8 @@ from importlib import resources
 
 import psycopg
 
-from shared.config import Settings
+from shared.config import ConfigError, Settings
+from supervisor.webhook_targets import TargetRefused, check_url
 
 # One lock for every migrating process: the second waits, then finds nothing to do.
 MIGRATION_LOCK_KEY = 7_312_000
@@ -64,6 +65,17 @@ def migrate(conninfo: str) -> list[str]:
     return applied_now
 
 
+def default_webhook(settings: Settings) -> str:
+    """WEBHOOK_DEFAULT_URL once it passed the target rules that need no DNS (deliveries check the rest)."""
+    url = settings.webhooks.webhook_default_url
+    if url:
+        try:
+            check_url(url, settings)
+        except TargetRefused as exc:
+            raise ConfigError(f"config error: WEBHOOK_DEFAULT_URL is refused: {exc.reason}") from None
+    return url
+
+
 def sync_queue_settings(conninfo: str, settings: Settings) -> None:
     """Write the limits and priorities the creation function reads."""
     limits = settings.limits
@@ -74,7 +86,7 @@ def sync_queue_settings(conninfo: str, settings: Settings) -> None:
                    free_user_pending_limit = %s, subscriber_pending_limit = %s,
                    subscriber_priority = %s, free_user_priority = %s,
                    priority_aging_seconds = %s, max_attempts = %s, max_payload_bytes = %s,
-                   poison_kill_limit = %s, updated_at = now()
+                   poison_kill_limit = %s, webhook_default_url = nullif(%s, ''), updated_at = now()
                WHERE id""",
             (
                 limits.free_user_hourly_limit,
@@ -87,5 +99,6 @@ def sync_queue_settings(conninfo: str, settings: Settings) -> None:
                 settings.retry.max_attempts,
                 settings.render.max_input_bytes + 65_536,  # the source plus its options
                 settings.retry.poison_kill_limit,
+                default_webhook(settings),
             ),
         )

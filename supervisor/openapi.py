@@ -12,8 +12,10 @@ from typing import Any
 
 import msgspec
 
+from shared.vocabulary import WebhookEvent
 from supervisor.api_schemas import CancelResult, Health, Job, JobAccepted, JobCreate, StatusEvent
 from supervisor.problems import PROBLEM_JSON, Problem
+from supervisor.webhooks import WebhookBody
 
 REF = "#/components/schemas/{name}"
 
@@ -93,7 +95,7 @@ def openapi_document(version: str = "0.1.0") -> dict[str, Any]:
     structs = sorted(
         {a.body for op in OPERATIONS for a in op.answers.values() if isinstance(a.body, type) and a.body is not str}
         | {op.body for op in OPERATIONS if op.body is not None}
-        | {StatusEvent},
+        | {StatusEvent, WebhookBody},
         key=lambda t: t.__name__,
     )
     refs, schemas = msgspec.json.schema_components(structs, ref_template=REF)
@@ -111,6 +113,7 @@ def openapi_document(version: str = "0.1.0") -> dict[str, Any]:
             "or an EXPORT_API_KEYS key (trusted backends: name user_id, may set subscriber).",
         },
         "paths": paths,
+        "webhooks": {event.value: _webhook(event, ref_of[WebhookBody]) for event in WebhookEvent},
         "components": {
             "schemas": schemas,
             "securitySchemes": {
@@ -157,3 +160,33 @@ def _answer(answer: Answer, ref_of: dict[type, dict[str, Any]]) -> dict[str, Any
             for name in answer.headers
         }
     return out
+
+
+WEBHOOK_HEADERS = {
+    "webhook-id": "The delivery's id: the same on every retry of this job's event (de-duplicate on it)",
+    "webhook-timestamp": "Unix seconds when this attempt was signed",
+    "webhook-signature": "`v1,<base64 HMAC-SHA256>` over `{webhook-id}.{webhook-timestamp}.{body}` with "
+    "WEBHOOK_SECRET (Standard Webhooks)",
+}
+WEBHOOK_SUMMARY = {
+    WebhookEvent.COMPLETED: "The job completed: data carries the signed file_url and its expiry",
+    WebhookEvent.FAILED: "The job failed for good (no retry left): data carries error_category and error_message",
+}
+
+
+def _webhook(event: WebhookEvent, body_ref: dict[str, Any]) -> dict[str, Any]:
+    """A job's webhook_url receives this POST (OpenAPI 3.1 `webhooks`)."""
+    return {"post": {
+        "summary": WEBHOOK_SUMMARY[event],
+        "operationId": "webhook" + "".join(part.title() for part in event.value.split(".")),
+        "parameters": [{"name": name, "in": "header", "required": True, "schema": TEXT, "description": text}
+                       for name, text in WEBHOOK_HEADERS.items()],
+        "requestBody": {"required": True, "content": {"application/json": {"schema": body_ref}}},
+        "responses": {
+            "2XX": {"description": "Delivered: never sent again"},
+            "410": {"description": "Gone: this delivery is disabled, never sent again"},
+            "default": {"description": "Anything else (or no answer within WEBHOOK_TIMEOUT_SECONDS): retried "
+                                       "with exponential backoff and jitter for WEBHOOK_RETRY_PERIOD_SECONDS"},
+        },
+        "security": [],
+    }}

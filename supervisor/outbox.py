@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,6 +22,24 @@ from supervisor.links import download_link
 from supervisor.queries import query
 
 log = logging.getLogger(__name__)
+
+
+async def drain_forever(
+    drain_once: Callable[[], Awaitable[int]], wake: asyncio.Event, idle_seconds: float, what: str
+) -> None:
+    """An outbox's loop: drain while there is work; when idle, sleep until woken or `idle_seconds`."""
+    while True:
+        try:
+            sent = await drain_once()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the database is away; try again later
+            log.warning(f"{what} unavailable", extra={"error": str(exc)})
+            sent = 0
+        if sent == 0:
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), idle_seconds)
 
 
 class OutboxSender:
@@ -42,18 +61,7 @@ class OutboxSender:
         self.wake = asyncio.Event()
 
     async def run(self, idle_seconds: float = 5.0) -> None:
-        while True:
-            try:
-                sent = await self.drain_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the database is away; try again later
-                log.warning("mail outbox unavailable", extra={"error": str(exc)})
-                sent = 0
-            if sent == 0:
-                self.wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), idle_seconds)
+        await drain_forever(self.drain_once, self.wake, idle_seconds, "mail outbox")
 
     async def drain_once(self, limit: int = 20) -> int:
         """Send what is due; returns how many rows were handled."""

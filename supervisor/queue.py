@@ -116,6 +116,7 @@ class JobQueue:
         subscriber: bool = False,
         idempotency_key: str | None = None,
         email: str | None = None,
+        webhook_url: str | None = None,
     ) -> dict[str, Any]:
         """Call create_export_job; raises LimitExceeded or InvalidJob on refusal."""
         params = {
@@ -126,6 +127,7 @@ class JobQueue:
             "subscriber": subscriber,
             "idempotency_key": idempotency_key,
             "email": email,
+            "webhook_url": webhook_url,
         }
         async with self.pool.connection() as conn:
             try:

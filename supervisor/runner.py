@@ -76,6 +76,7 @@ class Supervisor:
     watchdog = property(lambda self: self._parts.watchdog)
     breaker = property(lambda self: self._parts.breaker)
     outbox = property(lambda self: self._parts.outbox)
+    webhooks = property(lambda self: self._parts.webhooks)
     listener = property(lambda self: self._parts.listener)
     storage = property(lambda self: self._parts.storage)
     health = property(lambda self: self._parts.health)
@@ -125,6 +126,7 @@ class Supervisor:
             updates = listener.subscribe()
             self.tasks.run_loop("cancel-watch", lambda: up.watch_status(updates), restart)
         self.tasks.run_loop("outbox", parts.outbox.run, restart)
+        self.tasks.run_loop("webhooks", parts.webhooks.run, restart)
         self.tasks.run_loop("tick", up.tick_loop, fatal)  # no reaping and no top-up without it
         self.tasks.run_loop("heartbeat", up.heartbeat_loop, restart)
         self.tasks.run_loop("rescue", up.rescue_loop, restart)

@@ -58,6 +58,17 @@ class Failed:
 Outcome = Rendered | RenderFailed | Failed | ChildLost
 
 
+class Wakes:
+    """The outboxes' wake events (mail, webhooks), set together after a final status."""
+
+    def __init__(self, *events: asyncio.Event) -> None:
+        self.events = events
+
+    def set(self) -> None:
+        for event in self.events:
+            event.set()
+
+
 @dataclass
 class InFlight:
     claim: Claim
@@ -76,7 +87,7 @@ class Settler:
         metrics: Metrics,
         tasks: TaskOwner,
         scratch: Path,
-        outbox_wake: asyncio.Event,
+        outbox_wake: Wakes,
     ) -> None:
         self.settings = settings
         self.worker_id = worker_id
@@ -88,7 +99,7 @@ class Settler:
         self.scratch = scratch
         self.inflight: dict[str, InFlight] = {}
         self.capacity = asyncio.Event()  # a child freed up, or a job settled
-        self.outbox_wake = outbox_wake  # set when a mail row may have been written
+        self.outbox_wake = outbox_wake  # set when a mail or webhook row may have been written
         self.pool: RenderPool | None = None  # set once the pool exists (it needs us as its owner)
 
     # ---- starting ------------------------------------------------------------------

@@ -4,7 +4,7 @@
 -- name: create_job
 SELECT * FROM create_export_job(
     %(user_id)s, %(export_type)s, %(payload)s, %(menu_id)s,
-    %(subscriber)s, %(idempotency_key)s, %(email)s);
+    %(subscriber)s, %(idempotency_key)s, %(email)s, %(webhook_url)s);
 
 -- name: claim_jobs
 -- Claim up to %(limit)s jobs: pending, available now, lowest claim order first.
@@ -41,8 +41,8 @@ UPDATE export_jobs AS j SET heartbeat_at = now()
 RETURNING j.id, j.cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- name: complete_job
--- Completed, its mail queued and its object's upload entry closed, in one
--- statement (atomic, one round trip). storage_path is this claim's own key.
+-- Completed, its mail and webhook queued and its object's upload entry closed,
+-- in one statement (atomic, one round trip). storage_path is this claim's own key.
 WITH done AS (
     UPDATE export_jobs
        SET status = 'completed', completed_at = now(), heartbeat_at = now(),
@@ -51,11 +51,15 @@ WITH done AS (
            metadata = (metadata - 'failure_reason') || %(metadata)s, error_message = NULL, error_category = NULL
      WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
        AND status = 'processing'
-    RETURNING id, export_job_recipient(user_id, notify_email) AS recipient
+    RETURNING id, export_job_recipient(user_id, notify_email) AS recipient, webhook_url
 ), mail AS (
     INSERT INTO export_mail_outbox (job_id, kind, recipient)
     SELECT id, 'completed', recipient FROM done WHERE recipient IS NOT NULL
     ON CONFLICT (job_id, kind) DO NOTHING
+), hook AS (
+    INSERT INTO export_webhook_outbox (job_id, event, url)
+    SELECT id, 'export.completed', webhook_url FROM done WHERE webhook_url IS NOT NULL
+    ON CONFLICT (job_id, event) DO NOTHING
 ), uploaded AS (
     DELETE FROM export_uploads AS u USING done
      WHERE u.storage_key = %(storage_path)s AND u.job_id = done.id
@@ -85,7 +89,7 @@ DELETE FROM export_uploads WHERE storage_key = %(storage_key)s AND job_id = %(id
 
 -- name: settle_failure
 -- A failed attempt: back to pending after %(delay_ms)s, or failed for good with
--- its mail, in one statement. export_job_is_final is the one retry rule (the
+-- its mail and webhook, in one statement. export_job_is_final is the one retry rule (the
 -- stale rescue uses it too). A render that killed its child (time or memory)
 -- counts toward POISON_KILL_LIMIT and goes back in line behind newer work.
 WITH claim AS (
@@ -118,12 +122,16 @@ WITH claim AS (
                #- '{-11}'
       FROM decided AS d
      WHERE j.id = d.id
-    RETURNING j.id, j.status, j.user_id, j.notify_email, d.kills, d.retry_at
+    RETURNING j.id, j.status, j.user_id, j.notify_email, j.webhook_url, d.kills, d.retry_at
 ), mail AS (
     INSERT INTO export_mail_outbox (job_id, kind, recipient)
     SELECT id, 'failed', export_job_recipient(user_id, notify_email) FROM settled
      WHERE status = 'failed' AND export_job_recipient(user_id, notify_email) IS NOT NULL
     ON CONFLICT (job_id, kind) DO NOTHING
+), hook AS (
+    INSERT INTO export_webhook_outbox (job_id, event, url)
+    SELECT id, 'export.failed', webhook_url FROM settled WHERE status = 'failed' AND webhook_url IS NOT NULL
+    ON CONFLICT (job_id, event) DO NOTHING
 )
 SELECT id, status, kills, greatest(0, extract(epoch FROM retry_at - now()) * 1000)::int AS retry_in_ms
   FROM settled;
@@ -150,7 +158,7 @@ RETURNING id;
 -- name: rescue_stale
 -- Claims whose heartbeat stopped go back to pending (or to failed when
 -- export_job_is_final says so, as for any transient error). The outer WHERE re-checks after the row lock, so a job completed
--- between the read and the write stays completed. Final failures get their mail.
+-- between the read and the write stays completed. Final failures get their mail and webhook.
 WITH stale AS (
     SELECT id FROM export_jobs
      WHERE status = 'processing'
@@ -180,12 +188,16 @@ WITH stale AS (
       FROM stale
      WHERE j.id = stale.id AND j.status = 'processing'
        AND coalesce(j.heartbeat_at, j.started_at, j.updated_at) < now() - make_interval(secs => %(stale_seconds)s)
-    RETURNING j.id, j.status, j.user_id, j.notify_email
+    RETURNING j.id, j.status, j.user_id, j.notify_email, j.webhook_url
 ), mails AS (
     INSERT INTO export_mail_outbox (job_id, kind, recipient)
     SELECT id, 'failed', export_job_recipient(user_id, notify_email) FROM rescued
      WHERE status = 'failed' AND export_job_recipient(user_id, notify_email) IS NOT NULL
     ON CONFLICT (job_id, kind) DO NOTHING
+), hooks AS (
+    INSERT INTO export_webhook_outbox (job_id, event, url)
+    SELECT id, 'export.failed', webhook_url FROM rescued WHERE status = 'failed' AND webhook_url IS NOT NULL
+    ON CONFLICT (job_id, event) DO NOTHING
 )
 SELECT id, status FROM rescued;
 
@@ -216,7 +228,19 @@ UPDATE export_jobs
 RETURNING id;
 
 -- name: get_job
-SELECT * FROM export_jobs WHERE id = %(id)s;
+-- The job with its webhook deliveries (one per event; [] when it names none).
+SELECT j.*, coalesce((
+    SELECT jsonb_agg(jsonb_build_object(
+               'event', w.event, 'webhook_id', w.webhook_id, 'attempts', w.attempts,
+               'status', CASE WHEN w.delivered_at IS NOT NULL THEN 'delivered'
+                              WHEN w.disabled_at IS NOT NULL THEN 'disabled'
+                              WHEN w.gave_up_at IS NOT NULL THEN 'failed' ELSE 'pending' END,
+               'last_status_code', w.last_status, 'last_error', w.last_error,
+               'delivered_at', w.delivered_at, 'next_attempt_at',
+               CASE WHEN w.delivered_at IS NULL AND w.disabled_at IS NULL AND w.gave_up_at IS NULL
+                    THEN w.available_at END) ORDER BY w.id)
+      FROM export_webhook_outbox AS w WHERE w.job_id = j.id), '[]') AS webhooks
+  FROM export_jobs AS j WHERE j.id = %(id)s;
 
 -- name: list_jobs
 SELECT id, user_id, export_type, status, priority, attempts, max_attempts, created_at,

@@ -1,6 +1,6 @@
 """No secret below the supervisor: every process under `serve` starts from the allowlisted environment.
 
-`serve` runs with all seven secret settings set to distinctive values; the test reads
+`serve` runs with all eight secret settings set to distinctive values; the test reads
 /proc/<pid>/environ and /proc/<pid>/cmdline of every process in every render child's
 tree (and of Chromium's crash handler, which re-parents itself out of the tree) and
 finds none of them, while the supervisor's own environment, as a control, holds all.
@@ -24,6 +24,7 @@ SECRETS = {
     "SMTP_PASSWORD": "smtp-pass-2b7e90ff",
     "SUPABASE_SERVICE_ROLE_KEY": "service-role-4a6c1d33",
     "SENDGRID_API_KEY": "SG.sendgrid-6e2f0a11",
+    "WEBHOOK_SECRET": "whsec_d2ViaG9vay1zZWNyZXQtM2Y4YTAwZDE=",  # base64 of webhook-secret-3f8a00d1
 }
 DB_PASSWORD = "dbpass-8e1f6d55"  # trust authentication ignores it; it only has to be in DATABASE_URL
 

@@ -137,7 +137,7 @@ def test_supabase_rls_policy_and_publication(empty_db_url: str) -> None:
         assert pub == [("export_jobs",)]
         can = conn.execute(
             "SELECT has_function_privilege('service_role', "
-            "'create_export_job(uuid, text, jsonb, uuid, boolean, text, text)', 'EXECUTE')"
+            "'create_export_job(uuid, text, jsonb, uuid, boolean, text, text, text)', 'EXECUTE')"
         ).fetchone()
         assert can == (True,)
         # The recipient falls back to auth.users.email.

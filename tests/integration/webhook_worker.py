@@ -1,0 +1,26 @@
+"""A real worker process with the null render child, for tests that kill it (settings from the environment).
+
+Run as ``python -m tests.integration.webhook_worker``; exits with the supervisor's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from render_child.null_child import null_child_entry
+from shared.config import load_settings
+from shared.logs import setup_logging
+from supervisor.runner import Supervisor
+
+
+def main() -> int:
+    settings = load_settings()
+    setup_logging(settings.worker.log_level, settings.worker.worker_id)
+    supervisor = Supervisor(settings, settings.database.database_url, child_target=null_child_entry,
+                            serve_http=False, run_migrations=False)
+    return asyncio.run(supervisor.run())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
