@@ -1,7 +1,7 @@
 """/health does not flap while children are replaced: 200 ("degraded") as long as the pool heals.
 
-Render children are SIGKILLed one after another for 60 s while /health is probed every
-200 ms. A child being replaced while another serves, or for less than a child gets to
+Every serving render child is SIGKILLed at once, every 4 s for 60 s, while /health is
+probed every 200 ms (with the old rule: 161 of 274 answers were 503; now none). A child being replaced while another serves, or for less than a child gets to
 boot, is "degraded" (200); 503 is only for a pool that cannot render at all (the
 restart-storm brake, a failing canary, no child able to boot within the bound).
 """
@@ -21,8 +21,7 @@ from serving import free_port, http_get, requires_chromium, running_serve, serve
 pytestmark = [pytest.mark.timeout(150), pytest.mark.chromium, requires_chromium]
 
 KILL_FOR_SECONDS = 60
-KILL_EVERY_SECONDS = 1.5
-MIN_AGE_SECONDS = 1.0  # kill children that started, not ones still launching (a boot failure is another story)
+KILL_EVERY_SECONDS = 4.0
 PROBE_EVERY_SECONDS = 0.2
 
 
@@ -38,6 +37,15 @@ def _children(pid: int) -> list[psutil.Process]:
     return out
 
 
+def _has_rendered(child: psutil.Process) -> bool:
+    """A child past its canary has a Chromium renderer: it was serving (killing a child
+    that is still booting is a boot failure, which the restart-storm brake counts)."""
+    try:
+        return any("--type=renderer" in " ".join(p.cmdline()) for p in child.children(recursive=True))
+    except psutil.Error:
+        return False
+
+
 def test_health_stays_up_while_children_are_killed_repeatedly(db_url: str, tmp_path: Path) -> None:
     port = free_port()
     env = serve_env(db_url, tmp_path / "data", port, MAX_CONCURRENT_RENDERS="2", WATCHDOG_INTERVAL_MS="100")
@@ -50,10 +58,9 @@ def test_health_stays_up_while_children_are_killed_repeatedly(db_url: str, tmp_p
         while time.monotonic() - started < KILL_FOR_SECONDS:
             now = time.monotonic()
             if now >= next_kill:
-                victims = sorted((p for p in _children(proc.pid) if time.time() - p.create_time() > MIN_AGE_SECONDS),
-                                 key=lambda p: p.create_time())
-                if victims:
-                    victim = victims[0]  # the oldest: its replacement may still be booting when the next goes
+                # Every serving child at once: for a moment none can render while their
+                # replacements boot. That is "degraded" (200), not down (503).
+                for victim in [p for p in _children(proc.pid) if _has_rendered(p)]:
                     for p in [victim, *victim.children(recursive=True)]:
                         with contextlib.suppress(psutil.Error):
                             p.send_signal(signal.SIGKILL)
@@ -70,5 +77,5 @@ def test_health_stays_up_while_children_are_killed_repeatedly(db_url: str, tmp_p
                     print("503:", json.loads(body)["checks"])
             time.sleep(PROBE_EVERY_SECONDS)
     print(f"{kills} kills in {KILL_FOR_SECONDS}s; /health answers {answers}; braked 503s {braked_503}")
-    assert kills >= KILL_FOR_SECONDS / KILL_EVERY_SECONDS * 0.5
+    assert kills >= 20
     assert other_503 == 0, answers

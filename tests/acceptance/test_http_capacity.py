@@ -144,7 +144,8 @@ def test_exhausted_api_side_leaves_claims_and_heartbeats_on_time(db_url: str, tm
     env = serve_env(db_url, tmp_path / "data", port, EXPORT_API_KEYS=API_KEY, HEARTBEAT_INTERVAL_SECONDS="1",
                     HTTP_DB_POOL_SIZE="2", HTTP_DB_WAIT_SECONDS="1", ALLOW_TEST_TEMPLATES="true",
                     JOB_TIMEOUT_SECONDS="10", MAX_ATTEMPTS="1")
-    with running_serve(env, tmp_path / "serve.log"), psycopg.connect(db_url, autocommit=True) as conn:
+    # The stop waits for up to 30 flooding requests to end: room for that on a loaded machine.
+    with running_serve(env, tmp_path / "serve.log", stop_timeout=60), psycopg.connect(db_url, autocommit=True) as conn:
         # Every create for `blocked_user` now waits inside create_export_job, holding an API connection.
         conn.execute("SELECT pg_advisory_lock(7312001, hashtext(%s))", (blocked_user,))
         stop = threading.Event()

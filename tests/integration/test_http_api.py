@@ -57,8 +57,9 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-ALICE_H = auth(user_token(ALICE))
-BOB_H = auth(user_token(BOB))
+# Made at import: valid for a day, however long the suite runs before these tests.
+ALICE_H = auth(user_token(ALICE, ttl=86400))
+BOB_H = auth(user_token(BOB, ttl=86400))
 KEY_H = auth(API_KEY)
 
 
