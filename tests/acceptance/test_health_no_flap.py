@@ -1,7 +1,8 @@
 """/health does not flap while children are replaced: 200 ("degraded") as long as the pool heals.
 
 Every serving render child is SIGKILLed at once, every 4 s for 60 s, while /health is
-probed every 200 ms (with the old rule: 161 of 274 answers were 503; now none). A child being replaced while another serves, or for less than a child gets to
+probed every 200 ms (with the old rule: 161 of 274 answers were 503; now none).
+A child being replaced while another serves, or for less than a child gets to
 boot, is "degraded" (200); 503 is only for a pool that cannot render at all (the
 restart-storm brake, a failing canary, no child able to boot within the bound).
 """
