@@ -30,7 +30,8 @@ from shared.config import Settings
 
 log = logging.getLogger("bench")
 ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-DB_NAME = os.environ.get("BENCH_DB_NAME", "ew_bench")
+# Per process: two benches at once (CI, another engineer) must not drop each other's database.
+DB_NAME = os.environ.get("BENCH_DB_NAME", f"ew_bench_{os.getpid()}")
 HIGH = 1_000_000
 DOCS = ("small", "medium", "large")
 # Per-case share of --jobs: the large menu is ~10 pages, so fewer of it keeps the run short.
@@ -403,10 +404,19 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
         results["peers"] = peers(url, null_jobs, lanes)
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+    if not smoke:
+        from bench import capacity
+
+        # Its own embedded server (pg_stat_statements preloaded): 1, 2 and 4 supervisors.
+        results["capacity"] = capacity.run(null_jobs, [1, 2, 4])
     results["machine"] = machine(e2e.get("browser_version", ""))
     results["total_s"] = time.perf_counter() - t_start
     results["goals"] = [{"goal": n, "measured": v, "target": g, "met": m} for n, v, g, m in goals(results)]
     text = table(results, DOCS)
+    if "capacity" in results:
+        from bench.capacity import table as capacity_table
+
+        text += "\n\nCapacity (bench/capacity.py):\n\n" + capacity_table(results["capacity"])
     print(text)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
