@@ -13,7 +13,7 @@ def _load(c: dict[str, Any]) -> str:
     return f"{c['load_before'][0]:.1f}" if c.get("load_before") else "-"
 
 
-def _peer_row(name: str, peer: dict[str, Any]) -> str:
+def peer_row(name: str, peer: dict[str, Any]) -> str:
     if peer.get("status") != "measured":
         return f"| {name} no-op drain (peer) | - | - | - | {peer.get('status')} | - | - | - |"
     return (f"| {name} {peer['version']} no-op drain (peer, concurrency {peer['concurrency']}) | - | "
@@ -78,7 +78,7 @@ def table(r: dict[str, Any], docs: tuple[str, ...]) -> str:
         f"{cr['p50_ms']:.2f} ms | p99 {cr['p99_ms']:.2f} ms | - |",
         f"| null renderer, full supervisor | - | {nr['jobs']} | {nr['per_s'] * 60:.0f} | {nr['per_s']:.0f} | - | - "
         f"| {_load(nr)} |",
-        *(_peer_row(name, peer) for name, peer in r.get("peers", {}).items()),
+        *(peer_row(name, peer) for name, peer in r.get("peers", {}).items()),
         "",
         "| memory | value |", "|---|---:|",
         f"| idle child tree PSS (largest of {len(mem['idle_child_tree_pss_all'])}) | "
