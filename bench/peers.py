@@ -17,6 +17,8 @@ from typing import Any
 from bench.stats import load
 
 PEERS = ("pgqueuer", "procrastinate")
+# What each peer row imports (pgqueuer runs on asyncpg, its own driver).
+NEEDS = {"pgqueuer": ("pgqueuer", "asyncpg"), "procrastinate": ("procrastinate",)}
 
 
 def missing(name: str) -> dict[str, Any]:
@@ -90,7 +92,7 @@ def peers(url: str, jobs: int, concurrency: int) -> dict[str, dict[str, Any]]:
     """Each peer's drain of `jobs` no-op jobs, or why it was skipped."""
     out: dict[str, dict[str, Any]] = {}
     for name in PEERS:
-        if importlib.util.find_spec(name) is None:
+        if any(importlib.util.find_spec(module) is None for module in NEEDS[name]):
             out[name] = missing(name)
             continue
         print(f"bench: peer {name}", file=sys.stderr, flush=True)
