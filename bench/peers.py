@@ -21,8 +21,8 @@ PEERS = ("pgqueuer", "procrastinate")
 NEEDS = {"pgqueuer": ("pgqueuer", "asyncpg"), "procrastinate": ("procrastinate",)}
 
 
-def missing(name: str) -> dict[str, Any]:
-    line = f"{name} is not installed (pip install -e '.[bench]'): peer row skipped"
+def missing(name: str, module: str) -> dict[str, Any]:
+    line = f"{module} is not installed (pip install -e '.[bench]'): {name} peer row skipped"
     print(f"  {line}", file=sys.stderr, flush=True)
     return {"status": "not installed", "note": line}
 
@@ -92,8 +92,9 @@ def peers(url: str, jobs: int, concurrency: int) -> dict[str, dict[str, Any]]:
     """Each peer's drain of `jobs` no-op jobs, or why it was skipped."""
     out: dict[str, dict[str, Any]] = {}
     for name in PEERS:
-        if any(importlib.util.find_spec(module) is None for module in NEEDS[name]):
-            out[name] = missing(name)
+        absent = [module for module in NEEDS[name] if importlib.util.find_spec(module) is None]
+        if absent:
+            out[name] = missing(name, absent[0])
             continue
         print(f"bench: peer {name}", file=sys.stderr, flush=True)
         before = load()

@@ -25,6 +25,6 @@ def test_missing_peers_are_skipped_with_a_clear_line(monkeypatch: pytest.MonkeyP
     assert set(out) == {"pgqueuer", "procrastinate"}
     assert all(row["status"] == "not installed" for row in out.values())
     err = capsys.readouterr().err
-    assert "pgqueuer is not installed (pip install -e '.[bench]'): peer row skipped" in err
+    assert "pgqueuer is not installed (pip install -e '.[bench]'): pgqueuer peer row skipped" in err
     row = peer_row("pgqueuer", out["pgqueuer"])
     assert row == "| pgqueuer no-op drain (peer) | - | - | - | not installed | - | - | - |"
