@@ -71,11 +71,11 @@ def table(r: dict[str, Any], docs: tuple[str, ...]) -> str:
           f"{c['p50_s'] * 1000:.0f} ms | {c['p95_s'] * 1000:.0f} ms | {_load(c)} |"
           for c in [r.get("browser_per_job_child_flags", {}).get("small")] if c),
         f"| pickup, NOTIFY (null child) | - | {p['notify']['samples']} | - | - | "
-        f"{p['notify']['p50_ms']:.1f} ms | {p['notify']['p95_ms']:.1f} ms | - |",
+        f"{p['notify']['p50_ms']:.1f} ms | {p['notify']['p95_ms']:.1f} ms | {_load(p['notify'])} |",
         f"| pickup, polling only (null child) | - | {p['polling']['samples']} | - | - | "
-        f"{p['polling']['p50_ms']:.0f} ms | {p['polling']['p95_ms']:.0f} ms | - |",
+        f"{p['polling']['p50_ms']:.0f} ms | {p['polling']['p95_ms']:.0f} ms | {_load(p['polling'])} |",
         f"| create_export_job, {cr['clients']} clients (p50 / p99) | - | {cr['calls']} | - | {cr['per_s']:.0f} | "
-        f"{cr['p50_ms']:.2f} ms | p99 {cr['p99_ms']:.2f} ms | - |",
+        f"{cr['p50_ms']:.2f} ms | p99 {cr['p99_ms']:.2f} ms | {_load(cr)} |",
         f"| null renderer, full supervisor | - | {nr['jobs']} | {nr['per_s'] * 60:.0f} | {nr['per_s']:.0f} | - | - "
         f"| {_load(nr)} |",
         *(peer_row(name, peer) for name, peer in r.get("peers", {}).items()),

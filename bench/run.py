@@ -239,6 +239,7 @@ async def pickup(settings: Settings, url: str, samples: int) -> dict[str, Any]:
     from render_child.null_child import null_child_entry
 
     payload = {"source": {"kind": "html", "html": "<p>pickup</p>"}}
+    before = load()
     lat: list[float] = []
     async with Running(settings, url, child_target=null_child_entry):
         conn = await connect(url)
@@ -259,7 +260,7 @@ async def pickup(settings: Settings, url: str, samples: int) -> dict[str, Any]:
         finally:
             await conn.close()
     return {"samples": len(lat), "p50_ms": pct(lat, 50) * 1000, "p95_ms": pct(lat, 95) * 1000,
-            "max_ms": max(lat) * 1000 if lat else float("nan")}
+            "max_ms": max(lat) * 1000 if lat else float("nan"), "load_before": before}
 
 
 # ---- 5: creation latency -------------------------------------------------------------
@@ -282,11 +283,12 @@ async def creation(url: str, calls: int, clients: int) -> dict[str, Any]:
         finally:
             await conn.close()
 
+    before = load()
     start = time.perf_counter()
     await asyncio.gather(*(client() for _ in range(clients)))
     wall = time.perf_counter() - start
     return {"calls": len(lat), "clients": clients, "p50_ms": pct(lat, 50) * 1000, "p99_ms": pct(lat, 99) * 1000,
-            "per_s": len(lat) / wall}
+            "per_s": len(lat) / wall, "load_before": before}
 
 
 # ---- 6: null renderer throughput -----------------------------------------------------
