@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SECTIONS = ("creation", "null_renderer", "procrastinate", "pickup", "end_to_end", "memory",
+SECTIONS = ("creation", "null_renderer", "peers", "pickup", "end_to_end", "memory", "ceiling_policy",
             "ceiling", "browser_per_job", "machine", "goals")
 
 
@@ -32,7 +32,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert section in data, section
     for case in ("end_to_end",):
         assert set(data[case]["cases"]) == {"small", "medium", "large"}
-    for case in ("ceiling", "browser_per_job"):
+    for case in ("ceiling", "ceiling_policy", "browser_per_job"):
         assert set(data[case]) == {"small", "medium", "large"}
     assert set(data["pickup"]) >= {"notify", "polling"}
     assert data["end_to_end"]["cases"]["small"]["completed"] == data["end_to_end"]["cases"]["small"]["jobs"]
