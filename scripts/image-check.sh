@@ -237,7 +237,7 @@ PNG_JOB=$(create_job image '{"source": {"kind": "html", "html": "<h1>拉麺 ラ�
 for job in "$PDF_JOB" "$PNG_JOB"; do
     wait_status "$job" completed 60 > /dev/null || fail "job $job did not complete"
     path=$(sql -c "SELECT storage_path FROM export_jobs WHERE id = '$job'")
-    "${PODMAN[@]}" cp "$NAME:/data/files/$path" "$WORK/${path##*/}" || fail "no file /data/files/$path"
+    "${PODMAN[@]}" cp "$NAME:/data/files/$path" "$WORK/$job.${path##*.}" || fail "no file /data/files/$path"
 done
 "$PY" - "$WORK/$PDF_JOB.pdf" "$WORK/$PNG_JOB.png" <<'PYEOF' || fail "a rendered file is not valid"
 import sys

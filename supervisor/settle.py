@@ -166,7 +166,10 @@ class Settler:
                     log.info("job cancelled during render", extra={"job_id": claim.job_id})
                 case ChildLost(reason=KillReason.SHUTDOWN):
                     await self.queue.release(claim)
-                    log.info("job handed back to pending", extra={"job_id": claim.job_id})
+                    # The shutdown message is matched by scripts (scripts/image-check.sh): keep its words.
+                    message = f"job handed back to pending: {outcome.detail}" if outcome.detail else \
+                        "job released to pending at shutdown"
+                    log.info(message, extra={"job_id": claim.job_id})
                 case ChildLost():
                     await self._record_failure(claim, self._failure_of_kill(outcome))
         except ClaimLost as exc:
