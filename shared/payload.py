@@ -96,7 +96,13 @@ class RenderPayload(_Strict):
 _encoder = msgspec.json.Encoder()
 
 
-def parse_payload(data: Any, export_type: str, *, max_input_bytes: int | None = None) -> RenderPayload:
+def parse_payload(
+    data: Any,
+    export_type: str,
+    *,
+    max_input_bytes: int | None = None,
+    allowed_url_hosts: Sequence[str] | None = None,
+) -> RenderPayload:
     """Validate a payload (dict or JSON bytes) for the given export type."""
     if export_type not in ("pdf", "image"):
         raise PayloadError("export_type", f"must be 'pdf' or 'image', got {export_type!r}")
@@ -109,7 +115,7 @@ def parse_payload(data: Any, export_type: str, *, max_input_bytes: int | None = 
         raise payload_error(exc) from None
     except msgspec.DecodeError as exc:
         raise PayloadError("", f"payload is not valid JSON: {exc}") from None
-    check_payload(payload, export_type, max_input_bytes=max_input_bytes)
+    check_payload(payload, export_type, max_input_bytes=max_input_bytes, allowed_url_hosts=allowed_url_hosts)
     return payload
 
 

@@ -70,7 +70,9 @@ def _build_payload(args: argparse.Namespace, settings: Settings) -> dict[str, An
     if args.email:
         data["email"] = args.email
     try:
-        payload = parse_payload(data, args.export_type, max_input_bytes=settings.render.max_input_bytes)
+        # The same checks as the HTTP API: a url source must be allowed (ALLOWED_URL_HOSTS) at creation.
+        payload = parse_payload(data, args.export_type, max_input_bytes=settings.render.max_input_bytes,
+                                allowed_url_hosts=settings.render.allowed_url_hosts)
     except PayloadError as exc:
         raise CliError(f"invalid request: {exc}", EXIT_BAD_INPUT) from None
     return payload_to_builtins(payload)

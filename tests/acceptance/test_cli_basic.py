@@ -121,6 +121,10 @@ def test_over_the_limit_exits_3(db_url: str, tmp_path: Path, html_file: Path) ->
         (("--user-id", "{user}", "--html", "{missing}"), "cannot read"),
         (("--user-id", "{user}", "--html", "{html}", "--options", "{{not json"), "--options"),
         (("--user-id", "{user}", "--html", "{html}", "--options", "[1, 2]"), "--options"),
+        # url sources are refused at creation, as by the HTTP API (no ALLOWED_URL_HOSTS here)
+        (("--user-id", "{user}", "--url", "https://example.com/menu"), "source.url"),
+        (("--user-id", "{user}", "--url", "file:///etc/passwd"), "source.url"),
+        (("--user-id", "{user}", "--url", "javascript:alert(1)"), "source.url"),
     ],
 )
 def test_bad_input_exits_2_with_one_line(
