@@ -20,7 +20,7 @@ UUID_LEN = 36
 
 @pytest.fixture
 def worker_env(db_url: str, tmp_path: Path) -> dict[str, str]:
-    return serve_env(db_url, tmp_path / "data", free_port())
+    return serve_env(db_url, tmp_path / "data", free_port(), MAX_PAGES="3")
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def job_row(db_url: str, job_id: str) -> tuple[str, str | None, str | None]:
 
 
 def test_enqueue_wait_completes_and_fails(
-    serve: subprocess.Popen[str], worker_env: dict[str, str], db_url: str
+    serve: subprocess.Popen[str], worker_env: dict[str, str], db_url: str, tmp_path: Path
 ) -> None:
     # A menu renders: exit 0, the id alone on stdout's first line, progress and the file on stderr.
     proc = enqueue(worker_env, "--menu", str(BISTRO))
@@ -74,17 +74,22 @@ def test_enqueue_wait_completes_and_fails(
     assert path.stat().st_size > 1000
     assert job_row(db_url, job_id)[0] == "completed"
 
-    # A URL off the (empty) allowlist fails for good: exit 4, the error on stderr.
-    proc = enqueue(worker_env, "--url", "http://not-allowed.example/")
+    # A document longer than MAX_PAGES fails for good in the child: exit 4, the error on stderr.
+    # (A url source off the allowlist no longer gets this far: it is refused at creation, exit 2.)
+    refused = enqueue(worker_env, "--url", "http://not-allowed.example/")
+    assert refused.returncode == 2 and "source.url" in refused.stderr, (refused.stdout, refused.stderr)
+    long_html = tmp_path / "long.html"
+    long_html.write_text('<div style="page-break-after:always">page</div>' * 8, encoding="utf-8")
+    proc = enqueue(worker_env, "--html", str(long_html))
     assert proc.returncode == 4, (proc.stdout, proc.stderr)
     job_id = proc.stdout.splitlines()[0]
     assert str(uuid.UUID(job_id)) == job_id
     status, category, message = job_row(db_url, job_id)
     assert status == "failed" and message, (status, category, message)
-    assert category == "permanent", (category, message)
+    assert category == "validation", (category, message)
     final = proc.stderr.strip().splitlines()[-1]
     assert final == f"failed: [{category}] {message}", proc.stderr
-    assert "not-allowed.example" in final, final
+    assert "MAX_PAGES" in final, final
     assert any(line.startswith("failed (attempt ") for line in proc.stderr.splitlines()), proc.stderr
 
     # --json --wait: stdout is one JSON document, the final job.
