@@ -18,6 +18,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
+from shared.vocabulary import FINAL_STATUSES
 from supervisor.links import download_link
 from supervisor.queries import query
 
@@ -87,7 +88,7 @@ class OutboxSender:
         if job["status"] != row["kind"]:
             # A failed job retried by an operator since: wait while it runs again; once it
             # ends otherwise, this mail is no longer true.
-            final = job["status"] in ("completed", "failed", "cancelled")
+            final = job["status"] in FINAL_STATUSES
             await self._failed(row, f"not sent: the job is now {job['status']}", give_up=final)
             return
         try:

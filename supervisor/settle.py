@@ -146,7 +146,7 @@ class Settler:
         entry = self.inflight.get(claim.job_id)
         if entry is not None:
             entry.handle = None
-        self.tasks.spawn(self.settle(claim, outcome), name=f"settle-{claim.job_id}")
+        self.tasks.spawn(self.settle(claim, outcome), name=f"settle-{claim.job_id}", kind="settle")
 
     # ---- the one settle function ------------------------------------------------------
 

@@ -46,11 +46,15 @@ class TaskOwner:
         """Run `body` (a coroutine function that loops forever) under `policy`."""
         self._track(asyncio.create_task(self._supervise(name, body, policy), name=name))
 
-    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
-        """Run a one-off task; its failure is logged and counted, never lost."""
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str, *, kind: str | None = None) -> None:
+        """Run a one-off task; its failure is logged (under `name`) and counted (under `kind`), never lost.
+
+        `kind` is the metric label: one per sort of task (``settle``), never per job,
+        so the label set stays bounded.
+        """
         task = asyncio.create_task(coro, name=name)
         self._track(task)
-        task.add_done_callback(self._report)
+        task.add_done_callback(lambda done: self._report(done, kind or name))
 
     @property
     def pending(self) -> int:
@@ -68,13 +72,13 @@ class TaskOwner:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _report(self, task: asyncio.Task[Any]) -> None:
+    def _report(self, task: asyncio.Task[Any], kind: str) -> None:
         if task.cancelled() or task.exception() is None:
             return
-        self._failed(task.get_name(), task.exception())
+        self._failed(task.get_name(), task.exception(), kind)
 
-    def _failed(self, name: str, exc: BaseException | None) -> None:
-        self.metrics.background_failures.labels(name).inc()
+    def _failed(self, name: str, exc: BaseException | None, kind: str | None = None) -> None:
+        self.metrics.background_failures.labels(kind or name).inc()
         log.error("background task failed", exc_info=exc, extra={"task": name, "error": repr(exc)})
 
     async def _supervise(self, name: str, body: Callable[[], Awaitable[None]], policy: OnFailure) -> None:

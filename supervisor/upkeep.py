@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings
-from shared.vocabulary import KillReason
+from shared.vocabulary import JobStatus, KillReason
 from supervisor.breaker import BreakerStorage
 from supervisor.database import DatabaseStatus
 from supervisor.metrics import Metrics
@@ -96,7 +96,7 @@ class Upkeep:
         """Act on a cancel request the moment its NOTIFY arrives (not only at the next heartbeat)."""
         while True:
             message = await updates.get()
-            if message.get("cancel_requested") and message.get("status") == "processing":
+            if message.get("cancel_requested") and message.get("status") == JobStatus.PROCESSING:
                 self.cancel_render(str(message.get("id")))
 
     async def rescue_loop(self) -> None:

@@ -78,10 +78,16 @@ async def test_a_failing_one_off_task_is_logged_and_counted(caplog: pytest.LogCa
         raise KeyError("lost")
 
     with caplog.at_level(logging.ERROR):
-        owner.spawn(boom(), name="settle-x")
+        owner.spawn(boom(), name="settle-job-1", kind="settle")
+        owner.spawn(boom(), name="settle-job-2", kind="settle")
         for _ in range(100):
             if owner.pending == 0:
                 break
             await asyncio.sleep(0.01)
-    assert metrics.background_failures.labels("settle-x")._value.get() == 1
-    assert any(r.getMessage() == "background task failed" and r.exc_info for r in caplog.records)
+    # One metric label per kind of task, not one per job (bounded label set).
+    assert metrics.background_failures.labels("settle")._value.get() == 2
+    assert {s.labels["task"] for m in metrics.registry.collect() if m.name == "export_background_failures"
+            for s in m.samples if s.name.endswith("_total")} == {"settle"}
+    failures = [r for r in caplog.records if r.getMessage() == "background task failed"]
+    assert sorted(r.task for r in failures) == ["settle-job-1", "settle-job-2"]  # type: ignore[attr-defined]
+    assert all(r.exc_info for r in failures)
