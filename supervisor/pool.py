@@ -216,6 +216,7 @@ class RenderPool:
 
     def _became_ready(self, handle: ChildHandle) -> None:
         handle.state = ChildState.IDLE
+        self.last_able_at = time.monotonic()
         self.brake.booted()
         old = handle.replacement_for
         if old is not None:
@@ -261,6 +262,8 @@ class RenderPool:
         """Settle a dead or dying child's job now; free its slot once its process is gone (a later tick)."""
         if handle.state is ChildState.DEAD:
             return
+        if handle.state in (ChildState.IDLE, ChildState.BUSY):
+            self.last_able_at = time.monotonic()  # it could render until now, even between two ticks
         verdict = self.kill_verdict(handle)  # the watchdog's kill, not reported on the loop yet
         if verdict is not None:
             self._mark_killed(handle, *verdict)

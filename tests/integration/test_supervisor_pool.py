@@ -400,6 +400,30 @@ async def test_an_idle_child_is_recycled_by_age_without_a_dip_in_capacity(start_
     assert (await wait_for_status(sup.queue, job_id, {"completed", "failed"}, 30))["status"] == "completed"
 
 
+async def test_health_is_degraded_not_down_when_every_child_dies_before_a_tick(start_supervisor: Any) -> None:
+    """Seen in CI: both children were SIGKILLed right after they became ready, before any
+    tick had recorded the pool as able to render, and /health answered 503 "no render
+    child ready" for 1.2 s while replacements booted. A child's own readiness, and its
+    death while ready, record that the pool could render."""
+    run = await start_supervisor()
+    sup: Supervisor = run.sup
+    assert sup.parts is not None
+    health = sup.parts.health
+    ready_pids = [h.pid for h in sup.pool.idle_children()]
+    sup.pool.last_able_at = None  # as if no tick ran since they became ready
+    for pid in ready_pids:
+        for proc in memory.tree(pid):
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+    await wait_until(lambda: ready_count(sup) == 0 and not any(h.pid in ready_pids for h in sup.pool.handles),
+                     10, "both killed children reaped")
+    check = health.render_pool()
+    assert check.healthy, check.message
+    assert "degraded" in check.message, check.message
+    await wait_until(lambda: ready_count(sup) == 2, 45, "replacements ready")
+    assert health.render_pool().healthy
+
+
 def container(ratio: float) -> Callable[[], memory.ContainerMemory]:
     limit = 2 * 2**30
     return lambda: memory.ContainerMemory(int(limit * ratio), limit, "test")
