@@ -40,8 +40,8 @@ OPERATIONS = {
     "create": ("create_job",),
     "claim": ("claim_jobs", "next_available_in"),
     "heartbeat": ("heartbeat", "fence_uploads"),
-    "complete": ("complete_job", "forget_upload"),
-    "outbox": ("claim_mail", "mail_sent", "mail_failed", "get_job"),
+    "complete": ("complete_jobs", "forget_upload"),
+    "outbox": ("claim_mail", "mail_sent", "mail_failed", "get_job", "claim_webhooks"),
 }
 PRELOAD = "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = 'top'\nmax_connections = 200\n"
 

@@ -108,7 +108,7 @@ async def assemble(
     delivery = Delivery(queue, storage, breaker, metrics, s.signed_url_ttl_seconds)
     scratch = data_dir / "scratch" / writer_tag()  # this process's own: the temp sweep removes it if we die
     settler = Settler(settings, worker_id, queue, delivery, breaker, metrics, tasks, scratch,
-                      Wakes(outbox.wake, webhooks.wake))
+                      Wakes(mail=outbox.wake, webhooks=webhooks.wake))
     # Chromium's own sandbox where the host allows it: detected once, logged once (supervisor/sandbox.py).
     sandbox = detect()
     config = pool_config(settings, worker_id, scratch, overrides.child_target, sandbox.mode)

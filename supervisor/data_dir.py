@@ -25,6 +25,11 @@ def make_private_dir(path: Path) -> Path:
     A directory we do not own (a volume mounted root-owned, writable through its
     group) cannot be chmod-ed: that is logged, not fatal.
     """
+    try:
+        if stat.S_IMODE(path.stat().st_mode) == PRIVATE_DIR_MODE:
+            return path  # the common case (every upload asks): one stat, not one per parent
+    except FileNotFoundError:
+        pass
     missing = [p for p in (path, *path.parents) if not p.exists()]
     for directory in reversed(missing):  # Path.mkdir(parents=True) would make the parents 0777 & ~umask
         with contextlib.suppress(FileExistsError):

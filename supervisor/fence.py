@@ -2,18 +2,18 @@
 
 Before a claim uploads, one statement refreshes its heartbeat and, if the claim
 still holds and was not cancelled, records the object key it is about to write.
-The fenced completion closes the winner's entry (queue.sql, complete_job); what
+The fenced completion closes the winner's entry (queue.sql, complete_jobs); what
 stays belongs to claims that lost or died, for retention's orphan sweep.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from supervisor.group_commit import GroupCommit
 from supervisor.queries import query
 from supervisor.queue import Claim, ClaimLost, JobQueue
 
@@ -62,8 +62,8 @@ class FenceCheck:
     def __init__(self, queue: JobQueue) -> None:
         self.queue = queue
         self.journal = UploadJournal(queue.pool, queue.worker_id)
-        self._waiting: list[tuple[Claim, str, asyncio.Future[bool | None]]] = []
-        self._task: asyncio.Task[None] | None = None
+        self._batches: GroupCommit[tuple[Claim, str], bool | None] = GroupCommit(
+            self._fence, cancelled=lambda item: ClaimLost(item[0], "upload (fence check cancelled)"))
 
     async def check(self, claim: Claim, storage_key: str) -> bool:
         """True when a cancel was requested; raises ClaimLost when the claim is gone.
@@ -71,33 +71,11 @@ class FenceCheck:
         When it returns False the claim still holds and `storage_key` is recorded
         as this claim's upload (see fence_uploads).
         """
-        ticket: asyncio.Future[bool | None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((claim, storage_key, ticket))
-        if self._task is None:
-            self._task = asyncio.create_task(self._drain())
-        state = await ticket
+        state = await self._batches.submit((claim, storage_key))
         if state is None:
             raise ClaimLost(claim, "upload")
         return state
 
-    async def _drain(self) -> None:
-        batch: list[tuple[Claim, str, asyncio.Future[bool | None]]] = []
-        try:
-            while self._waiting:
-                batch, self._waiting = self._waiting, []
-                try:
-                    held = await self.journal.fence([(c, key) for c, key, _ in batch])
-                except Exception as exc:
-                    for _, _, ticket in batch:
-                        if not ticket.done():
-                            ticket.set_exception(exc)
-                    continue
-                for claim, _, ticket in batch:
-                    if not ticket.done():
-                        ticket.set_result(held.get(claim.job_id))
-        finally:  # cancelled (shutdown): nobody waits forever, nobody uploads unchecked
-            self._task = None
-            for claim, _, ticket in [*batch, *self._waiting]:
-                if not ticket.done():
-                    ticket.set_exception(ClaimLost(claim, "upload (fence check cancelled)"))
-            self._waiting = []
+    async def _fence(self, uploads: Sequence[tuple[Claim, str]]) -> list[bool | None]:
+        held = await self.journal.fence(uploads)
+        return [held.get(claim.job_id) for claim, _ in uploads]

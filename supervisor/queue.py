@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 from shared.config import RetrySettings
 from shared.errors import ErrorCategory
 from shared.vocabulary import ExportType, JobStatus
+from supervisor.group_commit import GroupCommit
 from supervisor.queries import query
 
 
@@ -53,6 +54,26 @@ class InvalidJob(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+
+
+@dataclass(frozen=True)
+class Queued:
+    """Which outboxes a final status wrote a row to."""
+
+    mail: bool
+    webhook: bool
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One fenced completion waiting for its batch."""
+
+    claim: Claim
+    storage_path: str
+    file_url: str
+    file_size_bytes: int
+    content_type: str
+    metadata: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -103,6 +124,9 @@ class JobQueue:
         self.worker_id = worker_id
         self.retry = retry
         self._rng = rng
+        # A cancelled statement may have committed: its waiters are cancelled, not told "lost".
+        self._completions: GroupCommit[Completion, Queued | None] = GroupCommit(
+            self._complete_batch, cancelled=lambda _: None)
 
     # ---- creation ------------------------------------------------------------
 
@@ -196,22 +220,35 @@ class JobQueue:
         file_size_bytes: int,
         content_type: str,
         metadata: dict[str, Any],
-    ) -> None:
-        """Mark completed and queue the completion mail, atomically (one statement)."""
+    ) -> Queued:
+        """Mark completed and queue the completion mail and webhook, atomically; raises ClaimLost.
+
+        Completions that arrive while one is in flight share the next statement
+        (group commit); each is still fenced on its own claim.
+        """
+        queued = await self._completions.submit(
+            Completion(claim, storage_path, file_url, file_size_bytes, content_type, metadata))
+        if queued is None:
+            raise ClaimLost(claim, "complete")
+        return queued
+
+    async def _complete_batch(self, batch: Sequence[Completion]) -> list[Queued | None]:
         async with self.pool.connection() as conn:
             cur = await conn.execute(
-                query("complete_job"),
-                claim.params()
-                | {
-                    "storage_path": storage_path,
-                    "file_url": file_url,
-                    "file_size_bytes": file_size_bytes,
-                    "content_type": content_type,
-                    "metadata": Jsonb(metadata),
+                query("complete_jobs"),
+                {
+                    "ids": [c.claim.job_id for c in batch],
+                    "attempts": [c.claim.attempt for c in batch],
+                    "storage_paths": [c.storage_path for c in batch],
+                    "file_urls": [c.file_url for c in batch],
+                    "sizes": [c.file_size_bytes for c in batch],
+                    "content_types": [c.content_type for c in batch],
+                    "metadata": [Jsonb(c.metadata) for c in batch],
+                    "worker_id": self.worker_id,
                 },
             )
-            if await cur.fetchone() is None:
-                raise ClaimLost(claim, "complete")
+            completed = {str(row[0]): Queued(mail=row[1], webhook=row[2]) for row in await cur.fetchall()}
+        return [completed.get(c.claim.job_id) for c in batch]
 
     async def fail(
         self,

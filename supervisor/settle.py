@@ -32,7 +32,7 @@ from supervisor.children import Assignment, ChildHandle, ChildLost
 from supervisor.delivery import Cancelled, Delivery, completion_metadata
 from supervisor.metrics import Metrics
 from supervisor.pool import RenderPool
-from supervisor.queue import Claim, ClaimLost, JobQueue
+from supervisor.queue import Claim, ClaimLost, JobQueue, Queued
 from supervisor.storage import StorageError
 from supervisor.tasks import TaskOwner
 
@@ -59,14 +59,23 @@ Outcome = Rendered | RenderFailed | Failed | ChildLost
 
 
 class Wakes:
-    """The outboxes' wake events (mail, webhooks), set together after a final status."""
+    """The outboxes' wake events, set after a final status wrote their rows.
 
-    def __init__(self, *events: asyncio.Event) -> None:
-        self.events = events
+    Only the outbox that got a row is woken: an idle sender's poll is a statement,
+    and at hundreds of completions a second two polls per job are most of the queue
+    path's database work (BENCHMARKS.md, round 2).
+    """
 
-    def set(self) -> None:
-        for event in self.events:
-            event.set()
+    def __init__(self, mail: asyncio.Event, webhooks: asyncio.Event) -> None:
+        self.mail = mail
+        self.webhooks = webhooks
+
+    def set(self, queued: Queued | None = None) -> None:
+        """Wake what `queued` says got a row; both when it is not known."""
+        if queued is None or queued.mail:
+            self.mail.set()
+        if queued is None or queued.webhook:
+            self.webhooks.set()
 
 
 @dataclass
@@ -194,7 +203,7 @@ class Settler:
             await self._storage_failed(claim, exc)
             return
         try:
-            await self.queue.complete(
+            queued = await self.queue.complete(
                 claim,
                 storage_path=stored.key,
                 file_url=stored.url,
@@ -208,7 +217,7 @@ class Settler:
         duration = time.monotonic() - claim.claimed_at
         self.metrics.jobs_completed.labels(claim.export_type).inc()
         self.metrics.job_duration.labels(claim.export_type).observe(duration)
-        self.outbox_wake.set()
+        self.outbox_wake.set(queued)
         log.info("job completed", extra={"job_id": claim.job_id, "duration_ms": round(duration * 1000, 1),
                                          "size_bytes": result.size_bytes, "attempt": claim.attempt})
 

@@ -40,18 +40,32 @@ UPDATE export_jobs AS j SET heartbeat_at = now()
    AND j.worker_id = %(worker_id)s AND j.status = 'processing'
 RETURNING j.id, j.cancel_requested_at IS NOT NULL AS cancel_requested;
 
--- name: complete_job
--- Completed, its mail and webhook queued and its object's upload entry closed,
--- in one statement (atomic, one round trip). storage_path is this claim's own key.
-WITH done AS (
-    UPDATE export_jobs
+-- name: complete_jobs
+-- Completed, each with its mail and webhook queued and its object's upload entry
+-- closed, in one statement for every delivery that finished together (group
+-- commit, supervisor/group_commit.py). Each row is fenced on its own claim; the
+-- result names the ones this worker still held. Rows are locked in id order, so
+-- two batches that overlap (a rescue, a cancel) cannot deadlock on lock order.
+-- Each completed row says whether it queued a mail and a webhook (whom to wake).
+WITH f AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(attempts)s::int[], %(storage_paths)s::text[],
+                         %(file_urls)s::text[], %(sizes)s::bigint[], %(content_types)s::text[],
+                         %(metadata)s::jsonb[])
+                  AS f(id, attempts, storage_path, file_url, file_size_bytes, content_type, metadata)
+), held AS (
+    SELECT j.id FROM export_jobs AS j JOIN f ON j.id = f.id AND j.attempts = f.attempts
+     WHERE j.worker_id = %(worker_id)s AND j.status = 'processing'
+     ORDER BY j.id
+       FOR UPDATE OF j
+), done AS (
+    UPDATE export_jobs AS j
        SET status = 'completed', completed_at = now(), heartbeat_at = now(),
-           storage_path = %(storage_path)s, file_url = %(file_url)s,
-           file_size_bytes = %(file_size_bytes)s, content_type = %(content_type)s,
-           metadata = (metadata - 'failure_reason') || %(metadata)s, error_message = NULL, error_category = NULL
-     WHERE id = %(id)s AND worker_id = %(worker_id)s AND attempts = %(attempts)s
-       AND status = 'processing'
-    RETURNING id, export_job_recipient(user_id, notify_email) AS recipient, webhook_url
+           storage_path = f.storage_path, file_url = f.file_url,
+           file_size_bytes = f.file_size_bytes, content_type = f.content_type,
+           metadata = (j.metadata - 'failure_reason') || f.metadata, error_message = NULL, error_category = NULL
+      FROM held JOIN f ON f.id = held.id
+     WHERE j.id = held.id
+    RETURNING j.id, export_job_recipient(j.user_id, j.notify_email) AS recipient, j.webhook_url, f.storage_path
 ), mail AS (
     INSERT INTO export_mail_outbox (job_id, kind, recipient)
     SELECT id, 'completed', recipient FROM done WHERE recipient IS NOT NULL
@@ -62,9 +76,9 @@ WITH done AS (
     ON CONFLICT (job_id, event) DO NOTHING
 ), uploaded AS (
     DELETE FROM export_uploads AS u USING done
-     WHERE u.storage_key = %(storage_path)s AND u.job_id = done.id
+     WHERE u.storage_key = done.storage_path AND u.job_id = done.id
 )
-SELECT id FROM done;
+SELECT id, recipient IS NOT NULL AS mail, webhook_url IS NOT NULL AS webhook FROM done;
 
 -- name: fence_uploads
 -- The pre-upload fence: refresh each claim and, for those still held and not

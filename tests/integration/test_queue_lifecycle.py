@@ -14,7 +14,7 @@ from psycopg_pool import AsyncConnectionPool
 from shared.config import Settings
 from supervisor.fence import FenceCheck
 from supervisor.migrate import sync_queue_settings
-from supervisor.queue import Claim, ClaimLost, InvalidJob, JobQueue, full_jitter_backoff_ms
+from supervisor.queue import Claim, ClaimLost, InvalidJob, JobQueue, Queued, full_jitter_backoff_ms
 from tests.conftest import html_payload, make_settings
 
 pytestmark = pytest.mark.timeout(60)
@@ -61,6 +61,48 @@ def make_stale(db_url: str, job_id: str, seconds: int = 600) -> None:
 
 
 # ---- fencing -------------------------------------------------------------------------
+
+
+async def test_completions_that_finish_together_share_a_statement_and_each_is_fenced(
+    pool: AsyncConnectionPool[Any], settings: Settings, db_url: str
+) -> None:
+    """Group commit: ten completions at once take fewer statements than ten, and a lost
+    claim among them raises ClaimLost for that one only (its row, mail and upload entry
+    untouched) while the others complete with their mail queued."""
+    a = JobQueue(pool, "worker-a", settings.retry)
+    ids = [await new_job(a, email=f"u{i}@example.com") for i in range(10)]
+    claims = await a.claim(10)
+    assert sorted(c.job_id for c in claims) == sorted(ids)
+    lost = claims[3]
+    sql(db_url, "UPDATE export_jobs SET worker_id = 'worker-b' WHERE id = %s", lost.job_id)
+    lost_before = row(db_url, lost.job_id)
+    statements = 0
+    run = a._completions._run  # count the statements the batches take
+
+    async def counted(batch: Any) -> Any:
+        nonlocal statements
+        statements += 1
+        return await run(batch)
+
+    a._completions._run = counted
+    results = await asyncio.gather(
+        *(a.complete(c, storage_path=f"k/{c.job_id}", file_url="u", file_size_bytes=i + 1,
+                     content_type="application/pdf", metadata={"n": i}) for i, c in enumerate(claims)),
+        return_exceptions=True)
+    assert statements < len(claims), statements
+    # Each says which outboxes got a row (whom the settler wakes): mail, no webhook here.
+    assert [r if isinstance(r, Queued) else type(r).__name__ for r in results] == \
+        [Queued(mail=True, webhook=False)] * 3 + ["ClaimLost"] + [Queued(mail=True, webhook=False)] * 6
+    assert row(db_url, lost.job_id) == lost_before
+    assert outbox(db_url, lost.job_id) == []
+    for i, c in enumerate(claims):
+        if c is lost:
+            continue
+        done = row(db_url, c.job_id)
+        assert (done["status"], done["storage_path"], done["file_size_bytes"]) == ("completed", f"k/{c.job_id}", i + 1)
+        assert done["metadata"]["n"] == i
+        assert outbox(db_url, c.job_id) == [("completed", f"u{ids.index(c.job_id)}@example.com")]
+
 
 
 async def test_a_lost_claim_can_change_nothing(
