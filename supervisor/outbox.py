@@ -79,31 +79,28 @@ class OutboxSender:
     async def _send_one(self, row: dict[str, Any]) -> None:
         from supervisor.mail import MailError, compose_completed, compose_failed, document_name, explain_failure
 
-        async with self.pool.connection() as conn:
-            cur = await conn.cursor(row_factory=dict_row).execute(query("get_job"), {"id": row["job_id"]})
-            job = await cur.fetchone()
-        if job is None:
+        if row["job_status"] is None:
             return  # deleted by retention meanwhile; the row went with it (cascade)
-        job_id = str(job["id"])
-        if job["status"] != row["kind"]:
+        job_id = str(row["job_id"])
+        if row["job_status"] != row["kind"]:
             # A failed job retried by an operator since: wait while it runs again; once it
             # ends otherwise, this mail is no longer true.
-            final = job["status"] in FINAL_STATUSES
-            await self._failed(row, f"not sent: the job is now {job['status']}", give_up=final)
+            final = row["job_status"] in FINAL_STATUSES
+            await self._failed(row, f"not sent: the job is now {row['job_status']}", give_up=final)
             return
         try:
             if row["kind"] == "completed":
                 ttl = self.settings.storage.signed_url_ttl_seconds
-                url = await asyncio.to_thread(download_link, self.storage, job["storage_path"], ttl)
+                url = await asyncio.to_thread(download_link, self.storage, row["storage_path"], ttl)
                 expires = (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat(timespec="seconds")
-                mail = compose_completed(job_id, job["export_type"], url, expires, to=row["recipient"],
-                                         document=document_name(job["payload"]))
+                mail = compose_completed(job_id, row["export_type"], url, expires, to=row["recipient"],
+                                         document=document_name(row["payload"]))
             else:
-                reason = (job.get("metadata") or {}).get("failure_reason")
-                words, step = explain_failure(job["error_category"] or "permanent", reason,
-                                              job["error_message"] or "")
-                mail = compose_failed(job_id, job["export_type"], words, to=row["recipient"],
-                                      document=document_name(job["payload"]), next_step=step)
+                reason = (row.get("metadata") or {}).get("failure_reason")
+                words, step = explain_failure(row["error_category"] or "permanent", reason,
+                                              row["error_message"] or "")
+                mail = compose_failed(job_id, row["export_type"], words, to=row["recipient"],
+                                      document=document_name(row["payload"]), next_step=step)
             await asyncio.to_thread(self.mail.send, mail)
         except MailError as exc:
             await self._failed(row, str(exc), give_up=not exc.transient)
