@@ -108,14 +108,15 @@ async def connect(url: str) -> psycopg.AsyncConnection[Any]:
     return await psycopg.AsyncConnection.connect(url, autocommit=True)
 
 
-async def create_one(conn: psycopg.AsyncConnection[Any], user: str, payload: dict[str, Any]) -> str:
+async def create_one(conn: psycopg.AsyncConnection[Any], user: str, payload: dict[str, Any],
+                     email: str | None = None) -> str:
     from psycopg.types.json import Jsonb
 
     from supervisor.queries import query
 
     cur = await conn.execute(query("create_job"), {
         "user_id": user, "export_type": "pdf", "payload": Jsonb(payload), "menu_id": None,
-        "subscriber": True, "idempotency_key": None, "email": None, "webhook_url": None})
+        "subscriber": True, "idempotency_key": None, "email": email, "webhook_url": None})
     row = await cur.fetchone()
     assert row is not None
     return str(row[0])
@@ -305,7 +306,8 @@ async def null_throughput(settings: Settings, url: str, jobs: int) -> dict[str, 
         missing = max(jobs - pending, 0)
         users = [str(uuid.uuid4()) for _ in range(4)]
         for i in range(missing):
-            await create_one(conn, users[i % 4], payload)
+            # With a recipient: the queue path includes the mail outbox, as every real job does.
+            await create_one(conn, users[i % 4], payload, email="bench@example.com")
         before = load()
         t0 = time.perf_counter()
         async with Running(settings, url, child_target=null_child_entry) as sup:

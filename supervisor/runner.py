@@ -104,6 +104,7 @@ class Supervisor:
                 # Bind the port before any child starts: a taken port fails fast and leaves nothing behind.
                 await self._start_http()
             self._start_loops(self.parts)
+            await self._register(self.parts)
             self.started.set()
             log.info("worker started", extra={"children": self.settings.worker.max_concurrent_renders,
                                               "port": self.http_port, "storage": self.parts.storage.name})
@@ -134,6 +135,17 @@ class Supervisor:
         self.tasks.run_loop("stats", up.stats_loop, restart)
         self.tasks.run_loop("sweep", up.sweep_loop, restart)
         self.tasks.run_loop("workers-table", self._beat_loop, restart)
+
+    async def _register(self, parts: WorkerParts) -> None:
+        """This process's row before its first claim: the stale rescue tells a claim of a
+        previous process under the same WORKER_ID by it (migration 0010)."""
+        while not await parts.workers.beat_for(self):
+            self._handle_signals()
+            if self.stopping:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            self._wake.clear()  # signals stay queued in self._signals
 
     async def _beat_loop(self) -> None:
         """This worker's row in the workers table (the console and operators read it)."""

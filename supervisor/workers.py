@@ -143,6 +143,7 @@ class WorkerRegistry:
         self.started_at = datetime.now(UTC)
         self.started_monotonic = time.monotonic()
         self.kill_log = KillLog()
+        self.registered = False  # this process's row is written: it may claim (migration 0010)
 
     async def beat(self, snapshot: WorkerSnapshot) -> bool:
         """Upsert this worker's row and forget long-gone workers; False (logged) when the database is away."""
@@ -155,8 +156,10 @@ class WorkerRegistry:
                 cur = await conn.execute(queries["forget_gone_workers"], {"forget_hours": self.forget_hours})
                 forgotten = [r[0] for r in await cur.fetchall()]
         except Exception as exc:
-            log.debug("workers table not updated", extra={"error": str(exc)})
+            # Before the first row nothing is claimed, so say why; later a miss is routine.
+            (log.debug if self.registered else log.warning)("workers table not updated", extra={"error": str(exc)})
             return False
+        self.registered = True
         if forgotten:
             log.info("gone workers forgotten", extra={"workers": forgotten})
         return True

@@ -171,15 +171,20 @@ RETURNING id;
 
 -- name: rescue_stale
 -- Claims whose heartbeat stopped go back to pending (or to failed when
--- export_job_is_final says so, as for any transient error). The outer WHERE re-checks after the row lock, so a job completed
--- between the read and the write stays completed. Final failures get their mail and webhook.
+-- export_job_is_final says so, as for any transient error), and at once those whose
+-- worker came back as a new process since the claim began (the workers table's
+-- registered_at, migration 0010). The outer WHERE re-checks after the row lock, so
+-- a job completed between the read and the write stays completed. Final failures
+-- get their mail and webhook.
 WITH stale AS (
-    SELECT id FROM export_jobs
-     WHERE status = 'processing'
-       AND coalesce(heartbeat_at, started_at, updated_at) < now() - make_interval(secs => %(stale_seconds)s)
-     ORDER BY heartbeat_at
+    SELECT j.id, w.registered_at IS NOT NULL AS restarted FROM export_jobs AS j
+      LEFT JOIN export_workers AS w ON w.worker_id = j.worker_id AND w.registered_at > j.started_at
+     WHERE j.status = 'processing'
+       AND (coalesce(j.heartbeat_at, j.started_at, j.updated_at) < now() - make_interval(secs => %(stale_seconds)s)
+            OR w.registered_at IS NOT NULL)
+     ORDER BY j.heartbeat_at
      LIMIT 500
-     FOR UPDATE SKIP LOCKED
+     FOR UPDATE OF j SKIP LOCKED
 ), rescued AS (
     UPDATE export_jobs AS j
        SET status = CASE WHEN export_job_is_final('transient', j.attempts, j.max_attempts,
@@ -191,9 +196,13 @@ WITH stale AS (
            available_at = now(), heartbeat_at = NULL,
            error_category = 'transient',
            metadata = j.metadata || '{"failure_reason": "stale"}',
-           error_message = format('worker %%s stopped heartbeating during attempt %%s (last sign of life %%s)',
-                                  coalesce(j.worker_id, '?'), j.attempts,
-                                  coalesce(j.heartbeat_at, j.started_at, j.updated_at)),
+           error_message = CASE WHEN stale.restarted
+               THEN format('worker %%s restarted as a new process during attempt %%s (last sign of life %%s)',
+                           coalesce(j.worker_id, '?'), j.attempts,
+                           coalesce(j.heartbeat_at, j.started_at, j.updated_at))
+               ELSE format('worker %%s stopped heartbeating during attempt %%s (last sign of life %%s)',
+                           coalesce(j.worker_id, '?'), j.attempts,
+                           coalesce(j.heartbeat_at, j.started_at, j.updated_at)) END,
            error_history = (j.error_history || jsonb_build_array(jsonb_build_object(
                'attempt', j.attempts, 'at', now(), 'worker_id', j.worker_id,
                'category', 'transient', 'message', 'stale claim rescued by ' || %(rescuer)s)))
@@ -201,7 +210,8 @@ WITH stale AS (
            worker_id = NULL
       FROM stale
      WHERE j.id = stale.id AND j.status = 'processing'
-       AND coalesce(j.heartbeat_at, j.started_at, j.updated_at) < now() - make_interval(secs => %(stale_seconds)s)
+       AND (stale.restarted
+            OR coalesce(j.heartbeat_at, j.started_at, j.updated_at) < now() - make_interval(secs => %(stale_seconds)s))
     RETURNING j.id, j.status, j.user_id, j.notify_email, j.webhook_url
 ), mails AS (
     INSERT INTO export_mail_outbox (job_id, kind, recipient)

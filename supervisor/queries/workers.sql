@@ -5,13 +5,17 @@ INSERT INTO export_workers AS w (
     worker_id, host, pid, version, started_at, last_heartbeat,
     children_ready, children_busy, capacity, children_memory_bytes,
     container_memory_bytes, container_limit_bytes, claiming, not_claiming,
-    canary_ok, breaker_state, detail)
+    canary_ok, breaker_state, detail, registered_at)
 VALUES (
     %(worker_id)s, %(host)s, %(pid)s, %(version)s, %(started_at)s, now(),
     %(children_ready)s, %(children_busy)s, %(capacity)s, %(children_memory_bytes)s,
     %(container_memory_bytes)s, %(container_limit_bytes)s, %(claiming)s, %(not_claiming)s,
-    %(canary_ok)s, %(breaker_state)s, %(detail)s)
+    %(canary_ok)s, %(breaker_state)s, %(detail)s, now())
 ON CONFLICT (worker_id) DO UPDATE SET
+    -- A new process under the same WORKER_ID: its claims start after this (0010).
+    registered_at = CASE WHEN (w.host, w.pid, w.started_at) IS DISTINCT FROM
+                              (EXCLUDED.host, EXCLUDED.pid, EXCLUDED.started_at)
+                         THEN now() ELSE w.registered_at END,
     host = EXCLUDED.host, pid = EXCLUDED.pid, version = EXCLUDED.version,
     started_at = EXCLUDED.started_at, last_heartbeat = now(),
     children_ready = EXCLUDED.children_ready, children_busy = EXCLUDED.children_busy,
