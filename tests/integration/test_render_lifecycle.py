@@ -155,8 +155,11 @@ def test_a_killed_child_leaves_no_crash_handler_behind() -> None:
 
     def handlers() -> list[psutil.Process]:
         found = []
-        for proc in psutil.process_iter(["name", "create_time"]):
-            if "crashpad" in (proc.info["name"] or "") and proc.info["create_time"] >= started - 0.01:
+        for proc in psutil.process_iter(["name", "create_time", "cmdline"]):
+            # This child's only: its handler's --database lies in the child's scratch (other
+            # Chromiums on the machine, another engineer's tests, are not this test's business).
+            mine = any(str(child.scratch) in arg for arg in proc.info["cmdline"] or ())
+            if "crashpad" in (proc.info["name"] or "") and proc.info["create_time"] >= started - 0.01 and mine:
                 found.append(proc)
         return found
 
