@@ -4,6 +4,11 @@ Memory is PSS (proportional set size): Chromium's processes share most of their
 pages, so summing RSS counts the shared pages once per process (measured here:
 an idle browser is 244 MB PSS but 540 MB summed RSS). PSS splits each shared
 page between its users, so a tree's PSS is what killing it would free.
+
+A tree is found from its root through the kernel's own lists of each thread's
+children (``/proc/PID/task/TID/children``), not by psutil's ``children()``, which
+reads the ``stat`` of every process on the machine to find parents: that scan,
+three children every 200 ms, was the supervisor's largest cost (py-spy, issue #18).
 """
 
 from __future__ import annotations
@@ -11,16 +16,100 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+# Every thread's list is read this often; between, only the threads known to fork (below).
+FULL_WALK_SECONDS = 1.0
+# Without CONFIG_PROC_CHILDREN the lists are missing: fall back to psutil's scan.
+HAS_CHILDREN_LISTS = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
 
 
-def tree(pid: int) -> list[psutil.Process]:
-    """The process and all its descendants (empty when it is gone)."""
+def _children_of(pid: int, tid: int) -> list[int]:
+    """The children thread `tid` of process `pid` forked ([] when either is gone).
+
+    The path only exists while `tid` is a thread of `pid`, so a reused thread id
+    elsewhere on the machine is never read as ours."""
+    try:
+        with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+            return [int(word) for word in fh.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _threads_of(pid: int) -> list[int]:
+    try:
+        return [int(name) for name in os.listdir(f"/proc/{pid}/task")]
+    except (OSError, ValueError):
+        return []
+
+
+@dataclass
+class Walk:
+    """A tree found from its root: its PIDs, and the non-main threads seen with children."""
+
+    pids: list[int]
+    forkers: set[tuple[int, int]] = field(default_factory=set)  # (pid, tid)
+
+
+def walk(root: int, forkers: set[tuple[int, int]] | None = None) -> Walk:
+    """`root` and every descendant, through the kernel's per-thread children lists.
+
+    With `forkers` None every thread of every process is read (a full walk: about
+    80 threads per child tree). Otherwise only each process's main thread and the
+    `forkers` of an earlier full walk: Chromium and node fork from their main thread
+    (the zygotes fork renderers, gpu and utility processes; measured here), so that
+    catches a new renderer on the next tick, at a few reads per process. A process
+    forked by another thread is found by the next full walk (FULL_WALK_SECONDS).
+
+    The kernel may skip an entry of a list that changes while it is read; the next
+    tick reads it again.
+    """
+    if not HAS_CHILDREN_LISTS:
+        return Walk([p.pid for p in _psutil_tree(root)])
+    if not os.path.exists(f"/proc/{root}"):
+        return Walk([])
+    found = Walk([root])
+    seen = {root}
+    i = 0
+    while i < len(found.pids):
+        pid = found.pids[i]
+        i += 1
+        main_and_forkers = [pid, *(tid for owner, tid in forkers or () if owner == pid)]
+        for tid in _threads_of(pid) if forkers is None else main_and_forkers:
+            kids = _children_of(pid, tid)
+            if kids and tid != pid:
+                found.forkers.add((pid, tid))
+            for kid in kids:
+                if kid not in seen:
+                    seen.add(kid)
+                    found.pids.append(kid)
+    return found
+
+
+class WatchedTree:
+    """One child's tree between watchdog ticks: a full walk every FULL_WALK_SECONDS
+    learns which threads fork; the ticks between read only those and the main threads."""
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.forkers: set[tuple[int, int]] = set()
+        self.walked_at = float("-inf")
+
+    def members(self, now: float) -> list[int]:
+        if now - self.walked_at >= FULL_WALK_SECONDS:
+            found = walk(self.root)
+            self.forkers, self.walked_at = found.forkers, now
+            return found.pids
+        return walk(self.root, self.forkers).pids
+
+
+def _psutil_tree(pid: int) -> list[psutil.Process]:
     try:
         root = psutil.Process(pid)
         return [root, *root.children(recursive=True)]
@@ -28,29 +117,45 @@ def tree(pid: int) -> list[psutil.Process]:
         return []
 
 
-def tree_rss_bytes(procs: list[psutil.Process]) -> int:
-    """Summed RSS: cheap (/proc/PID/statm) and never below the tree's PSS."""
-    total = 0
-    for proc in procs:
+def tree(pid: int) -> list[psutil.Process]:
+    """The process and all its descendants (empty when it is gone)."""
+    procs = []
+    for member in walk(pid).pids:
         with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
+            procs.append(psutil.Process(member))
+    return procs
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    """Summed RSS from /proc/PID/statm: cheap, and never below the PIDs' PSS."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/statm", "rb") as fh:
+            total += int(fh.read().split()[1]) * PAGE_SIZE
     return total
 
 
-def tree_pss_bytes(procs: list[psutil.Process]) -> int:
+def pss_bytes(pids: Iterable[int]) -> int:
+    """Summed PSS from /proc/PID/smaps_rollup (the kernel walks every mapping: not per tick)."""
     total = 0
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            info = proc.memory_full_info()
-            total += getattr(info, "pss", info.uss)
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/smaps_rollup", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Pss:"):
+                    total += int(line.split()[1]) * 1024  # kB
+                    break
     return total
 
 
-def kill_tree(pid: int, procs: list[psutil.Process] | None = None) -> list[psutil.Process]:
-    """SIGKILL the child's process group and every descendant seen. Never waits, never reaps.
+def tree_pss_bytes(procs: Iterable[psutil.Process]) -> int:
+    return pss_bytes(proc.pid for proc in procs)
 
-    Descendants are listed before the kill: once the child dies its Chromium
-    would be re-parented and no longer findable through it.
+
+def kill_tree(pid: int) -> list[int]:
+    """SIGKILL the child's process group and every descendant. Never waits, never reaps.
+
+    Descendants are listed (a full walk) before the kill: once the child dies its
+    Chromium would be re-parented and no longer findable through it.
 
     No waiting: this runs on the watchdog thread and on the event loop, and a
     wait for a dozen SIGKILLed processes took 1-3 s (the re-parented ones are
@@ -58,13 +163,13 @@ def kill_tree(pid: int, procs: list[psutil.Process] | None = None) -> list[psuti
     direct child is reaped by multiprocessing (``process.join``), which keeps its
     exit code; a ``waitpid`` here stole it and left ``is_alive()`` true forever.
     """
-    procs = procs if procs is not None else tree(pid)
+    pids = walk(pid).pids
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)  # the child made itself a group leader
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            proc.send_signal(signal.SIGKILL)
-    return procs
+    for member in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(member, signal.SIGKILL)
+    return pids
 
 
 def kill_marked(marker: str) -> int:

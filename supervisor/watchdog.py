@@ -1,7 +1,8 @@
 """The watchdog thread: memory and deadlines, on time whatever the event loop does.
 
 It runs in its own thread so that no database, storage or mail call can delay
-it (DESIGN.md section 2, invariant 3). Every tick it measures each child's whole tree (PSS), kills a
+it (DESIGN.md section 2, invariant 3). Every tick it measures each child's whole tree (found through
+the kernel's children lists, supervisor/memory.py; RSS, and PSS when it could matter), kills a
 tree over the per-child limit or past its job deadline, reads the container's
 memory, and kills the largest child above the critical mark. It only kills, and
 posts (child, reason, detail) to the pool on the event loop; the pool records the
@@ -16,11 +17,9 @@ import threading
 import time
 from collections.abc import Callable
 
-import psutil
-
 from shared.vocabulary import KillReason
 from supervisor.children import ChildHandle, ChildState
-from supervisor.memory import ContainerMemory, container_memory, kill_tree, tree, tree_pss_bytes, tree_rss_bytes
+from supervisor.memory import ContainerMemory, WatchedTree, container_memory, kill_tree, pss_bytes, rss_bytes
 from supervisor.metrics import Metrics
 from supervisor.pool import RenderPool
 
@@ -56,6 +55,7 @@ class Watchdog:
         # Handles this thread killed, with why (id() keys; the pool reads them when it reaps,
         # since the child's exit can reach the loop before the posted report does).
         self._verdicts: dict[int, tuple[KillReason, str]] = {}
+        self._trees: dict[int, WatchedTree] = {}  # by the child's PID; only this thread uses them
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="watchdog", daemon=True)
 
@@ -82,27 +82,30 @@ class Watchdog:
         live = {id(h) for h in self.pool.handles}
         for gone in [key for key in self._verdicts if key not in live]:
             del self._verdicts[gone]
+        pids = {h.pid for h in self.pool.handles}
+        for gone in [pid for pid in self._trees if pid not in pids]:
+            del self._trees[gone]
         sizes: list[tuple[int, ChildHandle]] = []
         for handle in list(self.pool.handles):
             if (handle.state is ChildState.DEAD or handle.kill_reason is not None or not handle.pid
                     or id(handle) in self._verdicts):
                 continue
-            procs = tree(handle.pid)
+            members = self._trees.setdefault(handle.pid, WatchedTree(handle.pid)).members(now)
             # PSS means reading every mapping of every process (smaps_rollup): measured at
             # about a third of a core for three children at 200 ms. Summed RSS is cheap and
             # never below PSS, so while it is under the limit the tree cannot be over it;
             # PSS is then only refreshed for the metrics now and then.
-            if tree_rss_bytes(procs) > self.child_limit_bytes or now - handle.pss_measured_at >= PSS_REFRESH_SECONDS:
-                handle.memory_bytes = tree_pss_bytes(procs)
+            if rss_bytes(members) > self.child_limit_bytes or now - handle.pss_measured_at >= PSS_REFRESH_SECONDS:
+                handle.memory_bytes = pss_bytes(members)
                 handle.pss_measured_at = now
             size = handle.memory_bytes
             sizes.append((size, handle))
             assignment = handle.assignment
             if size > self.child_limit_bytes:
-                self._kill(handle, KillReason.MEMORY, procs,
+                self._kill(handle, KillReason.MEMORY,
                            f"tree PSS {size // 2**20} MiB over the limit of {self.child_limit_bytes // 2**20} MiB")
             elif assignment is not None and now > assignment.deadline:
-                self._kill(handle, KillReason.TIMEOUT, procs, "render passed its deadline")
+                self._kill(handle, KillReason.TIMEOUT, "render passed its deadline")
         container = self.read_container()
         self.container = container
         self.over_high_water = container.ratio >= self.high_water_ratio
@@ -110,15 +113,15 @@ class Watchdog:
         if self.over_critical and sizes:
             _, largest = max(sizes, key=lambda pair: pair[0])
             if largest.kill_reason is None and id(largest) not in self._verdicts:
-                self._kill(largest, KillReason.CONTAINER_MEMORY, tree(largest.pid),
+                self._kill(largest, KillReason.CONTAINER_MEMORY,
                            f"container memory at {container.ratio:.0%} of {container.limit_bytes // 2**20} MiB")
         if self.metrics is not None:
             for size, handle in sizes:
                 self.metrics.child_memory.labels(str(handle.index)).set(size)
             self.metrics.container_memory_ratio.set(container.ratio)
 
-    def _kill(self, handle: ChildHandle, reason: KillReason, procs: list[psutil.Process], detail: str) -> None:
+    def _kill(self, handle: ChildHandle, reason: KillReason, detail: str) -> None:
         self._verdicts[id(handle)] = (reason, detail)
-        kill_tree(handle.pid, procs)
+        kill_tree(handle.pid)  # walks the whole tree afresh: whatever started since this tick goes too
         # Recording the reason and settling (retry or fail, replacement) happen on the event loop.
         self.loop.call_soon_threadsafe(self.pool.on_watchdog_kill, handle, reason, detail)

@@ -48,13 +48,13 @@ def child_pid() -> Any:
 
 def count_pss_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
-    real = watchdog_module.tree_pss_bytes
+    real = watchdog_module.pss_bytes
 
-    def counting(procs: Any) -> int:
+    def counting(pids: Any) -> int:
         calls.append(1)
-        return real(procs)
+        return real(pids)
 
-    monkeypatch.setattr(watchdog_module, "tree_pss_bytes", counting)
+    monkeypatch.setattr(watchdog_module, "pss_bytes", counting)
     return calls
 
 
@@ -74,7 +74,7 @@ def test_near_the_limit_pss_is_read_every_tick(monkeypatch: pytest.MonkeyPatch, 
     # A limit of 1 byte: summed RSS is over it, so every tick must measure PSS (and kill).
     dog, _ = make_watchdog(child_pid, limit_bytes=1)
     killed: list[str] = []
-    monkeypatch.setattr(dog, "_kill", lambda h, reason, procs, detail: killed.append(reason))
+    monkeypatch.setattr(dog, "_kill", lambda h, reason, detail: killed.append(reason))
     for _ in range(3):
         dog.tick()
     assert len(calls) == 3
