@@ -47,6 +47,11 @@ def goals(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
          mem["peak_child_tree_pss_bytes"] <= 400 * 2**20),
         ("supervisor RSS", _mb(mem["supervisor_rss_bytes"]), "<= 80 MB", mem["supervisor_rss_bytes"] <= 80 * 2**20),
     ]
+    box = r.get("container")
+    if box:  # full runs only (bench/container.py)
+        rows.append(("2 GiB container, 3 children, medium + large: claims never stopped",
+                     f"peak {box['peak_ratio']:.0%}, {box['ticks_over_high_water']} ticks over high water",
+                     "no stop", not box["claims_stopped"]))
     return rows
 
 

@@ -413,6 +413,11 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
 
         # Its own embedded server (pg_stat_statements preloaded): 1, 2 and 4 supervisors.
         results["capacity"] = capacity.run(null_jobs, [1, 2, 4])
+        from bench import container
+
+        # The default 3 children through medium and large in a simulated 2 GiB container.
+        print("bench: 2 GiB container", file=sys.stderr, flush=True)
+        results["container"] = container.run(settings)
     results["machine"] = machine(e2e.get("browser_version", ""))
     results["total_s"] = time.perf_counter() - t_start
     results["goals"] = [{"goal": n, "measured": v, "target": g, "met": m} for n, v, g, m in goals(results)]
@@ -421,6 +426,10 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
         from bench.capacity import table as capacity_table
 
         text += "\n\nCapacity (bench/capacity.py):\n\n" + capacity_table(results["capacity"])
+    if "container" in results:
+        from bench.container import table as container_table
+
+        text += "\n\n2 GiB container (bench/container.py):\n\n" + container_table(results["container"])
     print(text)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
