@@ -7,12 +7,13 @@ HTTP cache, all storage, permissions and emulation are cleared, and if any step 
 the context is thrown away; the next job then gets a new one.
 
 Each step of the reset is a round trip through the Playwright driver (~1-2 ms of three
-processes' CPU), so the reset clears only what the job could have touched: cookies
-always; the HTTP cache only after a request (the page asked the network for anything,
-routed or not); storage only for the origins the job fetched from; permissions only
-where JavaScript ran (nothing of ours grants any, and without script nothing can ask).
-A document without script and without a single request has no way to write any state
-(tests/integration/test_render_reset.py).
+processes' CPU), so the reset clears only what the job could have touched: cookies and
+the HTTP cache after a request (the page asked the network for anything, routed or
+not) or where JavaScript ran; storage only for the origins the job fetched from;
+permissions only where JavaScript ran (nothing of ours grants any, and without script
+nothing can ask). A document without script and without a single request has no way
+to write a cookie, storage or the cache (tests/integration/test_render_reset.py), so
+its reset is no round trip at all.
 """
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ class PageSlots:
                 raise RuntimeError("page crashed or closed")
             page = slot.page
             cdp = slot.cdp
+            # without script and without a request, a document cannot write a cookie or
+            # fill the cache (a navigation is a request; test_render_reset.py)
+            touched = slot.js or slot.requested or page.url != "about:blank"
             if page.url != "about:blank":
                 # leave the job's origin (a url source); set_content pages stay on about:blank
                 # and the next set_content replaces their whole document (~25 ms saved)
@@ -151,9 +155,9 @@ class PageSlots:
                         "mobile": False,
                     },
                 )
-            # the whole cookie jar of this context (what context.clear_cookies() does too)
-            cdp.send("Network.clearBrowserCookies")
-            if slot.requested or slot.js:
+            if touched:
+                # the whole cookie jar of this context (what context.clear_cookies() does too)
+                cdp.send("Network.clearBrowserCookies")
                 cdp.send("Network.clearBrowserCache")
             if slot.js:
                 slot.context.clear_permissions()

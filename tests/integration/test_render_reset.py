@@ -1,5 +1,5 @@
 """The slot reset clears what a job could have written, and a document without script
-and without a request writes nothing (so its reset may skip the cache and permissions)."""
+and without a request writes nothing (so its reset may skip cookies, cache and permissions)."""
 
 from __future__ import annotations
 
@@ -58,8 +58,18 @@ def test_reset_clears_the_context_cookie_jar(slots: PageSlots) -> None:
         {"name": "other", "value": "secret", "url": "http://other.example/"},
     ])
     assert len(slot.context.cookies()) == 2
+    slot.requested = True  # as after a job that made a request
     slots.reset(slot)
     assert slots.get(js=False) is slot  # reset in place, not rebuilt
+    assert slot.context.cookies() == []
+
+
+def test_reset_after_a_navigation_clears_cookies(slots: PageSlots) -> None:
+    slot = slots.get(js=False)
+    slot.context.add_cookies([{"name": "sid", "value": "secret", "url": "https://example.com/"}])
+    slot.page.goto("data:text/html,<p>navigated</p>")  # not routed, not a network request
+    slots.reset(slot)
+    assert slot.page.url == "about:blank"
     assert slot.context.cookies() == []
 
 
