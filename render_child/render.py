@@ -71,6 +71,7 @@ class Renderer:
             self._fetcher.record(url, f"scheme {scheme}: not allowed (refused by Chromium)")
 
     def _route(self, route: Route, slot: Slot) -> None:
+        slot.requested = True
         request = route.request
         url = request.url
         fetcher = self._fetcher

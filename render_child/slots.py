@@ -5,6 +5,15 @@ A slot is reused across jobs (a warm page renders a small PDF in tens of ms; a n
 context and page costs hundreds). After every job it is reset: about:blank, cookies,
 HTTP cache, all storage, permissions and emulation are cleared, and if any step fails
 the context is thrown away; the next job then gets a new one.
+
+Each step of the reset is a round trip through the Playwright driver (~1-2 ms of three
+processes' CPU), so the reset clears only what the job could have touched: cookies and
+the HTTP cache after a request (the page asked the network for anything, routed or
+not) or where JavaScript ran; storage only for the origins the job fetched from;
+permissions only where JavaScript ran (nothing of ours grants any, and without script
+nothing can ask). A document without script and without a single request has no way
+to write a cookie, storage or the cache (tests/integration/test_render_reset.py), so
+its reset is no round trip at all.
 """
 
 from __future__ import annotations
@@ -12,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from playwright.sync_api import Browser, BrowserContext, CDPSession, ConsoleMessage, Page, Route
+from playwright.sync_api import Browser, BrowserContext, CDPSession, ConsoleMessage, Page, Request, Route
 
 DEFAULT_VIEWPORT = {"width": 1280, "height": 720}
 LogFn = Callable[[str, str, str | None], None]
@@ -33,6 +42,9 @@ class Slot:
     js: bool
     crashed: bool = False
     origins: set[str] = field(default_factory=set)
+    # the page made a request since the last reset (routed, or one Playwright cannot
+    # route such as <link rel=prefetch>, which the lockdown fails)
+    requested: bool = False
 
 
 class PageSlots:
@@ -69,7 +81,11 @@ class PageSlots:
         def on_crash(_page: Page) -> None:
             slot.crashed = True
 
+        def on_request(_request: Request) -> None:
+            slot.requested = True
+
         page.on("crash", on_crash)
+        page.on("request", on_request)
         page.on("console", self._on_console)
         context.route("**/*", lambda route: self._route(route, slot))
         return slot
@@ -122,6 +138,9 @@ class PageSlots:
                 raise RuntimeError("page crashed or closed")
             page = slot.page
             cdp = slot.cdp
+            # without script and without a request, a document cannot write a cookie or
+            # fill the cache (a navigation is a request; test_render_reset.py)
+            touched = slot.js or slot.requested or page.url != "about:blank"
             if page.url != "about:blank":
                 # leave the job's origin (a url source); set_content pages stay on about:blank
                 # and the next set_content replaces their whole document (~25 ms saved)
@@ -136,13 +155,16 @@ class PageSlots:
                         "mobile": False,
                     },
                 )
-            slot.context.clear_cookies()
-            slot.context.clear_permissions()
-            cdp.send("Network.clearBrowserCache")
-            cdp.send("Network.clearBrowserCookies")
+            if touched:
+                # the whole cookie jar of this context (what context.clear_cookies() does too)
+                cdp.send("Network.clearBrowserCookies")
+                cdp.send("Network.clearBrowserCache")
+            if slot.js:
+                slot.context.clear_permissions()
             for origin in sorted(slot.origins - {"emulation"}):
                 cdp.send("Storage.clearDataForOrigin", {"origin": origin, "storageTypes": "all"})
             slot.origins.clear()
+            slot.requested = False
         except Exception as exc:
             self.log("warning", f"context reset failed, rebuilding it: {first_line(exc)}", None)
             self.discard(slot)

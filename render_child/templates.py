@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -54,6 +55,12 @@ _env = jinja2.Environment(
 format_price("1", "USD")
 
 
+@functools.lru_cache(maxsize=4096)
+def _price(price: str | None, currency: str, menu_locale: str | None) -> str:
+    """format_price, remembered: menus repeat the same few prices (~10 us each in Babel)."""
+    return format_price(price, currency, menu_locale)
+
+
 @dataclass(frozen=True)
 class Legend:
     lang: str
@@ -84,7 +91,7 @@ def render_menu_html(menu: MenuDocument, template: str) -> str:
         title=menu.title,
         lang=where.html_lang,
         direction=where.direction,
-        price=lambda item: format_price(item.price, item.currency, menu.locale),
+        price=lambda item: _price(item.price, item.currency, menu.locale),
         accent=menu.theme.accent_color,
         font_stack=FONT_STACKS.get(menu.theme.font, FONT_STACKS["serif"]),
         dietary_labels=DIETARY_LABELS,

@@ -92,6 +92,14 @@ def test_print_css_and_content(template: str) -> None:
     assert "Noto Sans" in html  # the sans-serif theme font
 
 
+def test_remembered_prices_follow_each_menus_locale() -> None:
+    # prices are cached per (price, currency, locale): the same price in two locales, in turn
+    for _ in range(2):
+        for locale, text in ((None, "9,50\u00a0\u20ac"), ("en_US", "\u20ac9.50"), ("ar_AE@numbers=arab", "\u0669")):
+            html = render_menu_html(msgspec.structs.replace(evil_menu(), locale=locale), "classic")
+            assert text in html, locale
+
+
 def test_templates_look_different() -> None:
     menu = evil_menu()
     assert render_menu_html(menu, "classic") != render_menu_html(menu, "modern")
