@@ -93,15 +93,21 @@ def protect_supervisor() -> None:
 
 
 class _CleanEnvPopen(popen_spawn_posix.Popen):
-    """CPython 3.11-3.13's ``popen_spawn_posix.Popen._launch``, with two changes:
-    the exec goes through ``env -i`` with :func:`child_environ`, and no resource
-    tracker is started (``tracker_fd=None``; the child would start its own if it
-    ever needed one, with its clean environment)."""
+    """CPython 3.11-3.13's ``popen_spawn_posix.Popen._launch``, with three changes:
+    the exec goes through ``env -i`` with :func:`child_environ`, the child does not
+    re-run the parent's ``__main__``, and no resource tracker is started
+    (``tracker_fd=None``; the child would start its own if it ever needed one, with
+    its clean environment)."""
 
     _fds: list[int]  # set by the base class's __init__; typeshed does not declare it
 
     def _launch(self, process_obj: Any) -> None:
         prep_data = spawn.get_preparation_data(process_obj._name)
+        # Nor does the child re-import the supervisor's __main__ (`export-worker`, so the CLI,
+        # psycopg and the config): ~7 MB per child for nothing, as its target is a module
+        # function (render_child.main.child_entry). A target defined in __main__ cannot be used.
+        prep_data.pop("init_main_from_path", None)
+        prep_data.pop("init_main_from_name", None)
         fp = io.BytesIO()
         set_spawning_popen(self)
         try:
