@@ -408,16 +408,15 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
         results["peers"] = peers(url, null_jobs, lanes)
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
-    if not smoke:
-        from bench import capacity
+    from bench import capacity, container
 
-        # Its own embedded server (pg_stat_statements preloaded): 1, 2 and 4 supervisors.
-        results["capacity"] = capacity.run(null_jobs, [1, 2, 4])
-        from bench import container
-
-        # The default 3 children through medium and large in a simulated 2 GiB container.
-        print("bench: 2 GiB container", file=sys.stderr, flush=True)
-        results["container"] = container.run(settings)
+    # Its own embedded server (pg_stat_statements preloaded): 1, 2 and 4 supervisors.
+    # The smoke run keeps both paths working with a few jobs (CI runs it).
+    print("bench: capacity", file=sys.stderr, flush=True)
+    results["capacity"] = capacity.run(30, [1]) if smoke else capacity.run(null_jobs, [1, 2, 4])
+    # The default 3 children through medium and large in a simulated 2 GiB container.
+    print("bench: 2 GiB container", file=sys.stderr, flush=True)
+    results["container"] = container.run(settings, medium=3, large=1) if smoke else container.run(settings)
     results["machine"] = machine(e2e.get("browser_version", ""))
     results["total_s"] = time.perf_counter() - t_start
     results["goals"] = [{"goal": n, "measured": v, "target": g, "met": m} for n, v, g, m in goals(results)]

@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("creation", "null_renderer", "peers", "pickup", "end_to_end", "memory", "ceiling_policy",
-            "ceiling", "browser_per_job", "machine", "goals")
+            "ceiling", "browser_per_job", "capacity", "container", "machine", "goals")
 
 
 @pytest.mark.timeout(240)
@@ -27,6 +27,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "| case | document | jobs |" in proc.stdout
     assert "| goal | measured | goal | met |" in proc.stdout
+    assert "Capacity (bench/capacity.py)" in proc.stdout and "2 GiB container" in proc.stdout
     data = json.loads(out.read_text(encoding="utf-8"))
     for section in SECTIONS:
         assert section in data, section
