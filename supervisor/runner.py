@@ -277,9 +277,13 @@ class Supervisor:
             await asyncio.sleep(0.02)
         parts.watchdog.stop()
         await parts.pool.stop(grace_seconds=max(MIN_CHILD_STOP_SECONDS, deadline - time.monotonic()))
+        log.info("shutdown: render children stopped", extra={"unsettled": len(self.inflight)})
         if self.http_server is not None:
             self.http_server.should_exit = True
-        await self.tasks.shutdown(keep=frozenset({"http"}))
+        # The HTTP server has its own grace for open requests (uvicorn's timeout_graceful_shutdown).
+        await self.tasks.shutdown(keep=frozenset({"http"}),
+                                  timeout=self.settings.worker.graceful_shutdown_timeout_ms / 1000 + 10)
+        log.info("shutdown: background tasks and HTTP server stopped")
         await parts.db.close()
         shutil.rmtree(parts.settler.scratch, ignore_errors=True)  # a clean stop leaves no scratch behind
 

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 RESTART_BACKOFF_START = 0.5
 RESTART_BACKOFF_CAP = 30.0
 HEALTHY_RUN_SECONDS = 60.0  # a loop that ran this long before failing starts its backoff afresh
+SHUTDOWN_WAIT_SECONDS = 15.0  # cancelled tasks end at once; the HTTP server waits for its requests
 
 
 class OnFailure(enum.Enum):
@@ -60,13 +61,21 @@ class TaskOwner:
     def pending(self) -> int:
         return len(self._tasks)
 
-    async def shutdown(self, keep: frozenset[str] = frozenset()) -> None:
-        """Cancel every task not named in `keep`, and wait for all of them to end."""
+    async def shutdown(self, keep: frozenset[str] = frozenset(), timeout: float = SHUTDOWN_WAIT_SECONDS) -> None:
+        """Cancel every task not named in `keep`, and wait up to `timeout` for all of them to end.
+
+        A task still running after that is named in a warning and left behind: a stop
+        must end, and the log must say what held it up.
+        """
         for task in list(self._tasks):
             if task.get_name() not in keep:
                 task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
+        if pending:
+            log.warning("shutdown: background tasks did not end in time",
+                        extra={"tasks": sorted(t.get_name() for t in pending), "waited_s": timeout})
 
     def _track(self, task: asyncio.Task[Any]) -> None:
         self._tasks.add(task)

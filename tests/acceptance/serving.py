@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -90,6 +91,15 @@ def wait_healthy(port: int, proc: subprocess.Popen[str], log: Path, timeout: flo
         time.sleep(0.1)
 
 
+def _stacks(pid: int) -> str:
+    """The Python stacks of a hung `serve` (py-spy, when installed), for the failure message."""
+    spy = shutil.which("py-spy") or str(ROOT / ".venv" / "bin" / "py-spy")
+    if not Path(spy).exists():
+        return "(py-spy not installed: no stacks)"
+    done = subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30, check=False)
+    return done.stdout + done.stderr
+
+
 @contextmanager
 def running_serve(
     env: dict[str, str],
@@ -108,7 +118,11 @@ def running_serve(
         wait_healthy(int(env["PORT"]), proc, log)
         yield proc
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=stop_timeout)
+        try:
+            code = proc.wait(timeout=stop_timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve did not stop within {stop_timeout}s of SIGTERM\n{_stacks(proc.pid)}\n"
+                        f"{(stderr_log or log).read_text()[-6000:]}")
         assert code == expect_exit, (stderr_log or log).read_text()[-3000:]
     finally:
         if proc.poll() is None:

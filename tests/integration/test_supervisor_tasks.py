@@ -91,3 +91,34 @@ async def test_a_failing_one_off_task_is_logged_and_counted(caplog: pytest.LogCa
     failures = [r for r in caplog.records if r.getMessage() == "background task failed"]
     assert sorted(r.task for r in failures) == ["settle-job-1", "settle-job-2"]  # type: ignore[attr-defined]
     assert all(r.exc_info for r in failures)
+
+
+async def test_a_task_that_will_not_end_bounds_the_stop_and_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    owner = TaskOwner(Metrics(), lambda why: None)
+    release = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            await release.wait()  # swallows the cancel, as a blocking cleanup would
+
+    async def polite() -> None:
+        await asyncio.Event().wait()
+
+    owner.run_loop("stubborn", stubborn, OnFailure.RESTART)
+    owner.run_loop("polite", polite, OnFailure.RESTART)
+    await asyncio.sleep(0)
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        await owner.shutdown(timeout=0.5)
+    assert 0.4 <= time.monotonic() - started < 3
+    assert cancelled.is_set()
+    warning = next(r for r in caplog.records if r.getMessage() == "shutdown: background tasks did not end in time")
+    assert warning.tasks == ["stubborn"]  # type: ignore[attr-defined]
+    assert owner.pending == 1
+    release.set()
+    await asyncio.sleep(0.05)
+    assert owner.pending == 0
