@@ -279,6 +279,7 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from shared.config import accepted_but_inactive
+    from supervisor.exit_guard import ExitGuard
     from supervisor.runner import Supervisor
 
     for note in accepted_but_inactive(settings):
@@ -292,8 +293,15 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         from psycopg_pool import PoolTimeout
 
         supervisor = Supervisor(settings, url)
+        guard = ExitGuard()
+
+        async def run_then_arm() -> int:
+            code = await supervisor.run()
+            guard.arm(code)  # the loop's own cleanup and the thread joins come after this
+            return code
+
         try:
-            code: int = asyncio.run(supervisor.run())
+            code: int = asyncio.run(run_then_arm())
         except (psycopg.OperationalError, PoolTimeout) as exc:
             # Before anything was claimed: say why in one line and let the platform restart us.
             first_line = one_line(exc)
@@ -302,6 +310,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         except OSError as exc:
             log.error("cannot start: cannot listen", extra={"port": settings.worker.port, "error": str(exc)})
             raise CliError(f"cannot listen on PORT {settings.worker.port}: {exc.strerror or exc}") from None
+        finally:
+            guard.disarm()
         return code
 
     result: int = with_database(settings, work)

@@ -124,3 +124,39 @@ def test_serve_renders_reports_and_stops_on_sigterm(db_url: str, tmp_path: Path)
     assert {r["job_id"] for r in completed} == set(job_ids)
     assert all(isinstance(r["duration_ms"], int | float) and r["duration_ms"] > 0 for r in completed)
     assert any(r["message"] == "worker stopped" for r in records)
+
+
+def test_a_thread_stuck_after_the_stop_cannot_keep_serve_alive(db_url: str, tmp_path: Path) -> None:
+    """An upload thread that never returns (a pause point held shut) would keep the interpreter
+    joining it forever; the exit guard ends the process and names the stuck thread."""
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    port = free_port()
+    env = serve_env(db_url, tmp_path / "data", port, GRACEFUL_SHUTDOWN_TIMEOUT_MS="1000",
+                    EXPORT_WORKER_TEST_GATE_DIR=str(gate))
+    log = tmp_path / "serve.log"
+    with running_serve(env, log, stop_timeout=40) as proc:
+        (gate / f"arm-upload-{proc.pid}").touch()
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT id::text FROM create_export_job(%s::uuid, 'pdf', %s::jsonb)",
+                (str(uuid.uuid4()), json.dumps({"source": {"kind": "html", "html": "<h1>stuck</h1>"}})),
+            ).fetchone()
+        assert row is not None
+        deadline = time.monotonic() + 60
+        while not (gate / f"paused-upload-{proc.pid}").exists():
+            assert time.monotonic() < deadline, "the upload never reached its pause point"
+            time.sleep(0.05)
+        stopping = time.monotonic()
+    # running_serve sent SIGTERM and saw exit code 0, with the upload thread still paused.
+    took = time.monotonic() - stopping
+    assert not (gate / f"go-upload-{proc.pid}").exists()
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    forced = [entry for entry in lines if entry.get("message", "").startswith("exit: cleanup")]
+    assert len(forced) == 1, lines[-5:]
+    assert any("pause_point" in stack for stack in forced[0]["threads"].values()), forced[0]["threads"]
+    assert took < 35
+    # Nothing is lost: the job is still claimed (rescued later), not completed and not failed.
+    with psycopg.connect(db_url) as conn:
+        status = conn.execute("SELECT status FROM export_jobs WHERE id = %s", (row[0],)).fetchone()
+    assert status == ("processing",)
