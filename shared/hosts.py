@@ -33,3 +33,20 @@ def host_matches(host: str, port: int, patterns: list[str]) -> bool:
         elif host == pattern_host:
             return True
     return False
+
+
+def host_problem(host: str) -> str | None:
+    """Why `host` cannot be a DNS name or IP literal (an empty or over-long label, a name IDNA
+    cannot encode), or None. Checked before any lookup: the resolver raises on these, not OSError."""
+    name = normalize_host(host).strip("[]")
+    if ":" in name:  # an IPv6 literal; the URL parser has checked it
+        return None
+    if len(name) > 253:
+        return f"the host name is {len(name)} characters; at most 253"
+    try:
+        encoded = name.encode("idna")
+    except UnicodeError:
+        return f"{name!r} is not a valid host name (an empty or over-long label)"
+    if any(not label or len(label) > 63 for label in encoded.split(b".")):
+        return f"{name!r} is not a valid host name (an empty or over-long label)"
+    return None

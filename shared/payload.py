@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from shared.hosts import host_matches  # the child's matcher too: one rule, both sides
+from shared.hosts import host_matches, host_problem  # the child's matcher too: one rule, both sides
 from shared.menu import MenuDocument
 
 
@@ -161,6 +161,9 @@ def url_source_problem(url: str, allowed_url_hosts: Sequence[str]) -> str | None
     host = parts.hostname
     if not host:
         return "the URL has no host"
+    bad_host = host_problem(host)
+    if bad_host is not None:
+        return bad_host
     if not host_matches(host, port or (443 if scheme == "https" else 80), list(allowed_url_hosts)):
         if not allowed_url_hosts:
             return "url sources are off on this worker (ALLOWED_URL_HOSTS is empty)"

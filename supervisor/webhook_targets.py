@@ -29,7 +29,7 @@ from render_child.netpolicy import (
     resolve_checked,
 )
 from shared.config import Settings
-from shared.hosts import host_matches, normalize_host
+from shared.hosts import host_matches, host_problem, normalize_host
 from shared.messages import NetworkPolicy
 
 MAX_URL_LENGTH = 2048
@@ -69,6 +69,11 @@ def check_url(url: str, settings: Settings) -> httpx.URL:
         raise TargetRefused(exc.reason) from None
     scheme = parsed.scheme.lower()
     host = normalize_host(parsed.host)
+    problem = host_problem(host)
+    if problem is not None:
+        raise TargetRefused(problem)
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise TargetRefused(f"port {parsed.port} is out of range (1 to 65535)")
     port = parsed.port or (443 if scheme == "https" else 80)
     if scheme == "http" and not is_trusted_private(host, port, _policy(settings)):
         raise TargetRefused(f"http is allowed only for hosts in TRUSTED_PRIVATE_HOSTS; use https for {host}")

@@ -48,6 +48,13 @@ REFUSED = [
     ("ftp://example.com/hook", "scheme ftp"),
     ("https://user:secret@example.com/hook", "credentials"),
     ("not a url at all", "scheme"),
+    # These were 500s: the resolver's IDNA step raises UnicodeError on an empty label.
+    ("https://a..b/hook", "not a valid host name"),
+    ("https://.com/hook", "not a valid host name"),
+    ("https://" + "a" * 64 + ".com/hook", "not a valid host name"),
+    # These were refused only as "does not resolve" (or accepted where DNS answers).
+    ("https://93.184.215.14:99999/hook", "out of range"),
+    ("https://93.184.215.14:0/hook", "out of range"),
 ]
 
 
