@@ -31,7 +31,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from shared.payload import PayloadError, TestTemplateSource, check_payload, payload_to_builtins
-from shared.vocabulary import FINAL_STATUSES, JobStatus, OutputFormat
+from shared.vocabulary import FINAL_STATUSES, ExportType, JobStatus, OutputFormat
 from supervisor.api_schemas import (
     CancelResult,
     JobAccepted,
@@ -119,7 +119,7 @@ class JobsApi:
 
     async def visible_job(self, request: Request, principal: Principal, job_id: str) -> dict[str, Any]:
         """The job if this caller may see it; 404 otherwise (never 403)."""
-        requested = request.query_params.get("user_id")
+        requested = _query_user_id(request)
         owner = principal.acting_for(requested) if requested is not None else principal.user_id
         row = await self.state.queue.get_job(job_id)
         if row is None:
@@ -157,6 +157,7 @@ class JobsApi:
     async def create_job(self, request: Request) -> Response:
         principal = await self.principal(request)
         settings = self.state.settings
+        _require_json(request)
         body = decode_create(await read_body(request, settings.http.max_body_bytes), settings.http.max_json_depth)
         requested_user = str(body.user_id) if body.user_id is not None else None
         if principal.trusted:
@@ -196,10 +197,12 @@ class JobsApi:
         created = bool(row.get("created", True))  # the creation function decides: one owner
         if created:
             self.state.metrics.jobs_created.labels(body.export_type.value).inc()
+        else:
+            _same_request_or_refuse(body, row)
         accepted = JobAccepted(
             id=UUID(job_id),
             status=JobStatus(row["status"]),
-            export_type=body.export_type,
+            export_type=ExportType(row["export_type"]),
             created_at=utc(row.get("created_at")),
             links=JobLinks.of(job_id),
         )
@@ -297,6 +300,60 @@ def download_name(row: dict[str, Any]) -> str | None:
 
 def _already_final(status: str) -> ApiProblem:
     return ApiProblem(409, f"the job is already {status}", slug="already-final", extra={"job_status": status})
+
+
+JSON_MEDIA_TYPES = ("application/json",)
+
+
+def _require_json(request: Request) -> None:
+    """A body declared as anything but JSON is a 415 (no Content-Type at all is read as JSON)."""
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    media = declared.partition(";")[0].strip().lower()
+    if media in JSON_MEDIA_TYPES or (media.startswith("application/") and media.endswith("+json")):
+        return
+    raise ApiProblem(415, f"the body must be JSON (Content-Type: application/json), not {media or '(empty)'!r}",
+                     slug="unsupported-media-type")
+
+
+def _query_user_id(request: Request) -> str | None:
+    """``?user_id=``, a UUID given at most once, or None; anything else is a 422 naming it."""
+    values = request.query_params.getlist("user_id")
+    if not values:
+        return None
+    if len(values) > 1:
+        raise invalid("user_id", "user_id is given more than once")
+    try:
+        return str(UUID(values[0]))
+    except ValueError:
+        raise invalid("user_id", "user_id must be a UUID") from None
+
+
+def _same_request_or_refuse(body: JobCreate, row: dict[str, Any]) -> None:
+    """A repeated idempotency_key must come with the request that first used it: else a 422, not
+    somebody else's job passed off as this request's (the stored job is left as it is)."""
+    differs = [
+        name
+        for name, asked, stored in (
+            ("export_type", body.export_type.value, row.get("export_type")),
+            ("payload", payload_to_builtins(body.payload), row.get("payload")),
+            ("menu_id", str(body.menu_id) if body.menu_id else None,
+             str(row["menu_id"]) if row.get("menu_id") else None),
+            ("subscriber", body.subscriber, bool(row.get("subscriber"))),
+            ("email", body.email, row.get("notify_email") if body.email is not None else None),
+            ("webhook_url", body.webhook_url, row.get("webhook_url") if body.webhook_url is not None else None),
+        )
+        if asked != stored
+    ]
+    if differs:
+        raise ApiProblem(
+            422,
+            f"idempotency_key was already used for job {row['id']} with a different {', '.join(differs)}; "
+            "send the same request to get that job, or use a new key",
+            field="idempotency_key",
+            slug="idempotency-key-reused",
+        )
 
 
 def _path_job_id(request: Request) -> str:

@@ -67,7 +67,9 @@ OPERATIONS = (
         "200": Answer("A repeat of an earlier request with the same idempotency_key", JobAccepted,
                       headers=("Location",)),
         "413": problem("The body is larger than MAX_BODY_BYTES"),
-        "422": problem("Invalid request; `field` names the offending input (e.g. payload.pdf.scale)"),
+        "415": problem("The body is declared as something other than JSON (Content-Type)"),
+        "422": problem("Invalid request; `field` names the offending input (e.g. payload.pdf.scale); "
+                       "`idempotency_key` when the key was used before with a different request"),
         "429": problem("Over a per-user limit", "Retry-After"),
     }, body=JobCreate),
     Operation("/v1/jobs/{job_id}", "get", "getJob", "Get a job", {"200": Answer("The job", Job)}, job=True),
@@ -131,6 +133,7 @@ def _operation(op: Operation, ref_of: dict[type, dict[str, Any]]) -> dict[str, A
         answers = {**answers, **{k: v for k, v in AUTH_ANSWERS.items() if k not in answers}}
     if op.job:
         answers.setdefault("404", problem("No such job (or not yours)"))
+        answers.setdefault("422", problem("The user_id query parameter is not one UUID"))
     out: dict[str, Any] = {
         "summary": op.summary,
         "operationId": op.op_id,

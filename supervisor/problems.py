@@ -7,6 +7,7 @@ route wrapper and the app's exception handlers turn them into responses with
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,6 +28,7 @@ TITLES = {
     409: "Conflict",
     410: "Gone",
     413: "Content Too Large",
+    415: "Unsupported Media Type",
     422: "Unprocessable Content",
     429: "Too Many Requests",
     431: "Request Header Fields Too Large",
@@ -50,6 +52,7 @@ class Problem(msgspec.Struct, omit_defaults=True, kw_only=True):
 
 
 _encoder = msgspec.json.Encoder()
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class ApiProblem(Exception):
@@ -82,7 +85,21 @@ class ApiProblem(Exception):
             field=self.field,
         )
         body = msgspec.structs.replace(problem, **self.extra) if self.extra else problem
-        return Response(_encoder.encode(body), status_code=self.status, headers=self.headers, media_type=PROBLEM_JSON)
+        return Response(_encoder.encode(_encodable(body)), status_code=self.status, headers=self.headers,
+                        media_type=PROBLEM_JSON)
+
+
+def _encodable(problem: Problem) -> Problem:
+    """The problem with any unpaired surrogate (echoed from the caller's JSON keys) written as \\udXXX,
+    which UTF-8 cannot encode."""
+    if not any(isinstance(v, str) and _SURROGATE.search(v) for v in (problem.detail, problem.field)):
+        return problem
+    return msgspec.structs.replace(problem, detail=_escaped(problem.detail),
+                                   field=None if problem.field is None else _escaped(problem.field))
+
+
+def _escaped(text: str) -> str:
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def problem_type(slug: str | None) -> str:

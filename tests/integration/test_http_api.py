@@ -249,6 +249,63 @@ async def test_idempotent_repeat_returns_same_id(env: Env) -> None:
     assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
 
 
+async def test_a_reused_idempotency_key_with_a_different_request_is_422(env: Env) -> None:
+    # It answered 200 with the first job's id and this request's export_type: another job passed off as this one.
+    first = await create(env, ALICE_H, idempotency_key="order-43", email="a@example.com")
+    assert first.status_code == 202
+    changed = [
+        {"export_type": "image", "payload": {"source": {"kind": "html", "html": "<h1>hi</h1>"}}},
+        {"payload": {"source": {"kind": "html", "html": "<h1>other</h1>"}}},
+        {"menu_id": str(uuid.uuid4())},
+        {"email": "b@example.com"},
+    ]
+    for change in changed:
+        body = html_body(idempotency_key="order-43", email="a@example.com") | change
+        r = await env.client.post("/v1/jobs", json=body, headers=ALICE_H)
+        problem = assert_problem(r, 422)
+        assert problem["field"] == "idempotency_key", problem
+        assert first.json()["id"] in problem["detail"] and next(iter(change)) in problem["detail"], problem
+    # The same request (omitting the recipient it named first is not a change) still gets the job.
+    again = await create(env, ALICE_H, idempotency_key="order-43")
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"], again.text
+    assert again.json()["export_type"] == "pdf"
+    job = await env.client.get(f"/v1/jobs/{first.json()['id']}", headers=ALICE_H)
+    assert job.json()["export_type"] == "pdf"  # the stored job was left alone
+
+
+async def test_a_body_that_is_not_declared_json_is_415(env: Env) -> None:
+    # Bodies sent as a form, text or multipart were parsed as JSON anyway.
+    raw = json.dumps(html_body()).encode()
+    for declared in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "  "):
+        r = await env.client.post("/v1/jobs", content=raw, headers={**ALICE_H, "Content-Type": declared})
+        problem = assert_problem(r, 415)
+        assert "application/json" in problem["detail"], problem
+    for declared in ("application/json", "Application/JSON; charset=utf-8", "application/merge-patch+json"):
+        r = await env.client.post("/v1/jobs", content=raw, headers={**KEY_H, "Content-Type": declared})
+        assert r.status_code == 422 and r.json()["field"] == "user_id", (declared, r.text)  # read as JSON
+    r = await env.client.post("/v1/jobs", content=raw, headers=ALICE_H)  # no Content-Type: read as JSON
+    assert r.status_code == 202, r.text
+
+
+async def test_a_malformed_user_id_query_is_422_naming_it(env: Env) -> None:
+    # It was a 404 "no such job" for a trusted caller and a 403 "names another user" for an end user.
+    job = (await create(env, ALICE_H)).json()["id"]
+    for query in ("user_id=nope", "user_id=%00", "user_id=%ED%A0%80", f"user_id={ALICE}&user_id={BOB}"):
+        for headers in (KEY_H, ALICE_H):
+            for path in (f"/v1/jobs/{job}", f"/v1/jobs/{job}/download", f"/v1/jobs/{job}/events"):
+                r = await env.client.get(f"{path}?{query}", headers=headers)
+                assert assert_problem(r, 422)["field"] == "user_id", (path, query, r.text)
+    assert (await env.client.get(f"/v1/jobs/{job}?user_id={ALICE.upper()}", headers=ALICE_H)).status_code == 200
+    assert_problem(await env.client.get(f"/v1/jobs/{job}?user_id={BOB}", headers=KEY_H), 404)
+
+
+async def test_an_unpaired_surrogate_in_a_key_is_a_422_not_a_500(env: Env) -> None:
+    # The problem named the key, and encoding the surrogate in the answer raised.
+    r = await env.client.post("/v1/jobs", content=b'{"\\ud800": 1}', headers=ALICE_H)
+    problem = assert_problem(r, 422)
+    assert problem["field"] == "\\ud800", problem
+
+
 async def test_simultaneous_first_requests_with_one_key_give_one_job(env: Env) -> None:
     answers = await asyncio.gather(*(create(env, ALICE_H, idempotency_key="order-77") for _ in range(5)))
     assert sorted(r.status_code for r in answers) == [200, 200, 200, 200, 202], [r.text for r in answers]
