@@ -94,7 +94,9 @@ class Access:
         if not cookie or cookie.count(".") != 1:
             return None
         payload, signature = cookie.split(".")
-        if not hmac.compare_digest(signature, self._sign(payload.encode())):
+        # Bytes: compare_digest refuses str with non-ASCII characters (a TypeError, not a refusal).
+        expected = self._sign(payload.encode("utf-8", "replace")).encode()
+        if not hmac.compare_digest(signature.encode("utf-8", "replace"), expected):
             return None
         try:
             session = msgspec.json.decode(_unb64(payload), type=Session)
@@ -108,7 +110,8 @@ class Access:
         return self._sign(b"csrf\0" + session.nonce.encode())
 
     def csrf_ok(self, session: Session, token: str | None) -> bool:
-        return bool(token) and hmac.compare_digest(str(token), self.csrf_token(session))
+        return bool(token) and hmac.compare_digest(str(token).encode("utf-8", "replace"),
+                                                   self.csrf_token(session).encode())
 
     def _sign(self, data: bytes) -> str:
         return _b64(hmac.new(self._secret, data, hashlib.sha256).digest())

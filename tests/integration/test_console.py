@@ -189,6 +189,21 @@ async def test_retry_needs_confirmation_and_a_csrf_token_and_is_audited(env: Env
     assert audit_rows(env.conn)[-1][3].startswith("refused")
 
 
+async def test_non_ascii_csrf_tokens_and_cookies_are_refused_not_500(env: Env) -> None:
+    # hmac.compare_digest raises TypeError on str with non-ASCII characters: these were 500s.
+    job = insert_job(env.conn, status="failed", error_category="transient", error_message="boom", attempts=3)
+    await sign_in(env.client)
+    r = await env.client.post(f"/console/jobs/{job}/retry", data={"csrf": "é"})
+    assert r.status_code == 403 and "CSRF token is missing or wrong" in r.text
+    r = await env.client.post(f"/console/jobs/{job}/retry", data={}, headers={"X-CSRF-Token": b"\xe9\xff"})
+    assert r.status_code == 403 and "CSRF token is missing or wrong" in r.text
+    assert job_status(env.conn, job) == "failed"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=env.app), base_url=BASE) as other:
+        for cookie in (b"console_session=\xe9.\xe9", b"console_session=abc.\xff", b"console_session=\xe9abc.def"):
+            r = await other.get("/console/jobs", headers={"Cookie": cookie})
+            assert r.status_code == 303 and "/console/login" in r.headers["location"], cookie
+
+
 async def test_cancel_pending_and_processing(env: Env) -> None:
     pending = insert_job(env.conn, status="pending", available_in=timedelta(hours=1))
     processing = insert_job(env.conn, status="processing", attempts=1)
