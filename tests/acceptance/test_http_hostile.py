@@ -8,6 +8,7 @@ for 422s, the field the problem must name.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import socket
@@ -35,6 +36,7 @@ from serving import CLI, ROOT, free_port, http_get, running_serve, serve_env
 ALICE = "3f1c2b9e-7f5a-4c51-9a43-0a8f4f1d2e11"
 HTML_SOURCE = '{"kind": "html", "html": "<h1>hi</h1>"}'
 MiB = 2**20
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"hostile-tests-webhook-secret-0123").decode()
 
 
 def create_json(payload_source: str = HTML_SOURCE, extra: str = "") -> bytes:
@@ -118,6 +120,20 @@ def corpus(jwks_kid_token: str) -> list[Case]:
         Case("url with a bad port", post_jobs(create_json('{"kind": "url", "url": "https://example.com:99999/"}')),
              422, "payload.source.url"),
         Case("url allowed", post_jobs(create_json('{"kind": "url", "url": "https://example.com/menu"}')), 202),
+        Case("url host with an empty label", post_jobs(create_json('{"kind": "url", "url": "https://a..example.com/"}')),
+             422, "payload.source.url"),
+        # -- webhook targets (each was a 500 from the resolver's IDNA step)
+        Case("webhook host with an empty label", post_jobs(create_json(extra=', "webhook_url": "https://a..b/h"')),
+             422, "webhook_url"),
+        Case("webhook host starting with a dot", post_jobs(create_json(extra=', "webhook_url": "https://.com/h"')),
+             422, "webhook_url"),
+        Case("webhook port out of range", post_jobs(create_json(
+            extra=', "webhook_url": "https://93.184.215.14:99999/h"')), 422, "webhook_url"),
+        # -- content types and encodings of the problem itself
+        Case("form-encoded body", post_jobs(create_json(), **{"Content-Type": "application/x-www-form-urlencoded"}),
+             415),
+        Case("text/plain body", post_jobs(create_json(), **{"Content-Type": "text/plain"}), 415),
+        Case("lone surrogate in a key", post_jobs(b'{"\\ud800": 1}'), 422, "\\ud800"),
         # -- headers and tokens
         Case("no Authorization", request_bytes("GET", f"/v1/jobs/{job}"), 401),
         Case("Basic auth", request_bytes("GET", f"/v1/jobs/{job}", headers={"Authorization": "Basic YTpi"}), 401),
@@ -140,9 +156,13 @@ def corpus(jwks_kid_token: str) -> list[Case]:
         Case("NUL in the path", get("/v1/jobs/%00"), 404),
         Case("dot-dot in the path", get("/v1/jobs/..%2F..%2Fetc%2Fpasswd"), 404),
         Case("10 KiB path", get("/v1/jobs/" + "a" * 10_000), 404),
-        Case("NUL in user_id query", request_bytes("GET", f"/v1/jobs/{job}?user_id=%00", headers=trusted), 404),
+        Case("NUL in user_id query", request_bytes("GET", f"/v1/jobs/{job}?user_id=%00", headers=trusted), 422,
+             "user_id"),
         Case("surrogate in user_id query", request_bytes("GET", f"/v1/jobs/{job}?user_id=%ED%A0%80",
-                                                         headers=trusted), 404),
+                                                         headers=trusted), 422, "user_id"),
+        Case("end user's user_id query not a uuid", get(f"/v1/jobs/{job}?user_id=%FF"), 422, "user_id"),
+        Case("user_id query twice", request_bytes("GET", f"/v1/jobs/{job}?user_id={ALICE}&user_id={ALICE}",
+                                                  headers=trusted), 422, "user_id"),
         Case("trusted user_id not a uuid", post_jobs(create_json(extra=', "user_id": "root"'), API_KEY), 422,
              "user_id"),
         Case("files escape", request_bytes("GET", "/files/..%2F..%2Fetc%2Fpasswd?expires=1&sig=x"), 403),
@@ -161,7 +181,8 @@ def test_hostile_corpus_gets_4xx_problems_naming_the_field(db_url: str, tmp_path
     with jwks_server() as jwks_url:
         token = forged_token({"alg": "ES256", "kid": "rsa-1", "typ": "JWT"})
         env = serve_env(db_url, tmp_path / "data", port, SUPABASE_JWT_SECRET=JWT_SECRET,
-                        SUPABASE_JWKS_URL=jwks_url, EXPORT_API_KEYS=API_KEY, ALLOWED_URL_HOSTS="example.com",
+                        SUPABASE_JWKS_URL=jwks_url, EXPORT_API_KEYS=API_KEY,
+                        ALLOWED_URL_HOSTS="example.com,*.example.com", WEBHOOK_SECRET=WEBHOOK_SECRET,
                         MAX_CONCURRENT_RENDERS="1")
         with running_serve(env, log):
             failures = []
@@ -181,7 +202,7 @@ def check(case: Case, answer: Answer) -> list[str]:
     wanted = case.status if isinstance(case.status, tuple) else (case.status,)
     if answer.status not in wanted:
         return [f"{case.name}: {answer.status} (wanted {wanted}): {answer.body[:300]!r}"]
-    if answer.status in (401, 403, 404, 413, 422, 431) and not answer.headers.get("content-type", "").startswith(
+    if answer.status in (401, 403, 404, 413, 415, 422, 431) and not answer.headers.get("content-type", "").startswith(
         "application/problem+json"
     ):
         return [f"{case.name}: {answer.status} is not problem+json: {answer.headers}"]
