@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
@@ -68,11 +68,10 @@ def build_app(state: AppState) -> ASGIApp:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         title = TITLES.get(exc.status_code, "Error")
-        detail = (
-            exc.detail
-            if exc.detail and exc.detail != title
-            else f"{request.method} {request.url.path}: {title}"
-        )
+        path = request.url.path
+        detail = exc.detail if exc.detail and exc.detail != title else f"{request.method} {path}: {title}"
+        if exc.status_code == 404 and len(path) > 1 and path.endswith("/"):
+            detail += f" (no trailing slash: {path.rstrip('/')})"
         return problem_response(exc.status_code, detail, headers=exc.headers)
 
     async def server_error(request: Request, exc: Exception) -> Response:
@@ -90,12 +89,20 @@ def build_app(state: AppState) -> ASGIApp:
         from supervisor.console import console_app, worker_snapshot
 
         console = console_app(state.settings, state.queue.pool, local=worker_snapshot(state.worker))
+        routes.append(Route("/console", _to_console_root, methods=["GET", "HEAD"]))
         routes.append(Mount("/console", console))
     app = Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_error, Exception: server_error},
     )
+    # No slash redirects: Starlette's point at an absolute URL built from the Host header
+    # (http:// behind a TLS proxy), so `POST /v1/jobs/` would resend its token in clear text.
+    app.router.redirect_slashes = False
     return ContentLengthGuard(app, state.settings.http.max_body_bytes)
+
+
+async def _to_console_root(request: Request) -> Response:
+    return RedirectResponse("/console/", status_code=307)  # relative: whatever host and scheme the client used
 
 
 async def _refresh_queue_gauges(state: AppState) -> None:

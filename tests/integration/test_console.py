@@ -150,6 +150,11 @@ async def test_console_is_mounted_only_when_keys_are_set(settings: Settings, que
         transport = httpx.ASGITransport(app=build_app(state))
         async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
             assert (await client.get("/console/")).status_code == expected
+            bare = await client.get("/console", headers={"Host": "evil.example"})
+            if keys:  # to the console's root, relative: never a URL built from the Host header
+                assert bare.status_code == 307 and bare.headers["location"] == "/console/", bare.headers
+            else:
+                assert bare.status_code == 404
 
 
 # ---- actions ------------------------------------------------------------------------

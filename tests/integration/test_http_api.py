@@ -566,3 +566,14 @@ async def test_openapi_document(env: Env) -> None:
 async def test_unknown_route_is_problem_json(env: Env) -> None:
     assert_problem(await env.client.get("/v2/nothing"), 404)
     assert_problem(await env.client.delete("/v1/jobs", headers=ALICE_H), 405)
+
+
+async def test_a_trailing_slash_is_a_404_naming_the_path_not_a_redirect(env: Env) -> None:
+    # Starlette redirected to http://{Host header}/v1/jobs: behind a TLS proxy a client following it
+    # would resend its token over plain http (and the Host header chose where it went).
+    r = await env.client.post("/v1/jobs/", json=html_body(), headers={**ALICE_H, "Host": "evil.example"})
+    problem = assert_problem(r, 404)
+    assert "location" not in r.headers
+    assert "no trailing slash: /v1/jobs" in problem["detail"], problem
+    job = (await create(env, ALICE_H)).json()["id"]
+    assert_problem(await env.client.get(f"/v1/jobs/{job}/", headers=ALICE_H), 404)
