@@ -306,6 +306,10 @@ def load_settings(
             raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config error: {config_path} is not valid TOML: {exc}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config error: {config_path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+        except OSError as exc:
+            raise ConfigError(f"config error: cannot read {config_path}: {exc.strerror}") from None
     elif explicit is not None:
         raise ConfigError(f"config error: config file {config_path} does not exist")
 

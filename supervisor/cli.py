@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -54,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader (`| head`) has what it wanted: no error line, and no second
+        # BrokenPipeError when the interpreter flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         if getattr(args, "verbose", False):
             raise
@@ -61,6 +67,27 @@ def main(argv: list[str] | None = None) -> int:
         masked = mask_password(one_line(exc), settings.database.database_url)
         print(f"error: {type(exc).__name__}: {masked}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    # nan compares false with everything, so `elapsed > nan` would wait forever
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number of seconds above 0")
+    return value
+
+
+def _list_limit(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"{value} is out of range: expected 1 to 100000")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--menu-id", help="the menu's UUID, when the source is a menu")
     p.add_argument("--json", action="store_true", help="print the job as JSON")
     p.add_argument("--wait", action="store_true", help="show progress until the job ends")
-    p.add_argument("--timeout", type=float, default=600, help="seconds --wait waits at most")
+    p.add_argument("--timeout", type=_positive_seconds, default=600, help="seconds --wait waits at most")
     p.set_defaults(handler=cmd_enqueue)
 
     p = sub.add_parser("status", help="show a job")
@@ -114,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", choices=("pending", "processing", "completed", "failed", "cancelled"),
                    help="only jobs in this status")
     p.add_argument("--user-id", help="only this owner's jobs")
-    p.add_argument("--limit", type=int, default=20, help="at most this many, newest first")
+    p.add_argument("--limit", type=_list_limit, default=20, help="at most this many, newest first")
     p.add_argument("--json", action="store_true", help="print the jobs as JSON")
     p.set_defaults(handler=cmd_list)
 
@@ -133,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_cleanup)
 
     p = sub.add_parser("demo", help="render the sample menus on the embedded defaults and show the results")
-    p.add_argument("--timeout", type=float, default=180, help="seconds to wait for the renders at most")
+    p.add_argument("--timeout", type=_positive_seconds, default=180, help="seconds to wait for the renders at most")
     p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser("bench", help="run the benchmarks and print a table (see BENCHMARKS.md)")

@@ -56,6 +56,9 @@ def _build_payload(args: argparse.Namespace, settings: Settings) -> dict[str, An
             source = {"kind": "url", "url": args.url}
     except OSError as exc:
         raise CliError(f"cannot read {exc.filename}: {exc.strerror}", EXIT_BAD_INPUT) from None
+    except UnicodeDecodeError as exc:
+        name = args.html or args.menu
+        raise CliError(f"{name} is not UTF-8 text (bad byte at offset {exc.start})", EXIT_BAD_INPUT) from None
     except json.JSONDecodeError as exc:
         raise CliError(f"{args.menu} is not JSON: {exc}", EXIT_BAD_INPUT) from None
     data: dict[str, Any] = {"source": source}
@@ -186,9 +189,18 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return result
 
 
+def _bad_input_on_invalid_job(exc: Exception) -> CliError:
+    return CliError(getattr(exc, "message", str(exc)), EXIT_BAD_INPUT)
+
+
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
+    from supervisor.queue import InvalidJob
+
     async def work(queue: Any) -> int:
-        rows = await queue.list_jobs(status=args.status, user_id=args.user_id, limit=args.limit)
+        try:
+            rows = await queue.list_jobs(status=args.status, user_id=args.user_id, limit=args.limit)
+        except InvalidJob as exc:
+            raise _bad_input_on_invalid_job(exc) from None
         if args.json:
             print(json.dumps([_jsonable(r) for r in rows], indent=2))
             return 0
@@ -203,8 +215,13 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
+    from supervisor.queue import InvalidJob
+
     async def work(queue: Any) -> int:
-        outcome = await queue.cancel(args.job_id)
+        try:
+            outcome = await queue.cancel(args.job_id)
+        except InvalidJob as exc:
+            raise _bad_input_on_invalid_job(exc) from None
         if outcome is None:
             raise CliError(f"job {args.job_id} does not exist or has already ended")
         print("cancelled" if outcome == "cancelled" else "cancel requested; the worker stops the render")
@@ -215,8 +232,14 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
+    from supervisor.queue import InvalidJob
+
     async def work(queue: Any) -> int:
-        if not await queue.retry_failed(args.job_id):
+        try:
+            retried = await queue.retry_failed(args.job_id)
+        except InvalidJob as exc:
+            raise _bad_input_on_invalid_job(exc) from None
+        if not retried:
             raise CliError(f"job {args.job_id} does not exist or is not failed or cancelled")
         print("pending")
         return 0
