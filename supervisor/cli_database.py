@@ -34,6 +34,7 @@ def run_queue(settings: Settings, work: Callable[[Any], Any]) -> Any:
     import psycopg
     from psycopg_pool import PoolTimeout
 
+    from supervisor.queue import InvalidJob
     from supervisor.runner import open_queue
 
     async def go(url: str) -> Any:
@@ -49,6 +50,8 @@ def run_queue(settings: Settings, work: Callable[[Any], Any]) -> Any:
             raise CliError(f"database unavailable: {one_line(exc)}") from None
         try:
             return await work(queue)
+        except InvalidJob as exc:  # a malformed id or filter, from any command: bad input, exit 2
+            raise CliError(exc.message, EXIT_BAD_INPUT) from None
         finally:
             await pool.close()
 

@@ -173,13 +173,8 @@ def _local_file(job: dict[str, Any], settings: Settings) -> str | None:
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
-    from supervisor.queue import InvalidJob
-
     async def work(queue: Any) -> int:
-        try:
-            job = await queue.get_job(args.job_id)
-        except InvalidJob as exc:
-            raise CliError(exc.message, EXIT_BAD_INPUT) from None
+        job = await queue.get_job(args.job_id)
         if job is None:
             raise CliError(f"no job {args.job_id}")
         _print_job(job, args.json)
@@ -189,18 +184,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return result
 
 
-def _bad_input_on_invalid_job(exc: Exception) -> CliError:
-    return CliError(getattr(exc, "message", str(exc)), EXIT_BAD_INPUT)
-
-
 def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
-    from supervisor.queue import InvalidJob
-
     async def work(queue: Any) -> int:
-        try:
-            rows = await queue.list_jobs(status=args.status, user_id=args.user_id, limit=args.limit)
-        except InvalidJob as exc:
-            raise _bad_input_on_invalid_job(exc) from None
+        rows = await queue.list_jobs(status=args.status, user_id=args.user_id, limit=args.limit)
         if args.json:
             print(json.dumps([_jsonable(r) for r in rows], indent=2))
             return 0
@@ -215,13 +201,8 @@ def cmd_list(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
-    from supervisor.queue import InvalidJob
-
     async def work(queue: Any) -> int:
-        try:
-            outcome = await queue.cancel(args.job_id)
-        except InvalidJob as exc:
-            raise _bad_input_on_invalid_job(exc) from None
+        outcome = await queue.cancel(args.job_id)
         if outcome is None:
             raise CliError(f"job {args.job_id} does not exist or has already ended")
         print("cancelled" if outcome == "cancelled" else "cancel requested; the worker stops the render")
@@ -232,14 +213,8 @@ def cmd_cancel(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_retry(args: argparse.Namespace, settings: Settings) -> int:
-    from supervisor.queue import InvalidJob
-
     async def work(queue: Any) -> int:
-        try:
-            retried = await queue.retry_failed(args.job_id)
-        except InvalidJob as exc:
-            raise _bad_input_on_invalid_job(exc) from None
-        if not retried:
+        if not await queue.retry_failed(args.job_id):
             raise CliError(f"job {args.job_id} does not exist or is not failed or cancelled")
         print("pending")
         return 0
