@@ -1,4 +1,6 @@
--- One outbox engine (issue 25): what a final status queues, written once.
+-- One outbox engine (issue 25): what a final status queues, written once, and the
+-- two outbox tables given the same shape so one set of queries drives both
+-- (supervisor/outbox.py, queries/outbox.sql).
 
 -- Moving a job to a final status queues its notices: the mail (when the job has a
 -- recipient) and the webhook (when it names a URL), once per job and kind/event
@@ -31,3 +33,17 @@ BEGIN
     END IF;
     RETURN NEXT;
 END $$;
+
+-- The same columns in both outboxes, so the engine's lease, fence and outcome
+-- writes are one set of queries: a mail may now end "disabled" too (never used
+-- yet) and keeps the provider's last status code.
+ALTER TABLE export_mail_outbox ADD COLUMN IF NOT EXISTS disabled_at timestamptz;
+ALTER TABLE export_mail_outbox ADD COLUMN IF NOT EXISTS last_status integer;
+
+-- Where a send goes, for the per-target concurrency limit: a slow webhook receiver
+-- holds up only its own deliveries. A webhook's target is its URL's origin
+-- (scheme, host, port); every mail goes through the one mail provider.
+ALTER TABLE export_webhook_outbox ADD COLUMN IF NOT EXISTS target text
+    GENERATED ALWAYS AS (lower(substring(url FROM '^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]+'))) STORED;
+ALTER TABLE export_mail_outbox ADD COLUMN IF NOT EXISTS target text
+    GENERATED ALWAYS AS ('mail') STORED;
