@@ -13,13 +13,14 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import AsyncCursor
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
 from supervisor.mail import build_mail_backend
 from supervisor.mail_sender import MailSender
 from supervisor.metrics import Metrics
-from supervisor.outbox import Outbox, Sender
+from supervisor.outbox import Outbox, Sender, outbox_queries
 from supervisor.storage import build_storage
 from supervisor.tasks import TaskOwner
 from supervisor.testhooks import GATE_ENV
@@ -153,3 +154,37 @@ async def test_a_mail_whose_mark_sent_meets_a_dropped_connection_is_recorded_not
     assert len(sendgrid_mails_for(sendgrid_fake, job_id)) == 1
     retried = [r for r in caplog.records if r.getMessage() == "mail outcome write failed; trying again"]
     assert retried, "the first write met a cut connection"
+
+
+@pytest.mark.parametrize(("table", "done_column"), [("export_mail_outbox", "sent_at"),
+                                                     ("export_webhook_outbox", "delivered_at")])
+async def test_one_fence_for_both_outboxes_lease_and_attempt(
+    pool: AsyncConnectionPool[Any], db_url: str, table: str, done_column: str
+) -> None:
+    """A send whose lease ended and was taken again, even by its own WORKER_ID, writes nothing:
+    the mail fence checked the lease holder only, so a worker's stale send could mark its own
+    newer lease's row."""
+    finished_jobs_with_notices(db_url, "https://hooks.example.com/x", 1)
+    queries = outbox_queries(table, done_column)
+    claim = {"limit": 1, "scan": 4, "per_target": 4, "full_targets": [], "busy_targets": [], "busy_counts": [],
+             "worker_id": "same-worker", "lease_seconds": 60}
+
+    async def lease() -> dict[str, Any]:
+        async with pool.connection() as conn:
+            rows = await (await conn.cursor(row_factory=dict_row).execute(queries["claim"], claim)).fetchall()
+        assert len(rows) == 1 and rows[0]["job_status"] == "completed"
+        return dict(rows[0])
+
+    async def done(row: dict[str, Any]) -> int:
+        async with pool.connection() as conn:
+            cur = await conn.execute(queries["done"], {"id": row["id"], "worker_id": "same-worker",
+                                                       "attempts": row["attempts"], "status": 200})
+            return cur.rowcount
+
+    first = await lease()
+    sql(db_url, f"UPDATE {table} SET locked_until = now() - interval '1 second'")  # the lease ran out
+    second = await lease()
+    assert (first["attempts"], second["attempts"]) == (1, 2)
+    assert await done(first) == 0, "the ended lease's write is fenced out"
+    assert sql(db_url, f"SELECT {done_column} AS done FROM {table}")[0]["done"] is None
+    assert await done(second) == 1
