@@ -41,7 +41,7 @@ OPERATIONS = {
     "claim": ("claim_jobs", "next_available_in"),
     "heartbeat": ("heartbeat", "fence_uploads"),
     "complete": ("complete_jobs", "forget_upload"),
-    "outbox": ("claim_mail", "mail_sent", "mail_failed", "get_job", "claim_webhooks"),
+    "outbox": ("outbox_claim", "outbox_done", "outbox_disabled", "outbox_failed", "get_job"),
 }
 PRELOAD = "shared_preload_libraries = 'pg_stat_statements'\npg_stat_statements.track = 'top'\nmax_connections = 200\n"
 
@@ -56,9 +56,14 @@ def _shape(text: str) -> str:
 
 @functools.cache
 def _shapes() -> dict[str, str]:
+    from supervisor.outbox import outbox_queries
     from supervisor.queries import load as load_queries
 
-    return {_shape(q.as_string(None)): name for name, q in load_queries().items()}
+    shapes = {_shape(q.as_string(None)): name for name, q in load_queries().items()}
+    for table, done_column in (("export_mail_outbox", "sent_at"), ("export_webhook_outbox", "delivered_at")):
+        for name, q in outbox_queries(table, done_column).items():  # one text per outbox table
+            shapes[_shape(q.as_string(None))] = f"outbox_{name}"
+    return shapes
 
 
 def operation_of(statement: str) -> str:

@@ -15,6 +15,7 @@ import msgspec
 from shared.config import Settings
 from shared.payload import PayloadError, parse_payload, payload_to_builtins
 from supervisor.cli_database import EXIT_BAD_INPUT, EXIT_JOB_FAILED, EXIT_LIMIT, CliError, run_queue
+from supervisor.links import download_link, has_file
 
 FINAL = ("completed", "failed", "cancelled")
 
@@ -115,7 +116,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
             print(job_id, flush=True)
         if not args.wait:
             return 0
-        final = await _wait_for(queue, job_id, args.timeout)
+        final = await _signed_on_read(await _wait_for(queue, job_id, args.timeout), settings)
         if args.json:
             print(json.dumps(_jsonable(final), indent=2, sort_keys=True))
         else:
@@ -156,6 +157,29 @@ async def _wait_for(queue: Any, job_id: str, timeout: float) -> dict[str, Any]:
         await asyncio.sleep(0.2)
 
 
+async def _signed_on_read(job: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The job with ``file_url`` signed now: the one stored at completion dies after
+    SIGNED_URL_TTL_SECONDS (7 days) while the file lives 30."""
+    if not has_file(job):
+        return job
+
+    def sign() -> str:
+        from supervisor.storage import SupabaseStorage, build_storage  # only when a link is shown
+
+        storage = build_storage(settings, Path(settings.data_dir).resolve())
+        try:
+            return download_link(storage, str(job["storage_path"]), settings.storage.signed_url_ttl_seconds)
+        finally:
+            if isinstance(storage, SupabaseStorage):
+                storage.close()  # its HTTP client
+
+    try:
+        return job | {"file_url": await asyncio.to_thread(sign)}
+    except Exception as exc:
+        print(f"warning: could not sign a download link now: {exc}", file=sys.stderr)
+        return job | {"file_url": None}
+
+
 def _describe_outcome(job: dict[str, Any], settings: Settings) -> None:
     if job["status"] == "completed":
         where = _local_file(job, settings)
@@ -177,7 +201,7 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         job = await queue.get_job(args.job_id)
         if job is None:
             raise CliError(f"no job {args.job_id}")
-        _print_job(job, args.json)
+        _print_job(await _signed_on_read(job, settings), args.json)
         return 0
 
     result: int = run_queue(settings, work)

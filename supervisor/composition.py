@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +25,10 @@ from supervisor.delivery import Delivery
 from supervisor.links import LinkSigner, load_or_create_secret
 from supervisor.listener import Listener
 from supervisor.mail import build_mail_backend
+from supervisor.mail_sender import MailSender
 from supervisor.metrics import Metrics
 from supervisor.migrate import migrate, sync_queue_settings
-from supervisor.outbox import OutboxSender
+from supervisor.outbox import Outbox
 from supervisor.pool import RenderPool
 from supervisor.queue import JobQueue
 from supervisor.sandbox import SandboxMode, chromium_args, detect
@@ -63,8 +65,8 @@ class WorkerParts:
     link_signer: LinkSigner
     breaker: CircuitBreaker
     storage: BreakerStorage
-    outbox: OutboxSender
-    webhooks: WebhookSender
+    outbox: Outbox  # mail
+    webhooks: Outbox
     listener: Listener | None
     settler: Settler
     pool: RenderPool
@@ -103,8 +105,11 @@ async def assemble(
     listener = None
     if settings.database.listen_notify:
         listener = Listener(conninfo, connect_timeout=settings.database.connect_timeout_seconds)
-    outbox = OutboxSender(db, worker_id, settings, mail, storage, metrics)
-    webhooks = WebhookSender(db, worker_id, settings, storage, metrics)
+    def spawn(coro: Coroutine[Any, Any, None], name: str) -> None:
+        tasks.spawn(coro, name, kind="outbox send")
+
+    outbox = Outbox(db, worker_id, MailSender(settings, mail, storage, metrics), spawn)
+    webhooks = Outbox(db, worker_id, WebhookSender(settings, storage, metrics), spawn)
     delivery = Delivery(queue, storage, breaker, metrics, s.signed_url_ttl_seconds)
     scratch = data_dir / "scratch" / writer_tag()  # this process's own: the temp sweep removes it if we die
     settler = Settler(settings, worker_id, queue, delivery, breaker, metrics, tasks, scratch,

@@ -1,4 +1,10 @@
-"""Delivery of a rendered file: fence check, upload to this claim's own key, the signed link.
+"""Delivery of a rendered file: fence check, upload to this claim's own key, the completion link.
+
+The link made here fills ``file_url``, the seed schema's column, for readers of
+the row itself (SQL, Supabase Realtime) who act when the job completes; it dies
+after SIGNED_URL_TTL_SECONDS. No reader in this product uses it: the API, the
+console, the CLI, the mail and the webhooks sign a link from ``storage_path``
+when they hand one out (supervisor/links.py), so a 30-day file links for 30 days.
 
 A worker that lost its claim never touches a finished job's file: the fence check
 before the upload records the key this claim writes (``export_uploads``); the key
@@ -34,7 +40,7 @@ class Cancelled(Exception):
 @dataclass(frozen=True)
 class StoredFile:
     key: str
-    url: str
+    url: str  # for the row's file_url only (see above)
     sha256: str
 
 

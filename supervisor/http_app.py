@@ -88,7 +88,8 @@ def build_app(state: AppState) -> ASGIApp:
     if state.settings.console.console_keys:  # the operator console, on the HTTP side's pool
         from supervisor.console import console_app, worker_snapshot
 
-        console = console_app(state.settings, state.queue.pool, local=worker_snapshot(state.worker))
+        console = console_app(state.settings, state.queue.pool, local=worker_snapshot(state.worker),
+                              storage=state.storage)
         routes.append(Route("/console", _to_console_root, methods=["GET", "HEAD"]))
         routes.append(Mount("/console", console))
     app = Starlette(

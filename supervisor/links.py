@@ -14,9 +14,9 @@ import hmac
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from supervisor.data_dir import make_private_dir
 
@@ -113,3 +113,13 @@ def download_link(storage: Signs, key: str, ttl_seconds: int) -> str:
     Synchronous (a store may call out over the network): call it in a thread.
     """
     return str(storage.signed_url(key, ttl_seconds))
+
+
+def has_file(job: Mapping[str, Any]) -> bool:
+    """Whether a job row has a stored file to link to (completed, stored, not deleted by retention).
+
+    Readers sign a link from ``storage_path`` when they hand one out; none reads
+    ``file_url``, which is written once at completion for SQL and Realtime readers
+    (the column of the seed's schema) and is dead after SIGNED_URL_TTL_SECONDS.
+    """
+    return job.get("status") == "completed" and bool(job.get("storage_path")) and job.get("file_deleted_at") is None

@@ -1,10 +1,12 @@
-"""The webhook sender: drains export_webhook_outbox with leases, signs, delivers, retries.
+"""The webhook sender, plugged into the outbox engine (supervisor/outbox.py): sign, POST, read the answer.
 
 Rows are written in the same statement as a job's completion or final failure
-(supervisor/queries/queue.sql), one per job and event, each with its own
+(``export_job_queue_notices``), one per job and event, each with its own
 ``webhook_id`` made once, so every retry carries the same ``webhook-id``. Any
-worker sends them; a delivery runs in its own loop, so a slow receiver holds up
-neither rendering nor mail.
+worker sends them; the engine leases them, checks the job, and runs each
+delivery in its own task, at most WEBHOOK_PER_TARGET at a time to one target (the
+URL's origin), so a slow receiver holds up neither rendering, nor mail, nor
+another target's deliveries.
 
 Outcomes: 2xx delivered; 410 Gone disabled; anything else (other statuses,
 timeouts, refused connections, DNS failures) retried with exponential backoff
@@ -20,30 +22,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 import httpx
 import msgspec
-from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 from standardwebhooks.webhooks import Webhook
 
 from shared.config import Settings
-from shared.vocabulary import ErrorCategory, ExportType, JobStatus, OutputFormat, WebhookEvent, WebhookStatus
-from supervisor.links import download_link
+from shared.vocabulary import ErrorCategory, ExportType, JobStatus, OutputFormat, WebhookEvent
+from supervisor.links import Signs, download_link
 from supervisor.metrics import Metrics
-from supervisor.outbox import drain_forever
-from supervisor.queries import query
-from supervisor.testhooks import pause_point
+from supervisor.outbox import Attempt, Disabled, Leased, NotSent, OutboxSpec, RetryPolicy, Sent, Verdict
 from supervisor.webhook_targets import Target, TargetRefused, TargetUnreachable, resolve_target
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "export-worker-webhooks/1"
-RETRY = "retry"  # the metric's outcome for an attempt that will be tried again (the row stays pending)
+WEBHOOK_PER_TARGET = 4  # deliveries to one target (URL origin) in flight on this worker
+WEBHOOK_IN_FLIGHT = 32  # deliveries in flight on this worker, all targets
 EXPECTED_STATUS = {WebhookEvent.COMPLETED: JobStatus.COMPLETED, WebhookEvent.FAILED: JobStatus.FAILED}
 
 
@@ -79,80 +77,67 @@ class Refused(Exception):
 
 
 class WebhookSender:
-    def __init__(
-        self, pool: AsyncConnectionPool[Any], worker_id: str, settings: Settings, storage: Any, metrics: Metrics
-    ) -> None:
-        self.pool = pool
-        self.worker_id = worker_id
+    """The webhook sender, plugged into the outbox engine (supervisor/outbox.py): sign, POST, read the answer."""
+
+    def __init__(self, settings: Settings, storage: Signs, metrics: Metrics) -> None:
         self.settings = settings
         self.hooks = settings.webhooks
         self.storage = storage
         self.metrics = metrics
-        self.wake = asyncio.Event()
         self.signer = Webhook(self.hooks.webhook_secret) if self.hooks.webhook_secret else None
+        self.spec = OutboxSpec(
+            name="webhook", table="export_webhook_outbox", done_column="delivered_at",
+            lease_seconds=self.hooks.webhook_lease_seconds,
+            retry=RetryPolicy(self.hooks.webhook_backoff_base_seconds, self.hooks.webhook_backoff_cap_seconds,
+                              period_seconds=self.hooks.webhook_retry_period_seconds),
+            per_target=WEBHOOK_PER_TARGET, in_flight=WEBHOOK_IN_FLIGHT, idle_seconds=1.0,
+            sent_point="webhook-delivered",
+        )
 
-    async def run(self, idle_seconds: float = 1.0) -> None:
-        await drain_forever(self.drain_once, self.wake, idle_seconds, "webhook outbox")
+    def expected_status(self, item: Leased) -> JobStatus:
+        return EXPECTED_STATUS[WebhookEvent(item.row["event"])]
 
-    async def drain_once(self, limit: int = 20) -> int:
-        """Deliver what is due, concurrently; returns how many rows were handled."""
-        async with self.pool.connection() as conn:
-            cur = await conn.cursor(row_factory=dict_row).execute(
-                query("claim_webhooks"),
-                {"limit": limit, "worker_id": self.worker_id, "lease_seconds": self.hooks.webhook_lease_seconds},
-            )
-            rows = await cur.fetchall()
-        await asyncio.gather(*(self._deliver(row) for row in rows))
-        return len(rows)
-
-    async def _deliver(self, row: dict[str, Any]) -> None:
-        event = WebhookEvent(row["event"])
+    async def send(self, item: Leased) -> Attempt:
         try:
-            body = await self._body(row, event)
-            target = await self._target(row["url"])
-            status, error = await self._post(target, row["webhook_id"], body)
+            body = await self._body(item)
+            target = await self._target(item.row["url"])
+            status, error = await self._post(target, item.row["webhook_id"], body)
         except Refused as exc:
-            await self._retry_or_give_up(row, event, None, exc.error, give_up=exc.give_up)
-            return
-        except Exception as exc:  # storage link or anything else: retry later
-            await self._retry_or_give_up(row, event, None, f"{type(exc).__name__}: {exc}", give_up=False)
-            return
+            return NotSent(exc.error, give_up=exc.give_up)
         if 200 <= status < 300:
-            # Tests stop a worker here (after the 2xx, before the write): the at-least-once edge.
-            await asyncio.to_thread(pause_point, "webhook-delivered", row["webhook_id"])
-            await self._write("webhook_delivered", row, status=status)
-            self.metrics.webhook_deliveries.labels(event, WebhookStatus.DELIVERED).inc()
-            log.info("webhook delivered", extra=self._log_fields(row, status))
-        elif status == 410:
-            await self._write("webhook_disabled", row, status=status, error="410 Gone: the receiver disabled it")
-            self.metrics.webhook_deliveries.labels(event, WebhookStatus.DISABLED).inc()
-            log.warning("webhook disabled by the receiver (410 Gone)", extra=self._log_fields(row, status))
-        else:  # status 0: no answer at all
-            await self._retry_or_give_up(row, event, status or None, error, give_up=False)
+            return Sent(status)
+        if status == 410:
+            return Disabled(status, "410 Gone: the receiver disabled it")
+        return NotSent(error, status=status or None)  # status 0: no answer at all
 
-    async def _body(self, row: dict[str, Any], event: WebhookEvent) -> bytes:
-        async with self.pool.connection() as conn:
-            cur = await conn.cursor(row_factory=dict_row).execute(query("get_job"), {"id": row["job_id"]})
-            job = await cur.fetchone()
-        if job is None:
-            raise Refused("the job was deleted", give_up=True)
-        if job["status"] != EXPECTED_STATUS[event]:
-            # An operator retried the job since: wait while it runs again; once it ends otherwise, the event is stale.
-            final = job["status"] in (JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED)
-            raise Refused(f"not sent: the job is now {job['status']}", give_up=final)
+    def record(self, item: Leased, verdict: Verdict, attempt: Attempt, retry_in: float) -> None:
+        self.metrics.webhook_deliveries.labels(item.row["event"], verdict).inc()
+        fields = {"job_id": item.job_id, "event": item.row["event"], "webhook_id": item.row["webhook_id"],
+                  "attempt": item.attempts, "status_code": attempt.status}
+        if verdict is Verdict.DELIVERED:
+            log.info("webhook delivered", extra=fields)
+        elif verdict is Verdict.DISABLED:
+            log.warning("webhook disabled by the receiver (410 Gone)", extra=fields)
+        else:
+            error = attempt.error if isinstance(attempt, NotSent) else ""
+            log.warning("webhook gave up" if verdict is Verdict.GAVE_UP else "webhook not delivered; will retry",
+                        extra=fields | {"error": error, "retry_in_s": round(retry_in, 2)})
+
+    async def _body(self, item: Leased) -> bytes:
+        row, event = item.row, WebhookEvent(item.row["event"])
         file_url = expires = fmt = None
         if event is WebhookEvent.COMPLETED:
             ttl = self.settings.storage.signed_url_ttl_seconds
-            file_url = await asyncio.to_thread(download_link, self.storage, job["storage_path"], ttl)
+            file_url = await asyncio.to_thread(download_link, self.storage, row["storage_path"], ttl)
             expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=ttl)
-            fmt = OutputFormat.from_content_type(job["content_type"])
+            fmt = OutputFormat.from_content_type(row["content_type"])
         data = WebhookData(
-            id=UUID(str(job["id"])), status=JobStatus(job["status"]), export_type=ExportType(job["export_type"]),
-            format=fmt, size_bytes=job.get("file_size_bytes"), file_url=file_url, file_url_expires_at=expires,
-            error_category=ErrorCategory(job["error_category"]) if job.get("error_category") else None,
-            error_message=job.get("error_message") if event is WebhookEvent.FAILED else None,
+            id=UUID(item.job_id), status=JobStatus(row["job_status"]), export_type=ExportType(row["export_type"]),
+            format=fmt, size_bytes=row["file_size_bytes"], file_url=file_url, file_url_expires_at=expires,
+            error_category=ErrorCategory(row["error_category"]) if row["error_category"] else None,
+            error_message=row["error_message"] if event is WebhookEvent.FAILED else None,
         )
-        occurred = job["completed_at"] or row["created_at"]
+        occurred = row["completed_at"] or item.created_at
         return msgspec.json.encode(WebhookBody(type=event, timestamp=occurred.astimezone(UTC), data=data))
 
     async def _target(self, url: str) -> Target:
@@ -211,26 +196,3 @@ class WebhookSender:
             return response.status_code, f"HTTP {response.status_code}: redirects are not followed"
         excerpt = bytes(read[:200]).decode("utf-8", "replace").strip()
         return response.status_code, f"HTTP {response.status_code}" + (f": {excerpt}" if excerpt else "")
-
-    async def _retry_or_give_up(
-        self, row: dict[str, Any], event: WebhookEvent, status: int | None, error: str, *, give_up: bool
-    ) -> None:
-        hooks = self.hooks
-        left = hooks.webhook_retry_period_seconds - float(row["age_seconds"])
-        give_up = give_up or left <= 0
-        delay = min(hooks.webhook_backoff_cap_seconds, hooks.webhook_backoff_base_seconds * 2 ** (row["attempts"] - 1))
-        delay = min(delay / 2 + random.uniform(0, delay / 2), max(left, 0))  # equal jitter; a last try at the end
-        outcome = WebhookStatus.FAILED if give_up else RETRY
-        self.metrics.webhook_deliveries.labels(event, outcome).inc()
-        log.warning("webhook gave up" if give_up else "webhook not delivered; will retry",
-                    extra=self._log_fields(row, status) | {"error": error, "retry_in_s": round(delay, 2)})
-        await self._write("webhook_failed", row, status=status, error=error, delay_seconds=delay, give_up=give_up)
-
-    async def _write(self, name: str, row: dict[str, Any], **params: Any) -> None:
-        fence = {"id": row["id"], "worker_id": self.worker_id, "attempts": row["attempts"]}
-        async with self.pool.connection() as conn:
-            await conn.execute(query(name), fence | params)
-
-    def _log_fields(self, row: dict[str, Any], status: int | None) -> dict[str, Any]:
-        return {"job_id": str(row["job_id"]), "event": row["event"], "webhook_id": row["webhook_id"],
-                "attempt": row["attempts"], "status_code": status}

@@ -18,6 +18,7 @@ from shared.config import Settings
 from supervisor.console.app import Console, LocalSnapshot
 from supervisor.console.store import PoolSource
 from supervisor.database import open_pool
+from supervisor.links import Signs
 from supervisor.workers import WorkerRegistry, WorkerSnapshot, snapshot_of
 
 CONSOLE_POOL_MAX = 2  # a few operators' page loads; live streams share one cached counts query
@@ -42,8 +43,10 @@ def worker_snapshot(supervisor: Any) -> LocalSnapshot:
     return read
 
 
-def console_app(settings: Settings, pool: PoolSource, *, local: LocalSnapshot | None = None) -> Starlette:
-    return Console(settings, pool, local=local).app()
+def console_app(
+    settings: Settings, pool: PoolSource, *, local: LocalSnapshot | None = None, storage: Signs | None = None
+) -> Starlette:
+    return Console(settings, pool, local=local, storage=storage).app()
 
 
 __all__ = ["Console", "console_app", "own_pool", "worker_snapshot"]

@@ -7,6 +7,7 @@ and is written to the audit log with the action itself.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -34,12 +35,14 @@ from supervisor.console.masking import mask_email, mask_text, mask_url, payload_
 from supervisor.console.store import ConsoleStore, FilterError, JobFilter, PoolSource
 from supervisor.console.workers_table import LocalSnapshot as LocalSnapshot  # re-exported for supervisor.console
 from supervisor.console.workers_table import WorkersTable
+from supervisor.links import Signs, download_link, has_file
 
 log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 Handler = Callable[[Request, Session], Awaitable[Response]]
 
+SIGN_TIMEOUT_SECONDS = 10.0  # a store that does not sign within this is reported, not waited for
 SECURITY_HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": (
@@ -106,9 +109,11 @@ class Console:
         pool: PoolSource,
         *,
         local: LocalSnapshot | None = None,
+        storage: Signs | None = None,
     ) -> None:
         console = settings.console
         self.settings = settings
+        self.storage = storage  # signs a download link when an operator asks for the file
         self.access = Access(
             console_operators(console.console_keys),
             session_seconds=console.console_session_seconds,
@@ -276,11 +281,24 @@ class Console:
     async def job_file(self, request: Request, session: Session) -> Response:
         job_id = _job_id(request)
         row = await self.store.job(job_id) if job_id else None
-        if row is None or not row.get("file_url") or row.get("file_deleted_at"):
+        if row is None or not has_file(row):
             return self.render(request, session, "error.html", status=404, title="No file",
                                message="This job has no file (not completed, or deleted by retention).")
+        if self.storage is None:
+            return self.render(request, session, "error.html", status=503, title="No file store",
+                               message="This worker has no file store to sign a download link with.")
+        # Signed now, for the file's whole life: a link stored at completion dies after
+        # SIGNED_URL_TTL_SECONDS (7 days), the file lives 30.
+        ttl = self.settings.storage.signed_url_ttl_seconds
+        try:
+            url = await asyncio.wait_for(
+                asyncio.to_thread(download_link, self.storage, str(row["storage_path"]), ttl), SIGN_TIMEOUT_SECONDS)
+        except Exception as exc:
+            log.warning("console could not sign a download link", extra={"job_id": str(job_id), "error": repr(exc)})
+            return self.render(request, session, "error.html", status=503, title="File store unavailable",
+                               message="The file store did not sign a download link; try again in a minute.")
         # The link itself is a bearer URL: it is only handed to a signed-in operator's browser.
-        return RedirectResponse(str(row["file_url"]), 303)
+        return RedirectResponse(url, 303)
 
     async def job_action(self, request: Request, session: Session) -> Response:
         action = request.path_params["action"]

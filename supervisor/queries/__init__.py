@@ -2,8 +2,8 @@
 
 Each file belongs to the module that owns that part of the database: queue.sql
 to supervisor/queue.py (jobs and claims), outbox.sql to supervisor/outbox.py
-(mails), retention.sql to supervisor/retention.py. A query is found by its name
-alone; a name defined twice anywhere is an error at load.
+(the outbox engine of mail and webhooks), retention.sql to supervisor/retention.py.
+A query is found by its name alone; a name defined twice anywhere is an error at load.
 """
 
 from __future__ import annotations

@@ -41,10 +41,10 @@ UPDATE export_jobs AS j SET heartbeat_at = now()
 RETURNING j.id, j.cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- name: complete_jobs
--- Completed, each with its mail and webhook queued and its object's upload entry
--- closed, in one statement for every delivery that finished together (group
--- commit, supervisor/group_commit.py). Each row is fenced on its own claim; the
--- result names the ones this worker still held. Rows are locked in id order, so
+-- Completed, each with its mail and webhook queued (export_job_queue_notices,
+-- migration 0011) and its object's upload entry closed, in one statement for
+-- every delivery that finished together (group commit, supervisor/group_commit.py).
+-- Each row is fenced on its own claim; the result names the ones this worker still held. Rows are locked in id order, so
 -- two batches that overlap (a rescue, a cancel) cannot deadlock on lock order.
 -- Each completed row says whether it queued a mail and a webhook (whom to wake).
 WITH f AS (
@@ -65,20 +65,13 @@ WITH f AS (
            metadata = (j.metadata - 'failure_reason') || f.metadata, error_message = NULL, error_category = NULL
       FROM held JOIN f ON f.id = held.id
      WHERE j.id = held.id
-    RETURNING j.id, export_job_recipient(j.user_id, j.notify_email) AS recipient, j.webhook_url, f.storage_path
-), mail AS (
-    INSERT INTO export_mail_outbox (job_id, kind, recipient)
-    SELECT id, 'completed', recipient FROM done WHERE recipient IS NOT NULL
-    ON CONFLICT (job_id, kind) DO NOTHING
-), hook AS (
-    INSERT INTO export_webhook_outbox (job_id, event, url)
-    SELECT id, 'export.completed', webhook_url FROM done WHERE webhook_url IS NOT NULL
-    ON CONFLICT (job_id, event) DO NOTHING
+    RETURNING j.id, j.storage_path, j AS job
 ), uploaded AS (
     DELETE FROM export_uploads AS u USING done
      WHERE u.storage_key = done.storage_path AND u.job_id = done.id
 )
-SELECT id, recipient IS NOT NULL AS mail, webhook_url IS NOT NULL AS webhook FROM done;
+SELECT done.id, notices.mail, notices.webhook
+  FROM done CROSS JOIN LATERAL export_job_queue_notices(done.job) AS notices;
 
 -- name: fence_uploads
 -- The pre-upload fence: refresh each claim and, for those still held and not
@@ -103,8 +96,8 @@ DELETE FROM export_uploads WHERE storage_key = %(storage_key)s AND job_id = %(id
 
 -- name: settle_failure
 -- A failed attempt: back to pending after %(delay_ms)s, or failed for good with
--- its mail and webhook, in one statement. export_job_is_final is the one retry rule (the
--- stale rescue uses it too). A render that killed its child (time or memory)
+-- its mail and webhook (export_job_queue_notices), in one statement.
+-- export_job_is_final is the one retry rule (the stale rescue uses it too). A render that killed its child (time or memory)
 -- counts toward POISON_KILL_LIMIT and goes back in line behind newer work.
 WITH claim AS (
     SELECT id, attempts, max_attempts, priority,
@@ -136,19 +129,11 @@ WITH claim AS (
                #- '{-11}'
       FROM decided AS d
      WHERE j.id = d.id
-    RETURNING j.id, j.status, j.user_id, j.notify_email, j.webhook_url, d.kills, d.retry_at
-), mail AS (
-    INSERT INTO export_mail_outbox (job_id, kind, recipient)
-    SELECT id, 'failed', export_job_recipient(user_id, notify_email) FROM settled
-     WHERE status = 'failed' AND export_job_recipient(user_id, notify_email) IS NOT NULL
-    ON CONFLICT (job_id, kind) DO NOTHING
-), hook AS (
-    INSERT INTO export_webhook_outbox (job_id, event, url)
-    SELECT id, 'export.failed', webhook_url FROM settled WHERE status = 'failed' AND webhook_url IS NOT NULL
-    ON CONFLICT (job_id, event) DO NOTHING
+    RETURNING j.id, j.status, d.kills, d.retry_at, j AS job
 )
-SELECT id, status, kills, greatest(0, extract(epoch FROM retry_at - now()) * 1000)::int AS retry_in_ms
-  FROM settled;
+SELECT settled.id, settled.status, kills, greatest(0, extract(epoch FROM retry_at - now()) * 1000)::int AS retry_in_ms,
+       notices.mail, notices.webhook
+  FROM settled CROSS JOIN LATERAL export_job_queue_notices(settled.job) AS notices;
 
 -- name: cancel_claimed_job
 -- The supervisor stopped the render of a job whose cancel was requested.
@@ -175,7 +160,7 @@ RETURNING id;
 -- worker came back as a new process since the claim began (the workers table's
 -- registered_at, migration 0010). The outer WHERE re-checks after the row lock, so
 -- a job completed between the read and the write stays completed. Final failures
--- get their mail and webhook.
+-- get their mail and webhook (export_job_queue_notices).
 WITH stale AS (
     SELECT j.id, w.registered_at IS NOT NULL AS restarted FROM export_jobs AS j
       LEFT JOIN export_workers AS w ON w.worker_id = j.worker_id AND w.registered_at > j.started_at
@@ -212,18 +197,10 @@ WITH stale AS (
      WHERE j.id = stale.id AND j.status = 'processing'
        AND (stale.restarted
             OR coalesce(j.heartbeat_at, j.started_at, j.updated_at) < now() - make_interval(secs => %(stale_seconds)s))
-    RETURNING j.id, j.status, j.user_id, j.notify_email, j.webhook_url
-), mails AS (
-    INSERT INTO export_mail_outbox (job_id, kind, recipient)
-    SELECT id, 'failed', export_job_recipient(user_id, notify_email) FROM rescued
-     WHERE status = 'failed' AND export_job_recipient(user_id, notify_email) IS NOT NULL
-    ON CONFLICT (job_id, kind) DO NOTHING
-), hooks AS (
-    INSERT INTO export_webhook_outbox (job_id, event, url)
-    SELECT id, 'export.failed', webhook_url FROM rescued WHERE status = 'failed' AND webhook_url IS NOT NULL
-    ON CONFLICT (job_id, event) DO NOTHING
+    RETURNING j.id, j.status, j AS job
 )
-SELECT id, status FROM rescued;
+SELECT rescued.id, rescued.status, notices.mail, notices.webhook
+  FROM rescued CROSS JOIN LATERAL export_job_queue_notices(rescued.job) AS notices;
 
 -- name: cancel_job
 -- Pending: cancelled at once. Processing: a cancel request the claiming

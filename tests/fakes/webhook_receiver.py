@@ -42,6 +42,8 @@ class _Handler(FakeHandler):
         except WebhookVerificationError as exc:
             payload, error = None, f"{type(exc).__name__}: {exc}"
         status = 400 if error else self.server.next_status()
+        with self.server.lock:
+            self.server.arrived += 1
         self.server.started.set()
         if self.server.hold_for:
             self.server.release.wait(self.server.hold_for)
@@ -61,6 +63,7 @@ class WebhookReceiver(FakeHTTPServer):
         self.hold_for = hold_for  # seconds each request is held, unless released
         self.release = threading.Event()
         self.started = threading.Event()  # a request arrived
+        self.arrived = 0  # requests that arrived, answered or still held
 
     def next_status(self) -> int:
         with self.lock:

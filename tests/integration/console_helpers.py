@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
+
+from supervisor.links import LinkSigner
 
 OPERATOR = "alice"
 OPERATOR_KEY = "alice-console-key-0123456789"
@@ -84,3 +87,26 @@ def audit_rows(conn: psycopg.Connection[Any]) -> list[tuple[str, str, str, str, 
         (r[0], r[1], r[2], r[3], r[4])
         for r in conn.execute("SELECT actor, action, target, outcome, affected FROM export_console_audit ORDER BY id")
     ]
+
+
+@dataclass(frozen=True)
+class AgedFile:
+    job_id: str
+    path: str  # storage_path
+    stored_link: str  # the file_url written at completion, expired by now
+    stored_expiry: int
+
+
+def insert_file_job_completed_days_ago(db_url: str, signer: LinkSigner, base_url: str, ttl_seconds: int,
+                                       days: int = 8) -> AgedFile:
+    """A completed job whose 30-day file was stored `days` ago, with the link its completion wrote then."""
+    path = f"{uuid.uuid4()}/{uuid.uuid4()}/1.pdf"
+    completed_at = datetime.now(UTC) - timedelta(days=days)
+    expiry = int(completed_at.timestamp()) + ttl_seconds
+    stored = f"{base_url}/files/{path}?expires={expiry}&sig={signer.sign(path, expiry)}"
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        job = insert_job(conn, status="completed", created_ago=timedelta(days=days, seconds=30))
+        conn.execute("UPDATE export_jobs SET completed_at = %s, storage_path = %s, file_url = %s, "
+                     "file_size_bytes = 18, content_type = 'application/pdf' WHERE id = %s",
+                     (completed_at, path, stored, job))
+    return AgedFile(job, path, stored, expiry)

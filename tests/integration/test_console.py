@@ -45,6 +45,7 @@ from tests.integration.console_helpers import (
     OPERATOR_KEY,
     SECRET_HTML,
     audit_rows,
+    insert_file_job_completed_days_ago,
     insert_job,
     job_status,
 )
@@ -288,14 +289,39 @@ async def test_file_link_redirects_only_for_a_file(env: Env) -> None:
     job = insert_job(env.conn, status="completed")
     await sign_in(env.client)
     assert (await env.client.get(f"/console/jobs/{job}/file")).status_code == 404
-    env.conn.execute("UPDATE export_jobs SET file_url = 'https://files.example.com/x.pdf?sig=1', "
-                     "file_size_bytes = 10 WHERE id = %s", (job,))
+    env.conn.execute("UPDATE export_jobs SET storage_path = 'u/x.pdf', file_size_bytes = 10, "
+                     "file_url = 'https://files.example.com/x.pdf?sig=1' WHERE id = %s", (job,))
     page = await env.client.get(f"/console/jobs/{job}")
     assert f"/console/jobs/{job}/file" in page.text
     assert "sig=1" not in page.text
     r = await env.client.get(f"/console/jobs/{job}/file")
-    assert r.status_code == 303
-    assert r.headers["location"] == "https://files.example.com/x.pdf?sig=1"
+    assert r.status_code == 503 and "no file store" in r.text  # this console was given none to sign with
+    env.conn.execute("UPDATE export_jobs SET file_deleted_at = now() WHERE id = %s", (job,))
+    assert (await env.client.get(f"/console/jobs/{job}/file")).status_code == 404
+
+
+async def test_a_console_download_on_day_8_of_a_30_day_file_works(
+    settings: Settings, queue: JobQueue, pool: AsyncConnectionPool[Any], db_url: str, tmp_path: Path
+) -> None:
+    """Links live 7 days (SIGNED_URL_TTL_SECONDS), files 30: the console signs a link when the
+    operator asks, not the one stored at completion, which died on day 7."""
+    from tests.integration.test_http_api import make_state
+
+    state = make_state(console_settings(settings), queue, pool, tmp_path)
+    assert state.files_root is not None and state.link_signer is not None
+    aged = insert_file_job_completed_days_ago(db_url, state.link_signer, BASE, settings.storage.signed_url_ttl_seconds)
+    path, stored, job = aged.path, aged.stored_link, aged.job_id
+    (state.files_root / path).parent.mkdir(parents=True)
+    (state.files_root / path).write_bytes(b"%PDF-1.4 day eight")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=build_app(state)), base_url=BASE) as client:
+        assert (await client.get(stored)).status_code in (403, 410), "the link stored at completion is dead"
+        await sign_in(client)
+        r = await client.get(f"/console/jobs/{job}/file")
+        assert r.status_code == 303
+        fresh = r.headers["location"]
+        assert fresh.startswith(f"{BASE}/files/{path}?") and fresh != stored
+        download = await client.get(fresh)
+    assert download.status_code == 200 and download.content == b"%PDF-1.4 day eight"
 
 
 async def test_jobs_filters_and_paging(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:

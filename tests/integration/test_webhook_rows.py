@@ -102,3 +102,37 @@ def test_a_default_webhook_that_breaks_the_rules_stops_the_start(db_url: str, tm
 def test_a_default_webhook_needs_the_secret(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="WEBHOOK_DEFAULT_URL is set but WEBHOOK_SECRET is not"):
         make_settings(tmp_path, "", WEBHOOK_DEFAULT_URL="https://hooks.example.com/x")
+
+
+async def test_every_path_to_a_final_status_queues_through_one_function(queue: JobQueue, db_url: str) -> None:
+    """Completion, a final failure and a final stale rescue each queue one mail and one webhook
+    (export_job_queue_notices), asking export_job_recipient once per job (it was twice per
+    failure, and Supabase's version reads auth.users)."""
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE recipient_calls (job_user uuid)")
+        conn.execute("""CREATE OR REPLACE FUNCTION export_job_recipient(p_user_id uuid, p_email text) RETURNS text
+                        LANGUAGE plpgsql AS $$ BEGIN
+                            INSERT INTO recipient_calls VALUES (p_user_id); RETURN 'user@example.com';
+                        END $$""")
+    completed, failed, rescued = await new_job(queue), await new_job(queue), await new_job(queue)
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE export_jobs SET max_attempts = 1 WHERE id = %s", (rescued,))
+    claims = {c.job_id: c for c in await queue.claim(3)}
+    queued = await queue.complete(claims[completed], storage_path="k.pdf", file_url="u", file_size_bytes=3,
+                                  content_type="application/pdf", metadata={})
+    assert (queued.mail, queued.webhook) == (True, True)
+    assert (await queue.fail(claims[failed], ErrorCategory.PERMANENT, "broken")).status is JobStatus.FAILED
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("UPDATE export_jobs SET heartbeat_at = now() - interval '1 hour' WHERE id = %s", (rescued,))
+    assert await queue.rescue_stale(60) == [(rescued, "failed")]
+    with psycopg.connect(db_url, row_factory=dict_row) as conn:
+        mails = conn.execute("SELECT job_id::text, kind, recipient FROM export_mail_outbox").fetchall()
+        calls = conn.execute("SELECT j.id::text AS job_id, count(*) AS n FROM recipient_calls AS c "
+                             "JOIN export_jobs AS j ON j.user_id = c.job_user GROUP BY j.id").fetchall()
+    assert sorted((m["job_id"], m["kind"]) for m in mails) == sorted(
+        [(completed, "completed"), (failed, "failed"), (rescued, "failed")])
+    assert {m["recipient"] for m in mails} == {"user@example.com"}
+    assert {c["job_id"]: c["n"] for c in calls} == {completed: 1, failed: 1, rescued: 1}
+    assert [r["event"] for r in hooks(db_url, completed)] == ["export.completed"]
+    for job_id in (failed, rescued):
+        assert [r["event"] for r in hooks(db_url, job_id)] == ["export.failed"]

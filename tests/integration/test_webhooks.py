@@ -28,7 +28,7 @@ from psycopg.rows import dict_row
 from shared.config import Settings
 from supervisor.queries import query
 from tests.conftest import ROOT, html_payload
-from tests.integration.test_delivery_e2e import outbox, running, settings_for, sql, until
+from tests.integration.test_delivery_e2e import all_status, outbox, running, settings_for, sql, until
 
 try:
     from tests.fakes.webhook_receiver import WebhookReceiver
@@ -229,6 +229,36 @@ async def test_a_slow_receiver_holds_up_neither_rendering_nor_mail(tmp_path: Pat
         await until(delivered(db_url, hooked), what="the held delivery completes once released")
     assert took < 10, f"5 jobs rendered and mailed in {took:.1f}s while the receiver held its answer"
     print(f"\n5 jobs rendered and mailed in {took:.2f} s while a receiver held its answer")
+
+
+@pytest.mark.timeout(180)
+async def test_a_slow_target_delays_only_its_own_deliveries(tmp_path: Path, db_url: str) -> None:
+    """Issue 22: 40 deliveries to a receiver that holds each answer for 30 s; another target's
+    delivery arrives while all of them are still held (there is no batch that waits for its
+    slowest), and the slow target never has more than its share in flight."""
+    from supervisor.webhooks import WEBHOOK_PER_TARGET
+
+    with WebhookReceiver(SECRET, hold_for=30) as slow, WebhookReceiver(SECRET) as other:
+        trusted = f"127.0.0.1:{slow.port},127.0.0.1:{other.port}"
+        settings = settings_for(tmp_path, db_url, **(FAST | {
+            "TRUSTED_PRIVATE_HOSTS": trusted, "WEBHOOK_TIMEOUT_SECONDS": "60", "WEBHOOK_LEASE_SECONDS": "120"}))
+        slow_jobs = [create_job(db_url, html_payload(f"<p>{i}</p>"), slow.hook_url()) for i in range(40)]
+        async with running(settings, db_url):
+            await until(all_status(db_url, slow_jobs, "completed"), timeout=60, what="the 40 slow-target jobs")
+            await until(lambda: slow.arrived >= WEBHOOK_PER_TARGET, what="the slow target holding its share")
+            quick = create_job(db_url, html_payload("<p>other tenant</p>"), other.hook_url())
+            await until(delivered(db_url, quick), timeout=30, what="the other target's delivery")
+            held = slow.arrived
+            assert slow.snapshot() == [], "every slow delivery is still held"
+            assert not any(r["delivered_at"] for j in slow_jobs for r in deliveries(db_url, j))
+            assert held == WEBHOOK_PER_TARGET, f"{held} deliveries in flight to one target"
+            slow.release.set()
+            await until(lambda: all(delivered(db_url, j)() for j in slow_jobs), timeout=60,
+                        what="the slow target's deliveries, once it answers")
+        got = slow.snapshot()
+    assert len(got) == 40 and all(r.error is None for r in got)
+    assert len(other.snapshot()) == 1
+    print(f"\nanother target delivered while {held} of 40 deliveries were held by a 30 s receiver")
 
 
 # ---- the HTTP API shows the outcome ---------------------------------------------------------
