@@ -85,10 +85,14 @@ def corpus(jwks_kid_token: str) -> list[Case]:
              422, "idempotency_key"),
         Case("NUL in a key", post_jobs(create_json(extra=', "a\\u0000": 1')), 422),
         Case("nesting 100k deep", post_jobs(b'{"export_type": "pdf", "payload": ' + b"[" * 100_000 + b"]" * 100_000
-                                            + b"}"), 422, ""),
+                                            + b"}"), 422, "payload"),
+        # issue 22: 32 regex passes over this froze the event loop for 3 s a body
+        Case("nesting 4 MB deep", post_jobs(b'{"payload":' + b"[" * 1_990_000 + b"]" * 1_990_000 + b"}"), 422,
+             "payload"),
         Case("nesting 100k deep, unbalanced", post_jobs(b"[" * 100_000), 422, ""),
         Case("nesting in a menu", post_jobs(create_json('{"kind": "menu", "menu": ' + "{\"a\": " * 500 + "1"
-                                                        + "}" * 500 + "}")), 422, ""),
+                                                        + "}" * 500 + "}")), 422,
+             "payload.source.menu.a"),
         Case("invalid UTF-8", post_jobs(b'{"export_type": "pdf\xff\xfe"}'), 422, ""),
         Case("UTF-16 body", post_jobs(create_json().decode().encode("utf-16"),
                                       **{"Content-Type": "application/json; charset=utf-16"}), 422, ""),
