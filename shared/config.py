@@ -157,6 +157,7 @@ class ApiSettings(_Section):
     supabase_jwt_secret: Annotated[str, _doc("HS256 secret for Supabase JWTs (secret)")] = ""
     supabase_jwks_url: Annotated[str, _doc("JWKS URL for asymmetric Supabase JWTs")] = ""
     jwt_accepted_roles: Annotated[list[str], _doc("JWT `role` claims accepted from end users (add service_role only on purpose)")] = msgspec.field(default_factory=lambda: ["authenticated"])
+    jwt_max_lifetime_seconds: Annotated[int, _doc("longest JWT lifetime accepted (exp minus iat, and exp from now); Supabase's maximum is 7 days", ge=60, le=31_536_000)] = 604_800
 
 
 class HttpSettings(_Section):
