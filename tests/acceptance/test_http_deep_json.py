@@ -22,7 +22,8 @@ from serving import free_port, http_get, running_serve, serve_env
 ALICE = "3f1c2b9e-7f5a-4c51-9a43-0a8f4f1d2e11"
 DEEP = 1_990_000
 SENDERS = 5
-ROUNDS = 6  # bodies per sender: 30 in all (once over 100 s of frozen loop; now a few seconds of upload)
+ROUNDS = 10  # bodies per sender: 50 in all (once minutes of frozen loop; now a few seconds of upload), a window
+# long enough that the job inserted after the first answer is claimed before the last
 
 
 def deep_request() -> bytes:
