@@ -20,8 +20,9 @@ JOB = "3f1c2b9e-7f5a-4c51-9a43-0a8f4f1d2e11"
 
 @pytest.mark.parametrize(
     "command",
-    [["list"], ["rescue"], ["status", JOB], ["cancel", JOB], ["retry", JOB], ["enqueue", "--user-id", USER, "--html"]],
-    ids=["list", "rescue", "status", "cancel", "retry", "enqueue"],
+    [["list"], ["rescue"], ["cleanup"], ["status", JOB], ["cancel", JOB], ["retry", JOB],
+     ["enqueue", "--user-id", USER, "--html"]],
+    ids=["list", "rescue", "cleanup", "status", "cancel", "retry", "enqueue"],
 )
 def test_an_unmigrated_database_is_one_line_naming_migrate(empty_db_url: str, tmp_path: Path,
                                                           command: list[str]) -> None:
