@@ -236,7 +236,11 @@ def parse_http_url(url: str) -> httpx.URL:
         raise Blocked(f"scheme {scheme or '(none)'}: not allowed")
     if parsed.userinfo:
         raise Blocked("credentials in URL are not allowed")
-    if not parsed.host:
+    try:
+        host = parsed.host  # httpx decodes xn-- labels here (idna): an invalid one raises
+    except UnicodeError as exc:  # idna.IDNAError is a UnicodeError
+        raise Blocked(f"the host is not a valid internationalised name: {exc}") from None
+    if not host:
         raise Blocked("URL has no host")
     return parsed
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import ipaddress
 import os
 import re
 import tomllib
@@ -157,6 +158,7 @@ class ApiSettings(_Section):
     supabase_jwt_secret: Annotated[str, _doc("HS256 secret for Supabase JWTs (secret)")] = ""
     supabase_jwks_url: Annotated[str, _doc("JWKS URL for asymmetric Supabase JWTs")] = ""
     jwt_accepted_roles: Annotated[list[str], _doc("JWT `role` claims accepted from end users (add service_role only on purpose)")] = msgspec.field(default_factory=lambda: ["authenticated"])
+    jwt_max_lifetime_seconds: Annotated[int, _doc("longest JWT lifetime accepted (exp minus iat, and exp from now); Supabase's maximum is 7 days", ge=60, le=31_536_000)] = 604_800
 
 
 class HttpSettings(_Section):
@@ -171,6 +173,7 @@ class HttpSettings(_Section):
     http_keep_alive_seconds: Annotated[int, _doc("idle keep-alive connections are closed after this", ge=1, le=600)] = 5
     http_max_connections: Annotated[int, _doc("open connections and requests before new ones get 503", ge=10, le=100_000)] = 4000
     http_backlog: Annotated[int, _doc("listen backlog of the HTTP socket", ge=16, le=65_535)] = 2048
+    forwarded_allow_ips: Annotated[list[str], _doc("addresses or networks (CIDR) of the proxy in front; only from them are X-Forwarded-For and X-Forwarded-Proto believed; empty = none (the client is whoever connects)")] = msgspec.field(default_factory=list)
     http_db_pool_size: Annotated[int, _doc("database connections of the API, event streams, /health and /metrics (apart from the worker's)", ge=1, le=50)] = 4
     http_db_wait_seconds: Annotated[float, _doc("a request waits this long for one of those connections, then gets 503", ge=0.1, le=60)] = 3.0
 
@@ -346,7 +349,22 @@ def load_settings(
         raise ConfigError(_explain(exc, raw, fields, sources, config_path)) from None
     console_operators(settings.console.console_keys)  # a malformed CONSOLE_KEYS stops here, named
     _check_webhooks(settings.webhooks)
+    _check_forwarded_allow_ips(settings.http.forwarded_allow_ips)
     return settings
+
+
+def _check_forwarded_allow_ips(entries: list[str]) -> None:
+    """Each entry an address or a network: uvicorn takes anything else as a literal that never matches,
+    and `*` would believe the left-most X-Forwarded-For entry, which the client writes itself."""
+    for entry in entries:
+        if entry.strip() == "*":
+            raise ConfigError("config error: FORWARDED_ALLOW_IPS may not be *: it would believe any X-Forwarded-For "
+                              "a client writes; list the proxy's addresses or networks (CIDR)")
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"config error: FORWARDED_ALLOW_IPS entry {entry!r} is not an IP address or a "
+                              "network such as 10.0.0.0/8") from None
 
 
 def _check_webhooks(hooks: WebhookSettings) -> None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import idna
+
 
 def normalize_host(host: str) -> str:
-    return host.strip().rstrip(".").lower()
+    """Lower case, without the one trailing dot of an absolute name (``example.com.``); a second
+    dot stays, and is then an empty label."""
+    host = host.strip().lower()
+    return host[:-1] if host.endswith(".") else host
 
 
 def host_matches(host: str, port: int, patterns: list[str]) -> bool:
@@ -49,4 +54,9 @@ def host_problem(host: str) -> str | None:
         return f"{name!r} is not a valid host name (an empty or over-long label)"
     if any(not label or len(label) > 63 for label in encoded.split(b".")):
         return f"{name!r} is not a valid host name (an empty or over-long label)"
+    if b"xn--" in encoded:
+        try:  # what httpx does with the name before any request: an undecodable A-label raises there
+            idna.decode(encoded)
+        except (idna.IDNAError, UnicodeError) as exc:
+            return f"{name!r} is not a valid internationalised host name: {exc}"
     return None

@@ -13,7 +13,9 @@ LongText = Annotated[str, msgspec.Meta(max_length=2000)]
 DietaryTag = Literal["vegetarian", "vegan", "gluten-free", "dairy-free", "nut-free", "spicy", "halal", "kosher"]
 
 
-class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+# gc=False: a menu is plain data (no cycles), and 50,000 tracked items made the collector run
+# during decoding: 52 ms of CPU on the event loop for a 2.9 MB menu body, 22 ms untracked (issue 22).
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_defaults=True, gc=False):
     pass
 
 

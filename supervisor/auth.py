@@ -8,7 +8,8 @@
 * otherwise the token must be a Supabase JWT: HS256 signed with
   ``SUPABASE_JWT_SECRET``, or RS256/ES256 signed by a key from
   ``SUPABASE_JWKS_URL``; audience ``authenticated``; ``exp`` and ``sub``
-  required; 30 s leeway; its ``role`` claim in ``JWT_ACCEPTED_ROLES`` (default
+  required; 30 s leeway; a lifetime of at most ``JWT_MAX_LIFETIME_SECONDS``
+  (7 days; ``exp`` minus ``iat``, and ``exp`` from now); its ``role`` claim in ``JWT_ACCEPTED_ROLES`` (default
   ``authenticated`` only). The principal's user is ``sub`` (a UUID).
 
 Failures are :class:`AuthError`: 401 for a missing, malformed, forged or expired
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hmac
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -180,4 +182,18 @@ def verify_jwt(token: str, settings: ApiSettings) -> dict[str, Any]:
         raise AuthError(401, f"token is missing the {exc.claim!r} claim") from None
     except jwt.InvalidTokenError as exc:
         raise AuthError(401, f"token is invalid: {exc}") from None
+    _check_lifetime(claims, settings.jwt_max_lifetime_seconds)
     return claims
+
+
+def _check_lifetime(claims: dict[str, Any], max_seconds: int) -> None:
+    """A token that lives longer than JWT_MAX_LIFETIME_SECONDS is refused (one leaked with exp in 2999 is
+    otherwise good forever): measured from its iat when it has one, and from now in any case."""
+    exp = claims["exp"]  # PyJWT has checked it is an integer in the future
+    lifetime = exp - time.time()
+    iat = claims.get("iat")
+    if isinstance(iat, int | float) and not isinstance(iat, bool):
+        lifetime = max(lifetime, exp - iat)
+    if lifetime > max_seconds + LEEWAY_SECONDS:
+        raise AuthError(
+            401, f"token lifetime is {int(lifetime)} s, more than JWT_MAX_LIFETIME_SECONDS ({max_seconds} s)")

@@ -20,7 +20,7 @@ from typing import Any
 
 from shared.config import ConfigError, Settings, load_settings, masked, render_config_toml, render_reference_markdown
 from shared.logs import setup_logging
-from supervisor.cli_database import EXIT_BAD_INPUT, EXIT_FAILED, CliError, run_queue, with_database
+from supervisor.cli_database import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, CliError, run_queue, with_database
 from supervisor.cli_jobs import cmd_cancel, cmd_enqueue, cmd_list, cmd_retry, cmd_status
 from supervisor.database import mask_password, one_line
 
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {mask_password(str(exc), settings.database.database_url)}", file=sys.stderr)
         return exc.code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
         # The reader (`| head`) has what it wanted: no error line, and no second
         # BrokenPipeError when the interpreter flushes stdout at exit.

@@ -11,6 +11,8 @@ from shared.config import Settings
 from supervisor.database import one_line
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_LIMIT, EXIT_JOB_FAILED = 1, 2, 3, 4
+EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+NOT_MIGRATED = "this database has no export-worker schema yet: run `export-worker migrate` first"
 
 
 class CliError(Exception):
@@ -20,11 +22,13 @@ class CliError(Exception):
 
 
 def with_database(settings: Settings, work: Callable[[str], Any]) -> Any:
-    from supervisor.database import DatabaseUnavailable, database_url
+    from supervisor.database import BadDatabaseUrl, DatabaseUnavailable, database_url
 
     try:
         with database_url(settings) as url:
             return work(url)
+    except BadDatabaseUrl as exc:
+        raise CliError(str(exc), EXIT_BAD_INPUT) from None
     except DatabaseUnavailable as exc:
         raise CliError(str(exc)) from None
 
@@ -52,6 +56,8 @@ def run_queue(settings: Settings, work: Callable[[Any], Any]) -> Any:
             return await work(queue)
         except InvalidJob as exc:  # a malformed id or filter, from any command: bad input, exit 2
             raise CliError(exc.message, EXIT_BAD_INPUT) from None
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedFunction) as exc:
+            raise CliError(f"{NOT_MIGRATED} ({one_line(exc)})") from None
         finally:
             await pool.close()
 

@@ -14,7 +14,14 @@ import msgspec
 
 from shared.config import Settings
 from shared.payload import PayloadError, parse_payload, payload_to_builtins
-from supervisor.cli_database import EXIT_BAD_INPUT, EXIT_JOB_FAILED, EXIT_LIMIT, CliError, run_queue
+from supervisor.cli_database import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERRUPTED,
+    EXIT_JOB_FAILED,
+    EXIT_LIMIT,
+    CliError,
+    run_queue,
+)
 from supervisor.links import download_link, has_file
 
 FINAL = ("completed", "failed", "cancelled")
@@ -87,6 +94,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     from supervisor.webhook_targets import refuse_unsafe
 
     payload = _build_payload(args, settings)
+    waiting: dict[str, str] = {}  # the job --wait is following, and its last status
 
     async def work(queue: Any) -> int:
         if args.webhook is not None:
@@ -116,18 +124,29 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
             print(job_id, flush=True)
         if not args.wait:
             return 0
-        final = await _signed_on_read(await _wait_for(queue, job_id, args.timeout), settings)
+        waiting.update(id=job_id, status=str(job["status"]))
+        final = await _signed_on_read(await _wait_for(queue, job_id, args.timeout, waiting), settings)
         if args.json:
             print(json.dumps(_jsonable(final), indent=2, sort_keys=True))
         else:
             _describe_outcome(final, settings)
         return 0 if final["status"] == "completed" else EXIT_JOB_FAILED
 
-    result: int = run_queue(settings, work)
+    try:
+        result: int = run_queue(settings, work)
+    except KeyboardInterrupt:
+        if not waiting:
+            raise
+        # Ctrl-C stops the waiting, not the job: say so, and how to follow or stop it.
+        job_id = waiting["id"]
+        print(f"\ninterrupted: stopped waiting; job {job_id} is still {waiting['status']} and stays queued "
+              f"(follow it: export-worker status {job_id}; stop it: export-worker cancel {job_id})",
+              file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     return result
 
 
-async def _wait_for(queue: Any, job_id: str, timeout: float) -> dict[str, Any]:
+async def _wait_for(queue: Any, job_id: str, timeout: float, seen: dict[str, str]) -> dict[str, Any]:
     """Show progress on stderr until the job ends (polls; the job row is the truth)."""
     started = time.monotonic()
     last = None
@@ -138,6 +157,7 @@ async def _wait_for(queue: Any, job_id: str, timeout: float) -> dict[str, Any]:
         job = await queue.get_job(job_id)
         if job is None:
             raise CliError(f"job {job_id} disappeared")
+        seen["status"] = str(job["status"])
         state = (job["status"], job["attempts"])
         elapsed = time.monotonic() - started
         if state != last or tty:

@@ -28,6 +28,10 @@ class DatabaseUnavailable(Exception):
     """The database could not be reached or started."""
 
 
+class BadDatabaseUrl(DatabaseUnavailable):
+    """DATABASE_URL is not a connection string at all: bad configuration (exit 2), not an outage."""
+
+
 # scheme://user:PASSWORD@ (any scheme, even a misspelt one) and password=... in key=value strings.
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][\w+.-]*://[^/@\s:'\"]*:)[^@\s'\"]*@")
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE)
@@ -69,7 +73,7 @@ def check_conninfo(url: str) -> None:
         psycopg.conninfo.conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         reason = mask_password(str(exc).strip(), url)
-        raise DatabaseUnavailable(f"DATABASE_URL is not a valid connection string: {reason}") from None
+        raise BadDatabaseUrl(f"DATABASE_URL is not a valid connection string: {reason}") from None
 
 
 @contextlib.contextmanager

@@ -253,6 +253,10 @@ def make_server(
         limit_concurrency=limits.http_max_connections,
         backlog=limits.http_backlog,
         timeout_keep_alive=limits.http_keep_alive_seconds,
+        # X-Forwarded-For is believed only from FORWARDED_ALLOW_IPS (uvicorn's own default trusts loopback, which
+        # a local proxy or tunnel makes every client); of the list it takes the right-most untrusted address.
+        proxy_headers=bool(limits.forwarded_allow_ips),
+        forwarded_allow_ips=[entry.strip() for entry in limits.forwarded_allow_ips] or None,
         host=host,
         port=sock.getsockname()[1],
         lifespan="off",

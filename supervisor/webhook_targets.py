@@ -68,8 +68,8 @@ def check_url(url: str, settings: Settings) -> httpx.URL:
     except Blocked as exc:
         raise TargetRefused(exc.reason) from None
     scheme = parsed.scheme.lower()
+    problem = host_problem(parsed.host)  # before normalising: a second trailing dot is an empty label
     host = normalize_host(parsed.host)
-    problem = host_problem(host)
     if problem is not None:
         raise TargetRefused(problem)
     if parsed.port is not None and not 1 <= parsed.port <= 65535:

@@ -130,6 +130,12 @@ class Console:
         def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             async def endpoint(request: Request) -> Response:
                 session = self.access.read_session(request.cookies.get(COOKIE_NAME))
+                if session is not None:
+                    try:
+                        if await self.store.signed_out(session.nonce):
+                            session = None  # a cookie kept after its sign-out: as if there were none
+                    except (psycopg.OperationalError, PoolTimeout) as exc:
+                        return self._database_unavailable(request, None, exc)
                 if session is None:
                     if request.url.path.endswith("/live"):
                         return Response("sign in first", 401, headers=SECURITY_HEADERS)
@@ -145,10 +151,7 @@ class Console:
                 try:
                     response = await handler(request, session)
                 except (psycopg.OperationalError, PoolTimeout) as exc:
-                    log.warning("console: database unavailable", extra={"error": str(exc)})
-                    return self.render(request, session, "error.html", status=503, title="Database unavailable",
-                                       message="The database is not answering; this page will work again when "
-                                               "it does.")
+                    return self._database_unavailable(request, session, exc)
                 response.headers.update(SECURITY_HEADERS)
                 return response
 
@@ -169,6 +172,11 @@ class Console:
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return Starlette(routes=routes)
+
+    def _database_unavailable(self, request: Request, session: Session | None, exc: Exception) -> Response:
+        log.warning("console: database unavailable", extra={"error": str(exc)})
+        return self.render(request, session, "error.html", status=503, title="Database unavailable",
+                           message="The database is not answering; this page will work again when it does.")
 
     async def _csrf_ok(self, request: Request, session: Session) -> bool:
         form = await _form(request)
@@ -221,6 +229,8 @@ class Console:
         return redirect
 
     async def logout(self, request: Request, session: Session) -> Response:
+        await self.store.sign_out(session.nonce, session.operator, session.expires)
+        log.info("console sign-out", extra={"operator": session.operator})
         response = RedirectResponse(f"{_base(request)}/login", 303)
         response.delete_cookie(COOKIE_NAME, path=_base(request) or "/", httponly=True, samesite="strict",
                                secure=_https(request))

@@ -238,6 +238,18 @@ class ConsoleStore:
     async def recent_audit(self, limit: int = 50) -> list[dict[str, Any]]:
         return await self._rows(load("console.sql")["recent_audit"], {"limit": limit})
 
+    # ---- sign-outs ------------------------------------------------------------------
+
+    async def sign_out(self, nonce: str, operator: str, expires: int) -> None:
+        """Revoke a session on every worker until its cookie expires (export_console_signouts)."""
+        pool = await self.pool()
+        async with pool.connection() as conn:
+            await conn.execute(load("console.sql")["sign_out"],
+                               {"nonce": nonce, "operator": operator, "expires": expires})
+
+    async def signed_out(self, nonce: str) -> bool:
+        return bool(await self._rows(load("console.sql")["signed_out"], {"nonce": nonce}))
+
     # ---- audited actions ------------------------------------------------------------
 
     async def retry_job(self, job_id: UUID, actor: str) -> ActionResult:

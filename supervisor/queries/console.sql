@@ -89,3 +89,14 @@ SELECT at, actor, action, target, outcome, affected
   FROM export_console_audit
  ORDER BY at DESC
  LIMIT %(limit)s;
+
+-- name: sign_out
+-- Revokes one session (its nonce) until its cookie's own expiry; the expired ones go.
+WITH forgotten AS (DELETE FROM export_console_signouts WHERE expires_at < now())
+INSERT INTO export_console_signouts (nonce, operator, expires_at)
+VALUES (%(nonce)s, %(operator)s, to_timestamp(%(expires)s))
+ON CONFLICT (nonce) DO NOTHING;
+
+-- name: signed_out
+-- Whether this session was signed out (a primary-key probe on every console request).
+SELECT 1 AS signed_out FROM export_console_signouts WHERE nonce = %(nonce)s;

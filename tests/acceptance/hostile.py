@@ -59,6 +59,7 @@ def user_token(sub: Any, *, role: str | None = "authenticated", **claims: Any) -
     if role is not None:
         payload["role"] = role
     payload.update(claims)
+    payload = {name: value for name, value in payload.items() if value is not None}  # None: leave the claim out
     return jwt.encode(payload, JWT_SECRET, algorithm="HS256")
 
 

@@ -36,6 +36,7 @@ from serving import CLI, ROOT, free_port, http_get, running_serve, serve_env
 ALICE = "3f1c2b9e-7f5a-4c51-9a43-0a8f4f1d2e11"
 HTML_SOURCE = '{"kind": "html", "html": "<h1>hi</h1>"}'
 MiB = 2**20
+TRUSTED_PORT = 9  # discard: a trusted http webhook target that is never called (no job is rendered)
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"hostile-tests-webhook-secret-0123").decode()
 
 
@@ -85,10 +86,14 @@ def corpus(jwks_kid_token: str) -> list[Case]:
              422, "idempotency_key"),
         Case("NUL in a key", post_jobs(create_json(extra=', "a\\u0000": 1')), 422),
         Case("nesting 100k deep", post_jobs(b'{"export_type": "pdf", "payload": ' + b"[" * 100_000 + b"]" * 100_000
-                                            + b"}"), 422, ""),
+                                            + b"}"), 422, "payload"),
+        # issue 22: 32 regex passes over this froze the event loop for 3 s a body
+        Case("nesting 4 MB deep", post_jobs(b'{"payload":' + b"[" * 1_990_000 + b"]" * 1_990_000 + b"}"), 422,
+             "payload"),
         Case("nesting 100k deep, unbalanced", post_jobs(b"[" * 100_000), 422, ""),
         Case("nesting in a menu", post_jobs(create_json('{"kind": "menu", "menu": ' + "{\"a\": " * 500 + "1"
-                                                        + "}" * 500 + "}")), 422, ""),
+                                                        + "}" * 500 + "}")), 422,
+             "payload.source.menu.a"),
         Case("invalid UTF-8", post_jobs(b'{"export_type": "pdf\xff\xfe"}'), 422, ""),
         Case("UTF-16 body", post_jobs(create_json().decode().encode("utf-16"),
                                       **{"Content-Type": "application/json; charset=utf-16"}), 422, ""),
@@ -129,6 +134,19 @@ def corpus(jwks_kid_token: str) -> list[Case]:
              422, "webhook_url"),
         Case("webhook port out of range", post_jobs(create_json(
             extra=', "webhook_url": "https://93.184.215.14:99999/h"')), 422, "webhook_url"),
+        # issue 22: an undecodable A-label was a 500 from httpx's IDNA step; a second trailing dot an empty label
+        Case("webhook host with an invalid A-label", post_jobs(create_json(extra=', "webhook_url": "https://xn--a.com/"')),
+             422, "webhook_url"),
+        Case("webhook host with an emoji A-label", post_jobs(create_json(
+            extra=', "webhook_url": "https://xn--ls8h.la/"')), 422, "webhook_url"),
+        Case("url host with an invalid A-label", post_jobs(create_json(
+            '{"kind": "url", "url": "https://xn--a.example.com/menu"}')), 422, "payload.source.url"),
+        Case("webhook host with two trailing dots", post_jobs(create_json(
+            extra=f', "webhook_url": "http://localhost..:{TRUSTED_PORT}/h"')), 422, "webhook_url"),
+        Case("webhook host with its trailing dot", post_jobs(create_json(
+            extra=f', "webhook_url": "http://localhost.:{TRUSTED_PORT}/h"')), 202),
+        Case("url host with its trailing dot", post_jobs(create_json(
+            '{"kind": "url", "url": "https://example.com./menu"}')), 202),
         # -- content types and encodings of the problem itself
         Case("form-encoded body", post_jobs(create_json(), **{"Content-Type": "application/x-www-form-urlencoded"}),
              415),
@@ -146,6 +164,13 @@ def corpus(jwks_kid_token: str) -> list[Case]:
         Case("RS256 unknown kid", get(f"/v1/jobs/{job}", forged_token({"alg": "RS256", "kid": "nope"})), 401),
         Case("kid not a string", get(f"/v1/jobs/{job}", forged_token({"alg": "RS256", "kid": ["x"]})), 401),
         Case("role anon", get(f"/v1/jobs/{job}", user_token(ALICE, role="anon")), 403),
+        # issue 22: no maximum lifetime let a token with exp in the year 2999 in
+        Case("exp in the year 2999", get(f"/v1/jobs/{job}", user_token(ALICE, exp=32_472_144_000)), 401),
+        Case("exp in 2999, no iat", get(f"/v1/jobs/{job}", user_token(ALICE, exp=32_472_144_000, iat=None)), 401),
+        Case("30-day lifetime, iat a month ago", get(f"/v1/jobs/{job}", user_token(
+            ALICE, iat=int(time.time()) - 30 * 86_400, exp=int(time.time()) + 600)), 401),
+        Case("a 7-day token is fine", get(f"/v1/jobs/{job}", user_token(
+            ALICE, exp=int(time.time()) + 7 * 86_400 - 60)), 404),
         Case("role service_role, not configured", get(f"/v1/jobs/{job}", user_token(ALICE, role="service_role")),
              403),
         Case("no role", get(f"/v1/jobs/{job}", user_token(ALICE, role=None)), 401),
@@ -183,7 +208,7 @@ def test_hostile_corpus_gets_4xx_problems_naming_the_field(db_url: str, tmp_path
         env = serve_env(db_url, tmp_path / "data", port, SUPABASE_JWT_SECRET=JWT_SECRET,
                         SUPABASE_JWKS_URL=jwks_url, EXPORT_API_KEYS=API_KEY,
                         ALLOWED_URL_HOSTS="example.com,*.example.com", WEBHOOK_SECRET=WEBHOOK_SECRET,
-                        MAX_CONCURRENT_RENDERS="1")
+                        MAX_CONCURRENT_RENDERS="1", TRUSTED_PRIVATE_HOSTS=f"localhost:{TRUSTED_PORT}")
         with running_serve(env, log):
             failures = []
             for case in corpus(token):
@@ -340,7 +365,8 @@ def test_no_command_prints_the_database_password(url: str, tmp_path: Path) -> No
         out = proc.stdout + proc.stderr
         assert SECRET not in out, (command, out)
         if command != ["config"]:
-            assert proc.returncode == 1, (command, out)
+            # a URL that is not one is bad configuration (2); an unreachable server a failure (1)
+            assert proc.returncode == (2 if "postgress" in url else 1), (command, out)
             assert len(proc.stderr.strip().splitlines()) == 1, (command, proc.stderr)
             assert "Traceback" not in out
 

@@ -9,7 +9,7 @@ import uuid
 import psycopg
 import pytest
 
-from supervisor.api_schemas import nesting_exceeds
+from supervisor.api_schemas import CREATE_BODY_DEPTH, decode_create
 from supervisor.events import StreamLimits
 from supervisor.listener import Listener
 from supervisor.problems import ApiProblem
@@ -74,16 +74,36 @@ def test_stream_caps_per_user_and_in_all() -> None:
     assert limits.open_streams == 3
 
 
+DEEP = 1_990_000  # the issue's bodies: 4 MB, once a 3 s regex loop each on the event loop
+
+
 @pytest.mark.parametrize(
-    ("raw", "deeper_than_3"),
+    ("raw", "field"),
     [
-        (b'{"a": [1, {"b": 2}]}', False),
-        (b'{"a": [[{"b": 2}]]}', True),
-        (b'{"a": "[[[[[[[[[[["}', False),  # brackets inside strings do not count
-        (b'{"a": "\\"[[[[["}', False),  # nor after an escaped quote
-        (b"[" * 100_000, False),  # unbalanced: the decoder says so, not this check
-        (b"[" * 100_000 + b"]" * 100_000, True),
+        (b'{"payload": ' + b"[" * DEEP + b"]" * DEEP + b"}", "payload"),
+        (b'{"payload": ' + b'{"a": ' * 500_000 + b"1" + b"}" * 500_000 + b"}", "payload.a"),
+        (b"[" * DEEP, ""),  # unbalanced
+        # the tagged union looks ahead for "kind" past a deep value
+        (b'{"export_type": "pdf", "payload": {"source": {"html": ' + b"[" * DEEP + b"]" * DEEP
+         + b', "kind": "html"}}}', ""),
+        (b'{"export_type": "pdf", "payload": {"source": {"kind": "html", "html": "x"}}, "menu_id": '
+         + b"[" * DEEP + b"]" * DEEP + b"}", "menu_id"),
+        # malformed after a wide value: the stdlib re-parse that names a field is for small bodies only
+        (b'{"export_type": "pdf", "payload": {"source": {"x": ' + b"[]," * 1_300_000 + b"[]] }", ""),
     ],
+    ids=["deep-array", "deep-object", "unbalanced", "tag-lookahead", "deep-later-field", "wide-malformed"],
 )
-def test_nesting_depth(raw: bytes, deeper_than_3: bool) -> None:
-    assert nesting_exceeds(raw, 3) is deeper_than_3
+def test_deep_or_wide_bodies_are_refused_without_a_scan(raw: bytes, field: str) -> None:
+    with pytest.raises(ApiProblem) as refused:
+        decode_create(raw, 32)
+    assert refused.value.status == 422 and refused.value.field == field, refused.value.detail
+
+
+def test_max_json_depth_below_the_schema_still_applies() -> None:
+    menu = (b'{"export_type": "pdf", "payload": {"source": {"kind": "menu", "menu": {"restaurant": {"name": "r"}, '
+            b'"sections": [{"title": "s", "items": [{"name": "i", "dietary": ["vegan"]}]}]}}}}')
+    assert decode_create(menu, CREATE_BODY_DEPTH).payload.source.menu.sections[0].items[0].name == "i"
+    assert decode_create(menu, 9) is not None  # it nests exactly 9 levels
+    with pytest.raises(ApiProblem) as refused:
+        decode_create(menu, 8)
+    assert "nests deeper than 8 levels (MAX_JSON_DEPTH)" in refused.value.detail

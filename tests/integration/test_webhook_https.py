@@ -227,6 +227,20 @@ async def test_delivered_over_https_to_the_pinned_address(
     assert payload["type"] == "export.completed" and payload["data"]["id"] == job_id
 
 
+async def test_an_absolute_name_with_its_trailing_dot_is_delivered(
+    tmp_path: Path, db_url: str, ca: Issued, make_receiver: Callable[[Issued], TLSReceiver],
+    lookups: list[tuple[str, int]],
+) -> None:
+    """`hooks.example.test.` is the same name, absolute: resolved, verified and sent as the name without the dot."""
+    receiver = make_receiver(issue(HOST, ca))
+    job_id = create_job(db_url, html_payload(), f"https://{HOST}.:{receiver.port}/done")
+    async with running(tls_settings(tmp_path, db_url, receiver), db_url):
+        await until(first_outcome(db_url, job_id), what="the first attempt")
+    row = deliveries(db_url, job_id)[0]
+    assert row["delivered_at"] is not None and row["last_status"] == 204, row
+    assert lookups == [(HOST, receiver.port)] and receiver.sni == [HOST]
+
+
 @pytest.mark.parametrize(
     ("served", "why"),
     [
