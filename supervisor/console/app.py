@@ -34,6 +34,7 @@ from supervisor.console.masking import mask_email, mask_text, mask_url, payload_
 from supervisor.console.store import ConsoleStore, FilterError, JobFilter, PoolSource
 from supervisor.console.workers_table import LocalSnapshot as LocalSnapshot  # re-exported for supervisor.console
 from supervisor.console.workers_table import WorkersTable
+from supervisor.downloads import row_download_filename, with_download_name
 
 log = logging.getLogger(__name__)
 
@@ -280,7 +281,7 @@ class Console:
             return self.render(request, session, "error.html", status=404, title="No file",
                                message="This job has no file (not completed, or deleted by retention).")
         # The link itself is a bearer URL: it is only handed to a signed-in operator's browser.
-        return RedirectResponse(str(row["file_url"]), 303)
+        return RedirectResponse(with_download_name(str(row["file_url"]), row_download_filename(row)), 303)
 
     async def job_action(self, request: Request, session: Session) -> Response:
         action = request.path_params["action"]
