@@ -101,3 +101,20 @@ def test_pages_break_like_a_print_shop(child: ChildHandle, template: str) -> Non
     # the legend lists every badge the menu uses, on the last page, together with dishes
     last = " ".join(pages[-1])
     assert all(word in last for word in ("végétarien", "végétalien", "sans gluten", "CASHER", "HALAL", "ÉPICÉ"))
+
+
+@pytest.mark.parametrize("template", ["classic", "modern"])
+def test_a_long_section_title_wraps_within_the_page(child: ChildHandle, template: str) -> None:
+    """The repeated heading is one line (nowrap, cut with an ellipsis); it must not widen the section."""
+    menu = _menu("breaks")
+    long_title = "Entrées du marché, de la mer et du potager, selon la saison et l'humeur du chef Marcel"
+    section = msgspec.structs.replace(menu.sections[0], title=long_title, items=menu.sections[0].items[:2])
+    menu = msgspec.structs.replace(menu, sections=[section])
+    answer = child.render(make_job(MenuSource(menu=menu, template=template), child.scratch))  # type: ignore[arg-type]
+    assert isinstance(answer, Rendered), answer
+    words = subprocess.run(["pdftotext", "-bbox", answer.output_path, "-"], capture_output=True, text=True,
+                           check=True, timeout=60).stdout
+    page_width = float(re.search(r'<page width="([\d.]+)"', words).group(1))  # type: ignore[union-attr]
+    right_edges = [float(x) for x in re.findall(r'xMax="([\d.]+)"', words)]
+    assert max(right_edges) < page_width - 20, "text runs into the right margin or off the page"
+    assert "12,50" in words  # the first dish's price is on the page
