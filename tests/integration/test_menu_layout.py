@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import re
 import subprocess
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import msgspec
+import pypdf
 import pytest
 from render_helpers import ChildHandle, make_job, requires_chromium, running_child
 
@@ -118,3 +121,33 @@ def test_a_long_section_title_wraps_within_the_page(child: ChildHandle, template
     right_edges = [float(x) for x in re.findall(r'xMax="([\d.]+)"', words)]
     assert max(right_edges) < page_width - 20, "text runs into the right margin or off the page"
     assert "12,50" in words  # the first dish's price is on the page
+
+
+def _structure_types(path: str) -> Counter[str]:
+    """How many of each structure element the tagged PDF has."""
+    counts: Counter[str] = Counter()
+
+    def walk(node: Any) -> None:
+        node = node.get_object() if hasattr(node, "get_object") else node
+        if not isinstance(node, dict):
+            return
+        if "/S" in node:
+            counts[str(node["/S"])] += 1
+        kids = node.get("/K")
+        for kid in kids if isinstance(kids, list) else [kids]:
+            walk(kid)
+
+    walk(pypdf.PdfReader(path).trailer["/Root"]["/StructTreeRoot"])
+    return counts
+
+
+def test_the_tagged_pdf_reads_each_heading_once(child: ChildHandle) -> None:
+    """A screen reader meets each section's heading once: the repeated one (aria-hidden) and the
+    layout table (role=presentation) are not in the structure tree."""
+    menu = _menu("breaks")
+    answer = child.render(make_job(MenuSource(menu=menu), child.scratch))
+    assert isinstance(answer, Rendered), answer
+    assert answer.pages is not None and answer.pages >= 3
+    counts = _structure_types(answer.output_path)
+    assert counts["/H1"] == 1 and counts["/H2"] == len(menu.sections)
+    assert not {"/Table", "/TR", "/TD", "/TH", "/THead"} & set(counts)
