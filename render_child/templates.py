@@ -4,31 +4,37 @@ from __future__ import annotations
 
 import functools
 import json
+import typing
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import jinja2
 
+from shared.contrast import palette
 from shared.locales import format_price, locale_for, parse_locale
-from shared.menu import MenuDocument
+from shared.menu import DietaryTag, MenuDocument
 
 MENU_TEMPLATES = ("classic", "modern")
-# Short badges on the items, explained by a legend under the menu whenever one appears.
-DIETARY_LABELS = {
-    "vegetarian": "V",
-    "vegan": "VG",
-    "gluten-free": "GF",
-    "dairy-free": "DF",
-    "nut-free": "NF",
-    "spicy": "Spicy",
-    "halal": "Halal",
-    "kosher": "Kosher",
-}
-ABBREVIATED = ("vegetarian", "vegan", "gluten-free", "dairy-free", "nut-free")
-# The legend's words in the menu's language where we have them, else in English.
-LEGEND_WORDS: dict[str, dict[str, str]] = json.loads(
-    resources.files("render_child").joinpath("templates/dietary_legend.json").read_text(encoding="utf-8")
+# Badges in the order the legend lists them.
+DIETARY_TAGS: tuple[DietaryTag, ...] = typing.get_args(DietaryTag)
+# Each listed language's words: the badges (short on the dish, spelled out in the legend) and
+# the mark of a heading repeated on the next page; English for a language not listed.
+MENU_WORDS: dict[str, dict[str, Any]] = json.loads(
+    resources.files("render_child").joinpath("templates/menu_words.json").read_text(encoding="utf-8")
 )
+# Scripts that take letter-spacing, small caps, uppercase and italics (the W3C: never track
+# cursive or complex scripts; CJK, Arabic, Hebrew, Indic and Thai have no italics).
+_CASED_RANGES = ((0x41, 0x24F), (0x370, 0x52F), (0x1D00, 0x1FFF), (0x2C60, 0x2C7F), (0xA720, 0xA7FF))
+
+
+def takes_latin_typography(text: str) -> bool:
+    """True when every letter of `text` is Latin, Greek or Cyrillic (digits, marks and emoji aside)."""
+    return all(
+        any(lo <= ord(ch) <= hi for lo, hi in _CASED_RANGES) for ch in text if ch.isalpha()
+    )
+
+
 # Noto (fonts-noto-core) for Latin, Greek, Cyrillic and each right-to-left or Indic script
 # by name, before DejaVu, which would otherwise draw Arabic and Hebrew; Chinese, Japanese
 # and Korean come from fontconfig's fallback by the page's lang (fonts-noto-cjk).
@@ -62,21 +68,25 @@ def _price(price: str | None, currency: str, menu_locale: str | None) -> str:
 
 
 @dataclass(frozen=True)
-class Legend:
+class MenuWords:
+    """The template's own words in the menu's language (or English): badges, legend, "continued"."""
+
     lang: str
     direction: str
-    entries: list[tuple[str, str]]  # (badge, meaning), in the badges' order
+    badges: dict[str, str]  # tag -> the badge on a dish
+    legend: list[tuple[str, str]]  # (badge, meaning) of every badge the menu uses, in DIETARY_TAGS order
+    continued: str
 
 
-def dietary_legend(menu: MenuDocument) -> Legend:
-    """The abbreviated badges the menu shows, explained in its language (or English)."""
-    used = {tag for section in menu.sections for item in section.items for tag in item.dietary}
+def menu_words(menu: MenuDocument) -> MenuWords:
     where = parse_locale(menu.locale) if menu.locale else None
-    lang = where.locale.language if where is not None and where.locale.language in LEGEND_WORDS else "en"
+    lang = where.locale.language if where is not None and where.locale.language in MENU_WORDS else "en"
     direction = where.direction if where is not None and lang != "en" else "ltr"
-    words = LEGEND_WORDS[lang]
-    entries = [(DIETARY_LABELS[tag], words[tag]) for tag in ABBREVIATED if tag in used]
-    return Legend(lang=lang, direction=direction, entries=entries)
+    words = MENU_WORDS[lang]
+    badges: dict[str, str] = {tag: str(words["badges"][tag]["badge"]) for tag in DIETARY_TAGS}
+    used = {tag for section in menu.sections for item in section.items for tag in item.dietary}
+    legend = [(badges[tag], str(words["badges"][tag]["meaning"])) for tag in DIETARY_TAGS if tag in used]
+    return MenuWords(lang=lang, direction=direction, badges=badges, legend=legend, continued=str(words["continued"]))
 
 
 def render_menu_html(menu: MenuDocument, template: str) -> str:
@@ -92,10 +102,10 @@ def render_menu_html(menu: MenuDocument, template: str) -> str:
         lang=where.html_lang,
         direction=where.direction,
         price=lambda item: _price(item.price, item.currency, menu.locale),
-        accent=menu.theme.accent_color,
+        colours=palette(menu.theme.accent_color),
         font_stack=FONT_STACKS.get(menu.theme.font, FONT_STACKS["serif"]),
-        dietary_labels=DIETARY_LABELS,
-        legend=dietary_legend(menu),
+        words=menu_words(menu),
+        latin=takes_latin_typography,
     )
 
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from shared.locales import LOCALE_PATTERN, parse_locale
+from shared.locales import LOCALE_PATTERN, LocaleError, parse_locale
 
 ShortText = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 LongText = Annotated[str, msgspec.Meta(max_length=2000)]
@@ -59,7 +59,12 @@ class MenuDocument(_Strict):
 
     def __post_init__(self) -> None:
         if self.locale is not None:
-            parse_locale(self.locale)  # LocaleError is a ValueError: msgspec names the field
+            try:
+                parse_locale(self.locale)
+            except LocaleError as exc:
+                # msgspec reports a __post_init__ error at the menu; the leading `locale` moves it
+                # to the locale field (shared/payload.py)
+                raise ValueError(f"`locale`: {exc}") from None
 
     @property
     def title(self) -> str:

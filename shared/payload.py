@@ -8,6 +8,7 @@ JSON-ish input into a validated :class:`RenderPayload` or raises
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Annotated, Any, Literal
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from shared.field_words import owner_message
 from shared.hosts import host_matches, host_problem  # the child's matcher too: one rule, both sides
 from shared.menu import MenuDocument
 
@@ -112,7 +114,7 @@ def parse_payload(
         else:
             payload = msgspec.convert(data, RenderPayload)
     except msgspec.ValidationError as exc:
-        raise payload_error(exc) from None
+        raise payload_error(exc, data) from None
     except msgspec.DecodeError as exc:
         raise PayloadError("", f"payload is not valid JSON: {exc}") from None
     check_payload(payload, export_type, max_input_bytes=max_input_bytes, allowed_url_hosts=allowed_url_hosts)
@@ -138,7 +140,8 @@ def check_payload(
         size = len(_encoder.encode(payload.source))
         if size > max_input_bytes:
             raise PayloadError(
-                "source", f"input is {size} bytes, more than the limit of {max_input_bytes} (MAX_INPUT_BYTES)"
+                "source", f"The document is {size:,} bytes, more than the {max_input_bytes:,} allowed "
+                "(MAX_INPUT_BYTES). Shorten it or remove large images."
             )
     if allowed_url_hosts is not None and isinstance(payload.source, UrlSource):
         problem = url_source_problem(payload.source.url, allowed_url_hosts)
@@ -198,16 +201,32 @@ def unstorable_string(value: Any, path: str = "") -> tuple[str, str] | None:
     return None
 
 
-def payload_error(exc: msgspec.ValidationError) -> PayloadError:
+_PATH_PART = re.compile(r"\.([^.\[]+)|\[(\d+)\]")
+# A rule of our own in a __post_init__ names its field first: "`locale`: ..." (shared/menu.py).
+_OWN_FIELD = re.compile(r"^`(\w+)`: (.*)$", re.DOTALL)
+
+
+def payload_error(exc: msgspec.ValidationError, data: Any = None, root: Any = RenderPayload) -> PayloadError:
+    """msgspec's error as a PayloadError: ``field`` the dotted path (for programs), ``message``
+    in the owner's words (shared/field_words.py), naming the dish or section from `data`."""
     text = str(exc)
-    field = ""
+    path: list[str | int] = []
     if " - at `$" in text:
         text, _, where = text.rpartition(" - at `$")
-        field = where.rstrip("`").lstrip(".").replace("[", ".").replace("]", "")
+        path = [name if name else int(index) for name, index in _PATH_PART.findall(where.rstrip("`"))]
     if text.startswith(("Object missing required field", "Object contains unknown field")) and "`" in text:
-        name = text.split("`")[1]
-        field = f"{field}.{name}" if field else name
-    return PayloadError(field, text)
+        path.append(text.split("`")[1])
+    own = _OWN_FIELD.match(text)
+    if own is not None:
+        path.append(own.group(1))
+        text = own.group(2)
+    if isinstance(data, bytes | str):
+        try:
+            data = json.loads(data)
+        except (ValueError, RecursionError):
+            data = None
+    field = ".".join(str(part) for part in path)
+    return PayloadError(field, owner_message(text, path, data, root))
 
 
 def payload_to_builtins(payload: RenderPayload) -> dict[str, Any]:

@@ -249,7 +249,7 @@ def decode_create(raw: bytes, max_depth: int) -> JobCreate:
     try:
         body = _create_decoder.decode(raw)
     except msgspec.ValidationError as exc:
-        problem = payload_error(exc)
+        problem = payload_error(exc, raw, JobCreate)
         raise invalid(problem.field, problem.message) from None
     except (msgspec.DecodeError, RecursionError) as exc:
         raise _undecodable(raw, exc) from None

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.contrast import menu_colour_notes
 from shared.messages import Rendered
 from supervisor.breaker import STATE_VALUES, BreakerStorage, CircuitBreaker
 from supervisor.fence import FenceCheck
@@ -98,8 +99,11 @@ class Delivery:
                         extra={"job_id": claim.job_id, "storage_path": key, "error": str(exc)})
 
 
-def completion_metadata(result: Rendered, stored: StoredFile, worker_id: str) -> dict[str, Any]:
-    """Facts about the render kept on the job row (``metadata``)."""
+def completion_metadata(
+    result: Rendered, stored: StoredFile, worker_id: str, payload: Any = None
+) -> dict[str, Any]:
+    """Facts about the render kept on the job row (``metadata``); for a menu, its colours
+    (``menu_colors``: the header's text colour, and the accent darkened for text if it had to be)."""
     metadata: dict[str, Any] = {
         "pages": result.pages,
         "width": result.width,
@@ -110,5 +114,6 @@ def completion_metadata(result: Rendered, stored: StoredFile, worker_id: str) ->
         "subresources_fetched": result.fetched,
         "worker_id": worker_id,
         "sha256": stored.sha256,
+        "menu_colors": menu_colour_notes(payload),
     }
     return {k: v for k, v in metadata.items() if v is not None}

@@ -90,7 +90,25 @@ async def run_demo(settings: Settings, conninfo: str, timeout: float) -> int:
             (job or {}).get("error_message") or "")
         print(f"{job_id:36}  {label:22}  {export_type:5}  {status:9}  {meta.get('render_ms', ''):>9}  "
               f"{(job or {}).get('file_size_bytes') or '':>8}  {where}")
-    if not (settings.mail.sendgrid_api_key or settings.mail.smtp_host):
-        print(f"\nmails (.eml): {mail_dir}")
-    print(f"data directory: {Path(settings.data_dir).resolve()}")
+    print()
+    print(where_line(settings))
     return 0 if ok else 1
+
+
+def where_line(settings: Settings) -> str:
+    """The demo's last line: where the files and mails are, and for how long the mails' links work."""
+    data = Path(settings.data_dir).resolve()
+    if settings.storage.supabase_url:
+        files = f"files in Supabase Storage (bucket {settings.storage.storage_bucket})"
+        links = "their links are signed Supabase URLs"
+    else:
+        base = settings.storage.public_base_url or f"http://localhost:{settings.worker.port}"
+        files = f"files in {data / 'files'}"
+        links = f"their links ({base}/files/...) work only while `export-worker serve` runs"
+    if settings.mail.sendgrid_api_key:
+        mails = "mails sent through SendGrid"
+    elif settings.mail.smtp_host:
+        mails = f"mails sent through {settings.mail.smtp_host}"
+    else:
+        mails = f"mails (.eml) in {data / 'mail'}"
+    return f"Done: {files}, {mails}; {links}."

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp
 from shared.config import HttpSettings
 from supervisor.api_schemas import json_response
 from supervisor.app_state import AppState
+from supervisor.downloads import content_disposition, download_filename
 from supervisor.health import health_report
 from supervisor.http_limits import BoundedConfig, ContentLengthGuard
 from supervisor.jobs_api import JobsApi
@@ -43,6 +44,7 @@ QUEUE_STATS_INTERVAL_SECONDS = 1.0
 QUEUE_STATS_TIMEOUT_SECONDS = 1.0
 # What a `?download=` name may be (payload.filename's own pattern, plus its extension).
 DOWNLOAD_NAME = re.compile(r"^[\w.\- ]{1,110}$")
+FILE_NAME_LOOKUP_SECONDS = 1.0
 
 __all__ = ["AppState", "HttpServer", "HttpServerError", "build_app", "make_server"]
 
@@ -153,16 +155,33 @@ async def _serve_file(state: AppState, request: Request) -> Response:
         remaining = max(0, int(expires) - int(time.time()))
     except ValueError:
         remaining = 0
-    name = request.query_params.get("download") or target.name
+    name = request.query_params.get("download") or await _stored_file_name(state, path, media_type)
     if not DOWNLOAD_NAME.fullmatch(name):
         return problem_response(422, "download must be a file name (letters, digits, . _ - and space)",
                                 field="download", slug="invalid-request")
     return FileResponse(
         target,
         media_type=media_type,
-        filename=name,
-        headers={"Cache-Control": f"private, max-age={remaining}", "X-Content-Type-Options": "nosniff"},
+        headers={"Cache-Control": f"private, max-age={remaining}", "X-Content-Type-Options": "nosniff",
+                 "Content-Disposition": content_disposition(name)},
     )
+
+
+async def _stored_file_name(state: AppState, path: str, media_type: str) -> str:
+    """A link without ``?download=`` (a mail's, a console's): the job's own download name, looked up
+    by the job id in the key ``{user_id}/{job_id}/{attempt}.{ext}``; the job id alone when the
+    database does not answer in time (the file is still served)."""
+    parts = path.split("/")  # older keys: {user_id}/{job_id}.{ext}
+    job_id = parts[1] if len(parts) == 3 else parts[-1].rpartition(".")[0] or parts[-1]
+    extension = path.rpartition(".")[2] or "pdf"
+    try:
+        row = await asyncio.wait_for(state.queue.get_job(job_id), FILE_NAME_LOOKUP_SECONDS)
+    except Exception as exc:  # a malformed id, a database away: the file matters more than its name
+        log.debug("no download name for %s: %s", path, exc)
+        row = None
+    if row is None:
+        return download_filename(None, media_type, job_id, extension)
+    return download_filename(row.get("payload"), row.get("content_type") or media_type, job_id, extension)
 
 
 def _resolve_inside(root: Path, path: str) -> Path | None:

@@ -7,7 +7,7 @@
   jobs are free-tier jobs of their own.
 * ``GET /v1/jobs/{id}``: the job; ``download_url`` is a fresh signed link once completed.
 * ``GET /v1/jobs/{id}/events``: server-sent status events (supervisor/events.py).
-* ``GET /v1/jobs/{id}/download``: 302 to a signed link (named after ``payload.filename``); 409 until completed.
+* ``GET /v1/jobs/{id}/download``: 302 to a signed link named like the document (downloads.py); 409 until completed.
 * ``POST /v1/jobs/{id}/cancel``: 202 with the resulting status; 409 if already final.
 
 An end user sees only their own jobs: anybody else's is a 404, like a missing one.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 from uuid import UUID
@@ -31,7 +30,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from shared.payload import PayloadError, TestTemplateSource, check_payload, payload_to_builtins
-from shared.vocabulary import FINAL_STATUSES, ExportType, JobStatus, OutputFormat
+from shared.vocabulary import FINAL_STATUSES, ExportType, JobStatus
 from supervisor.api_schemas import (
     CancelResult,
     JobAccepted,
@@ -44,6 +43,7 @@ from supervisor.api_schemas import (
 )
 from supervisor.app_state import AppState
 from supervisor.auth import AuthError, Principal, authenticate, needs_network
+from supervisor.downloads import row_download_filename, with_download_name
 from supervisor.events import StatusPoller, StreamLimits, open_stream
 from supervisor.http_limits import read_body
 from supervisor.links import download_link
@@ -245,10 +245,7 @@ class JobsApi:
                 slug="not-completed",
                 extra={"job_status": row["status"]},
             )
-        url = await self.signed_url(row)
-        name = download_name(row)
-        if name is not None:  # Supabase Storage and /files both take ?download=NAME
-            url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"download": name})
+        url = with_download_name(await self.signed_url(row), row_download_filename(row))
         return RedirectResponse(url, status_code=302, headers={"Cache-Control": "no-store"})
 
     # -- POST /v1/jobs/{id}/cancel --
@@ -283,19 +280,6 @@ class JobsApi:
             self.feed.unwatch(job_id, updates)
             raise
         return open_stream(row, self.feed, updates, self.streams, self.state.sse_keepalive_seconds)
-
-
-def download_name(row: dict[str, Any]) -> str | None:
-    """``payload.filename`` with the file's extension (added when missing), or None."""
-    payload = row.get("payload") or {}
-    name = payload.get("filename") if isinstance(payload, dict) else None
-    if not isinstance(name, str) or not name.strip():
-        return None
-    try:
-        extension = OutputFormat.from_content_type(str(row.get("content_type") or "")).extension
-    except ValueError:
-        return name
-    return name if name.lower().endswith("." + extension) else f"{name}.{extension}"
 
 
 def _already_final(status: str) -> ApiProblem:

@@ -105,21 +105,36 @@ _CATEGORY_STEPS = {
 _LAST_STEP = "Please reply to this mail so that we can look into it; exporting again will not help yet."
 
 
+# A payload the validator refused: "invalid payload: {field}: {the owner's words}" (supervisor/settle.py,
+# shared/field_words.py). The mail shows the owner's words; the dotted field stays for operators.
+_PAYLOAD_PROBLEM = re.compile(r"^invalid payload: (?:[\w.\-]+: )?(?P<words>\S.*)$", re.DOTALL)
+_SETTING_NAME = re.compile(r"\s*\([A-Z][A-Z0-9_]{2,}\)")  # "(MAX_INPUT_BYTES)": for operators, not owners
+_NEEDS_CORRECTING = "something in the document needs correcting"
+
+
+def owner_problem(message: str) -> str | None:
+    """The owner's words of a refused payload, or None for any other failure."""
+    found = _PAYLOAD_PROBLEM.match((message or "").strip())
+    if found is None:
+        return None
+    words = _SETTING_NAME.sub("", found.group("words")).strip()
+    return words if words.endswith((".", "!", "?")) else f"{words}."
+
+
 def _rule(message: str) -> tuple[tuple[str, ...], str, str] | None:
     lowered = (message or "").lower()
     return next((rule for rule in _REASON_RULES if any(n in lowered for n in rule[0])), None)
 
 
 def plain_reason(category: str, message: str) -> str:
-    """A failure in plain words for the user (no internals, no stack traces)."""
+    """A failure in plain words for the user (no internals, no regex, type names or paths)."""
+    if owner_problem(message) is not None:
+        return _NEEDS_CORRECTING
     rule = _rule(message)
     if rule is not None:
         return rule[1]
     if category == "validation":
-        short = (message or "").strip().splitlines()[0] if message and message.strip() else ""
-        if not short:
-            return "the document could not be read"
-        return f"the document could not be read ({short[:200]})"
+        return "the document could not be read"  # never the validator's own words: they may hold a path or a type
     if category == "resource":
         return "the export needed more resources than are available"
     if category == "transient":
@@ -129,6 +144,9 @@ def plain_reason(category: str, message: str) -> str:
 
 def next_step(category: str, message: str) -> str:
     """What the person can do about a failure, in one or two plain sentences."""
+    problem = owner_problem(message)
+    if problem is not None:
+        return f"{problem} Then export again."
     rule = _rule(message)
     return rule[2] if rule is not None else _CATEGORY_STEPS.get(category, _LAST_STEP)
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 
 from shared.config import Settings
 from shared.vocabulary import JobStatus
+from supervisor.downloads import download_filename, with_download_name
 from supervisor.links import Signs, download_link
 from supervisor.mail import MailBackend, MailError, compose_completed, compose_failed, document_name, explain_failure
 from supervisor.metrics import Metrics
@@ -49,6 +50,8 @@ class MailSender:
         if row["kind"] == JobStatus.COMPLETED:
             ttl = self.settings.storage.signed_url_ttl_seconds
             url = await asyncio.to_thread(download_link, self.storage, row["storage_path"], ttl)
+            # Named like the document: Supabase Storage and /files both honour ?download=.
+            url = with_download_name(url, download_filename(row["payload"], row["content_type"], str(job_id)))
             expires = (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat(timespec="seconds")
             mail = compose_completed(job_id, row["export_type"], url, expires, to=row["recipient"],
                                      document=document_name(row["payload"]))

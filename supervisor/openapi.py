@@ -80,7 +80,7 @@ OPERATIONS = (
         "429": problem("Too many open event streams (for this user or on this worker)", "Retry-After"),
     }, job=True),
     Operation("/v1/jobs/{job_id}/download", "get", "download", "Download the file (redirect to a signed link)", {
-        "302": Answer("Redirect to a signed, expiring link (named after payload.filename when set)",
+        "302": Answer("Redirect to a signed, expiring link (named after payload.filename, else the menu, else the job)",
                       headers=("Location",)),
         "409": problem("The job is not completed"),
         "410": problem("The file was deleted by retention"),

@@ -209,7 +209,7 @@ class Settler:
                 file_url=stored.url,
                 file_size_bytes=result.size_bytes,
                 content_type=result.content_type,
-                metadata=completion_metadata(result, stored, self.worker_id),
+                metadata=completion_metadata(result, stored, self.worker_id, claim.payload),
             )
         except ClaimLost:
             await self.delivery.discard(claim, stored.key)

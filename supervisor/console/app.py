@@ -35,6 +35,7 @@ from supervisor.console.masking import mask_email, mask_text, mask_url, payload_
 from supervisor.console.store import ConsoleStore, FilterError, JobFilter, PoolSource
 from supervisor.console.workers_table import LocalSnapshot as LocalSnapshot  # re-exported for supervisor.console
 from supervisor.console.workers_table import WorkersTable
+from supervisor.downloads import row_download_filename, with_download_name
 from supervisor.links import Signs, download_link, has_file
 
 log = logging.getLogger(__name__)
@@ -308,7 +309,7 @@ class Console:
             return self.render(request, session, "error.html", status=503, title="File store unavailable",
                                message="The file store did not sign a download link; try again in a minute.")
         # The link itself is a bearer URL: it is only handed to a signed-in operator's browser.
-        return RedirectResponse(url, 303)
+        return RedirectResponse(with_download_name(url, row_download_filename(row)), 303)
 
     async def job_action(self, request: Request, session: Session) -> Response:
         action = request.path_params["action"]

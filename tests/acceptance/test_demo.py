@@ -25,3 +25,8 @@ def test_demo_renders_the_sample_menus_and_writes_files_and_mails(db_url: str, t
     files = sorted(p.suffix for p in (data / "files").rglob("*") if p.is_file())
     assert files == [".jpg", ".pdf", ".pdf", ".pdf", ".png", ".png"]
     assert len(list((data / "mail").glob("*-completed.eml"))) == 6
+    # one last line: where the files and mails are, and that the mails' links need `serve`
+    last = result.stdout.strip().splitlines()[-1]
+    assert last == (f"Done: files in {data.resolve() / 'files'}, mails (.eml) in {data.resolve() / 'mail'}; "
+                    f"their links (http://localhost:{env['PORT']}/files/...) work only while "
+                    "`export-worker serve` runs."), result.stdout

@@ -32,9 +32,14 @@ def updating() -> bool:
 
 def rasterise_first_page(pdf: Path, out: Path, dpi: int = PDF_DPI) -> Image.Image:
     """Page 1 as PNG through poppler's pdftoppm (installed with Chromium)."""
+    return rasterise_page(pdf, out, 1, dpi)
+
+
+def rasterise_page(pdf: Path, out: Path, page: int, dpi: int = PDF_DPI) -> Image.Image:
+    """Page `page` (from 1) as PNG through poppler's pdftoppm."""
     prefix = out.with_suffix("")
     subprocess.run(
-        ["pdftoppm", "-r", str(dpi), "-f", "1", "-l", "1", "-png", "-singlefile", str(pdf), str(prefix)],
+        ["pdftoppm", "-r", str(dpi), "-f", str(page), "-l", str(page), "-png", "-singlefile", str(pdf), str(prefix)],
         check=True,
         timeout=60,
     )

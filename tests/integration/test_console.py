@@ -320,6 +320,7 @@ async def test_a_console_download_on_day_8_of_a_30_day_file_works(
         assert r.status_code == 303
         fresh = r.headers["location"]
         assert fresh.startswith(f"{BASE}/files/{path}?") and fresh != stored
+        assert fresh.endswith(f"&download=export-{job}.pdf")  # named like the document (supervisor/downloads.py)
         download = await client.get(fresh)
     assert download.status_code == 200 and download.content == b"%PDF-1.4 day eight"
 

@@ -546,8 +546,11 @@ async def test_embedded_defaults_file_and_eml(tmp_path: Path, db_url: str) -> No
 async def test_final_failure_mails_once_in_plain_words(tmp_path: Path, db_url: str) -> None:
     settings = settings_for(tmp_path, db_url, **FAST)
     ((job_id, _user),) = create_jobs(db_url, 1, "reader@example.com")
-    # A payload the creation function would refuse, written behind its back.
-    sql(db_url, "UPDATE export_jobs SET payload = '{\"source\": {\"kind\": \"nonsense\"}}' WHERE id = %s", job_id)
+    # A payload the creation function would refuse, written behind its back: a price as a number.
+    menu = {"restaurant": {"name": "Chez Bars"}, "sections": [{"title": "Entrées", "items": [
+        {"name": "Soupe à l'oignon", "price": 9.5, "currency": "EUR"}]}]}
+    sql(db_url, "UPDATE export_jobs SET payload = %s::jsonb WHERE id = %s",
+        json.dumps({"source": {"kind": "menu", "menu": menu}}), job_id)
     data_dir = Path(settings.data_dir).resolve()
     eml = data_dir / "mail" / f"{job_id}-failed.eml"
     async with running(settings, db_url) as sup:
@@ -562,9 +565,14 @@ async def test_final_failure_mails_once_in_plain_words(tmp_path: Path, db_url: s
     assert sorted(p.name for p in (data_dir / "mail").glob("*.eml")) == [eml.name]
     msg, text = read_eml(eml)
     assert "could not be completed" in msg["Subject"]
-    assert "could not be completed" in text and "could not be read" in text
-    for internal in ("Traceback", "Error:", "PayloadError", "export_jobs", "psycopg"):
-        assert internal not in text, text
+    assert "could not be completed: something in the document needs correcting." in text
+    # the dish as the owner named it, what they wrote, what is expected, with an example
+    assert 'Price of "Soupe à l\'oignon" (section "Entrées"): you wrote 9.5' in " ".join(text.split())
+    assert 'like "9.50"' in text
+    assert "source.menu" in row["error_message"]  # the path stays for operators and programs
+    for internal in ("Traceback", "Error:", "PayloadError", "export_jobs", "psycopg", "regex", "Expected",
+                     "`", "str | null", "float", "$.", "source.menu", "items.0"):
+        assert internal not in text, (internal, text)
 
 
 # ---- 2b. an endless storage outage still ends (DESIGN: a job never retries forever) -----

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import time
 import urllib.parse
 import uuid
@@ -398,14 +399,15 @@ async def test_download_completed_redirects_to_signed_link(env: Env) -> None:
     url = urllib.parse.urlsplit(location)
     assert url.path == f"/files/{ALICE}/{job_id}.pdf"
     query = urllib.parse.parse_qs(url.query)
-    assert set(query) == {"expires", "sig"}
+    assert set(query) == {"expires", "sig", "download"}
+    assert query["download"] == [f"export-{job_id}.pdf"]  # neither a file name nor a menu: the job
 
     got = await env.client.get(location)  # no Authorization: the link itself is the credential
     assert got.status_code == 200
     assert got.content == pdf
     assert got.headers["content-type"] == "application/pdf"
-    assert got.headers["content-disposition"].startswith("attachment")
-    assert f"{job_id}.pdf" in got.headers["content-disposition"]
+    assert got.headers["content-disposition"] == (
+        f"attachment; filename=\"export-{job_id}.pdf\"; filename*=UTF-8''export-{job_id}.pdf")
 
     tampered = location.replace(f"sig={query['sig'][0]}", "sig=" + "0" * 64)
     assert_problem(await env.client.get(tampered), 403)
@@ -429,7 +431,8 @@ async def test_download_is_named_after_payload_filename(env: Env) -> None:
     assert urllib.parse.parse_qs(urllib.parse.urlsplit(r.headers["location"]).query)["download"] == ["Bistro menu.pdf"]
     got = await env.client.get(r.headers["location"])
     assert got.status_code == 200 and got.content == pdf
-    assert got.headers["content-disposition"] == "attachment; filename*=utf-8''Bistro%20menu.pdf"
+    assert got.headers["content-disposition"] == (
+        "attachment; filename=\"Bistro menu.pdf\"; filename*=UTF-8''Bistro%20menu.pdf")
     # The name is the caller's to choose, but only a file name.
     bad = r.headers["location"].replace("download=Bistro+menu.pdf", "download=..%2F%0D%0Ax")
     assert assert_problem(await env.client.get(bad), 422)["field"] == "download"
@@ -452,6 +455,63 @@ async def test_files_refuse_path_escape_even_when_signed(env: Env, tmp_path: Pat
     r = await env.client.get(f"/files/%2e%2e/outside.txt?expires={expires}&sig={sig}")
     assert r.status_code in (403, 404)
     assert b"secret" not in r.content
+
+
+# ---- downloads named like the document, as curl -OJ saves them -------------------------------
+
+
+def menu_body(**payload: Any) -> dict[str, Any]:
+    menu = {"restaurant": {"name": "Chez Bars"}, "name": "Dîner", "sections": [{"title": "Plats"}]}
+    return {"export_type": "pdf", "payload": {"source": {"kind": "menu", "menu": menu}, **payload}}
+
+
+async def curl_saved_name(url: str, directory: Path) -> str:
+    """The name `curl -OJ` (remote name, from Content-Disposition) saves `url` under."""
+    directory.mkdir()
+    curl = await asyncio.create_subprocess_exec("curl", "-sS", "--fail", "-O", "-J", url, cwd=directory,
+                                                stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(curl.communicate(), 20)
+    assert curl.returncode == 0, err
+    (saved,) = [p.name for p in directory.iterdir()]
+    return saved
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+async def test_downloads_are_named_like_the_document_for_curl(
+    settings: Settings, queue: JobQueue, pool: AsyncConnectionPool[Any], tmp_path: Path
+) -> None:
+    state = make_state(settings, queue, pool, tmp_path)
+    server = make_server(build_app(state), 0, "127.0.0.1")
+    base = f"http://127.0.0.1:{server.port}"
+    state.storage = LocalStorage(state.files_root, state.link_signer, base)  # type: ignore[arg-type]
+    serve_task = asyncio.create_task(server.serve())
+    env = Env(state, httpx.AsyncClient(base_url=base, timeout=10), pool, state.files_root,
+              state.link_signer)  # type: ignore[arg-type]
+    pdf = b"%PDF-1.7\n%%EOF\n"
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        cases = [
+            (menu_body(), "chez-bars-diner.pdf", "chez-bars-d%C3%AEner.pdf"),  # restaurant + menu name
+            (menu_body(filename="Carte été"), "Carte ete.pdf", "Carte%20%C3%A9t%C3%A9.pdf"),  # the payload's name
+        ]
+        for number, (body, ascii_name, utf8_name) in enumerate(cases):
+            job_id = (await env.client.post("/v1/jobs", json=body, headers=ALICE_H)).json()["id"]
+            await complete_with_file(env, job_id, pdf)
+            r = await env.client.get(f"/v1/jobs/{job_id}/download", headers=ALICE_H)
+            assert r.status_code == 302, r.text
+            got = await env.client.get(r.headers["location"])
+            assert got.headers["content-disposition"] == (
+                f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{utf8_name}")
+            assert await curl_saved_name(r.headers["location"], tmp_path / f"api-{number}") == ascii_name
+            # a link without ?download= (a mail's, the console's stored link) is named the same way
+            bare = (await env.client.get(f"/v1/jobs/{job_id}", headers=ALICE_H)).json()["download_url"]
+            assert "download=" not in bare
+            assert await curl_saved_name(bare, tmp_path / f"bare-{number}") == ascii_name
+    finally:
+        await env.client.aclose()
+        server.should_exit = True
+        await asyncio.wait_for(serve_task, 10)
 
 
 # ---- SSE over a real server --------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Visual regression: every sample menu x template, as PDF page 1 and as image, against tests/golden.
+"""Visual regression: every sample menu x template, as PDF page 1 and as image, against tests/golden;
+and the test menus of tests/menus in the places they exist for (right to left with Latin
+fields, per-script typography, contrast, page breaks).
 
 `make golden` refreshes the images (UPDATE_GOLDEN=1); the tolerance is in golden.py.
 """
@@ -17,6 +19,7 @@ from golden import (
     OUTPUT_DIR,
     check_golden,
     rasterise_first_page,
+    rasterise_page,
     updating,
 )
 from PIL import Image
@@ -30,6 +33,22 @@ pytestmark = [pytest.mark.timeout(90), pytest.mark.chromium, requires_chromium]
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 SAMPLE_NAMES = sorted(p.stem for p in SAMPLES.glob("*.json"))
+TEST_MENUS = Path(__file__).resolve().parents[1] / "menus"
+# (test menu, template, PDF page or 0 for the image): few renders, each showing several cases.
+MENU_CASES = [
+    # Hebrew and Arabic menus with Latin names, numbers, an address and emoji; gold and yellow accents
+    ("rtl_hebrew", "classic", 1),
+    ("rtl_hebrew", "modern", 0),
+    ("rtl_arabic", "modern", 1),
+    # Devanagari, Thai and Hebrew headings: untracked, upright; a gold accent under the modern header
+    ("scripts", "classic", 1),
+    ("scripts", "modern", 0),
+    # a heading pushed to the next page with its first dish (1-2); a section continued (3); the legend
+    ("breaks", "classic", 1),
+    ("breaks", "classic", 2),
+    ("breaks", "classic", 3),
+    ("breaks", "modern", 2),
+]
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +57,8 @@ def child() -> Iterator[ChildHandle]:
         yield handle
 
 
-def _menu(name: str) -> MenuDocument:
-    return msgspec.json.decode((SAMPLES / f"{name}.json").read_bytes(), type=MenuDocument)
+def _menu(name: str, directory: Path = SAMPLES) -> MenuDocument:
+    return msgspec.json.decode((directory / f"{name}.json").read_bytes(), type=MenuDocument)
 
 
 @pytest.mark.parametrize("template", ["classic", "modern"])
@@ -59,6 +78,21 @@ def test_image(child: ChildHandle, sample: str, template: str) -> None:
     answer = child.render(make_job(source, child.scratch, export_type="image", image=opts))
     assert isinstance(answer, Rendered), answer
     check_golden(f"{sample}-{template}-image", Image.open(answer.output_path))
+
+
+@pytest.mark.parametrize(("menu", "template", "page"), MENU_CASES)
+def test_menu_case(child: ChildHandle, menu: str, template: str, page: int, tmp_path: Path) -> None:
+    source = MenuSource(menu=_menu(menu, TEST_MENUS), template=template)  # type: ignore[arg-type]
+    if page:
+        answer = child.render(make_job(source, child.scratch))
+        assert isinstance(answer, Rendered), answer
+        image = rasterise_page(Path(answer.output_path), tmp_path / "page.png", page)
+        check_golden(f"case-{menu}-{template}-pdf-p{page}", image)
+    else:
+        opts = ImageOptions(format="png", width=IMAGE_WIDTH, device_scale_factor=IMAGE_SCALE)
+        answer = child.render(make_job(source, child.scratch, export_type="image", image=opts))
+        assert isinstance(answer, Rendered), answer
+        check_golden(f"case-{menu}-{template}-image", Image.open(answer.output_path))
 
 
 def test_multilingual_first_page_legible(child: ChildHandle, tmp_path: Path) -> None:

@@ -191,9 +191,11 @@ async def test_renders_html_and_menu_jobs_to_files(start_supervisor: Any, tmp_pa
     run = await start_supervisor()
     sup: Supervisor = run.sup
     ids = []
+    gold = menu_payload()
+    gold["source"]["menu"]["theme"] = {"accent_color": "#b8860b"}  # white text on it would be 3.25:1
     for i in range(10):
         payload = menu_payload() if i % 3 == 0 else html_payload(f"<h1>job {i}</h1><p>{'text ' * 50}</p>")
-        ids.append(await create(sup.queue, payload))
+        ids.append(await create(sup.queue, gold if i == 0 else payload))
     files_root = Path(sup.settings.data_dir) / "files"
     for job_id in ids:
         row = await wait_for_status(sup.queue, job_id, {"completed", "failed"}, 60)
@@ -202,6 +204,16 @@ async def test_renders_html_and_menu_jobs_to_files(start_supervisor: Any, tmp_pa
         meta = row["metadata"]
         assert meta["pages"] >= 1
         assert meta["render_ms"] > 0
+        if job_id == ids[0]:  # the gold accent: black header text, the accent darkened for text, noted
+            assert meta["menu_colors"] == {
+                "header_text_color": "#000000",
+                "accent_darkened_for_text": {"accent": "#b8860b", "text_color": "#916a09", "contrast": 4.52,
+                                             "was": 2.99},
+            }
+        elif job_id in ids[3::3]:
+            assert "accent_darkened_for_text" not in meta["menu_colors"], meta
+        else:
+            assert "menu_colors" not in meta
         assert row["file_size_bytes"] > 0
         stored = files_root / row["storage_path"]
         assert stored.is_file(), stored

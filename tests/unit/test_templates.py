@@ -9,8 +9,16 @@ import markupsafe
 import msgspec
 import pytest
 
-from render_child.templates import ABBREVIATED, LEGEND_WORDS, MENU_TEMPLATES, dietary_legend, render_menu_html
-from shared.locales import LocaleError, format_price, parse_locale
+from render_child.templates import (
+    DIETARY_TAGS,
+    MENU_TEMPLATES,
+    MENU_WORDS,
+    menu_words,
+    render_menu_html,
+    takes_latin_typography,
+)
+from shared.contrast import AA_NORMAL, CARD, contrast_ratio, palette, palette_notes
+from shared.locales import CURRENCY_LOCALES, LocaleError, format_price, parse_locale
 from shared.menu import MenuDocument, MenuItem, MenuSection, Restaurant, Theme
 from shared.payload import PayloadError, parse_payload
 
@@ -60,6 +68,7 @@ def test_every_field_is_escaped(template: str) -> None:
     # the only tags are the template's own
     tags = set(re.findall(r"<\s*([a-zA-Z0-9]+)", html))
     assert tags <= {
+        "bdi", "table", "thead", "tbody", "tr", "td",
         "html",
         "head",
         "meta",
@@ -182,33 +191,11 @@ def test_ltr_menu_and_title() -> None:
 
 
 @pytest.mark.parametrize("template", MENU_TEMPLATES)
-def test_dietary_legend_when_badges_appear(template: str) -> None:
-    menu = evil_menu()  # vegan and spicy: VG needs explaining, Spicy does not
-    assert dietary_legend(menu).entries == [("VG", "vegan")]
-    html = render_menu_html(menu, template)
-    assert '<p class="legend" lang="en" dir="ltr">' in html and ">VG</span>vegan<" in html
-    plain = msgspec.structs.replace(menu, sections=[MenuSection(title="S", items=[MenuItem(name="Tea")])])
-    assert dietary_legend(plain).entries == []
-    assert 'class="legend"' not in render_menu_html(plain, template)
-
-
-@pytest.mark.parametrize(
-    ("locale", "lang", "direction", "vegan"),
-    [(None, "en", "ltr", "vegan"), ("fr_CA", "fr", "ltr", "végétalien"), ("de_DE", "de", "ltr", "vegan"),
-     ("ar_AE@numbers=arab", "ar", "rtl", "نباتي صرف"), ("he_IL", "he", "rtl", "טבעוני"),
-     ("fa_IR", "en", "ltr", "vegan"), ("ja_JP", "ja", "ltr", "ヴィーガン")],
-)
-def test_dietary_legend_speaks_the_menus_language(locale: str | None, lang: str, direction: str, vegan: str) -> None:
-    legend = dietary_legend(msgspec.structs.replace(evil_menu(), locale=locale))
-    assert (legend.lang, legend.direction, legend.entries) == (lang, direction, [("VG", vegan)])
-
-
-@pytest.mark.parametrize("template", MENU_TEMPLATES)
 def test_section_heading_css_matches_the_markup(template: str) -> None:
     """The heading and description sit in div.section-lead; the CSS must select them there."""
     html = render_menu_html(evil_menu(), template)
-    assert '<div class="section-lead">\n    <h2>' in html
-    assert ".section-lead > h2 {" in html
+    assert '<div class="section-lead">\n  <h2 class="latin">' in html
+    assert ".section-lead > h2 {" in html or ".section-lead > h2, p.continued {" in html
     assert ".section-lead > .section-description {" in html
     assert "section.menu-section > h2" not in html
 
@@ -228,9 +215,114 @@ def test_samples_render(sample: str, template: str) -> None:
     assert "<" not in text and ">" not in text
 
 
-def test_every_legend_language_has_every_word() -> None:
-    assert "en" in LEGEND_WORDS
-    for lang, words in LEGEND_WORDS.items():
-        assert set(words) == set(ABBREVIATED), lang
-        assert all(w.strip() for w in words.values()), lang
+@pytest.mark.parametrize("template", MENU_TEMPLATES)
+def test_every_used_badge_is_in_the_legend(template: str) -> None:
+    menu = evil_menu()  # vegan and spicy
+    assert menu_words(menu).legend == [("VG", "vegan"), ("SPICY", "spicy")]
+    html = render_menu_html(menu, template)
+    assert '<p class="legend" lang="en" dir="ltr">' in html and ">VG</span><bdi>vegan</bdi><" in html
+    assert ">SPICY</span></span>" in html  # the badge says it all: its meaning is not repeated
+    plain = msgspec.structs.replace(menu, sections=[MenuSection(title="S", items=[MenuItem(name="Tea")])])
+    assert menu_words(plain).legend == []
+    assert 'class="legend"' not in render_menu_html(plain, template)
+
+
+@pytest.mark.parametrize(
+    ("locale", "lang", "direction", "vegan", "spicy"),
+    [(None, "en", "ltr", ("VG", "vegan"), "SPICY"), ("fr_CA", "fr", "ltr", ("VG", "végétalien"), "ÉPICÉ"),
+     ("de_DE", "de", "ltr", ("VG", "vegan"), "SCHARF"),
+     ("ar_AE@numbers=arab", "ar", "rtl", ("نباتي صرف", "نباتي صرف"), "حار"),
+     ("he_IL", "he", "rtl", ("טבעוני", "טבעוני"), "חריף"), ("hi_IN", "hi", "ltr", ("वीगन", "वीगन"), "तीखा"),
+     ("fa_IR", "en", "ltr", ("VG", "vegan"), "SPICY"), ("ja_JP", "ja", "ltr", ("ヴィーガン", "ヴィーガン"), "辛口")],
+)
+def test_badges_speak_the_menus_language(
+    locale: str | None, lang: str, direction: str, vegan: tuple[str, str], spicy: str
+) -> None:
+    words = menu_words(msgspec.structs.replace(evil_menu(), locale=locale))
+    assert (words.lang, words.direction) == (lang, direction)
+    assert words.legend[0] == vegan
+    assert words.badges["spicy"] == spicy == words.legend[1][0]
+
+
+def test_halal_kosher_spicy_in_the_legend_and_no_latin_badges_in_arabic() -> None:
+    menu = msgspec.structs.replace(evil_menu(), locale="ar_AE", sections=[MenuSection(title="S", items=[
+        MenuItem(name="Shawarma", dietary=["halal", "spicy"]), MenuItem(name="Bagel", dietary=["kosher"])])])
+    words = menu_words(menu)
+    assert [badge for badge, _ in words.legend] == ["حار", "حلال", "كوشر"]
+    html = render_menu_html(menu, "modern")
+    assert "SPICY" not in html and "HALAL" not in html and "KOSHER" not in html
+
+
+# The locales the project lists: the README's legend languages and the currencies' home locales.
+LISTED_LANGUAGES = {"en", "fr", "de", "es", "it", "nl", "pt", "ar", "he", "ja", "zh", "ko"}
+
+
+def test_every_listed_language_has_every_word() -> None:
+    assert set(MENU_WORDS) >= LISTED_LANGUAGES | {code.split("_")[0] for code in CURRENCY_LOCALES.values()}
+    for lang, words in MENU_WORDS.items():
+        assert set(words["badges"]) == set(DIETARY_TAGS), lang
+        assert all(w["badge"].strip() and w["meaning"].strip() for w in words["badges"].values()), lang
+        assert words["continued"].strip(), lang
         parse_locale(lang)  # a language CLDR knows
+
+
+@pytest.mark.parametrize(
+    ("text", "latin"),
+    [("Desserts", True), ("Entrées 🍰 2", True), ("Ψάρια", True), ("Закуски", True), ("शाकाहारी थाली", False),
+     ("อาหารไทย", False), ("מנות עיקריות", False), ("日本 · Japan 🍣", False), ("مشاوي", False), ("12 · 🍣", True)],
+)
+def test_tracking_and_italics_only_for_latin_greek_cyrillic(text: str, latin: bool) -> None:
+    assert takes_latin_typography(text) is latin
+
+
+@pytest.mark.parametrize("template", MENU_TEMPLATES)
+def test_no_synthetic_styles_and_no_tracking_outside_latin(template: str) -> None:
+    section = MenuSection(title="शाकाहारी थाली", description="ताज़ी", items=[MenuItem(name="x")])
+    html = render_menu_html(msgspec.structs.replace(evil_menu(), sections=[section]), template)
+    assert "font-synthesis: none" in html
+    assert '<h2 class="other-script">' in html
+    # letter-spacing, small caps, uppercase and italics are only ever declared for .latin
+    style = html.split("<style>")[1].split("</style>")[0]
+    for selector, body in re.findall(r"([^{}]+)\{([^}]*)\}", style):
+        if re.search(r"letter-spacing: 0\.\d|small-caps|uppercase|font-style: italic", body):
+            assert ".latin" in selector, selector
+
+
+@pytest.mark.parametrize(
+    ("accent", "on_accent", "darkened"),
+    [("#ffffff", "#000000", True), ("#ffff00", "#000000", True), ("#b8860b", "#000000", True),
+     ("#000000", "#ffffff", False), ("#8a2be2", "#ffffff", False)],
+)
+def test_header_text_meets_wcag_aa_on_the_accent(accent: str, on_accent: str, darkened: bool) -> None:
+    colours = palette(accent)
+    assert colours.on_accent == on_accent
+    assert contrast_ratio(colours.on_accent, accent) >= AA_NORMAL
+    assert contrast_ratio(colours.accent_text, CARD) >= AA_NORMAL
+    assert contrast_ratio(colours.accent_text, "#ffffff") >= AA_NORMAL
+    assert colours.darkened is darkened
+    notes = palette_notes(accent)
+    assert notes["header_text_color"] == on_accent
+    assert ("accent_darkened_for_text" in notes) is darkened
+    html = render_menu_html(msgspec.structs.replace(evil_menu(), theme=Theme(accent_color=accent)), "modern")
+    assert f"--on-accent: {on_accent};" in html and f"--accent-text: {colours.accent_text};" in html
+    assert "opacity" not in html  # faded header text would undo the contrast
+
+
+def test_gold_accent_measured_as_the_issue_did() -> None:
+    assert round(contrast_ratio("#ffffff", "#b8860b"), 2) == 3.25  # white on gold: the issue's 3.25:1
+    assert palette("#b8860b").accent_text == "#916a09"
+    assert round(contrast_ratio("#916a09", CARD), 2) >= 4.5
+
+
+@pytest.mark.parametrize("template", MENU_TEMPLATES)
+def test_every_field_is_isolated_in_its_own_direction(template: str) -> None:
+    menu = msgspec.json.decode((Path(__file__).resolve().parents[1] / "menus" / "rtl_hebrew.json").read_bytes(),
+                               type=MenuDocument)
+    html = render_menu_html(menu, template)
+    assert '<html lang="he-IL" dir="rtl">' in html
+    for text in ("🐄🔥 that made us famous", "12 MG Road, Bengaluru 560001", "日本 · Japan 🍣",
+                 "Fish flown in fresh by our Tokyo team.", "Salmon nigiri (2 pcs)", "ראמן Tonkotsu 🍜",
+                 "Open 12:00\u201323:00 · פתוח כל יום · 03-555-0147", "גריל הכרמל · Carmel Grill"):
+        assert f">{markupsafe.escape(text)}</bdi>" in html, text
+    # <bdi> is dir="auto" and unicode-bidi: isolate by the HTML standard; the price too
+    assert re.search(r'<span class="item-price"><bdi>[^<]+</bdi></span>', html)
