@@ -123,3 +123,43 @@ class WebhookStatus(StrEnum):
     DELIVERED = "delivered"  # the receiver answered 2xx
     DISABLED = "disabled"  # the receiver answered 410 Gone
     FAILED = "failed"  # given up: the retry period ended, or the target became unsafe
+
+
+class WebhookOutcome(StrEnum):
+    """How one webhook delivery attempt ended (the ``export_webhook_deliveries_total`` outcome label)."""
+
+    DELIVERED = "delivered"  # 2xx
+    DISABLED = "disabled"  # 410 Gone
+    RETRY = "retry"  # anything else; tried again later
+    FAILED = "failed"  # given up
+
+
+class ChildDeath(StrEnum):
+    """Why a render child's process ended, as ``export_child_deaths_total`` counts it (every death once)."""
+
+    CRASHED = "crashed"  # died on its own, or its pipe broke (a SIGKILL from outside, a segfault)
+    MEMORY = "memory"  # killed over CHILD_MEMORY_LIMIT_MB or the container's critical mark
+    DEADLINE = "deadline"  # killed past JOB_TIMEOUT_SECONDS
+    RECYCLED = "recycled"  # retired after RENDERS_PER_CHILD or CHILD_MAX_AGE_SECONDS
+    BOOT_FAILURE = "boot_failure"  # Chromium or the canary did not start
+    STOPPED = "stopped"  # the supervisor stopped it: shutdown, cancel, a lost claim, ignoring Stop
+
+
+class RecycleReason(StrEnum):
+    """Why a child was retired and replaced (``export_child_recycles_total``)."""
+
+    RENDERS = "renders"  # RENDERS_PER_CHILD reached
+    AGE = "age"  # CHILD_MAX_AGE_SECONDS reached
+
+
+class StorageOperation(StrEnum):
+    """A storage call whose failure ``export_storage_errors_total`` counts."""
+
+    UPLOAD = "upload"
+
+
+class QueueOperation(StrEnum):
+    """A queue write of this worker whose failure ``export_queue_errors_total`` counts."""
+
+    CLAIM = "claim"  # claiming jobs for idle children
+    SETTLE = "settle"  # completing, failing, deferring or releasing a claimed job

@@ -127,6 +127,7 @@ async def assemble(
     pool.kill_verdict = watchdog.verdict_for
     upkeep = Upkeep(settings, queue, pool, settler, storage, database, metrics)
     health = WorkerHealth(settings, breaker, storage.name, pool, watchdog, sandbox)
+    metrics.watch_render_pool(health.able_to_render)
     workers = WorkerRegistry(db, worker_id, forget_hours=settings.console.console_worker_forget_hours)
     return WorkerParts(db, database, queue, link_signer, breaker, storage, outbox, webhooks, listener, settler,
                        pool, watchdog, upkeep, health, workers)

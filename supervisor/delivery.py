@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.messages import Rendered
+from shared.vocabulary import StorageOperation
 from supervisor.breaker import STATE_VALUES, BreakerStorage, CircuitBreaker
 from supervisor.fence import FenceCheck
 from supervisor.links import download_link
@@ -76,7 +77,7 @@ class Delivery:
         try:
             return await asyncio.to_thread(upload)
         except Exception:
-            self.metrics.storage_errors.labels("upload").inc()
+            self.metrics.storage_errors.labels(StorageOperation.UPLOAD).inc()
             raise
         finally:
             self.metrics.breaker_state.set(STATE_VALUES[self.breaker.state])

@@ -118,8 +118,7 @@ async def _refresh_queue_gauges(state: AppState) -> None:
         except Exception as exc:  # a scrape must not fail because the database is down
             log.debug("queue stats unavailable for /metrics: %s", exc)
             return
-        state.metrics.queue_depth.set(stats.get("pending", 0) or 0)
-        state.metrics.oldest_pending_age.set(stats.get("oldest_pending_seconds", 0.0) or 0.0)
+        state.metrics.record_queue_stats(stats.get("pending", 0) or 0, stats.get("oldest_pending_seconds", 0.0) or 0.0)
         try:
             created = await asyncio.wait_for(read_jobs_created(state.queue.pool), QUEUE_STATS_TIMEOUT_SECONDS)
         except Exception as exc:  # as above: the scrape still answers

@@ -26,7 +26,7 @@ from typing import Any
 from shared.config import Settings
 from shared.messages import NetworkPolicy, Rendered, RenderFailed, RenderJob, RenderLimits
 from shared.payload import PayloadError, parse_payload
-from shared.vocabulary import ErrorCategory, FailureReason, JobStatus, KillReason
+from shared.vocabulary import ErrorCategory, FailureReason, JobStatus, KillReason, QueueOperation
 from supervisor.breaker import CircuitBreaker
 from supervisor.children import Assignment, ChildHandle, ChildLost
 from supervisor.delivery import Cancelled, Delivery, completion_metadata
@@ -185,6 +185,7 @@ class Settler:
             log.warning("claim lost; result discarded", extra={"job_id": claim.job_id, "error": str(exc)})
         except Exception as exc:
             # The database is away: the claim stays processing and the stale rescue returns it.
+            self.metrics.queue_errors.labels(QueueOperation.SETTLE).inc()
             log.error("could not settle job", extra={"job_id": claim.job_id, "error": str(exc)})
         finally:
             self.inflight.pop(claim.job_id, None)

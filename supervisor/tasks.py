@@ -45,6 +45,7 @@ class TaskOwner:
 
     def run_loop(self, name: str, body: Callable[[], Awaitable[None]], policy: OnFailure) -> None:
         """Run `body` (a coroutine function that loops forever) under `policy`."""
+        self.metrics.task_known(name)
         self._track(asyncio.create_task(self._supervise(name, body, policy), name=name))
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str, *, kind: str | None = None) -> None:
@@ -53,6 +54,7 @@ class TaskOwner:
         `kind` is the metric label: one per sort of task (``settle``), never per job,
         so the label set stays bounded.
         """
+        self.metrics.task_known(kind or name)
         task = asyncio.create_task(coro, name=name)
         self._track(task)
         task.add_done_callback(lambda done: self._report(done, kind or name))

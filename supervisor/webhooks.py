@@ -32,7 +32,15 @@ from psycopg_pool import AsyncConnectionPool
 from standardwebhooks.webhooks import Webhook
 
 from shared.config import Settings
-from shared.vocabulary import ErrorCategory, ExportType, JobStatus, OutputFormat, WebhookEvent, WebhookStatus
+from shared.vocabulary import (
+    ErrorCategory,
+    ExportType,
+    JobStatus,
+    OutputFormat,
+    WebhookEvent,
+    WebhookOutcome,
+    WebhookStatus,
+)
 from supervisor.links import download_link
 from supervisor.metrics import Metrics
 from supervisor.outbox import drain_forever
@@ -43,7 +51,7 @@ from supervisor.webhook_targets import Target, TargetRefused, TargetUnreachable,
 log = logging.getLogger(__name__)
 
 USER_AGENT = "export-worker-webhooks/1"
-RETRY = "retry"  # the metric's outcome for an attempt that will be tried again (the row stays pending)
+RETRY = WebhookOutcome.RETRY  # the metric's outcome for an attempt that will be tried again (the row stays pending)
 EXPECTED_STATUS = {WebhookEvent.COMPLETED: JobStatus.COMPLETED, WebhookEvent.FAILED: JobStatus.FAILED}
 
 
