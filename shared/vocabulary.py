@@ -163,3 +163,14 @@ class QueueOperation(StrEnum):
 
     CLAIM = "claim"  # claiming jobs for idle children
     SETTLE = "settle"  # completing, failing, deferring or releasing a claimed job
+
+
+class DatabaseErrorCause(StrEnum):
+    """Why a database operation failed (label `cause` of export_database_errors_total; /health names it)."""
+
+    REFUSED = "refused"  # nothing listens, or the host is unreachable
+    AUTHENTICATION = "authentication"  # wrong password, unknown role, not allowed by pg_hba
+    POOL_EXHAUSTED = "pool_exhausted"  # no connection free in time (ours or the pooler's)
+    PROTOCOL = "protocol"  # the server (or a pooler) answered something the client did not expect
+    TIMEOUT = "timeout"  # a statement or a connect attempt ran out of time
+    OTHER = "other"

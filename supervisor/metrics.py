@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from shared.vocabulary import (
     ChildDeath,
+    DatabaseErrorCause,
     ErrorCategory,
     ExportType,
     JobStatus,
@@ -196,6 +197,22 @@ class Metrics:
             ["event", "outcome"],
             registry=r,
         )
+        # The database (supervisor/database.py's DatabaseStatus sets both).
+        self.database_up = Gauge(
+            "export_database_up",
+            "1 when this worker's last database operations succeeded, 0 while the database is unreachable or failing",
+            registry=r,
+        )
+        self.database_up.set(1)
+        self.database_errors = Counter(
+            "export_database_errors_total",
+            "Database operations that failed, by cause: refused, authentication, pool_exhausted, protocol, "
+            "timeout, other",
+            ["cause"],
+            registry=r,
+        )
+        for cause in DatabaseErrorCause:  # every series exists from the start, at 0
+            self.database_errors.labels(cause.value)
         self._zero_known_series()
 
     def _zero_known_series(self) -> None:
