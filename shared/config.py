@@ -185,7 +185,7 @@ class ConsoleSettings(_Section):
 
 
 class MonitoringSettings(_Section):
-    sentry_dsn: Annotated[str, _doc("accepted, not used yet: Sentry is not wired (logged at start)")] = ""
+    sentry_dsn: Annotated[str, _doc("send unhandled errors, background-task failures and internal render failures to Sentry (RUNBOOK.md); empty = off")] = ""
     datadog_api_key: Annotated[str, _doc("accepted, not used yet: scrape /metrics instead (logged at start)")] = ""
 
 
@@ -434,8 +434,6 @@ def masked(settings: Settings) -> dict[str, Any]:
 def accepted_but_inactive(settings: Settings) -> list[str]:
     """Settings that are set but have no effect in this build (logged at start, no silent no-ops)."""
     notes = []
-    if settings.monitoring.sentry_dsn:
-        notes.append("SENTRY_DSN is set but Sentry is not wired in this build; errors go to the JSON logs only")
     if settings.monitoring.datadog_api_key:
         notes.append("DATADOG_API_KEY is set but not used; point the Datadog agent at /metrics (OpenMetrics)")
     return notes

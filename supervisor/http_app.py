@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from shared.config import HttpSettings
+from supervisor import error_reporting
 from supervisor.api_schemas import json_response
 from supervisor.app_state import AppState
 from supervisor.health import health_report
@@ -76,6 +77,7 @@ def build_app(state: AppState) -> ASGIApp:
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error in %s %s", request.method, request.url.path)
+        error_reporting.report_exception(exc)
         return problem_response(500, "an unexpected error occurred; it was logged")
 
     routes: list[BaseRoute] = [

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from supervisor import error_reporting
 from supervisor.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,8 @@ class TaskOwner:
 
     def _failed(self, name: str, exc: BaseException | None, kind: str | None = None) -> None:
         self.metrics.background_failures.labels(kind or name).inc()
+        if exc is not None:
+            error_reporting.report_exception(exc, task=kind or name)
         log.error("background task failed", exc_info=exc, extra={"task": name, "error": repr(exc)})
 
     async def _supervise(self, name: str, body: Callable[[], Awaitable[None]], policy: OnFailure) -> None:
