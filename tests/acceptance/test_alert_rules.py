@@ -245,6 +245,12 @@ def test_dashboard_covers_the_required_signals() -> None:
         "export_claim_to_start_seconds_bucket",
         "export_mails_sent_total",
         "export_mail_errors_total",
+        "export_child_deaths_total",
+        "export_webhook_deliveries_total",
+        "export_database_up",
+        "export_database_errors_total",
+        "export_queue_stats_age_seconds",
+        "export_queue_errors_total",
     }
     assert not required - used, f"dashboard lacks panels for {required - used}"
 
