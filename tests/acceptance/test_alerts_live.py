@@ -12,6 +12,7 @@ Prometheus' /api/v1/alerts, with a generous timeout.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -34,6 +35,9 @@ from tcp_proxy import TcpProxy
 from shared.chromium import chromium_binary
 from tests.conftest import ADMIN_URL, _url_for
 from tests.fakes.supabase_storage import FakeSupabaseStorage
+from tests.fakes.webhook_receiver import WebhookReceiver
+
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"alerts-live-webhook-secret-0123").decode()
 
 pytestmark = [
     pytest.mark.timeout(240),
@@ -75,11 +79,14 @@ class Worker:
                 pass
         return found
 
-    def create_jobs(self, count: int, source: dict[str, Any]) -> list[str]:
+    def create_jobs(self, count: int, source: dict[str, Any], email: str | None = None,
+                    webhook_url: str | None = None) -> list[str]:
+        sql = ("SELECT id FROM create_export_job(%s::uuid, 'pdf', %s::jsonb, p_subscriber => true, "
+               "p_email => %s, p_webhook_url => %s)")
         with psycopg.connect(self.db_url, autocommit=True) as conn:
             return [
-                str(conn.execute("SELECT id FROM create_export_job(%s::uuid, 'pdf', %s::jsonb, p_subscriber => true)",
-                                 (str(uuid.uuid4()), json.dumps({"source": source}))).fetchone()[0])  # type: ignore[index]
+                str(conn.execute(sql, (str(uuid.uuid4()), json.dumps({"source": source}), email,
+                                       webhook_url)).fetchone()[0])  # type: ignore[index]
                 for _ in range(count)
             ]
 
@@ -114,6 +121,8 @@ class WorkerA:
     worker: Worker
     proxy: TcpProxy
     storage: FakeSupabaseStorage
+    receiver: WebhookReceiver
+    smtp_port: int  # nothing listens there until a test starts an SMTP server
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +133,8 @@ def worker_a(prometheus: Prometheus, module_db: str, tmp_path_factory: pytest.Te
     with ExitStack() as stack:
         proxy = stack.enter_context(TcpProxy(str(pg.get("host", "127.0.0.1")), int(pg.get("port", 5432))))
         storage = stack.enter_context(FakeSupabaseStorage(service_key="alerts-key"))
+        receiver = stack.enter_context(WebhookReceiver(WEBHOOK_SECRET))
+        smtp_port = free_port()
         port = free_port()
         env = serve_env(
             direct.replace(f":{pg.get('port', 5432)}/", f":{proxy.port}/"), tmp / "data", port,
@@ -131,11 +142,14 @@ def worker_a(prometheus: Prometheus, module_db: str, tmp_path_factory: pytest.Te
             SUPABASE_URL=storage.url, SUPABASE_SERVICE_ROLE_KEY="alerts-key",
             BREAKER_FAILURE_THRESHOLD="2", BREAKER_COOLDOWN_SECONDS="2",
             RETRY_BACKOFF_BASE_MS="100", RETRY_BACKOFF_CAP_MS="500", CONNECT_TIMEOUT_SECONDS="2",
+            SMTP_HOST="127.0.0.1", SMTP_PORT=str(smtp_port), SMTP_STARTTLS="false",
+            WEBHOOK_SECRET=WEBHOOK_SECRET, TRUSTED_PRIVATE_HOSTS=f"127.0.0.1:{receiver.port}",
+            WEBHOOK_BACKOFF_BASE_SECONDS="0.5", WEBHOOK_BACKOFF_CAP_SECONDS="1",
         )
         log = tmp / "serve.log"
         proc = stack.enter_context(running_serve(env, log))
         prometheus.set_targets({"a": port})
-        yield WorkerA(Worker("a", port, proc, log, direct), proxy, storage)
+        yield WorkerA(Worker("a", port, proc, log, direct), proxy, storage, receiver, smtp_port)
         prometheus.set_targets({})
 
 
@@ -270,7 +284,8 @@ def test_children_dying_fire_then_clear(prometheus: Prometheus, worker_a: Worker
         return None
 
     prometheus.wait_for(kill_round, FIRE_TIMEOUT, "ExportChildrenCrashing firing")
-    assert (prometheus.value('export_child_deaths_total{instance="a", reason="crashed"}') or 0) >= 4
+    crashed = 'export_child_deaths_total{instance="a", reason="crashed"}'
+    prometheus.wait_for(lambda: prometheus.value(crashed) == len(killed), 60, "every SIGKILL counted as crashed")
     lines = [json.loads(line) for line in a.log.read_text().splitlines() if '"render child ended"' in line]
     deaths = {line["pid"]: line for line in lines}
     for pid in killed:
@@ -295,6 +310,30 @@ def test_database_path_cut_fires_then_clears(prometheus: Prometheus, worker_a: W
     await_cleared(prometheus, a, expected | tolerated)
     jobs = a.create_jobs(1, HTML)
     prometheus.wait_for(lambda: a.statuses(jobs) == ["completed"], 60, "a job completed after the outage")
+
+
+def test_mail_and_webhooks_failing_fire_then_clear(prometheus: Prometheus, worker_a: WorkerA) -> None:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.handlers import Sink
+
+    a, receiver = worker_a.worker, worker_a.receiver
+    expected = {"ExportMailFailing", "ExportWebhooksFailing"}
+    receiver.statuses.extend([500] * 1000)  # the webhook target answers 500 ...
+    jobs = a.create_jobs(2, HTML, email="owner@example.com", webhook_url=receiver.hook_url())  # ... SMTP is closed
+    await_firing(prometheus, a, expected, tolerated=set())
+    with receiver.lock:
+        receiver.statuses.clear()  # 200 from now on
+    smtp = Controller(Sink(), hostname="127.0.0.1", port=worker_a.smtp_port)
+    smtp.start()
+    try:
+        await_cleared(prometheus, a, expected)
+        delivered = 'sum(export_webhook_deliveries_total{instance="a", outcome="delivered"})'
+        prometheus.wait_for(lambda: prometheus.value(delivered) == 2, 60, "both webhooks delivered")
+        prometheus.wait_for(lambda: prometheus.value('sum(export_mails_sent_total{instance="a"})') == 2, 60,
+                            "both mails sent")
+    finally:
+        smtp.stop()
+    assert a.statuses(jobs) == ["completed"] * 2
 
 
 # --------------------------------------------------------------------------- worker B
@@ -322,3 +361,12 @@ def test_chromium_that_cannot_start_fires_then_clears(
         broken.unlink()
     await_cleared(prometheus, b, expected)
     assert prometheus.value('export_canary_healthy{instance="b"}') == 1
+
+
+def test_a_frozen_worker_fires_worker_down_then_clears(prometheus: Prometheus, worker_b: Worker) -> None:
+    os.kill(worker_b.proc.pid, signal.SIGSTOP)  # its HTTP server stops answering; scrapes time out
+    try:
+        await_firing(prometheus, worker_b, {"ExportWorkerDown"}, tolerated=set())
+    finally:
+        os.kill(worker_b.proc.pid, signal.SIGCONT)
+    await_cleared(prometheus, worker_b, {"ExportWorkerDown"})
