@@ -162,8 +162,14 @@ def test_one_worker_on_default_settings_stays_healthy_on_a_session_pool_of_5(db_
         log = tmp_path / "worker.log"
         env = serve_env(bouncer.url(_dbname(db_url)), tmp_path / "data", port, EXPORT_API_KEYS=API_KEY)
         with null_serve(env, log):
-            ids = asyncio.run(create_jobs([port], 12))
+            async def drive() -> tuple[list[str], list[str]]:
+                first = (await create_jobs([port], 1))[0]
+                watching = asyncio.create_task(stream_until_final(port, first))  # fed by LISTEN here
+                return [first, *await create_jobs([port], 11)], await asyncio.wait_for(watching, 60)
+
+            ids, streamed = asyncio.run(drive())
             rows = wait_all_done(db_url, ids)
+            assert streamed[-1] == "completed", streamed
             assert all(r[1] == "completed" and r[2] == 1 for r in rows), rows
             status, body = health(port)
             details = body["checks"]["database"]["details"]
