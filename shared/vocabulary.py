@@ -174,3 +174,11 @@ class DatabaseErrorCause(StrEnum):
     PROTOCOL = "protocol"  # the server (or a pooler) answered something the client did not expect
     TIMEOUT = "timeout"  # a statement or a connect attempt ran out of time
     OTHER = "other"
+
+
+class DatabaseEndpoint(StrEnum):
+    """What DATABASE_URL reaches (detected at start, or DATABASE_MODE)."""
+
+    DIRECT = "direct"
+    SESSION = "session"  # a pooler in session mode: one server connection per client connection
+    TRANSACTION = "transaction"  # a pooler in transaction mode: LISTEN and session state do not work
