@@ -123,3 +123,62 @@ class WebhookStatus(StrEnum):
     DELIVERED = "delivered"  # the receiver answered 2xx
     DISABLED = "disabled"  # the receiver answered 410 Gone
     FAILED = "failed"  # given up: the retry period ended, or the target became unsafe
+
+
+class DeliveryOutcome(StrEnum):
+    """How one outbox delivery attempt ended, mail or webhook (``export_webhook_deliveries_total``'s outcome)."""
+
+    DELIVERED = "delivered"  # 2xx
+    DISABLED = "disabled"  # 410 Gone
+    RETRY = "retry"  # anything else; tried again later
+    FAILED = "failed"  # given up
+
+
+class ChildDeath(StrEnum):
+    """Why a render child's process ended, as ``export_child_deaths_total`` counts it (every death once)."""
+
+    CRASHED = "crashed"  # died on its own, or its pipe broke (a SIGKILL from outside, a segfault)
+    MEMORY = "memory"  # killed over CHILD_MEMORY_LIMIT_MB or the container's critical mark
+    DEADLINE = "deadline"  # killed past JOB_TIMEOUT_SECONDS
+    RECYCLED = "recycled"  # retired after RENDERS_PER_CHILD or CHILD_MAX_AGE_SECONDS
+    BOOT_FAILURE = "boot_failure"  # Chromium or the canary did not start
+    STOPPED = "stopped"  # the supervisor stopped it: shutdown, cancel, a lost claim, ignoring Stop
+
+
+class RecycleReason(StrEnum):
+    """Why a child was retired and replaced (``export_child_recycles_total``)."""
+
+    RENDERS = "renders"  # RENDERS_PER_CHILD reached
+    AGE = "age"  # CHILD_MAX_AGE_SECONDS reached
+
+
+class StorageOperation(StrEnum):
+    """A storage call whose failure ``export_storage_errors_total`` counts."""
+
+    UPLOAD = "upload"
+
+
+class QueueOperation(StrEnum):
+    """A queue write of this worker whose failure ``export_queue_errors_total`` counts."""
+
+    CLAIM = "claim"  # claiming jobs for idle children
+    SETTLE = "settle"  # completing, failing, deferring or releasing a claimed job
+
+
+class DatabaseErrorCause(StrEnum):
+    """Why a database operation failed (label `cause` of export_database_errors_total; /health names it)."""
+
+    REFUSED = "refused"  # nothing listens, or the host is unreachable
+    AUTHENTICATION = "authentication"  # wrong password, unknown role, not allowed by pg_hba
+    POOL_EXHAUSTED = "pool_exhausted"  # no connection free in time (ours or the pooler's)
+    PROTOCOL = "protocol"  # the server (or a pooler) answered something the client did not expect
+    TIMEOUT = "timeout"  # a statement or a connect attempt ran out of time
+    OTHER = "other"
+
+
+class DatabaseEndpoint(StrEnum):
+    """What DATABASE_URL reaches (detected at start, or DATABASE_MODE)."""
+
+    DIRECT = "direct"
+    SESSION = "session"  # a pooler in session mode: one server connection per client connection
+    TRANSACTION = "transaction"  # a pooler in transaction mode: LISTEN and session state do not work

@@ -15,6 +15,7 @@ import multiprocessing.connection
 import os
 import random
 import shutil
+import signal
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,7 +28,7 @@ import msgspec
 
 from shared.child_env import CleanEnvProcess
 from shared.messages import TO_CHILD_ENCODER, ChildOptions, Log, Rendered, RenderFailed, RenderJob, chromium_home
-from shared.vocabulary import KillReason, LogLevel
+from shared.vocabulary import ChildDeath, KillReason, LogLevel
 from supervisor.memory import kill_marked
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,44 @@ def remove_chromium_home(handle: ChildHandle, scratch_dir: str) -> None:
         home = chromium_home(scratch_dir, handle.pid)
         kill_marked(home)
         shutil.rmtree(home, ignore_errors=True)
+
+
+_DEATH_OF_KILL = {
+    KillReason.MEMORY: ChildDeath.MEMORY,
+    KillReason.CONTAINER_MEMORY: ChildDeath.MEMORY,
+    KillReason.TIMEOUT: ChildDeath.DEADLINE,
+    KillReason.RECYCLE: ChildDeath.RECYCLED,
+    KillReason.BOOT_FAILED: ChildDeath.BOOT_FAILURE,
+    KillReason.CRASHED: ChildDeath.CRASHED,
+    KillReason.CANCELLED: ChildDeath.STOPPED,
+    KillReason.CLAIM_LOST: ChildDeath.STOPPED,
+    KillReason.SHUTDOWN: ChildDeath.STOPPED,
+    KillReason.UNRESPONSIVE: ChildDeath.STOPPED,
+}
+_UNEXPECTED_DEATHS = frozenset({ChildDeath.CRASHED, ChildDeath.MEMORY, ChildDeath.DEADLINE, ChildDeath.BOOT_FAILURE})
+
+
+def death_reason(handle: ChildHandle, was: ChildState, pool_stopping: bool) -> ChildDeath:
+    """Why a child that just ended ended: the pool's kill reason, else what it was doing."""
+    if handle.kill_reason is not None:
+        return _DEATH_OF_KILL[handle.kill_reason]
+    if was in (ChildState.BOOTING, ChildState.CANARY):
+        return ChildDeath.BOOT_FAILURE
+    if handle.retire_requested:  # it was told to Stop and exited
+        return ChildDeath.STOPPED if pool_stopping else ChildDeath.RECYCLED
+    return ChildDeath.CRASHED  # exited or was killed from outside with nobody asking
+
+
+def log_death(handle: ChildHandle, reason: ChildDeath, exitcode: int | None) -> None:
+    """One line per child death, with how the process ended: its exit status or the signal that killed it."""
+    fields: dict[str, Any] = {"child": handle.name, "pid": handle.pid, "reason": reason,
+                              "renders": handle.renders, "kill_detail": handle.kill_detail or None}
+    if exitcode is not None and exitcode < 0:
+        fields["signal"] = signal.Signals(-exitcode).name
+    else:
+        fields["exit_code"] = exitcode
+    level = logging.WARNING if reason in _UNEXPECTED_DEATHS else logging.INFO
+    log.log(level, "render child ended", extra=fields)
 
 
 def export_states(handles: list[ChildHandle], metrics: Any) -> None:

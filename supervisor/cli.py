@@ -306,6 +306,7 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from shared.config import accepted_but_inactive
+    from supervisor import error_reporting
     from supervisor.exit_guard import ExitGuard
     from supervisor.runner import Supervisor
 
@@ -321,8 +322,11 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
         supervisor = Supervisor(settings, url)
         guard = ExitGuard()
+        error_reporting.init(settings.monitoring.sentry_dsn, supervisor.worker_id,
+                             environment=settings.worker.node_env)
 
         async def run_then_arm() -> int:
+            error_reporting.watch_loop(asyncio.get_running_loop())
             code = await supervisor.run()
             guard.arm(code)  # the loop's own cleanup and the thread joins come after this
             return code
@@ -337,8 +341,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         except OSError as exc:
             log.error("cannot start: cannot listen", extra={"port": settings.worker.port, "error": str(exc)})
             raise CliError(f"cannot listen on PORT {settings.worker.port}: {exc.strerror or exc}") from None
+        except Exception as exc:  # an unhandled error of the supervisor: main() prints it, Sentry gets it
+            error_reporting.report_exception(exc)
+            raise
         finally:
             guard.disarm()
+            error_reporting.flush()
         return code
 
     result: int = with_database(settings, work)

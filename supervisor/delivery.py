@@ -23,6 +23,7 @@ from typing import Any
 
 from shared.contrast import menu_colour_notes
 from shared.messages import Rendered
+from shared.vocabulary import StorageOperation
 from supervisor.breaker import STATE_VALUES, BreakerStorage, CircuitBreaker
 from supervisor.fence import FenceCheck
 from supervisor.links import download_link
@@ -83,7 +84,7 @@ class Delivery:
         try:
             return await asyncio.to_thread(upload)
         except Exception:
-            self.metrics.storage_errors.labels("upload").inc()
+            self.metrics.storage_errors.labels(StorageOperation.UPLOAD).inc()
             raise
         finally:
             self.metrics.breaker_state.set(STATE_VALUES[self.breaker.state])

@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp
 
 from shared.config import HttpSettings
+from supervisor import error_reporting
 from supervisor.api_schemas import json_response
 from supervisor.app_state import AppState
 from supervisor.downloads import content_disposition, download_filename
@@ -78,6 +79,7 @@ def build_app(state: AppState) -> ASGIApp:
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error in %s %s", request.method, request.url.path)
+        error_reporting.report_exception(exc)
         return problem_response(500, "an unexpected error occurred; it was logged")
 
     routes: list[BaseRoute] = [
@@ -121,8 +123,7 @@ async def _refresh_queue_gauges(state: AppState) -> None:
         except Exception as exc:  # a scrape must not fail because the database is down
             log.debug("queue stats unavailable for /metrics: %s", exc)
             return
-        state.metrics.queue_depth.set(stats.get("pending", 0) or 0)
-        state.metrics.oldest_pending_age.set(stats.get("oldest_pending_seconds", 0.0) or 0.0)
+        state.metrics.record_queue_stats(stats.get("pending", 0) or 0, stats.get("oldest_pending_seconds", 0.0) or 0.0)
         try:
             created = await asyncio.wait_for(read_jobs_created(state.queue.pool), QUEUE_STATS_TIMEOUT_SECONDS)
         except Exception as exc:  # as above: the scrape still answers

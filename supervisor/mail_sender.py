@@ -14,12 +14,12 @@ import logging
 from datetime import UTC, datetime, timedelta
 
 from shared.config import Settings
-from shared.vocabulary import JobStatus
+from shared.vocabulary import DeliveryOutcome, JobStatus
 from supervisor.downloads import download_filename, with_download_name
 from supervisor.links import Signs, download_link
 from supervisor.mail import MailBackend, MailError, compose_completed, compose_failed, document_name, explain_failure
 from supervisor.metrics import Metrics
-from supervisor.outbox import Attempt, Leased, NotSent, OutboxSpec, RetryPolicy, Sent, Verdict
+from supervisor.outbox import Attempt, Leased, NotSent, OutboxSpec, RetryPolicy, Sent
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,10 @@ class MailSender:
             return NotSent(str(exc), status=exc.status, give_up=not exc.transient)
         return Sent()
 
-    def record(self, item: Leased, verdict: Verdict, attempt: Attempt, retry_in: float) -> None:
+    def record(self, item: Leased, verdict: DeliveryOutcome, attempt: Attempt, retry_in: float) -> None:
         kind = item.row["kind"]
         fields = {"job_id": item.job_id, "kind": kind}
-        if verdict is Verdict.DELIVERED:
+        if verdict is DeliveryOutcome.DELIVERED:
             if self.metrics is not None:
                 self.metrics.mails_sent.labels(kind).inc()
             log.info("mail sent", extra=fields)
@@ -77,5 +77,5 @@ class MailSender:
         if self.metrics is not None:
             self.metrics.mail_errors.labels(kind).inc()
         error = attempt.error if isinstance(attempt, NotSent) else ""
-        log.warning("mail gave up" if verdict is Verdict.GAVE_UP else "mail send failed; will retry",
+        log.warning("mail gave up" if verdict is DeliveryOutcome.FAILED else "mail send failed; will retry",
                     extra=fields | {"error": error, "retry_in_s": round(retry_in, 2)})

@@ -2,20 +2,61 @@
 
 One registry per process so tests can build several supervisors without
 colliding on the global default registry.
+
+Every labelled counter and histogram has its series from the start, at zero, for
+each label value known in advance (the enums of shared/vocabulary.py): ``rate()``
+and ``increase()`` need a sample before the first increment, or they lose it.
+No ``*_created`` series: they double the series count and no rule or panel reads them.
+
+The histogram buckets were chosen from measured distributions (BENCHMARKS.md,
+"Histogram buckets").
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
+from itertools import product
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from psycopg_pool import AsyncConnectionPool
 
+from shared.vocabulary import (
+    ChildDeath,
+    DatabaseErrorCause,
+    DeliveryOutcome,
+    ErrorCategory,
+    ExportType,
+    JobStatus,
+    KillReason,
+    QueueOperation,
+    RecycleReason,
+    StorageOperation,
+    WebhookEvent,
+)
 from supervisor import sandbox
 from supervisor.queries import load
 
-DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 30, 45, 60, 90, 120)
+disable_created_metrics()  # type: ignore[no-untyped-call]  # process-wide in prometheus_client; the worker exposes no _created series
+
+# Claim to completion (render + upload). Measured renders sit between 1 and 5 s, so the
+# steps are 0.5 s there, then coarser up to JOB_TIMEOUT_SECONDS' range.
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 10, 15, 20, 30, 45, 60, 90, 120)
+# Creation (or availability) to claim: milliseconds when idle, up to an hour in a backlog.
+PICKUP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600)
+# Claim to the job being sent to a child: a pipe write, normally well under a millisecond.
+CLAIM_TO_START_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.5, 1)
+
+# The final statuses a job's mail is about (the outbox's ``kind``).
+MAIL_KINDS = (JobStatus.COMPLETED, JobStatus.FAILED)
+RESCUE_OUTCOMES = (JobStatus.PENDING, JobStatus.FAILED)
+
+
+def _zero(metric: Any, *label_sets: Iterable[str]) -> None:
+    """Create the series for every combination of known label values, at zero."""
+    for labels in product(*label_sets):
+        metric.labels(*labels)
 
 
 class Metrics:
@@ -48,6 +89,14 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("export_queue_depth", "Pending jobs in the queue (all workers)", registry=r)
+        self.queue_stats_age = Gauge(
+            "export_queue_stats_age_seconds",
+            "Seconds since export_queue_depth and export_oldest_pending_job_age_seconds were last read from the "
+            "database: while it grows they are stale (the database does not answer)",
+            registry=r,
+        )
+        self._queue_stats_at = time.monotonic()
+        self.queue_stats_age.set_function(lambda: time.monotonic() - self._queue_stats_at)
         self.active_renders = Gauge("export_active_renders", "Renders in progress in this worker", registry=r)
         # The queue.
         self.oldest_pending_age = Gauge(
@@ -62,13 +111,20 @@ class Metrics:
         self.claim_to_start = Histogram(
             "export_claim_to_start_seconds",
             "Time from claim to the render starting in a child",
-            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+            buckets=CLAIM_TO_START_BUCKETS,
             registry=r,
         )
         self.pickup_latency = Histogram(
             "export_pickup_latency_seconds",
             "Time from job creation (or availability) to claim",
-            buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            buckets=PICKUP_BUCKETS,
+            registry=r,
+        )
+        self.queue_errors = Counter(
+            "export_queue_errors_total",
+            "Claims and settles (complete, fail, defer, release) of this worker that raised; the job stays "
+            "pending or processing and the stale rescue returns it",
+            ["operation"],
             registry=r,
         )
         self.background_failures = Counter(
@@ -84,6 +140,13 @@ class Metrics:
         self.child_kills = Counter(
             "export_child_kills_total", "Children killed by the supervisor", ["reason"], registry=r
         )
+        self.child_deaths = Counter(
+            "export_child_deaths_total",
+            "Every render child process that ended, whatever the cause, by reason (each is logged with its "
+            "exit status or signal)",
+            ["reason"],
+            registry=r,
+        )
         self.child_recycles = Counter(
             "export_child_recycles_total", "Children retired and replaced", ["reason"], registry=r
         )
@@ -97,7 +160,12 @@ class Metrics:
             registry=r,
         )
         self.chromium_sandbox.set_function(sandbox.gauge_value)
-        self.canary_ok = Gauge("export_canary_healthy", "1 when the last canary render succeeded", registry=r)
+        self.canary_ok = Gauge(
+            "export_canary_healthy",
+            "1 when the render pool can render (what /health's puppeteer check says): a child is ready or being "
+            "replaced, and the last canary passed when ENABLE_CANARY_EXPORT is on; 0 when no child can boot",
+            registry=r,
+        )
         self.container_memory_ratio = Gauge(
             "export_container_memory_ratio", "Container memory in use over its limit", registry=r
         )
@@ -129,6 +197,54 @@ class Metrics:
             ["event", "outcome"],
             registry=r,
         )
+        # The database (supervisor/database.py's DatabaseStatus sets both).
+        self.database_up = Gauge(
+            "export_database_up",
+            "1 when this worker's last database operations succeeded, 0 while the database is unreachable or failing",
+            registry=r,
+        )
+        self.database_up.set(1)
+        self.database_errors = Counter(
+            "export_database_errors_total",
+            "Database operations that failed, by cause: refused, authentication, pool_exhausted, protocol, "
+            "timeout, other",
+            ["cause"],
+            registry=r,
+        )
+        for cause in DatabaseErrorCause:  # every series exists from the start, at 0
+            self.database_errors.labels(cause.value)
+        self._zero_known_series()
+
+    def _zero_known_series(self) -> None:
+        types, categories = list(ExportType), list(ErrorCategory)
+        _zero(self.jobs_created, types)
+        _zero(self.jobs_completed, types)
+        _zero(self.jobs_failed, types, categories)
+        _zero(self.job_duration, types)
+        _zero(self.retries, [c for c in categories if c.retryable])
+        _zero(self.rescues, RESCUE_OUTCOMES)
+        _zero(self.queue_errors, QueueOperation)
+        _zero(self.child_kills, KillReason)
+        _zero(self.child_deaths, ChildDeath)
+        _zero(self.child_recycles, RecycleReason)
+        _zero(self.storage_errors, StorageOperation)
+        _zero(self.mails_sent, MAIL_KINDS)
+        _zero(self.mail_errors, MAIL_KINDS)
+        _zero(self.webhook_deliveries, WebhookEvent, DeliveryOutcome)
+
+    def task_known(self, name: str) -> None:
+        """A background task (kind) exists: its failure series starts at zero."""
+        self.background_failures.labels(name)
+
+    def record_queue_stats(self, pending: int, oldest_pending_seconds: float) -> None:
+        """The one writer of the queue gauges: fresh values, and their age back to zero."""
+        self.queue_depth.set(pending)
+        self.oldest_pending_age.set(oldest_pending_seconds)
+        self._queue_stats_at = time.monotonic()
+
+    def watch_render_pool(self, can_render: Callable[[], bool]) -> None:
+        """export_canary_healthy reads `can_render` at each scrape: the same answer /health gives."""
+        self.canary_ok.set_function(lambda: 1.0 if can_render() else 0.0)
 
     def set_jobs_created(self, totals: Mapping[str, int]) -> None:
         """Raise export_jobs_created_total to the database's counts; a counter never goes down.

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import os
 import random
@@ -45,7 +44,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from shared.vocabulary import FINAL_STATUSES, JobStatus
+from shared.vocabulary import FINAL_STATUSES, DeliveryOutcome, JobStatus
 from supervisor.queries import query
 from supervisor.testhooks import GATE_ENV, pause_point
 
@@ -144,15 +143,6 @@ class NotSent:
 Attempt = Sent | Disabled | NotSent
 
 
-class Verdict(enum.StrEnum):
-    """What became of one attempt (the webhook metric's outcome label)."""
-
-    DELIVERED = "delivered"
-    DISABLED = "disabled"
-    RETRY = "retry"  # the row stays pending
-    GAVE_UP = "failed"
-
-
 class Sender(Protocol):
     """What a kind of outbox plugs into the engine: one send, and its own metrics and log lines."""
 
@@ -164,7 +154,7 @@ class Sender(Protocol):
 
     async def send(self, item: Leased) -> Attempt: ...
 
-    def record(self, item: Leased, verdict: Verdict, attempt: Attempt, retry_in: float) -> None:
+    def record(self, item: Leased, verdict: DeliveryOutcome, attempt: Attempt, retry_in: float) -> None:
         """Count and log what became of the attempt."""
         ...
 
@@ -272,17 +262,17 @@ class Outbox:
         retry_in = 0.0
         match attempt:
             case Sent(status=status):
-                verdict = Verdict.DELIVERED
+                verdict = DeliveryOutcome.DELIVERED
                 await self._record(item, "done", status=status)
             case Disabled(status=status, error=error):
-                verdict = Verdict.DISABLED
+                verdict = DeliveryOutcome.DISABLED
                 await self._record(item, "disabled", status=status, error=error)
             case NotSent(error=error, status=status, give_up=give_up):
                 retry_in, out_of_tries = self.spec.retry.next_try(
                     item.attempts, float(item.row["age_seconds"]), self._rng)
-                verdict = Verdict.GAVE_UP if give_up or out_of_tries else Verdict.RETRY
+                verdict = DeliveryOutcome.FAILED if give_up or out_of_tries else DeliveryOutcome.RETRY
                 await self._record(item, "failed", status=status, error=error, delay_seconds=retry_in,
-                                   give_up=verdict is Verdict.GAVE_UP)
+                                   give_up=verdict is DeliveryOutcome.FAILED)
         self.sender.record(item, verdict, attempt, retry_in)
 
     async def _record(self, item: Leased, name: str, **params: Any) -> None:

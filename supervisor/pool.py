@@ -35,7 +35,7 @@ from shared.messages import (
     RenderJob,
     Stop,
 )
-from shared.vocabulary import KillReason
+from shared.vocabulary import KillReason, RecycleReason
 from supervisor.children import (
     Assignment,
     BootBrake,
@@ -45,8 +45,10 @@ from supervisor.children import (
     PoolConfig,
     PoolOwner,
     close_pipe,
+    death_reason,
     describe_pool,
     export_states,
+    log_death,
     relay_log,
     remove_chromium_home,
     send_canary,
@@ -61,6 +63,7 @@ log = logging.getLogger(__name__)
 class PoolStats:
     kills: dict[str, int] = field(default_factory=dict)
     recycles: dict[str, int] = field(default_factory=dict)
+    deaths: dict[str, int] = field(default_factory=dict)
     boot_failures: int = 0
     canary_failures: int = 0
 
@@ -233,7 +236,7 @@ class RenderPool:
         if any(h.replacement_for is handle for h in self.handles):
             return
         self._count(self.stats.recycles, "child_recycles",
-                    "renders" if handle.renders >= handle.render_budget else "age")
+                    RecycleReason.RENDERS if handle.renders >= handle.render_budget else RecycleReason.AGE)
         self._spawn(handle.index, replacement_for=handle)
 
     def _send_stop(self, handle: ChildHandle) -> None:
@@ -281,6 +284,7 @@ class RenderPool:
             return  # the next tick finishes the reaping
         close_pipe(handle, self._loop)
         was, handle.state = handle.state, ChildState.DEAD
+        self._record_death(handle, was)
         with contextlib.suppress(ValueError):
             self.handles.remove(handle)
         remove_chromium_home(handle, self.config.options.scratch_dir)
@@ -291,6 +295,13 @@ class RenderPool:
             self._spawn(handle.index)  # when braked, the tick tops up once it releases
         self.owner.on_capacity()
 
+
+    def _record_death(self, handle: ChildHandle, was: ChildState) -> None:
+        reason = death_reason(handle, was, self.stopping)
+        self.stats.deaths[reason] = self.stats.deaths.get(reason, 0) + 1
+        if self.metrics is not None:
+            self.metrics.child_deaths.labels(reason).inc()
+        log_death(handle, reason, handle.process.exitcode)
 
     def tick(self) -> None:
         """Called every watchdog interval on the event loop: reap, time out boots, top up."""

@@ -23,7 +23,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
-from shared.vocabulary import KillReason
+from shared.vocabulary import KillReason, QueueOperation
 from supervisor.composition import Overrides, WorkerParts, assemble, http_server
 from supervisor.database import open_pool
 from supervisor.identity import default_worker_id
@@ -220,6 +220,7 @@ class Supervisor:
                     claims = await parts.queue.claim(len(idle))
                     parts.database.up()
                 except Exception as exc:
+                    self.metrics.queue_errors.labels(QueueOperation.CLAIM).inc()
                     parts.database.down(exc)
                     await self._wait(parts, busy_poll, queue_was_empty=False)
                     continue

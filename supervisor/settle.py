@@ -26,7 +26,8 @@ from typing import Any
 from shared.config import Settings
 from shared.messages import NetworkPolicy, Rendered, RenderFailed, RenderJob, RenderLimits
 from shared.payload import PayloadError, parse_payload
-from shared.vocabulary import ErrorCategory, FailureReason, JobStatus, KillReason
+from shared.vocabulary import ErrorCategory, FailureReason, JobStatus, KillReason, QueueOperation
+from supervisor import error_reporting
 from supervisor.breaker import CircuitBreaker
 from supervisor.children import Assignment, ChildHandle, ChildLost
 from supervisor.delivery import Cancelled, Delivery, completion_metadata
@@ -160,6 +161,7 @@ class Settler:
     # ---- the one settle function ------------------------------------------------------
 
     async def settle(self, claim: Claim, outcome: Outcome) -> None:
+        report_if_not_the_documents(claim, outcome)
         try:
             match outcome:
                 case Rendered():
@@ -185,6 +187,7 @@ class Settler:
             log.warning("claim lost; result discarded", extra={"job_id": claim.job_id, "error": str(exc)})
         except Exception as exc:
             # The database is away: the claim stays processing and the stale rescue returns it.
+            self.metrics.queue_errors.labels(QueueOperation.SETTLE).inc()
             log.error("could not settle job", extra={"job_id": claim.job_id, "error": str(exc)})
         finally:
             self.inflight.pop(claim.job_id, None)
@@ -282,6 +285,23 @@ class Settler:
 
     def _timeout_message(self) -> str:
         return f"TimeoutError: render took longer than JOB_TIMEOUT_SECONDS={self.settings.worker.job_timeout_seconds}"
+
+
+# Deaths that say something about the worker, not about the document it rendered.
+_INTERNAL_DEATHS = frozenset({KillReason.CRASHED, KillReason.UNRESPONSIVE})
+
+
+def report_if_not_the_documents(claim: Claim, outcome: Outcome) -> None:
+    """Send a render failure to Sentry (when on) unless the document caused it: only reason codes, no content."""
+    match outcome:
+        case RenderFailed(category=ErrorCategory.TRANSIENT, timed_out=False):
+            reason, detail = FailureReason.RENDER, str(ErrorCategory.TRANSIENT)
+        case ChildLost(reason=kill) if kill in _INTERNAL_DEATHS:
+            reason, detail = FailureReason.CHILD_CRASHED, str(kill)
+        case _:
+            return
+    error_reporting.report_render_failure(reason, job_id=claim.job_id, export_type=claim.export_type,
+                                          attempt=claim.attempt, detail=detail)
 
 
 def render_job(claim: Claim, payload: Any, settings: Settings, scratch: Path) -> RenderJob:

@@ -22,6 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from supervisor import error_reporting
 from supervisor.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ class TaskOwner:
 
     def run_loop(self, name: str, body: Callable[[], Awaitable[None]], policy: OnFailure) -> None:
         """Run `body` (a coroutine function that loops forever) under `policy`."""
+        self.metrics.task_known(name)
         self._track(asyncio.create_task(self._supervise(name, body, policy), name=name))
 
     def spawn(self, coro: Coroutine[Any, Any, Any], name: str, *, kind: str | None = None) -> None:
@@ -53,6 +55,7 @@ class TaskOwner:
         `kind` is the metric label: one per sort of task (``settle``), never per job,
         so the label set stays bounded.
         """
+        self.metrics.task_known(kind or name)
         task = asyncio.create_task(coro, name=name)
         self._track(task)
         task.add_done_callback(lambda done: self._report(done, kind or name))
@@ -88,6 +91,8 @@ class TaskOwner:
 
     def _failed(self, name: str, exc: BaseException | None, kind: str | None = None) -> None:
         self.metrics.background_failures.labels(kind or name).inc()
+        if exc is not None:
+            error_reporting.report_exception(exc, task=kind or name)
         log.error("background task failed", exc_info=exc, extra={"task": name, "error": repr(exc)})
 
     async def _supervise(self, name: str, body: Callable[[], Awaitable[None]], policy: OnFailure) -> None:

@@ -54,7 +54,6 @@ class Upkeep:
         interval = self.settings.pool.watchdog_interval_ms / 1000
         while True:
             self.pool.tick()
-            self.metrics.canary_ok.set(1 if self.pool.last_canary_ok else 0)
             await asyncio.sleep(interval)
 
     async def heartbeat_loop(self) -> None:
@@ -123,8 +122,7 @@ class Upkeep:
         while True:
             try:
                 stats = await self.queue.stats()
-                self.metrics.queue_depth.set(stats["pending"])
-                self.metrics.oldest_pending_age.set(stats["oldest_pending_seconds"])
+                self.metrics.record_queue_stats(stats["pending"], stats["oldest_pending_seconds"])
                 self.database.up()
             except Exception as exc:
                 self.database.down(exc)

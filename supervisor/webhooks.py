@@ -31,10 +31,17 @@ import msgspec
 from standardwebhooks.webhooks import Webhook
 
 from shared.config import Settings
-from shared.vocabulary import ErrorCategory, ExportType, JobStatus, OutputFormat, WebhookEvent
+from shared.vocabulary import (
+    DeliveryOutcome,
+    ErrorCategory,
+    ExportType,
+    JobStatus,
+    OutputFormat,
+    WebhookEvent,
+)
 from supervisor.links import Signs, download_link
 from supervisor.metrics import Metrics
-from supervisor.outbox import Attempt, Disabled, Leased, NotSent, OutboxSpec, RetryPolicy, Sent, Verdict
+from supervisor.outbox import Attempt, Disabled, Leased, NotSent, OutboxSpec, RetryPolicy, Sent
 from supervisor.webhook_targets import Target, TargetRefused, TargetUnreachable, resolve_target
 
 log = logging.getLogger(__name__)
@@ -110,17 +117,17 @@ class WebhookSender:
             return Disabled(status, "410 Gone: the receiver disabled it")
         return NotSent(error, status=status or None)  # status 0: no answer at all
 
-    def record(self, item: Leased, verdict: Verdict, attempt: Attempt, retry_in: float) -> None:
+    def record(self, item: Leased, verdict: DeliveryOutcome, attempt: Attempt, retry_in: float) -> None:
         self.metrics.webhook_deliveries.labels(item.row["event"], verdict).inc()
         fields = {"job_id": item.job_id, "event": item.row["event"], "webhook_id": item.row["webhook_id"],
                   "attempt": item.attempts, "status_code": attempt.status}
-        if verdict is Verdict.DELIVERED:
+        if verdict is DeliveryOutcome.DELIVERED:
             log.info("webhook delivered", extra=fields)
-        elif verdict is Verdict.DISABLED:
+        elif verdict is DeliveryOutcome.DISABLED:
             log.warning("webhook disabled by the receiver (410 Gone)", extra=fields)
         else:
             error = attempt.error if isinstance(attempt, NotSent) else ""
-            log.warning("webhook gave up" if verdict is Verdict.GAVE_UP else "webhook not delivered; will retry",
+            log.warning("webhook gave up" if verdict is DeliveryOutcome.FAILED else "webhook not delivered; will retry",
                         extra=fields | {"error": error, "retry_in_s": round(retry_in, 2)})
 
     async def _body(self, item: Leased) -> bytes:

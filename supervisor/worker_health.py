@@ -44,6 +44,10 @@ class WorkerHealth:
             retry_in=self.breaker.seconds_until_retry(),
         )
 
+    def able_to_render(self) -> bool:
+        """What export_canary_healthy reports: /health's puppeteer verdict, canary on or off."""
+        return self._render_pool().healthy
+
     def render_pool(self) -> HealthCheck:
         return with_sandbox(self._render_pool(), self.sandbox)  # the mode in /health's details
 

@@ -245,6 +245,12 @@ def test_dashboard_covers_the_required_signals() -> None:
         "export_claim_to_start_seconds_bucket",
         "export_mails_sent_total",
         "export_mail_errors_total",
+        "export_child_deaths_total",
+        "export_webhook_deliveries_total",
+        "export_database_up",
+        "export_database_errors_total",
+        "export_queue_stats_age_seconds",
+        "export_queue_errors_total",
     }
     assert not required - used, f"dashboard lacks panels for {required - used}"
 
@@ -261,3 +267,54 @@ def test_dashboard_exprs_are_valid_promql(tmp_path: Path) -> None:
     rule_file.write_text(json.dumps({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8")
     res = run(PROMTOOL, "check", "rules", str(rule_file))
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+# --------------------------------------------------------------------------- runbook
+
+
+RUNBOOK = ROOT / "RUNBOOK.md"
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lower case, punctuation dropped, spaces to dashes."""
+    slug = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return slug.replace(" ", "-")
+
+
+def runbook_anchors() -> set[str]:
+    text = RUNBOOK.read_text(encoding="utf-8")
+    return {github_anchor(m.group(1)) for m in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, re.M)}
+
+
+def alert_rules() -> list[dict]:
+    import yaml
+
+    groups = yaml.safe_load(ALERTS.read_text(encoding="utf-8"))["groups"]
+    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+
+
+def test_every_rule_says_what_to_do_and_links_an_existing_runbook_section() -> None:
+    anchors = runbook_anchors()
+    rules = alert_rules()
+    assert len(rules) >= 15
+    for rule in rules:
+        name, notes = rule["alert"], rule.get("annotations", {})
+        assert notes.get("summary"), f"{name}: no summary"
+        assert len(notes.get("description", "")) > 80, f"{name}: the description must say what to check and change"
+        assert "seed README" not in notes["description"], f"{name} points at the seed README's headings"
+        url = notes.get("runbook_url", "")
+        path, _, anchor = url.partition("#")
+        assert path == "RUNBOOK.md" and anchor, f"{name}: runbook_url {url!r} is not RUNBOOK.md#section"
+        assert anchor in anchors, f"{name}: RUNBOOK.md has no section #{anchor}"
+
+
+def test_runbook_cross_links_resolve() -> None:
+    anchors = runbook_anchors()
+    links = re.findall(r"\]\(#([^)]+)\)", RUNBOOK.read_text(encoding="utf-8"))
+    assert links
+    assert not set(links) - anchors
+
+
+def test_anchor_slugs_match_githubs() -> None:
+    assert github_anchor("ExportWorkerDown") == "exportworkerdown"
+    assert github_anchor("Health checks: /health (503)") == "health-checks-health-503"

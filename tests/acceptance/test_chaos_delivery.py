@@ -18,9 +18,7 @@ import json
 import os
 import signal
 import subprocess
-import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 from serving import CLI, ROOT, free_port, requires_chromium, serve_env, start_serve, wait_healthy
+from serving import until as _until
 
 from supervisor.database import open_pool
 from supervisor.retention import run_retention
@@ -53,16 +52,6 @@ def _signal_tree(procs: list[psutil.Process], sig: signal.Signals) -> None:
     for p in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             p.send_signal(sig)
-
-
-def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out after {timeout}s waiting for {what}"
-        time.sleep(0.05)
 
 
 def _rows(db_url: str, query: str, *params: Any) -> list[dict[str, Any]]:
