@@ -126,11 +126,12 @@ async def test_a_mail_and_a_webhook_each_cost_one_write_after_a_shared_claim(
 
 async def test_a_mail_whose_mark_sent_meets_a_dropped_connection_is_recorded_not_resent(
     tmp_path: Path, db_url: str, storage_fake: FakeSupabaseStorage, sendgrid_fake: FakeSendGrid,
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Issue 21 saw mails written but not marked sent when their connection reset, then sent
     again after the lease. The worker's connections are cut between the send and its write:
-    the write is tried again on a new connection, the row is recorded on its first attempt,
+    the pool's check on checkout (supervisor/database.py) or, if the cut comes later, the
+    write's own retry puts it on a new connection; the row is recorded on its first attempt,
     and SendGrid got one mail."""
     gate = tmp_path / "gate"
     gate.mkdir()
@@ -152,8 +153,6 @@ async def test_a_mail_whose_mark_sent_meets_a_dropped_connection_is_recorded_not
     (row,) = outbox(db_url, job_id)
     assert row["attempts"] == 1 and row["last_error"] is None and row["locked_by"] == "mark-sent"
     assert len(sendgrid_mails_for(sendgrid_fake, job_id)) == 1
-    retried = [r for r in caplog.records if r.getMessage() == "mail outcome write failed; trying again"]
-    assert retried, "the first write met a cut connection"
 
 
 @pytest.mark.parametrize(("table", "done_column"), [("export_mail_outbox", "sent_at"),
