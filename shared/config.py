@@ -39,9 +39,16 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+DatabaseMode = Literal["auto", "direct", "session", "transaction"]
+
+
 class DatabaseSettings(_Section):
-    database_url: Annotated[str, _doc("PostgreSQL URL; empty = embedded PostgreSQL under the data dir")] = ""
-    listen_notify: Annotated[bool, _doc("wake on LISTEN/NOTIFY; false behind a transaction-mode pooler")] = True
+    database_url: Annotated[str, _doc("PostgreSQL URL, direct or through a pooler (session or transaction mode); empty = embedded PostgreSQL under the data dir")] = ""
+    database_listen_url: Annotated[str, _doc("direct or session-mode URL used only for LISTEN; empty = DATABASE_URL (checked by a round trip at start)")] = ""
+    database_mode: Annotated[DatabaseMode, _doc("what DATABASE_URL points at: auto (detected and logged at start), direct, session or transaction (pooler)")] = "auto"
+    listen_notify: Annotated[bool, _doc("wake on LISTEN/NOTIFY (one connection); when notifications do not arrive, the worker polls")] = True
+    database_pool_size: Annotated[int, _doc("server connections of the queue: claims, heartbeats, completions, mail", ge=1, le=50)] = 2
+    database_unhealthy_after_seconds: Annotated[int, _doc("database work failing this long makes /health 503 (degraded, still 200, before)", ge=1, le=3600)] = 15
     connect_timeout_seconds: Annotated[int, _doc("seconds to wait for a connection", ge=1, le=120)] = 5
     statement_timeout_ms: Annotated[int, _doc("server-side cap on each queue statement", ge=100, le=600_000)] = 10_000
 
@@ -171,7 +178,7 @@ class HttpSettings(_Section):
     http_keep_alive_seconds: Annotated[int, _doc("idle keep-alive connections are closed after this", ge=1, le=600)] = 5
     http_max_connections: Annotated[int, _doc("open connections and requests before new ones get 503", ge=10, le=100_000)] = 4000
     http_backlog: Annotated[int, _doc("listen backlog of the HTTP socket", ge=16, le=65_535)] = 2048
-    http_db_pool_size: Annotated[int, _doc("database connections of the API, event streams, /health and /metrics (apart from the worker's)", ge=1, le=50)] = 4
+    http_db_pool_size: Annotated[int, _doc("server connections of the API, event streams, /health, /metrics and the console (apart from the queue's)", ge=1, le=50)] = 2
     http_db_wait_seconds: Annotated[float, _doc("a request waits this long for one of those connections, then gets 503", ge=0.1, le=60)] = 3.0
 
 
@@ -211,6 +218,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 SECRET_KEYS = frozenset(
     {
         "database_url",
+        "database_listen_url",
         "supabase_service_role_key",
         "link_secret",
         "sendgrid_api_key",

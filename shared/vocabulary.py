@@ -123,3 +123,22 @@ class WebhookStatus(StrEnum):
     DELIVERED = "delivered"  # the receiver answered 2xx
     DISABLED = "disabled"  # the receiver answered 410 Gone
     FAILED = "failed"  # given up: the retry period ended, or the target became unsafe
+
+
+class DatabaseErrorCause(StrEnum):
+    """Why a database operation failed (label `cause` of export_database_errors_total; /health names it)."""
+
+    REFUSED = "refused"  # nothing listens, or the host is unreachable
+    AUTHENTICATION = "authentication"  # wrong password, unknown role, not allowed by pg_hba
+    POOL_EXHAUSTED = "pool_exhausted"  # no connection free in time (ours or the pooler's)
+    PROTOCOL = "protocol"  # the server (or a pooler) answered something the client did not expect
+    TIMEOUT = "timeout"  # a statement or a connect attempt ran out of time
+    OTHER = "other"
+
+
+class DatabaseEndpoint(StrEnum):
+    """What DATABASE_URL reaches (detected at start, or DATABASE_MODE)."""
+
+    DIRECT = "direct"
+    SESSION = "session"  # a pooler in session mode: one server connection per client connection
+    TRANSACTION = "transaction"  # a pooler in transaction mode: LISTEN and session state do not work

@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from psycopg_pool import AsyncConnectionPool
-
 from shared.config import Settings
 from shared.messages import CHROMIUM_ARGS, ChildOptions
+from shared.vocabulary import DatabaseEndpoint
 from supervisor.breaker import BreakerStorage, CircuitBreaker
 from supervisor.children import ChildTarget, PoolConfig
 from supervisor.data_dir import make_private_dir
-from supervisor.database import DatabaseStatus, open_pool
+from supervisor.database import DatabaseStatus, WorkerPool, detect_endpoint, open_pool
 from supervisor.delivery import Delivery
 from supervisor.links import LinkSigner, load_or_create_secret
 from supervisor.listener import Listener
@@ -42,7 +41,6 @@ from supervisor.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
-WORKER_POOL_SIZE = 6  # claims, heartbeats, completions, outbox; plus one LISTEN connection
 
 
 @dataclass
@@ -57,7 +55,8 @@ class Overrides:
 
 @dataclass
 class WorkerParts:
-    db: AsyncConnectionPool[Any]
+    db: WorkerPool
+    endpoint: DatabaseEndpoint
     database: DatabaseStatus
     queue: JobQueue
     link_signer: LinkSigner
@@ -96,13 +95,13 @@ async def assemble(
                              enabled=s.enable_circuit_breaker)
     storage = BreakerStorage(overrides.storage or build_storage(settings, data_dir), breaker)
     mail = overrides.mail or build_mail_backend(settings, data_dir)
-    db = await open_pool(conninfo, settings, max_size=WORKER_POOL_SIZE, name=f"export-worker {worker_id}")
-    database = DatabaseStatus(db, conninfo, settings.database.connect_timeout_seconds,
-                              lambda coro, name: tasks.spawn(coro, name))
+    endpoint, why = await detect_endpoint(conninfo, settings)
+    log.info(f"database endpoint: {endpoint.value}", extra={"endpoint": endpoint.value, "why": why})
+    db = await open_pool(conninfo, settings, max_size=settings.database.database_pool_size,
+                         name=f"export-worker {worker_id}")
+    database = DatabaseStatus("queue", db, metrics, settings.database.database_unhealthy_after_seconds)
     queue = JobQueue(db, worker_id, settings.retry)
-    listener = None
-    if settings.database.listen_notify:
-        listener = Listener(conninfo, connect_timeout=settings.database.connect_timeout_seconds)
+    listener = await start_listener(settings, conninfo, endpoint)
     outbox = OutboxSender(db, worker_id, settings, mail, storage, metrics)
     webhooks = WebhookSender(db, worker_id, settings, storage, metrics)
     delivery = Delivery(queue, storage, breaker, metrics, s.signed_url_ttl_seconds)
@@ -128,8 +127,35 @@ async def assemble(
     upkeep = Upkeep(settings, queue, pool, settler, storage, database, metrics)
     health = WorkerHealth(settings, breaker, storage.name, pool, watchdog, sandbox)
     workers = WorkerRegistry(db, worker_id, forget_hours=settings.console.console_worker_forget_hours)
-    return WorkerParts(db, database, queue, link_signer, breaker, storage, outbox, webhooks, listener, settler,
-                       pool, watchdog, upkeep, health, workers)
+    return WorkerParts(db, endpoint, database, queue, link_signer, breaker, storage, outbox, webhooks, listener,
+                       settler, pool, watchdog, upkeep, health, workers)
+
+
+async def start_listener(settings: Settings, conninfo: str, endpoint: DatabaseEndpoint) -> Listener | None:
+    """The LISTEN connection, if notifications really arrive on it; else None: the worker polls.
+
+    It goes to DATABASE_LISTEN_URL when set, else to DATABASE_URL unless that is a
+    transaction pooler (where LISTEN cannot work). Any failure is one warning that
+    says what to set.
+    """
+    db = settings.database
+    if not db.listen_notify:
+        return None
+    polling = (f"claims poll every {settings.worker.polling_interval_busy_ms}-"
+               f"{settings.worker.polling_interval_idle_ms} ms and event streams every second")
+    if not db.database_listen_url and endpoint is DatabaseEndpoint.TRANSACTION:
+        log.warning(f"LISTEN/NOTIFY off: DATABASE_URL is a transaction-mode pooler, where LISTEN cannot work; "
+                    f"set DATABASE_LISTEN_URL to a direct or session-mode URL for instant wake-ups "
+                    f"(or LISTEN_NOTIFY=false to silence this); {polling}")
+        return None
+    listener = Listener(db.database_listen_url or conninfo, settings)
+    why = await listener.round_trip()
+    if why is not None:
+        name = "DATABASE_LISTEN_URL" if db.database_listen_url else "DATABASE_URL"
+        log.warning(f"LISTEN/NOTIFY off: notifications do not arrive on {name} ({why}); set DATABASE_LISTEN_URL "
+                    f"to a direct or session-mode URL (or LISTEN_NOTIFY=false to silence this); {polling}")
+        return None
+    return listener
 
 
 def pool_config(
@@ -172,10 +198,18 @@ async def http_server(
     """
     from supervisor.health import CallbackHealthSources
     from supervisor.http_app import AppState, build_app, make_server
-    from supervisor.http_database import HttpDatabase
+    from supervisor.http_database import ConnectionBudget, HttpDatabase
 
-    api_db = await HttpDatabase.open(conninfo, settings, worker_id)
-    api_db.worker_database_ok = lambda: parts.database.ok
+    api_db = await HttpDatabase.open(conninfo, settings, worker_id, metrics)
+    api_db.worker = parts.database
+    parts.database.peers.append(api_db.status)
+    api_db.status.peers.append(parts.database)
+    listener = parts.listener
+    api_db.budget = ConnectionBudget(
+        parts.endpoint, parts.db, api_db.pool,
+        listen_open=lambda: 0 if listener is None else listener.open_connections,
+        listen_max=0 if listener is None else 1,
+    )
     health = parts.health
     state = AppState(
         settings=settings,

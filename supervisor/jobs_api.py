@@ -74,8 +74,8 @@ def guarded(state: AppState, fn: Handler) -> Handler:
             log.info("client went away before sending the whole request", extra={"path": request.url.path})
             return Response(status_code=400)  # nobody is there to read it
         except (PoolTimeout, TooManyRequests) as exc:
-            if isinstance(exc, PoolTimeout) and state.database is not None:
-                state.database.failed()  # busy, or broken since an outage: the reviver tells which
+            if state.database is not None:
+                state.database.failed(exc)  # counted as pool_exhausted; /health tells busy from broken
             return unavailable(
                 "all of the API's database connections are busy; try again shortly",
                 slug="busy",
@@ -84,7 +84,7 @@ def guarded(state: AppState, fn: Handler) -> Handler:
         except psycopg.OperationalError as exc:
             log.warning("database unavailable for %s %s: %s", request.method, request.url.path, exc)
             if state.database is not None:
-                state.database.failed()
+                state.database.failed(exc)
             return unavailable("the database is unavailable", slug="database-unavailable", retry_after=5).response()
 
     endpoint.__name__ = fn.__name__

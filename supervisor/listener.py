@@ -7,6 +7,11 @@ decoded payload on an asyncio queue; event streams *watch* one job and get only
 its payloads (a dict lookup per notification, however many streams are open).
 The claimer gets an Event.
 
+The connection is checked by a round trip when it is opened: a NOTIFY to
+itself must come back within ROUND_TRIP_SECONDS. Through a transaction-mode
+pooler it does not (the LISTEN ran on a server connection the pooler has since
+given to someone else); the worker then polls instead (supervisor/composition.py).
+
 Streams hold no database connection: after a reconnect (notifications may have
 been missed) the listener reads the status of every watched job in one query on
 its own connection and hands it to the watchers.
@@ -18,17 +23,26 @@ import asyncio
 import contextlib
 import json
 import logging
+import uuid
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
+from shared.config import Settings
+from supervisor.database import connection_kwargs, one_line
 from supervisor.queries import query
 
 log = logging.getLogger(__name__)
 
 AVAILABLE_CHANNEL = "export_jobs_available"
 STATUS_CHANNEL = "export_job_status"
+PING_CHANNEL = "export_worker_ping"  # the round trip that proves notifications arrive
+ROUND_TRIP_SECONDS = 2.0
+
+
+class NotificationsLost(Exception):
+    """A NOTIFY to ourselves did not come back on the LISTEN connection."""
 
 
 WATCH_QUEUE_SIZE = 16
@@ -70,10 +84,10 @@ async def fetch_statuses(conn: psycopg.AsyncConnection[Any], job_ids: list[str])
 
 
 class Listener(StatusFanout):
-    def __init__(self, conninfo: str, *, reconnect_delay: float = 1.0, connect_timeout: int = 5) -> None:
+    def __init__(self, conninfo: str, settings: Settings, *, reconnect_delay: float = 1.0) -> None:
         self.conninfo = conninfo
         self.reconnect_delay = reconnect_delay
-        self.connect_timeout = connect_timeout
+        self.kwargs = connection_kwargs(settings, "export-worker-listen")
         super().__init__()
         self.job_available = asyncio.Event()
         self.connected = asyncio.Event()
@@ -81,6 +95,35 @@ class Listener(StatusFanout):
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self.backend_pid: int | None = None
         self.reconnects = 0
+
+    @property
+    def open_connections(self) -> int:
+        return 0 if self._conn is None or self._conn.closed else 1
+
+    async def round_trip(self) -> str | None:
+        """None when a NOTIFY to ourselves arrives on a fresh LISTEN connection, else why not."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.conninfo, **self.kwargs)
+        except psycopg.Error as exc:
+            return f"cannot connect: {one_line(exc)}"
+        try:
+            await self._subscribe_and_ping(conn)
+        except (psycopg.Error, NotificationsLost) as exc:
+            return one_line(exc)
+        finally:
+            await conn.close()
+        return None
+
+    async def _subscribe_and_ping(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        for channel in (AVAILABLE_CHANNEL, STATUS_CHANNEL, PING_CHANNEL):
+            await conn.execute(f"LISTEN {channel}")
+        token = uuid.uuid4().hex
+        await conn.execute("SELECT pg_notify(%s, %s)", (PING_CHANNEL, token))
+        async for notify in conn.notifies(timeout=ROUND_TRIP_SECONDS):
+            if notify.channel == PING_CHANNEL and notify.payload == token:
+                return
+            self._dispatch(notify)
+        raise NotificationsLost(f"a NOTIFY to ourselves did not arrive within {ROUND_TRIP_SECONDS:g}s")
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
         """A queue of status payloads; call unsubscribe() when done."""
@@ -112,24 +155,23 @@ class Listener(StatusFanout):
             await asyncio.sleep(self.reconnect_delay)
 
     async def _listen_once(self) -> None:
-        conn = await psycopg.AsyncConnection.connect(
-            self.conninfo, autocommit=True, connect_timeout=self.connect_timeout,
-            application_name="export-worker-listen",
-        )
+        conn = await psycopg.AsyncConnection.connect(self.conninfo, **self.kwargs)
         self._conn = conn
-        await conn.execute(f"LISTEN {AVAILABLE_CHANNEL}")
-        await conn.execute(f"LISTEN {STATUS_CHANNEL}")
+        await self._subscribe_and_ping(conn)
         self.backend_pid = conn.info.backend_pid
         if self.reconnects and self.watched:  # what the streams may have missed while we were deaf
             for message in await fetch_statuses(conn, self.watched):
                 self.deliver(message)
         self.connected.set()
         async for notify in conn.notifies():
-            if notify.channel == AVAILABLE_CHANNEL:
-                self.job_available.set()
-            elif notify.channel == STATUS_CHANNEL:
-                self._publish(notify.payload)
+            self._dispatch(notify)
         raise ConnectionError("notification stream ended")
+
+    def _dispatch(self, notify: psycopg.Notify) -> None:
+        if notify.channel == AVAILABLE_CHANNEL:
+            self.job_available.set()
+        elif notify.channel == STATUS_CHANNEL:
+            self._publish(notify.payload)
 
     def _publish(self, payload: str) -> None:
         try:

@@ -12,6 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from psycopg_pool import AsyncConnectionPool
 
+from shared.vocabulary import DatabaseErrorCause
 from supervisor import sandbox
 from supervisor.queries import load
 
@@ -129,6 +130,23 @@ class Metrics:
             ["event", "outcome"],
             registry=r,
         )
+
+        # The database (supervisor/database.py's DatabaseStatus sets both).
+        self.database_up = Gauge(
+            "export_database_up",
+            "1 when this worker's last database operations succeeded, 0 while the database is unreachable or failing",
+            registry=r,
+        )
+        self.database_up.set(1)
+        self.database_errors = Counter(
+            "export_database_errors_total",
+            "Database operations that failed, by cause: refused, authentication, pool_exhausted, protocol, "
+            "timeout, other",
+            ["cause"],
+            registry=r,
+        )
+        for cause in DatabaseErrorCause:  # every series exists from the start, at 0
+            self.database_errors.labels(cause.value)
 
     def set_jobs_created(self, totals: Mapping[str, int]) -> None:
         """Raise export_jobs_created_total to the database's counts; a counter never goes down.

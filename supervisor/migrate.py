@@ -37,31 +37,36 @@ def available_migrations() -> list[Migration]:
 
 
 def migrate(conninfo: str) -> list[str]:
-    """Apply pending migrations; return the names applied by this call."""
+    """Apply pending migrations; return the names applied by this call.
+
+    Everything happens in one transaction that first takes a transaction-level
+    advisory lock: through a transaction-mode pooler the whole run stays on one
+    server connection, and the lock goes with the commit or rollback whatever
+    happens to this process (a session lock would stay held by a pooled backend).
+    A second run waits for the first, then finds nothing to do.
+    """
     applied_now: list[str] = []
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        try:
-            conn.execute(
-                """CREATE TABLE IF NOT EXISTS export_worker_migrations (
-                       name text PRIMARY KEY,
-                       checksum text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT now())"""
-            )
-            done = {row[0] for row in conn.execute("SELECT name FROM export_worker_migrations")}
-            for migration in available_migrations():
-                if migration.name in done:
-                    continue
-                with conn.transaction():
-                    conn.execute(migration.sql.encode())
-                    conn.execute(LOCK_DOWN.encode())
-                    conn.execute(
-                        "INSERT INTO export_worker_migrations (name, checksum) VALUES (%s, %s)",
-                        (migration.name, migration.checksum),
-                    )
-                applied_now.append(migration.name)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None,
+                         application_name="export-worker-migrate") as conn, conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+        conn.execute(
+            """CREATE TABLE IF NOT EXISTS export_worker_migrations (
+                   name text PRIMARY KEY,
+                   checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
+        done = {row[0] for row in conn.execute("SELECT name FROM export_worker_migrations")}
+        for migration in available_migrations():
+            if migration.name in done:
+                continue
+            with conn.transaction():  # a savepoint: the error names the migration that failed
+                conn.execute(migration.sql.encode())
+                conn.execute(LOCK_DOWN.encode())
+                conn.execute(
+                    "INSERT INTO export_worker_migrations (name, checksum) VALUES (%s, %s)",
+                    (migration.name, migration.checksum),
+                )
+            applied_now.append(migration.name)
     return applied_now
 
 
@@ -79,7 +84,8 @@ def default_webhook(settings: Settings) -> str:
 def sync_queue_settings(conninfo: str, settings: Settings) -> None:
     """Write the limits and priorities the creation function reads."""
     limits = settings.limits
-    with psycopg.connect(conninfo, autocommit=True) as conn:
+    with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None,
+                         application_name="export-worker-migrate") as conn:
         conn.execute(
             """UPDATE export_queue_settings SET
                    free_user_hourly_limit = %s, subscriber_hourly_limit = %s,

@@ -471,7 +471,7 @@ async def read_event(lines: AsyncIterator[str]) -> dict[str, Any]:
 async def test_sse_streams_status_changes(
     settings: Settings, queue: JobQueue, pool: AsyncConnectionPool[Any], db_url: str, tmp_path: Path
 ) -> None:
-    listener = Listener(db_url)
+    listener = Listener(db_url, settings)
     listen_task = asyncio.create_task(listener.run())
     await asyncio.wait_for(listener.connected.wait(), 10)
     state = make_state(settings, queue, pool, tmp_path)

@@ -10,6 +10,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -17,14 +18,14 @@ import pytest
 
 from supervisor.listener import Listener
 from supervisor.queue import JobQueue
-from tests.conftest import html_payload
+from tests.conftest import html_payload, make_settings
 
 pytestmark = pytest.mark.timeout(60)
 
 
 @pytest.fixture
 async def listener(db_url: str) -> AsyncIterator[Listener]:
-    lst = Listener(db_url, reconnect_delay=0.1)
+    lst = Listener(db_url, make_settings(Path("."), db_url), reconnect_delay=0.1)
     task = asyncio.create_task(lst.run())
     await asyncio.wait_for(lst.connected.wait(), 10)
     try:
