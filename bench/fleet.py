@@ -257,6 +257,25 @@ class Monitor(threading.Thread):
         p.samples += 1
 
 
+POOLER_TOTALS = ("total_xact_count", "total_xact_time", "total_wait_time")
+
+
+def pooler_totals(bouncer: PgBouncer) -> dict[str, int]:
+    """PgBouncer's running totals for the bench's database (times in microseconds)."""
+    row = next((r for r in bouncer.show("SHOW STATS") if r["database"] == DB_NAME), None)
+    return {k: int(row[k]) if row else 0 for k in POOLER_TOTALS}
+
+
+def pooler_use(before: dict[str, int], after: dict[str, int], jobs: int) -> dict[str, float]:
+    """What a job cost the pool: its transactions, the server-connection time they held, the clients' wait."""
+    xacts = after["total_xact_count"] - before["total_xact_count"]
+    held_us = after["total_xact_time"] - before["total_xact_time"]
+    wait_us = after["total_wait_time"] - before["total_wait_time"]
+    return {"xacts_per_job": xacts / jobs, "server_ms_per_job": held_us / 1000 / jobs,
+            "avg_xact_ms": held_us / 1000 / xacts if xacts else float("nan"),
+            "client_wait_ms_per_job": wait_us / 1000 / jobs}
+
+
 # ---- jobs -----------------------------------------------------------------------------------
 
 
@@ -315,10 +334,11 @@ def verify(direct_url: str, ids: list[str], workers: list[Worker]) -> dict[str, 
             "SELECT count(*) FILTER (WHERE status = 'completed'),"
             "       count(*) FILTER (WHERE status = 'completed' AND attempts = 1),"
             "       count(*) FILTER (WHERE attempts > 1),"
-            "       extract(epoch FROM max(completed_at) - min(started_at))::float8"
+            "       extract(epoch FROM max(completed_at) - min(started_at))::float8,"
+            "       extract(epoch FROM max(created_at) - min(created_at))::float8"
             " FROM export_jobs WHERE id = ANY(%s::uuid[])", (ids,)).fetchone()
         assert row is not None
-        completed, first_attempt, retried, wall = row
+        completed, first_attempt, retried, wall, creating = row
         latencies = [r[0] for r in conn.execute(
             "SELECT extract(epoch FROM started_at - created_at)::float8 FROM export_jobs"
             " WHERE id = ANY(%s::uuid[]) AND started_at IS NOT NULL", (ids,)).fetchall()]
@@ -339,6 +359,7 @@ def verify(direct_url: str, ids: list[str], workers: list[Worker]) -> dict[str, 
         "mail_rows": mail_rows, "mail_sent": mail_sent, "mail_files": sum(files.values()),
         "jobs_without_mail_file": len(wanted - set(files)), "lost": lost, "doubled": doubled,
         "wall_s": wall, "per_s": completed / wall if wall else 0.0,
+        "created_per_s": len(ids) / creating if creating else float("inf"),
         "pickup_p50_ms": pct(latencies, 50) * 1000, "pickup_p95_ms": pct(latencies, 95) * 1000,
         "pickup_max_ms": max(latencies) * 1000 if latencies else float("nan"),
     }
@@ -361,12 +382,14 @@ def one_round(kind: str, listen: Listen, monitor: Monitor, workers: list[Worker]
               pooled_url: str, cfg: FleetConfig) -> Round:
     before = load()
     monitor.reset()
+    totals = pooler_totals(monitor.bouncer)
     if kind == "burst":
         ids = enqueue_burst(pooled_url, cfg.jobs)
     else:
         ids = enqueue_paced(pooled_url, cfg.paced_jobs, cfg.paced_per_s)
     drain(direct_url, ids)
     result = verify(direct_url, ids, workers)
+    result["pooler"] = pooler_use(totals, pooler_totals(monitor.bouncer), len(ids))
     if monitor.error is not None:
         raise RuntimeError(f"the connection monitor failed: {monitor.error}")
     peaks = monitor.reset()
@@ -385,13 +408,16 @@ def run_fleet(cfg: FleetConfig, listen: Listen, server: PgServer, bouncer: PgBou
         monitor.start()
         workers = start_workers(cfg, Path(tmp), pooled_url, direct_url if listen is Listen.DIRECT else None)
         try:
-            t0 = time.monotonic()
+            t0, start_load = time.monotonic(), load()
             wait_healthy(workers)
-            print(f"  all {cfg.workers} healthy after {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+            started = time.monotonic() - t0
+            print(f"  all {cfg.workers} healthy after {started:.0f} s", file=sys.stderr, flush=True)
             idle = monitor.reset()
             rounds = [one_round(kind, listen, monitor, workers, direct_url, pooled_url, cfg)
                       for kind in ("burst", "paced")]
-            rounds[0].notes.append(f"idle fleet before the rounds: {idle.database} server connections")
+            rounds[0].notes.append(f"{listen.value}: all {cfg.workers} workers healthy {started:.0f} s after "
+                                   f"their start (load {start_load[0]:.1f}); {idle.database} server "
+                                   "connections while they were idle")
         except BaseException:
             stop_workers(workers)
             monitor.stop_flag.set()
@@ -427,8 +453,9 @@ def run(cfg: FleetConfig) -> dict[str, Any]:
         out["notes"].append("this build has no DATABASE_LISTEN_URL: the direct-LISTEN fleet was not run")
     with PgServer(max_connections=cfg.max_connections) as server:
         migrate_database(server)
+        # stats_period: SHOW STATS's totals every second rather than every minute (the clients see no change).
         with PgBouncer(upstream_port=server.port, pool_mode=cfg.pool_mode, default_pool_size=cfg.pool_size,
-                       extra_settings=dict(cfg.bouncer_settings)) as bouncer:
+                       extra_settings={"stats_period": "1", **dict(cfg.bouncer_settings)}) as bouncer:
             out["pgbouncer"] = subprocess.run([pgbouncer_binary(), "--version"], capture_output=True, text=True,
                                               check=False).stdout.splitlines()[:1]
             for listen in listens:
@@ -437,23 +464,35 @@ def run(cfg: FleetConfig) -> dict[str, Any]:
 
 
 def table(res: dict[str, Any]) -> str:
+    """The rounds as Markdown: throughput, pickup, connections, exactly-once; then the pool's use."""
     cfg = res["config"]
     lines = [
         f"{cfg['workers']} workers x {cfg['renders_per_worker']} null children, one PgBouncer "
         f"({cfg['pool_mode']} mode, pool {cfg['pool_size']}), PostgreSQL max_connections = {cfg['max_connections']}",
         "",
-        "| LISTEN | round | jobs | completed | jobs/s | pickup p50 | pickup p95 | peak server conns (db) | "
-        "peak on server (all) | peak pooler server conns | peak clients waiting | lost | doubled | load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| LISTEN | round | jobs | completed | jobs/s | created/s | pickup p50 | pickup p95 | "
+        "peak server conns (db) | peak on server (all) | lost | doubled | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rounds"]:
         x, p = r["result"], r["peaks"]
-        rate = f"{x['per_s']:.0f}" if r["kind"] == "burst" else f"(paced {cfg['paced_per_s']:.0f}/s)"
+        created = "at once" if r["kind"] == "burst" else f"{x['created_per_s']:.0f}"
         lines.append(
-            f"| {r['listen']} | {r['kind']} | {x['jobs']} | {x['completed']} | {rate} | "
+            f"| {r['listen']} | {r['kind']} | {x['jobs']} | {x['completed']} | {x['per_s']:.0f} | {created} | "
             f"{x['pickup_p50_ms']:.0f} ms | {x['pickup_p95_ms']:.0f} ms | {p['database']} | {p['cluster']} | "
-            f"{p['pooler_servers']} | {p['pooler_clients_waiting']} | {x['lost']} | {x['doubled']} | "
-            f"{r['load_before'][0]:.1f} |")
+            f"{x['lost']} | {x['doubled']} | {r['load_before'][0]:.1f} |")
+    lines += [
+        "",
+        "| LISTEN | round | pooler server conns (peak) | clients waiting (peak) | transactions/job | "
+        "server-connection ms/job | avg transaction ms | client wait ms/job | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in res["rounds"]:
+        u, p = r["result"]["pooler"], r["peaks"]
+        lines.append(
+            f"| {r['listen']} | {r['kind']} | {p['pooler_servers']} | {p['pooler_clients_waiting']} | "
+            f"{u['xacts_per_job']:.1f} | {u['server_ms_per_job']:.1f} | {u['avg_xact_ms']:.2f} | "
+            f"{u['client_wait_ms_per_job']:.1f} | {r['load_before'][0]:.1f} |")
     notes = [*res.get("notes", []), *(n for r in res["rounds"] for n in r["notes"])]
     if notes:
         lines += ["", *(f"- {n}" for n in notes)]
