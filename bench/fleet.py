@@ -9,12 +9,15 @@ Their ``DATABASE_URL`` is the pooler. Two fleets are measured in turn: the poole
 only (what a user who sets nothing else gets), then with ``DATABASE_LISTEN_URL`` set to
 the server directly (LISTEN needs a session).
 
-Per fleet, two rounds:
+Per fleet, three rounds (pickup latency = started_at - created_at, both the server's clock):
 
 - burst: N jobs created in one transaction through the pooler (all visible at once);
-  jobs/s = completed / (last completed_at - first started_at), as bench/capacity.py;
-- paced: jobs created one by one through the pooler at a steady rate well below
-  the fleet's capacity; pickup latency = started_at - created_at (both the server's clock).
+  jobs/s = completed / (last completed_at - first started_at), as bench/capacity.py
+  (its pickup figures are the queue's wait);
+- paced: jobs created one by one through the pooler at a steady rate below the
+  fleet's capacity: pickup while the fleet is working;
+- idle: one job at a time, each created after the previous one started and a pause:
+  pickup by a fleet that sits idle (polling at its idle interval, or woken by NOTIFY).
 
 Throughout, a monitor samples pg_stat_activity (this bench's database, the monitor's
 own connection left out) and PgBouncer's SHOW POOLS every 100 ms and keeps the peaks.
@@ -59,6 +62,12 @@ START_TIMEOUT_SECONDS = 600.0  # 20 workers and 60 children importing at once on
 DRAIN_TIMEOUT_SECONDS = 600.0
 SAMPLE_SECONDS = 0.1
 LOG_TAIL_CHARS = 4000
+IDLE_PAUSE_SECONDS = 0.5
+
+
+# burst: all jobs visible at once (jobs/s); paced: a steady stream below capacity; idle: one
+# job at a time, each created after the previous started and a pause (an idle fleet's pickup).
+ROUNDS = ("burst", "paced", "idle")
 
 
 class Listen(enum.Enum):
@@ -77,6 +86,7 @@ class FleetConfig:
     jobs: int = 2000  # the burst round
     paced_jobs: int = 300
     paced_per_s: float = 20.0
+    idle_jobs: int = 40
     renders_per_worker: int = 3  # MAX_CONCURRENT_RENDERS, the default
     # Departures from the Supabase-like pooler (reported under the table), e.g. ignoring
     # `options` to measure a build that still sends it.
@@ -90,6 +100,7 @@ class Peaks:
     database: int = 0  # server connections to this bench's database (pooled and direct)
     cluster: int = 0  # every client backend on the server, against max_connections
     pooler_servers: int = 0  # PgBouncer's server connections for the database
+    pooler_clients: int = 0  # PgBouncer's client connections for the database (cl_active + cl_waiting)
     pooler_clients_waiting: int = 0  # PgBouncer's cl_waiting: clients queued for a server connection
     samples: int = 0
 
@@ -245,19 +256,21 @@ class Monitor(threading.Thread):
             "SELECT count(*) FILTER (WHERE datname = %s AND application_name <> %s), count(*)"
             " FROM pg_stat_activity WHERE backend_type = 'client backend'", (DB_NAME, MONITOR_APP)).fetchone()
         assert row is not None
-        servers = waiting = 0
+        servers = clients = waiting = 0
         for pool in admin_show(admin, "SHOW POOLS"):
             if pool["database"] == DB_NAME:
                 servers += sum(int(pool[k]) for k in ("sv_active", "sv_idle", "sv_used", "sv_tested", "sv_login"))
                 waiting += int(pool["cl_waiting"])
+                clients += int(pool["cl_active"]) + int(pool["cl_waiting"])
         p = self.peaks
         p.database, p.cluster = max(p.database, row[0]), max(p.cluster, row[1])
         p.pooler_servers = max(p.pooler_servers, servers)
         p.pooler_clients_waiting = max(p.pooler_clients_waiting, waiting)
+        p.pooler_clients = max(p.pooler_clients, clients)
         p.samples += 1
 
 
-POOLER_TOTALS = ("total_xact_count", "total_xact_time", "total_wait_time")
+POOLER_TOTALS = ("total_xact_count", "total_query_count", "total_xact_time", "total_wait_time")
 
 
 def pooler_totals(bouncer: PgBouncer) -> dict[str, int]:
@@ -266,12 +279,15 @@ def pooler_totals(bouncer: PgBouncer) -> dict[str, int]:
     return {k: int(row[k]) if row else 0 for k in POOLER_TOTALS}
 
 
-def pooler_use(before: dict[str, int], after: dict[str, int], jobs: int) -> dict[str, float]:
+def pooler_use(before: dict[str, int], after: dict[str, int], jobs: int, seconds: float) -> dict[str, float]:
     """What a job cost the pool: its transactions, the server-connection time they held, the clients' wait."""
     xacts = after["total_xact_count"] - before["total_xact_count"]
+    queries = after["total_query_count"] - before["total_query_count"]
     held_us = after["total_xact_time"] - before["total_xact_time"]
     wait_us = after["total_wait_time"] - before["total_wait_time"]
-    return {"xacts_per_job": xacts / jobs, "server_ms_per_job": held_us / 1000 / jobs,
+    return {"xacts_per_job": xacts / jobs, "xacts_per_s": xacts / seconds,
+            "queries_per_xact": queries / xacts if xacts else float("nan"),
+            "server_ms_per_job": held_us / 1000 / jobs,
             "avg_xact_ms": held_us / 1000 / xacts if xacts else float("nan"),
             "client_wait_ms_per_job": wait_us / 1000 / jobs}
 
@@ -308,6 +324,22 @@ def enqueue_paced(pooled_url: str, jobs: int, per_s: float) -> list[str]:
         for i in range(jobs):
             time.sleep(max(0.0, start + i / per_s - time.monotonic()))
             ids.append(_create(conn, user))
+    return ids
+
+
+def enqueue_one_at_a_time(pooled_url: str, direct_url: str, jobs: int) -> list[str]:
+    """Each job created once the previous one has started, and a pause after: an idle fleet's pickup."""
+    user = str(uuid.uuid4())
+    ids = []
+    with psycopg.connect(pooled_url, prepare_threshold=None, autocommit=True) as conn, \
+            psycopg.connect(direct_url, autocommit=True, application_name=MONITOR_APP) as watch:
+        for _ in range(jobs):
+            ids.append(_create(conn, user))
+            deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS
+            while time.monotonic() < deadline and watch.execute(
+                    "SELECT started_at IS NULL FROM export_jobs WHERE id = %s", (ids[-1],)).fetchone() == (True,):
+                time.sleep(0.005)
+            time.sleep(IDLE_PAUSE_SECONDS)  # the worker finishes it and the fleet is idle again
     return ids
 
 
@@ -371,7 +403,7 @@ def verify(direct_url: str, ids: list[str], workers: list[Worker]) -> dict[str, 
 @dataclass
 class Round:
     listen: str
-    kind: str  # "burst" or "paced"
+    kind: str  # one of ROUNDS
     result: dict[str, Any]
     peaks: Peaks
     load_before: list[float]
@@ -382,14 +414,16 @@ def one_round(kind: str, listen: Listen, monitor: Monitor, workers: list[Worker]
               pooled_url: str, cfg: FleetConfig) -> Round:
     before = load()
     monitor.reset()
-    totals = pooler_totals(monitor.bouncer)
+    totals, t0 = pooler_totals(monitor.bouncer), time.monotonic()
     if kind == "burst":
         ids = enqueue_burst(pooled_url, cfg.jobs)
-    else:
+    elif kind == "paced":
         ids = enqueue_paced(pooled_url, cfg.paced_jobs, cfg.paced_per_s)
+    else:
+        ids = enqueue_one_at_a_time(pooled_url, direct_url, cfg.idle_jobs)
     drain(direct_url, ids)
     result = verify(direct_url, ids, workers)
-    result["pooler"] = pooler_use(totals, pooler_totals(monitor.bouncer), len(ids))
+    result["pooler"] = pooler_use(totals, pooler_totals(monitor.bouncer), len(ids), time.monotonic() - t0)
     if monitor.error is not None:
         raise RuntimeError(f"the connection monitor failed: {monitor.error}")
     peaks = monitor.reset()
@@ -414,7 +448,7 @@ def run_fleet(cfg: FleetConfig, listen: Listen, server: PgServer, bouncer: PgBou
             print(f"  all {cfg.workers} healthy after {started:.0f} s", file=sys.stderr, flush=True)
             idle = monitor.reset()
             rounds = [one_round(kind, listen, monitor, workers, direct_url, pooled_url, cfg)
-                      for kind in ("burst", "paced")]
+                      for kind in ROUNDS]
             rounds[0].notes.append(f"{listen.value}: all {cfg.workers} workers healthy {started:.0f} s after "
                                    f"their start (load {start_load[0]:.1f}); {idle.database} server "
                                    "connections while they were idle")
@@ -476,22 +510,24 @@ def table(res: dict[str, Any]) -> str:
     ]
     for r in res["rounds"]:
         x, p = r["result"], r["peaks"]
-        created = "at once" if r["kind"] == "burst" else f"{x['created_per_s']:.0f}"
+        created = {"burst": "at once", "idle": "one at a time"}.get(r["kind"], f"{x['created_per_s']:.0f}")
         lines.append(
             f"| {r['listen']} | {r['kind']} | {x['jobs']} | {x['completed']} | {x['per_s']:.0f} | {created} | "
             f"{x['pickup_p50_ms']:.0f} ms | {x['pickup_p95_ms']:.0f} ms | {p['database']} | {p['cluster']} | "
             f"{x['lost']} | {x['doubled']} | {r['load_before'][0]:.1f} |")
     lines += [
         "",
-        "| LISTEN | round | pooler server conns (peak) | clients waiting (peak) | transactions/job | "
-        "server-connection ms/job | avg transaction ms | client wait ms/job | load |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| LISTEN | round | pooler clients (peak) | pooler server conns (peak) | clients waiting (peak) | "
+        "transactions/job | transactions/s | queries/transaction | server-connection ms/job | "
+        "avg transaction ms | client wait ms/job | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in res["rounds"]:
         u, p = r["result"]["pooler"], r["peaks"]
         lines.append(
-            f"| {r['listen']} | {r['kind']} | {p['pooler_servers']} | {p['pooler_clients_waiting']} | "
-            f"{u['xacts_per_job']:.1f} | {u['server_ms_per_job']:.1f} | {u['avg_xact_ms']:.2f} | "
+            f"| {r['listen']} | {r['kind']} | {p['pooler_clients']} | {p['pooler_servers']} | "
+            f"{p['pooler_clients_waiting']} | {u['xacts_per_job']:.1f} | {u['xacts_per_s']:.0f} | "
+            f"{u['queries_per_xact']:.1f} | {u['server_ms_per_job']:.1f} | {u['avg_xact_ms']:.2f} | "
             f"{u['client_wait_ms_per_job']:.1f} | {r['load_before'][0]:.1f} |")
     notes = [*res.get("notes", []), *(n for r in res["rounds"] for n in r["notes"])]
     if notes:
@@ -499,7 +535,7 @@ def table(res: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-SMOKE = FleetConfig(workers=2, pool_size=5, jobs=20, paced_jobs=10)
+SMOKE = FleetConfig(workers=2, pool_size=5, jobs=20, paced_jobs=10, idle_jobs=3)
 
 
 def report(cfg: FleetConfig, out: Path) -> int:
@@ -531,6 +567,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=defaults.jobs, help="jobs in the burst round")
     ap.add_argument("--paced-jobs", type=int, default=defaults.paced_jobs)
     ap.add_argument("--paced-per-s", type=float, default=defaults.paced_per_s)
+    ap.add_argument("--idle-jobs", type=int, default=defaults.idle_jobs, help="jobs in the idle round")
     ap.add_argument("--bouncer-setting", action="append", default=[], metavar="KEY=VALUE",
                     help="a pgbouncer.ini setting that departs from Supabase's (reported with the table)")
     ap.add_argument("--out", default="bench/results/fleet.json")
@@ -540,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--bouncer-setting {item!r}: expected KEY=VALUE")
     cfg = FleetConfig(workers=ns.workers, pool_size=ns.pool_size, pool_mode=PoolMode(ns.pool_mode),
                       max_connections=ns.max_connections, jobs=ns.jobs, paced_jobs=ns.paced_jobs,
-                      paced_per_s=ns.paced_per_s,
+                      paced_per_s=ns.paced_per_s, idle_jobs=ns.idle_jobs,
                       bouncer_settings=tuple((k, v) for k, _, v in (i.partition("=") for i in ns.bouncer_setting)))
     return report(cfg, Path(ns.out))
 

@@ -37,3 +37,28 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert set(data[case]) == {"small", "medium", "large"}
     assert set(data["pickup"]) >= {"notify", "polling"}
     assert data["end_to_end"]["cases"]["small"]["completed"] == data["end_to_end"]["cases"]["small"]["jobs"]
+
+
+@pytest.mark.timeout(300)
+def test_bench_fleet_smoke(tmp_path: Path) -> None:
+    """`export-worker bench fleet --smoke`: 2 workers through a transaction-mode PgBouncer, both LISTEN set-ups."""
+    out = tmp_path / "fleet.json"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "export-worker"), "bench", "fleet", "--smoke", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=280,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "| LISTEN | round | jobs | completed | jobs/s |" in proc.stdout
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["config"]["pool_mode"] == "transaction"
+    rounds = {(r["listen"], r["kind"]): r for r in data["rounds"]}
+    assert len(rounds) == 4, list(rounds)
+    for key, r in rounds.items():
+        result = r["result"]
+        assert result["completed"] == result["jobs"] == result["first_attempt"], key
+        assert result["lost"] == 0 and result["doubled"] == 0, key
+        assert result["mail_files"] == result["jobs"] and result["mail_sent"] == result["jobs"], key
+        # Transaction mode: however many clients, the pooler opens at most its pool.
+        assert 0 < r["peaks"]["pooler_servers"] <= data["config"]["pool_size"], key
