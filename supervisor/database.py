@@ -217,7 +217,23 @@ class WorkerPool(AsyncConnectionPool[Any]):
         self.begin = begin_command(statement_timeout_ms)
         self.checkout_timeout = checkout_timeout
         self.block_timeout = block_timeout
-        super().__init__(conninfo, check=self._begin, **kwargs)
+        # Why the last attempt to open a connection failed (None once one succeeds): a
+        # caller who waited in vain gets PoolTimeout, and /health names this instead.
+        self.connect_error: BaseException | None = None
+        pool = self
+
+        class Connection(psycopg.AsyncConnection[Any]):
+            @classmethod
+            async def connect(cls, conninfo: str = "", **kw: Any) -> Connection:
+                try:
+                    conn = await super().connect(conninfo, **kw)
+                except Exception as exc:
+                    pool.connect_error = exc
+                    raise
+                pool.connect_error = None
+                return conn
+
+        super().__init__(conninfo, check=self._begin, connection_class=Connection, **kwargs)
 
     async def _begin(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async with asyncio.timeout(self.checkout_timeout):
@@ -396,6 +412,9 @@ class DatabaseStatus:
         return cause
 
     def down(self, exc: BaseException) -> None:
+        if error_cause(exc) in (DatabaseErrorCause.POOL_EXHAUSTED, DatabaseErrorCause.TIMEOUT) \
+                and self.pool.connect_error is not None:
+            exc = self.pool.connect_error  # no connection to give because none can be opened: say why
         cause = self.count(exc)
         self.cause, self.error = cause, mask_password(one_line(exc), str(self.pool.conninfo))
         if self.ok:

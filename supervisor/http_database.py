@@ -93,7 +93,7 @@ class HttpDatabase:
 
     async def health(self) -> HealthCheck:
         details = self.budget.details() if self.budget is not None else {}
-        if not self.busy():
+        if not self.busy() or not self.status.ok:
             await self._probe()
         verdicts = [s.describe() for s in (self.worker, self.status) if s is not None]
         failing = [words for verdict, words in verdicts if verdict is False]
@@ -121,10 +121,13 @@ class HttpDatabase:
         self.status.up()
 
     def busy(self) -> bool:
-        """Every connection of the API pool is in use, or requests already wait for one."""
-        stats = self.pool.get_stats()
-        in_use_all = stats.get("pool_size", 0) >= self.pool.max_size and stats.get("pool_available", 0) == 0
-        return in_use_all or stats.get("requests_waiting", 0) > 0
+        """Every connection of the API pool is open and in use by a request.
+
+        Not psycopg_pool's ``requests_waiting``: a request that gave up waiting stays
+        counted there until a connection is handed out again, so after an outage it
+        would say "busy" forever while the pool has no connection at all.
+        """
+        return self.pool.busy_connections() >= self.pool.max_size
 
     async def close(self) -> None:
         await self.pool.close()

@@ -7,8 +7,8 @@ decoded payload on an asyncio queue; event streams *watch* one job and get only
 its payloads (a dict lookup per notification, however many streams are open).
 The claimer gets an Event.
 
-The connection is checked by a round trip when it is opened: a NOTIFY to
-itself must come back within ROUND_TRIP_SECONDS. Through a transaction-mode
+The connection is checked by a round trip at start: a NOTIFY sent from another
+connection must arrive on it within ROUND_TRIP_SECONDS. Through a transaction-mode
 pooler it does not (the LISTEN ran on a server connection the pooler has since
 given to someone else); the worker then polls instead (supervisor/composition.py).
 
@@ -39,6 +39,7 @@ AVAILABLE_CHANNEL = "export_jobs_available"
 STATUS_CHANNEL = "export_job_status"
 PING_CHANNEL = "export_worker_ping"  # the round trip that proves notifications arrive
 ROUND_TRIP_SECONDS = 2.0
+IDLE_CHECK_SECONDS = 15.0  # a LISTEN connection is asked to answer at least this often
 
 
 class NotificationsLost(Exception):
@@ -101,29 +102,34 @@ class Listener(StatusFanout):
         return 0 if self._conn is None or self._conn.closed else 1
 
     async def round_trip(self) -> str | None:
-        """None when a NOTIFY to ourselves arrives on a fresh LISTEN connection, else why not."""
+        """None when notifications really reach a fresh LISTEN connection, else why not.
+
+        The NOTIFY is sent from a second connection: through a transaction pooler the
+        LISTEN ran on a server connection the pooler hands to the next client, so the
+        NOTIFY reaches that client, or nobody, and never the listener. (A NOTIFY sent
+        on the listener's own client connection can come back by luck when the
+        pooler is idle and gives it the same server connection again.)
+        """
         try:
-            conn = await psycopg.AsyncConnection.connect(self.conninfo, **self.kwargs)
-        except psycopg.Error as exc:
-            return f"cannot connect: {one_line(exc)}"
-        try:
-            await self._subscribe_and_ping(conn)
+            async with await psycopg.AsyncConnection.connect(self.conninfo, **self.kwargs) as conn, \
+                    await psycopg.AsyncConnection.connect(self.conninfo, **self.kwargs) as notifier:
+                await self._subscribe_and_ping(conn, notifier)
         except (psycopg.Error, NotificationsLost) as exc:
             return one_line(exc)
-        finally:
-            await conn.close()
         return None
 
-    async def _subscribe_and_ping(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def _subscribe_and_ping(
+        self, conn: psycopg.AsyncConnection[Any], notifier: psycopg.AsyncConnection[Any]
+    ) -> None:
         for channel in (AVAILABLE_CHANNEL, STATUS_CHANNEL, PING_CHANNEL):
             await conn.execute(f"LISTEN {channel}")
         token = uuid.uuid4().hex
-        await conn.execute("SELECT pg_notify(%s, %s)", (PING_CHANNEL, token))
+        await notifier.execute("SELECT pg_notify(%s, %s)", (PING_CHANNEL, token))
         async for notify in conn.notifies(timeout=ROUND_TRIP_SECONDS):
             if notify.channel == PING_CHANNEL and notify.payload == token:
                 return
             self._dispatch(notify)
-        raise NotificationsLost(f"a NOTIFY to ourselves did not arrive within {ROUND_TRIP_SECONDS:g}s")
+        raise NotificationsLost(f"a NOTIFY did not arrive on the LISTEN connection within {ROUND_TRIP_SECONDS:g}s")
 
     def subscribe(self) -> asyncio.Queue[dict[str, Any]]:
         """A queue of status payloads; call unsubscribe() when done."""
@@ -157,14 +163,19 @@ class Listener(StatusFanout):
     async def _listen_once(self) -> None:
         conn = await psycopg.AsyncConnection.connect(self.conninfo, **self.kwargs)
         self._conn = conn
-        await self._subscribe_and_ping(conn)
+        await self._subscribe_and_ping(conn, conn)  # checked by round_trip() at start; here: still delivering
         self.backend_pid = conn.info.backend_pid
         if self.reconnects and self.watched:  # what the streams may have missed while we were deaf
             for message in await fetch_statuses(conn, self.watched):
                 self.deliver(message)
         self.connected.set()
-        async for notify in conn.notifies():
-            self._dispatch(notify)
+        while not conn.closed:
+            async for notify in conn.notifies(timeout=IDLE_CHECK_SECONDS):
+                self._dispatch(notify)
+            # Every so often the link must answer: one that went silent (a NAT that forgot
+            # it) would otherwise look idle forever while every notification is lost.
+            async with asyncio.timeout(ROUND_TRIP_SECONDS):
+                await conn.execute("SELECT 1")
         raise ConnectionError("notification stream ended")
 
     def _dispatch(self, notify: psycopg.Notify) -> None:

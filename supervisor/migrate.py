@@ -14,9 +14,13 @@ from supervisor.webhook_targets import TargetRefused, check_url
 # One lock for every migrating process: the second waits, then finds nothing to do.
 MIGRATION_LOCK_KEY = 7_312_000
 # In each migration's transaction: what it added is locked down before it is
-# committed (0004_grants.sql; a no-op until that migration exists).
+# committed (0004_grants.sql), then the runtime roles get their rights on it
+# (0012_runtime_role.sql); each a no-op until its migration exists.
 LOCK_DOWN = """DO $$ BEGIN
     IF to_regprocedure('export_worker_lock_down()') IS NOT NULL THEN PERFORM export_worker_lock_down(); END IF;
+    IF to_regprocedure('export_worker_apply_runtime_grants()') IS NOT NULL THEN
+        PERFORM export_worker_apply_runtime_grants();
+    END IF;
 END $$"""
 
 
@@ -49,12 +53,15 @@ def migrate(conninfo: str) -> list[str]:
     with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None,
                          application_name="export-worker-migrate") as conn, conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-        conn.execute(
-            """CREATE TABLE IF NOT EXISTS export_worker_migrations (
-                   name text PRIMARY KEY,
-                   checksum text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
+        # Only when missing: a runtime role without CREATE on the schema (0012) runs
+        # `serve`, which migrates at start and finds nothing to do.
+        if conn.execute("SELECT to_regclass('export_worker_migrations')").fetchone() == (None,):
+            conn.execute(
+                """CREATE TABLE export_worker_migrations (
+                       name text PRIMARY KEY,
+                       checksum text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
         done = {row[0] for row in conn.execute("SELECT name FROM export_worker_migrations")}
         for migration in available_migrations():
             if migration.name in done:

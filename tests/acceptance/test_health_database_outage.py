@@ -81,6 +81,7 @@ def test_health_follows_a_database_outage_and_the_worker_recovers(embedded: tupl
         port,
         POLLING_INTERVAL_IDLE_MS=str(IDLE_POLL_MS),
         WORKER_ID="outage-worker",
+        DATABASE_UNHEALTHY_AFTER_SECONDS="1",  # degraded (200) for this long, then 503
     )
     log = tmp_path / "serve.log"
 
