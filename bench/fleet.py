@@ -65,9 +65,12 @@ LOG_TAIL_CHARS = 4000
 IDLE_PAUSE_SECONDS = 0.5
 
 
-# burst: all jobs visible at once (jobs/s); paced: a steady stream below capacity; idle: one
-# job at a time, each created after the previous started and a pause (an idle fleet's pickup).
-ROUNDS = ("burst", "paced", "idle")
+class RoundKind(enum.Enum):
+    """How a round's jobs arrive."""
+
+    BURST = "burst"  # all visible at once: the fleet's jobs/s
+    PACED = "paced"  # a steady stream below capacity: pickup while working
+    IDLE = "idle"  # one at a time, each after the previous started and a pause: an idle fleet's pickup
 
 
 class Listen(enum.Enum):
@@ -150,13 +153,6 @@ class Worker:
         print(f"--- fleet worker {self.index} log ({self.log_path}) ---\n{tail}", file=sys.stderr, flush=True)
         last = next((line for line in reversed(tail.splitlines()) if line.strip()), "(empty log)")
         return RuntimeError(f"fleet worker {self.index} {what}: {last.strip()}")
-
-
-def listen_url_supported() -> bool:
-    """Whether this build reads DATABASE_LISTEN_URL (issue #21, item 2)."""
-    from shared.config import load_settings
-
-    return hasattr(load_settings(environ={}).database, "database_listen_url")
 
 
 def worker_env(index: int, scratch: Path, pooled_url: str, listen_url: str | None, renders: int) -> dict[str, str]:
@@ -403,21 +399,21 @@ def verify(direct_url: str, ids: list[str], workers: list[Worker]) -> dict[str, 
 @dataclass
 class Round:
     listen: str
-    kind: str  # one of ROUNDS
+    kind: str  # a RoundKind's value (the JSON's)
     result: dict[str, Any]
     peaks: Peaks
     load_before: list[float]
     notes: list[str] = field(default_factory=list)
 
 
-def one_round(kind: str, listen: Listen, monitor: Monitor, workers: list[Worker], direct_url: str,
+def one_round(kind: RoundKind, listen: Listen, monitor: Monitor, workers: list[Worker], direct_url: str,
               pooled_url: str, cfg: FleetConfig) -> Round:
     before = load()
     monitor.reset()
     totals, t0 = pooler_totals(monitor.bouncer), time.monotonic()
-    if kind == "burst":
+    if kind is RoundKind.BURST:
         ids = enqueue_burst(pooled_url, cfg.jobs)
-    elif kind == "paced":
+    elif kind is RoundKind.PACED:
         ids = enqueue_paced(pooled_url, cfg.paced_jobs, cfg.paced_per_s)
     else:
         ids = enqueue_one_at_a_time(pooled_url, direct_url, cfg.idle_jobs)
@@ -427,10 +423,10 @@ def one_round(kind: str, listen: Listen, monitor: Monitor, workers: list[Worker]
     if monitor.error is not None:
         raise RuntimeError(f"the connection monitor failed: {monitor.error}")
     peaks = monitor.reset()
-    print(f"  {listen.value}, {kind}: {result['completed']}/{result['jobs']} completed, "
+    print(f"  {listen.value}, {kind.value}: {result['completed']}/{result['jobs']} completed, "
           f"{result['per_s']:.0f} jobs/s, pickup p50 {result['pickup_p50_ms']:.0f} ms, "
           f"peak {peaks.database} server connections (load {before[0]})", file=sys.stderr, flush=True)
-    return Round(listen.value, kind, result, peaks, before)
+    return Round(listen.value, kind.value, result, peaks, before)
 
 
 def run_fleet(cfg: FleetConfig, listen: Listen, server: PgServer, bouncer: PgBouncer) -> list[Round]:
@@ -448,7 +444,7 @@ def run_fleet(cfg: FleetConfig, listen: Listen, server: PgServer, bouncer: PgBou
             print(f"  all {cfg.workers} healthy after {started:.0f} s", file=sys.stderr, flush=True)
             idle = monitor.reset()
             rounds = [one_round(kind, listen, monitor, workers, direct_url, pooled_url, cfg)
-                      for kind in ROUNDS]
+                      for kind in RoundKind]
             rounds[0].notes.append(f"{listen.value}: all {cfg.workers} workers healthy {started:.0f} s after "
                                    f"their start (load {start_load[0]:.1f}); {idle.database} server "
                                    "connections while they were idle")
@@ -481,10 +477,6 @@ def migrate_database(server: PgServer) -> None:
 def run(cfg: FleetConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"config": {**asdict(cfg), "pool_mode": cfg.pool_mode.value}, "rounds": [], "notes": []}
     out["notes"] += [f"pgbouncer.ini departs from Supabase's: {k} = {v}" for k, v in cfg.bouncer_settings]
-    listens = [Listen.POOLED_ONLY, Listen.DIRECT]
-    if not listen_url_supported():
-        listens = [Listen.POOLED_ONLY]
-        out["notes"].append("this build has no DATABASE_LISTEN_URL: the direct-LISTEN fleet was not run")
     with PgServer(max_connections=cfg.max_connections) as server:
         migrate_database(server)
         # stats_period: SHOW STATS's totals every second rather than every minute (the clients see no change).
@@ -492,7 +484,7 @@ def run(cfg: FleetConfig) -> dict[str, Any]:
                        extra_settings={"stats_period": "1", **dict(cfg.bouncer_settings)}) as bouncer:
             out["pgbouncer"] = subprocess.run([pgbouncer_binary(), "--version"], capture_output=True, text=True,
                                               check=False).stdout.splitlines()[:1]
-            for listen in listens:
+            for listen in Listen:
                 out["rounds"] += [asdict(r) for r in run_fleet(cfg, listen, server, bouncer)]
     return out
 
@@ -510,7 +502,8 @@ def table(res: dict[str, Any]) -> str:
     ]
     for r in res["rounds"]:
         x, p = r["result"], r["peaks"]
-        created = {"burst": "at once", "idle": "one at a time"}.get(r["kind"], f"{x['created_per_s']:.0f}")
+        created = {RoundKind.BURST.value: "at once", RoundKind.IDLE.value: "one at a time"}.get(
+            r["kind"], f"{x['created_per_s']:.0f}")
         lines.append(
             f"| {r['listen']} | {r['kind']} | {x['jobs']} | {x['completed']} | {x['per_s']:.0f} | {created} | "
             f"{x['pickup_p50_ms']:.0f} ms | {x['pickup_p95_ms']:.0f} ms | {p['database']} | {p['cluster']} | "
