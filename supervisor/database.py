@@ -208,8 +208,9 @@ class WorkerPool(AsyncConnectionPool[Any]):
 
     The checkout check (psycopg_pool's ``check``) starts the transaction: a connection
     that does not answer within ``checkout_timeout`` is closed and the next one tried.
-    The block itself gets ``block_timeout`` in all: a link that went silent mid-query
-    is cancelled and closed then, not held forever.
+    The whole block, from the wait for a connection to the COMMIT, gets a deadline
+    (the wait, the checkout and ``block_timeout``): a link that went silent mid-query
+    or mid-commit is cancelled and closed then, not held forever.
     """
 
     def __init__(self, conninfo: str, *, statement_timeout_ms: int, checkout_timeout: float,
@@ -241,7 +242,11 @@ class WorkerPool(AsyncConnectionPool[Any]):
 
     @contextlib.asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        async with super().connection(timeout) as conn, asyncio.timeout(self.block_timeout):
+        # The deadline covers the COMMIT at the end too: a link that goes silent
+        # just after the last statement must not hang the commit forever.
+        wait = self.timeout if timeout is None else timeout
+        async with asyncio.timeout(wait + self.checkout_timeout + self.block_timeout), \
+                super().connection(timeout) as conn:
             yield conn
 
     def open_connections(self) -> int:

@@ -40,7 +40,9 @@ T = TypeVar("T")
 def chaos_env(url: str, data: Path, port: int) -> dict[str, str]:
     return serve_env(url, data, port, EXPORT_API_KEYS=API_KEY, CONNECT_TIMEOUT_SECONDS="1",
                      STATEMENT_TIMEOUT_MS="1000", DATABASE_UNHEALTHY_AFTER_SECONDS="2",
-                     MAX_CONCURRENT_RENDERS="2", HEARTBEAT_INTERVAL_SECONDS="1", POLLING_INTERVAL_IDLE_MS="500")
+                     MAX_CONCURRENT_RENDERS="2", HEARTBEAT_INTERVAL_SECONDS="1", POLLING_INTERVAL_IDLE_MS="500",
+                     # A claim (of a job or a mail) whose commit's answer a reset swallowed comes back soon.
+                     STALE_AFTER_SECONDS="5", MAIL_LEASE_SECONDS="5")
 
 
 def proxied(db_url: str, proxy: TcpProxy) -> str:
