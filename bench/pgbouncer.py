@@ -20,10 +20,13 @@ import enum
 import shutil
 import signal
 from collections.abc import Sequence
+from typing import Any
+
+import psycopg
 
 from bench.pgprocess import SERVER_USER, LaunchFailed, ServerProcess
 
-__all__ = ["LaunchFailed", "PgBouncer", "PoolMode"]
+__all__ = ["LaunchFailed", "PgBouncer", "PoolMode", "admin_show"]
 
 ADMIN_DATABASE = "pgbouncer"
 
@@ -33,6 +36,18 @@ class PoolMode(enum.Enum):
 
     SESSION = "session"  # when the client disconnects
     TRANSACTION = "transaction"  # after every transaction (Supabase's port 6543)
+
+
+def admin_show(admin: psycopg.Connection[Any], command: str) -> list[dict[str, str]]:
+    """A SHOW on PgBouncer's admin console, one dict per row (column name to text).
+
+    The console speaks the simple query protocol only; psycopg's execute uses the
+    extended one, hence the libpq-level call.
+    """
+    result = admin.pgconn.exec_(command.encode())
+    names = [(result.fname(i) or b"").decode() for i in range(result.nfields)]
+    return [{names[c]: (result.get_value(r, c) or b"").decode() for c in range(result.nfields)}
+            for r in range(result.ntuples)]
 
 
 def pgbouncer_binary() -> str:
@@ -79,6 +94,11 @@ class PgBouncer(ServerProcess):
     def admin_url(self) -> str:
         """The admin console (SHOW POOLS, SHOW SERVERS); it speaks the simple query protocol only."""
         return self.url(ADMIN_DATABASE)
+
+    def show(self, command: str) -> list[dict[str, str]]:
+        """One admin console SHOW (POOLS, SERVERS, CLIENTS, CONFIG...) on a connection of its own."""
+        with psycopg.connect(self.admin_url(), autocommit=True) as admin:
+            return admin_show(admin, command)
 
     def ini(self) -> str:
         settings = {

@@ -121,12 +121,10 @@ class ServerProcess:
         try:
             self._stop()
         finally:
-            if exc_type is None:
-                self._remove_scratch()
-            else:
-                # The block failed: show the server's side of it and keep the scratch dir.
-                print(f"--- {self.name} log ({self.log_path}) ---\n{self.log()[-LOG_TAIL_CHARS:]}",
-                      file=sys.stderr, flush=True)
+            if exc_type is not None:
+                # The block failed: show the server's side of it before the scratch dir goes.
+                print(f"--- {self.name} log ---\n{self.log()[-LOG_TAIL_CHARS:]}", file=sys.stderr, flush=True)
+            self._remove_scratch()
 
     def _start(self) -> None:
         ids = _run_as()

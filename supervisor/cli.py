@@ -28,6 +28,9 @@ log = logging.getLogger("export_worker.cli")
 
 
 
+BENCH_CASES = ("all", "fleet")  # `export-worker bench [case]` (bench/run.py, bench/fleet.py)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -164,9 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_demo)
 
     p = sub.add_parser("bench", help="run the benchmarks and print a table (see BENCHMARKS.md)")
+    p.add_argument("case", nargs="?", choices=BENCH_CASES, default="all",
+                   help="all: the pipeline, capacity and container tables; fleet: 20 workers through one "
+                        "PgBouncer in transaction mode against max_connections = 60")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the harness works")
-    p.add_argument("--jobs", type=int, default=200, help="jobs per end-to-end case")
-    p.add_argument("--out", default="bench/results/latest.json", help="where the results go (JSON)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="jobs per end-to-end case (default: 200); with fleet, jobs in the burst round (default: 2000)")
+    p.add_argument("--out", default=None,
+                   help="where the results go (JSON; default: bench/results/latest.json, fleet.json with fleet)")
     p.set_defaults(handler=cmd_bench)
 
     p = sub.add_parser("help", help="show this help; --markdown prints the command reference (the README's)")
@@ -365,10 +373,16 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     if (root / "bench" / "run.py").is_file() and str(root) not in sys.path:
         sys.path.insert(0, str(root))  # the harness lives in the source checkout, not the wheel
     try:
+        from bench.fleet import run_fleet_command  # type: ignore[import-not-found,unused-ignore]
         from bench.run import run_bench  # type: ignore[import-not-found,unused-ignore]
     except ImportError as exc:
         raise CliError(f"the benchmark harness needs a source checkout (bench/): {exc}") from None
-    result: int = run_bench(settings, smoke=args.smoke, jobs=args.jobs, out=Path(args.out))
+    if args.case == "fleet":
+        fleet: int = run_fleet_command(smoke=args.smoke, jobs=args.jobs,
+                                       out=Path(args.out or "bench/results/fleet.json"))
+        return fleet
+    result: int = run_bench(settings, smoke=args.smoke, jobs=args.jobs or 200,
+                            out=Path(args.out or "bench/results/latest.json"))
     return result
 
 

@@ -14,17 +14,23 @@ SECTIONS = ("creation", "null_renderer", "peers", "pickup", "end_to_end", "memor
             "ceiling", "browser_per_job", "capacity", "container", "machine", "goals")
 
 
-@pytest.mark.timeout(240)
-def test_bench_smoke(tmp_path: Path) -> None:
-    out = tmp_path / "tmp.json"
+def _bench(args: list[str], out: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    """`export-worker bench ARGS --out OUT`, which must exit 0."""
     env = dict(os.environ)
     # bench/ is not part of the installed packages: it is imported from the source checkout.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.run(
-        [str(ROOT / ".venv" / "bin" / "export-worker"), "bench", "--smoke", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+        [str(ROOT / ".venv" / "bin" / "export-worker"), "bench", *args, "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.timeout(240)
+def test_bench_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "tmp.json"
+    proc = _bench(["--smoke"], out, timeout=180)
     assert "| case | document | jobs |" in proc.stdout
     assert "| goal | measured | goal | met |" in proc.stdout
     assert "Capacity (bench/capacity.py)" in proc.stdout and "2 GiB container" in proc.stdout
@@ -37,3 +43,23 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert set(data[case]) == {"small", "medium", "large"}
     assert set(data["pickup"]) >= {"notify", "polling"}
     assert data["end_to_end"]["cases"]["small"]["completed"] == data["end_to_end"]["cases"]["small"]["jobs"]
+
+
+@pytest.mark.timeout(300)
+def test_bench_fleet_smoke(tmp_path: Path) -> None:
+    """`export-worker bench fleet --smoke`: 2 workers through a transaction-mode PgBouncer, both LISTEN set-ups."""
+    out = tmp_path / "fleet.json"
+    proc = _bench(["fleet", "--smoke"], out, timeout=280)
+    assert "| LISTEN | round | jobs | completed | jobs/s |" in proc.stdout
+    data = json.loads(out.read_text(encoding="utf-8"))
+    assert data["config"]["pool_mode"] == "transaction"
+    rounds = {(r["listen"], r["kind"]): r for r in data["rounds"]}
+    assert set(rounds) == {(listen, kind) for listen in ("DATABASE_URL (pooler) only", "DATABASE_LISTEN_URL direct")
+                           for kind in ("burst", "paced", "idle")}
+    for key, r in rounds.items():
+        result = r["result"]
+        assert result["completed"] == result["jobs"] == result["first_attempt"], key
+        assert result["lost"] == 0 and result["doubled"] == 0, key
+        assert result["mail_files"] == result["jobs"] and result["mail_sent"] == result["jobs"], key
+        # Transaction mode: however many clients, the pooler opens at most its pool.
+        assert 0 < r["peaks"]["pooler_servers"] <= data["config"]["pool_size"], key

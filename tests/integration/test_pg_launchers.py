@@ -12,17 +12,6 @@ from tests.conftest import ADMIN_URL
 SHARED_PORT = int(psycopg.conninfo.conninfo_to_dict(ADMIN_URL).get("port") or 5432)
 
 
-def _admin_show(url: str, command: str) -> list[dict[str, str]]:
-    """A SHOW on PgBouncer's admin console, which speaks the simple query protocol only."""
-    with psycopg.connect(url, autocommit=True, cursor_factory=psycopg.ClientCursor) as conn:
-        result = conn.pgconn.exec_(command.encode())
-        names = [result.fname(i) or b"" for i in range(result.nfields)]
-        return [
-            {names[c].decode(): (result.get_value(r, c) or b"").decode() for c in range(result.nfields)}
-            for r in range(result.ntuples)
-        ]
-
-
 def test_pgserver_runs_with_its_own_max_connections() -> None:
     with PgServer(max_connections=60) as server, psycopg.connect(server.url("postgres")) as conn:
         assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -37,9 +26,9 @@ def test_pgbouncer_pools_to_the_shared_server(mode: PoolMode) -> None:
                    default_pool_size=3) as bouncer:
         with psycopg.connect(bouncer.url("postgres"), prepare_threshold=None) as conn:
             assert conn.execute("SELECT 1").fetchone() == (1,)
-        pools = [p for p in _admin_show(bouncer.admin_url(), "SHOW POOLS") if p["database"] == "postgres"]
+        pools = [p for p in bouncer.show("SHOW POOLS") if p["database"] == "postgres"]
         assert [p["pool_mode"] for p in pools] == [mode.value]
-        config = {row["key"]: row["value"] for row in _admin_show(bouncer.admin_url(), "SHOW CONFIG")}
+        config = {row["key"]: row["value"] for row in bouncer.show("SHOW CONFIG")}
         assert config["default_pool_size"] == "3"
         assert config["ignore_startup_parameters"] == "extra_float_digits"
 
