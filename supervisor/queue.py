@@ -85,13 +85,8 @@ class Claim:
     export_type: ExportType
     payload: dict[str, Any]
     max_attempts: int
-    notify_email: str | None
     waited_seconds: float
     claimed_at: float = field(default_factory=time.monotonic)
-
-    @property
-    def last_attempt(self) -> bool:
-        return self.attempt >= self.max_attempts
 
     def params(self) -> dict[str, Any]:
         return {"id": self.job_id, "worker_id": self.worker_id, "attempts": self.attempt}
@@ -181,7 +176,6 @@ class JobQueue:
                 export_type=ExportType(r["export_type"]),
                 payload=r["payload"],
                 max_attempts=r["max_attempts"],
-                notify_email=r["notify_email"],
                 waited_seconds=r["waited_seconds"],
             )
             for r in rows

@@ -21,7 +21,7 @@ UPDATE export_jobs AS j
   FROM picked
  WHERE j.id = picked.id
 RETURNING j.id, j.user_id, j.menu_id, j.export_type, j.payload, j.attempts, j.max_attempts,
-          j.priority, j.notify_email, j.created_at,
+          j.priority, j.created_at,
           extract(epoch FROM now() - greatest(j.created_at, j.available_at))::float8 AS waited_seconds;
 
 -- name: next_available_in

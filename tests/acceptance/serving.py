@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.chromium import chromium_binary
+from tests.chromium import chromium_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / ".venv" / "bin" / "export-worker"

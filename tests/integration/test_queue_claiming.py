@@ -132,8 +132,9 @@ async def test_claim_returns_the_job(queue: JobQueue) -> None:
     [c] = await queue.claim(3)
     assert isinstance(c, Claim)
     assert (c.job_id, c.attempt, c.worker_id, c.export_type) == (str(job["id"]), 1, "test-worker", "image")
-    assert c.payload == html_payload("<p>x</p>") and c.notify_email == "a@example.com"
-    assert c.max_attempts == 3 and not c.last_attempt and c.waited_seconds >= 0
+    assert c.payload == html_payload("<p>x</p>")
+    assert c.max_attempts == 3 and c.attempt < c.max_attempts and c.waited_seconds >= 0
     row = await queue.get_job(c.job_id)
     assert row is not None and row["status"] == "processing" and row["worker_id"] == "test-worker"
+    assert row["notify_email"] == "a@example.com"  # the outbox reads it from the row, not the claim
     assert row["started_at"] is not None and row["heartbeat_at"] is not None

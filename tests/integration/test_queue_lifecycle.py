@@ -209,7 +209,7 @@ async def test_backoff_grows_and_is_capped(
         sql(db_url, "UPDATE export_jobs SET available_at = now() WHERE id = %s", job_id)
     assert delays == [1000, 2000, 3000, 3000, 3000]
     last = await claim_one(q)
-    assert last.last_attempt
+    assert last.attempt == last.max_attempts
     assert (await q.fail(last, "transient", "try 6")).status == "failed"
     final = row(db_url, job_id)
     assert final["status"] == "failed" and final["attempts"] == 6 and final["completed_at"] is not None
