@@ -10,12 +10,9 @@ try again later (5xx, 429, connection problems) or give up (other 4xx).
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
 import re
-import secrets
 import smtplib
 import ssl
 import urllib.error
@@ -29,6 +26,7 @@ import jinja2
 import msgspec
 
 from shared.vocabulary import FailureReason
+from supervisor.data_dir import make_private_dir, write_private_file
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -470,19 +468,9 @@ class EmlFileMail:
         if target.exists():
             return  # this row was mailed before; the outbox just had not recorded it
         data = to_email_message(mail, self.from_email).as_bytes()
-        tmp = self.directory / f".{target.name}.{secrets.token_hex(6)}.tmp"
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.rename(tmp, target)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            make_private_dir(self.directory)
+            write_private_file(target, lambda fh: fh.write(data))
         except OSError as exc:
             raise MailError(True, f"cannot write {target}: {exc}") from exc
 
