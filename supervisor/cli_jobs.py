@@ -109,7 +109,7 @@ def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
                 menu_id=args.menu_id,
                 subscriber=args.subscriber,
                 idempotency_key=args.idempotency_key,
-                email=args.email,
+                recipient=args.email,
                 webhook_url=args.webhook,
             )
         except LimitExceeded as exc:

@@ -55,7 +55,7 @@ async def run_demo(settings: Settings, conninfo: str, timeout: float) -> int:
     for label, export_type, payload in demo_jobs():
         new = await queue.create_job(
             user_id=DEMO_USER, export_type=export_type, payload=payload | {"email": "demo@example.com"},
-            subscriber=True, idempotency_key=f"demo-{run_tag}-{label}", email="demo@example.com",
+            subscriber=True, idempotency_key=f"demo-{run_tag}-{label}", recipient="demo@example.com",
         )
         created.append((str(new["id"]), label, export_type, time.monotonic()))
     deadline = time.monotonic() + timeout

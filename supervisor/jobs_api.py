@@ -180,7 +180,7 @@ class JobsApi:
                 menu_id=str(body.menu_id) if body.menu_id is not None else None,
                 subscriber=body.subscriber,
                 idempotency_key=body.idempotency_key,
-                email=body.email,
+                recipient=body.email,
                 webhook_url=body.webhook_url,
             )
         except LimitExceeded as exc:

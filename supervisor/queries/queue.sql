@@ -4,7 +4,7 @@
 -- name: create_job
 SELECT * FROM create_export_job(
     %(user_id)s, %(export_type)s, %(payload)s, %(menu_id)s,
-    %(subscriber)s, %(idempotency_key)s, %(email)s, %(webhook_url)s);
+    %(subscriber)s, %(idempotency_key)s, %(recipient)s, %(webhook_url)s);
 
 -- name: claim_jobs
 -- Claim up to %(limit)s jobs: pending, available now, lowest claim order first.

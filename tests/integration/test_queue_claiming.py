@@ -127,7 +127,7 @@ async def test_claim_returns_the_job(queue: JobQueue) -> None:
         user_id="6f1c1b7e-3b7a-4a53-9a57-0a7c51f3b001",
         export_type="image",
         payload=html_payload("<p>x</p>"),
-        email="a@example.com",
+        recipient="a@example.com",
     )
     [c] = await queue.claim(3)
     assert isinstance(c, Claim)
