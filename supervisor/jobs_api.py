@@ -48,6 +48,7 @@ from supervisor.events import StatusPoller, StreamLimits, open_stream
 from supervisor.http_limits import read_body
 from supervisor.links import download_link
 from supervisor.listener import StatusFanout
+from supervisor.openapi import operation_routes
 from supervisor.problems import ApiProblem, auth_problem, invalid, not_found, unavailable
 from supervisor.queue import InvalidJob, LimitExceeded
 from supervisor.webhook_targets import refuse_unsafe
@@ -101,13 +102,15 @@ class JobsApi:
         self.feed: StatusFanout = state.listener if state.listener is not None else StatusPoller(state.queue)
 
     def routes(self) -> list[Route]:
-        return [
-            Route("/v1/jobs", guarded(self.state, self.create_job), methods=["POST"]),
-            Route("/v1/jobs/{job_id}", guarded(self.state, self.get_job), methods=["GET"]),
-            Route("/v1/jobs/{job_id}/events", guarded(self.state, self.job_events), methods=["GET"]),
-            Route("/v1/jobs/{job_id}/download", guarded(self.state, self.download), methods=["GET"]),
-            Route("/v1/jobs/{job_id}/cancel", guarded(self.state, self.cancel), methods=["POST"]),
-        ]
+        """The /v1 routes, at the paths and methods of the OpenAPI table (supervisor/openapi.py)."""
+        handlers = {
+            "createJob": self.create_job,
+            "getJob": self.get_job,
+            "jobEvents": self.job_events,
+            "download": self.download,
+            "cancelJob": self.cancel,
+        }
+        return operation_routes({op_id: guarded(self.state, handler) for op_id, handler in handlers.items()})
 
     # -- helpers --
 
