@@ -171,12 +171,31 @@ class JobsApi:
         user_id = principal.acting_for(requested_user)
         assert user_id is not None
         self._check_payload(body)
+        row = await self._insert(body, user_id)
+        job_id = str(row["id"])
+        created = bool(row.get("created", True))  # the creation function decides: one owner
+        if created:
+            self.state.metrics.jobs_created.labels(body.export_type.value).inc()
+        else:
+            _same_request_or_refuse(body, row)
+        accepted = JobAccepted(
+            id=UUID(job_id),
+            status=JobStatus(row["status"]),
+            export_type=ExportType(row["export_type"]),
+            created_at=utc(row.get("created_at")),
+            links=JobLinks.of(job_id),
+        )
+        return json_response(accepted, 202 if created else 200, {"Location": f"/v1/jobs/{job_id}"})
+
+    async def _insert(self, body: JobCreate, user_id: str) -> dict[str, Any]:
+        """The new (or idempotently repeated) job row; a refusal as the problem the caller sees."""
+        settings = self.state.settings
         if body.webhook_url is not None:
             refused = await refuse_unsafe(body.webhook_url, settings)
             if refused is not None:
                 raise invalid("webhook_url", f"webhook_url is refused: {refused}")
         try:
-            row = await self.state.queue.create_job(
+            return await self.state.queue.create_job(
                 user_id=user_id,
                 export_type=body.export_type.value,
                 payload=payload_to_builtins(body.payload),
@@ -196,20 +215,6 @@ class JobsApi:
             ) from None
         except InvalidJob as exc:
             raise invalid(exc.field or "payload", exc.message) from None
-        job_id = str(row["id"])
-        created = bool(row.get("created", True))  # the creation function decides: one owner
-        if created:
-            self.state.metrics.jobs_created.labels(body.export_type.value).inc()
-        else:
-            _same_request_or_refuse(body, row)
-        accepted = JobAccepted(
-            id=UUID(job_id),
-            status=JobStatus(row["status"]),
-            export_type=ExportType(row["export_type"]),
-            created_at=utc(row.get("created_at")),
-            links=JobLinks.of(job_id),
-        )
-        return json_response(accepted, 202 if created else 200, {"Location": f"/v1/jobs/{job_id}"})
 
     def _check_payload(self, body: JobCreate) -> None:
         render = self.state.settings.render
