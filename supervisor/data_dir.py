@@ -49,11 +49,14 @@ def make_private_dir(path: Path) -> Path:
     return path
 
 
-def write_private_file(target: Path, write: Callable[[BinaryIO], object], *, temp_dir: Path | None = None) -> None:
+def write_private_file(
+    target: Path, write: Callable[[BinaryIO], object], *, temp_dir: Path | None = None, exclusive: bool = False
+) -> bool:
     """Write `target` whole or not at all, created 0600 (the rename keeps the mode).
 
     `write` fills a temporary file in `temp_dir` (default: the target's folder; it
-    must be on the same file system), which is fsync-ed and renamed over `target`.
+    must be on the same file system), which is fsync-ed and renamed over `target`;
+    with `exclusive`, hard-linked instead, so an existing target wins (returns False).
     A failure leaves no temporary file behind and raises the OSError.
     """
     tmp = (temp_dir or target.parent) / f".{target.name}.{secrets.token_hex(6)}.tmp"
@@ -63,7 +66,14 @@ def write_private_file(target: Path, write: Callable[[BinaryIO], object], *, tem
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        if not exclusive:
+            os.replace(tmp, target)
+            return True
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        return True
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
