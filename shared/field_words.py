@@ -127,22 +127,26 @@ def _menu_where(keys: Path, data: Any, base: Path) -> str:
     if head == "theme":
         return f"the menu's {_called(str(keys[1]))}" if len(keys) > 1 else "the menu's theme"
     if head == "sections" and len(keys) > 1 and isinstance(keys[1], int):
-        section_path = [*base, "sections", keys[1]]
-        title = _text_of(data, section_path, "title")
-        section = f'section "{title}"' if title else f"section {keys[1] + 1}"
-        rest = keys[2:]
-        if rest[:1] == ["items"] and len(rest) > 1 and isinstance(rest[1], int):
-            dish_name = _text_of(data, [*section_path, "items", rest[1]], "name")
-            dish = f'"{dish_name}"' if dish_name else f"dish {rest[1] + 1}"
-            field = [k for k in rest[2:] if isinstance(k, str)]
-            if field:
-                return f"{_called(field[0])} of {dish} ({section})"
-            return f"dish {dish} ({section})"
-        field = [k for k in rest if isinstance(k, str)]
-        return f"{_called(field[0])} of {section}" if field else section
+        return _section_where(keys[1], keys[2:], data, base)
     if head == "sections":
         return "the menu's sections"
     return f"the menu's {_called(str(head))}"
+
+
+def _section_where(index: int, rest: Path, data: Any, base: Path) -> str:
+    """A place inside section `index`, named by its title and its dish's name where they are given."""
+    section_path = [*base, "sections", index]
+    title = _text_of(data, section_path, "title")
+    section = f'section "{title}"' if title else f"section {index + 1}"
+    if rest[:1] == ["items"] and len(rest) > 1 and isinstance(rest[1], int):
+        dish_name = _text_of(data, [*section_path, "items", rest[1]], "name")
+        dish = f'"{dish_name}"' if dish_name else f"dish {rest[1] + 1}"
+        field = [k for k in rest[2:] if isinstance(k, str)]
+        if field:
+            return f"{_called(field[0])} of {dish} ({section})"
+        return f"dish {dish} ({section})"
+    field = [k for k in rest if isinstance(k, str)]
+    return f"{_called(field[0])} of {section}" if field else section
 
 
 # ---- the schema: what a field may hold ------------------------------------------------
@@ -242,6 +246,12 @@ def owner_message(text: str, path: Path, data: Any, root: Any) -> str:
         return f"{subject}: {wrote}{expected}."
     if "matching regex" in text:  # a pattern no owner should have to read
         return f"{subject}: {wrote}This is not in the form expected here."
+    return _bound_message(text, subject, wrote) or f"{subject}: {text}"
+
+
+def _bound_message(text: str, subject: str, wrote: str) -> str | None:
+    """The sentence for a length, range or type msgspec states; None for a rule of our own
+    (a __post_init__ check), whose message is already in plain words."""
     if m := _LENGTH.match(text):
         what, op, n = m.groups()
         unit = "characters" if what == "str" else "entries"
@@ -259,5 +269,4 @@ def owner_message(text: str, path: Path, data: Any, root: Any) -> str:
         kinds = [k.strip() for k in m.group(1).split("|")]
         words = " or ".join(_TYPE_WORDS.get(k, k) for k in kinds if k != "null") or _TYPE_WORDS["null"]
         return f"{subject}: {wrote}Write {words} here."
-    # a rule of our own (a __post_init__ check): its message is already in plain words
-    return f"{subject}: {text}"
+    return None

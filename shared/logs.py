@@ -13,11 +13,9 @@ from typing import Any
 
 import msgspec
 
+from shared.vocabulary import LogLevel
+
 _encoder = msgspec.json.Encoder(enc_hook=str)  # UUIDs, paths, anything else: its str()
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
-           "warning": logging.WARNING, "error": logging.ERROR}
-_NAMES = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warn",
-          logging.ERROR: "error", logging.CRITICAL: "error"}
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
@@ -31,7 +29,7 @@ class JsonFormatter(logging.Formatter):
             "timestamp": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace(
                 "+00:00", "Z"
             ),
-            "level": _NAMES.get(record.levelno, "info"),
+            "level": LogLevel.for_number(record.levelno),
             "message": record.getMessage(),
             "worker_id": getattr(record, "worker_id", None) or self.worker_id,
         }
@@ -48,7 +46,7 @@ def setup_logging(level: str, worker_id: str, stream: Any = None) -> None:
     handler.setFormatter(JsonFormatter(worker_id))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(_LEVELS.get(level.lower(), logging.INFO))
+    root.setLevel(LogLevel.number_of(level))
     # Third-party chatter stays at warning unless we debug.
     for noisy in ("httpx", "httpcore", "hpack", "psycopg.pool", "uvicorn.access", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "debug" else logging.DEBUG)

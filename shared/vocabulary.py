@@ -6,6 +6,7 @@ as-is and compare equal to the strings the database hands back.
 
 from __future__ import annotations
 
+import logging
 from enum import StrEnum
 
 
@@ -28,10 +29,6 @@ class ErrorCategory(StrEnum):
     RESOURCE = "resource"
     VALIDATION = "validation"
 
-    @property
-    def retryable(self) -> bool:
-        return self in (ErrorCategory.TRANSIENT, ErrorCategory.RESOURCE)
-
 
 class ExportType(StrEnum):
     PDF = "pdf"
@@ -47,18 +44,52 @@ class KillReason(StrEnum):
     CANCELLED = "cancelled"  # the job was cancelled mid-render
     CLAIM_LOST = "claim_lost"  # another worker holds the job now
     SHUTDOWN = "shutdown"  # the worker is stopping; the job goes back to pending
-    RECYCLE = "recycle"  # renders or age limit reached
     BOOT_FAILED = "boot_failed"  # Chromium did not start in time
     CRASHED = "crashed"  # the child or its browser died on its own
     UNRESPONSIVE = "unresponsive"  # the child ignored a stop request
 
 
 class LogLevel(StrEnum):
+    """The one log-level table: LOG_LEVEL, the supervisor's log lines and the children's.
+
+    "warn" (the seed's spelling, and what lines carry) and "warning" are one level.
+    """
+
     DEBUG = "debug"
     INFO = "info"
     WARN = "warn"
     WARNING = "warning"
     ERROR = "error"
+
+    @property
+    def number(self) -> int:
+        """The standard library's number for this level."""
+        return _LOG_NUMBERS[self]
+
+    @classmethod
+    def number_of(cls, name: str) -> int:
+        """The number for a level name in any case; info for a name it does not know."""
+        try:
+            return cls(name.lower()).number
+        except ValueError:
+            return logging.INFO
+
+    @classmethod
+    def for_number(cls, levelno: int) -> LogLevel:
+        """The name a log line carries for a record's number (critical counts as error)."""
+        for level in (cls.ERROR, cls.WARN, cls.INFO):
+            if levelno >= level.number:
+                return level
+        return cls.DEBUG
+
+
+_LOG_NUMBERS: dict[LogLevel, int] = {
+    LogLevel.DEBUG: logging.DEBUG,
+    LogLevel.INFO: logging.INFO,
+    LogLevel.WARN: logging.WARNING,
+    LogLevel.WARNING: logging.WARNING,
+    LogLevel.ERROR: logging.ERROR,
+}
 
 
 class OutputFormat(StrEnum):

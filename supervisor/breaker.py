@@ -65,11 +65,6 @@ class CircuitBreaker:
         with self._lock:
             return self._current_state_locked()
 
-    @property
-    def consecutive_failures(self) -> int:
-        with self._lock:
-            return self._failures
-
     def seconds_until_retry(self) -> float:
         """While open: seconds until a probe will be let through; otherwise 0."""
         with self._lock:

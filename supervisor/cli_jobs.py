@@ -89,33 +89,39 @@ def _build_payload(args: argparse.Namespace, settings: Settings) -> dict[str, An
     return payload_to_builtins(payload)
 
 
-def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
+async def _create(queue: Any, args: argparse.Namespace, payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The new job's row; a refusal (unsafe webhook, limit, invalid job) as a CliError in the flags' words."""
     from supervisor.queue import InvalidJob, LimitExceeded
     from supervisor.webhook_targets import refuse_unsafe
 
+    if args.webhook is not None:
+        refused = await refuse_unsafe(args.webhook, settings)
+        if refused is not None:
+            raise CliError(f"invalid request: webhook_url (--webhook) is refused: {refused}", EXIT_BAD_INPUT)
+    try:
+        job: dict[str, Any] = await queue.create_job(
+            user_id=args.user_id,
+            export_type=args.export_type,
+            payload=payload,
+            menu_id=args.menu_id,
+            subscriber=args.subscriber,
+            idempotency_key=args.idempotency_key,
+            recipient=args.email,
+            webhook_url=args.webhook,
+        )
+    except LimitExceeded as exc:
+        raise CliError(f"refused: {exc.message} (retry after {exc.retry_after_seconds}s)", EXIT_LIMIT) from None
+    except InvalidJob as exc:
+        raise CliError(f"invalid request: {exc.message}", EXIT_BAD_INPUT) from None
+    return job
+
+
+def cmd_enqueue(args: argparse.Namespace, settings: Settings) -> int:
     payload = _build_payload(args, settings)
     waiting: dict[str, str] = {}  # the job --wait is following, and its last status
 
     async def work(queue: Any) -> int:
-        if args.webhook is not None:
-            refused = await refuse_unsafe(args.webhook, settings)
-            if refused is not None:
-                raise CliError(f"invalid request: webhook_url (--webhook) is refused: {refused}", EXIT_BAD_INPUT)
-        try:
-            job = await queue.create_job(
-                user_id=args.user_id,
-                export_type=args.export_type,
-                payload=payload,
-                menu_id=args.menu_id,
-                subscriber=args.subscriber,
-                idempotency_key=args.idempotency_key,
-                email=args.email,
-                webhook_url=args.webhook,
-            )
-        except LimitExceeded as exc:
-            raise CliError(f"refused: {exc.message} (retry after {exc.retry_after_seconds}s)", EXIT_LIMIT) from None
-        except InvalidJob as exc:
-            raise CliError(f"invalid request: {exc.message}", EXIT_BAD_INPUT) from None
+        job = await _create(queue, args, payload, settings)
         job_id = str(job["id"])
         if args.json:
             if not args.wait:  # with --wait, the one JSON document is the final job

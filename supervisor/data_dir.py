@@ -10,8 +10,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
@@ -44,3 +47,33 @@ def make_private_dir(path: Path) -> Path:
                 extra={"path": str(path), "mode": oct(mode), "error": str(exc)},
             )
     return path
+
+
+def write_private_file(
+    target: Path, write: Callable[[BinaryIO], object], *, temp_dir: Path | None = None, exclusive: bool = False
+) -> bool:
+    """Write `target` whole or not at all, created 0600 (the rename keeps the mode).
+
+    `write` fills a temporary file in `temp_dir` (default: the target's folder; it
+    must be on the same file system), which is fsync-ed and renamed over `target`;
+    with `exclusive`, hard-linked instead, so an existing target wins (returns False).
+    A failure leaves no temporary file behind and raises the OSError.
+    """
+    tmp = (temp_dir or target.parent) / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if not exclusive:
+            os.replace(tmp, target)
+            return True
+        try:
+            os.link(tmp, target)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

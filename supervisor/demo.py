@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings
+from shared.vocabulary import FINAL_STATUSES
+from supervisor.queue import JobQueue
 from supervisor.runner import Supervisor
 
 SAMPLES = Path(__file__).resolve().parent.parent / "shared" / "samples"
@@ -41,6 +43,9 @@ def demo_jobs() -> list[tuple[str, str, dict[str, Any]]]:
     ]
 
 
+Created = list[tuple[str, str, str]]  # job id, label, export type
+
+
 async def run_demo(settings: Settings, conninfo: str, timeout: float) -> int:
     supervisor = Supervisor(settings, conninfo)
     runner = asyncio.create_task(supervisor.run())
@@ -49,50 +54,69 @@ async def run_demo(settings: Settings, conninfo: str, timeout: float) -> int:
     if runner.done():
         runner.result()  # re-raise what stopped it
         return 1
-    queue = supervisor.queue
-    run_tag = uuid.uuid4().hex[:8]
-    created: list[tuple[str, str, str, float]] = []
-    for label, export_type, payload in demo_jobs():
-        new = await queue.create_job(
-            user_id=DEMO_USER, export_type=export_type, payload=payload | {"email": "demo@example.com"},
-            subscriber=True, idempotency_key=f"demo-{run_tag}-{label}", email="demo@example.com",
-        )
-        created.append((str(new["id"]), label, export_type, time.monotonic()))
-    deadline = time.monotonic() + timeout
-    results: dict[str, dict[str, Any]] = {}
-    while len(results) < len(created) and time.monotonic() < deadline:
-        for job_id, *_ in created:
-            if job_id not in results:
-                found = await queue.get_job(job_id)
-                if found and found["status"] in ("completed", "failed", "cancelled"):
-                    results[job_id] = found
-        await asyncio.sleep(0.1)
-    # Let the outbox write the mails before we stop.
-    mail_dir = Path(settings.data_dir).resolve() / "mail"
-    for _ in range(50):
-        if settings.mail.sendgrid_api_key or settings.mail.smtp_host:
-            break
-        if all((mail_dir / f"{job_id}-completed.eml").exists() for job_id in results
-               if results[job_id]["status"] == "completed"):
-            break
-        await asyncio.sleep(0.1)
+    created = await _enqueue(supervisor.queue)
+    results = await _final_rows(supervisor.queue, [job_id for job_id, *_ in created], timeout)
+    await _mails_written(settings, results)
     supervisor.request_stop()
     await runner
-    files = Path(settings.data_dir).resolve() / "files"
-    print(f"\n{'job':36}  {'what':22}  {'type':5}  {'status':9}  {'render ms':>9}  {'bytes':>8}  file")
-    ok = True
-    for job_id, label, export_type, _ in created:
-        job: dict[str, Any] | None = results.get(job_id)
-        status = job["status"] if job else "timeout"
-        ok &= status == "completed"
-        meta = (job or {}).get("metadata") or {}
-        where = str(files / job["storage_path"]) if job and job.get("storage_path") else (
-            (job or {}).get("error_message") or "")
-        print(f"{job_id:36}  {label:22}  {export_type:5}  {status:9}  {meta.get('render_ms', ''):>9}  "
-              f"{(job or {}).get('file_size_bytes') or '':>8}  {where}")
+    ok = _print_table(settings, created, results)
     print()
     print(where_line(settings))
     return 0 if ok else 1
+
+
+async def _enqueue(queue: JobQueue) -> Created:
+    run_tag = uuid.uuid4().hex[:8]
+    created: Created = []
+    for label, export_type, payload in demo_jobs():
+        new = await queue.create_job(
+            user_id=DEMO_USER, export_type=export_type, payload=payload | {"email": "demo@example.com"},
+            subscriber=True, idempotency_key=f"demo-{run_tag}-{label}", recipient="demo@example.com",
+        )
+        created.append((str(new["id"]), label, export_type))
+    return created
+
+
+async def _final_rows(queue: JobQueue, job_ids: list[str], timeout: float) -> dict[str, dict[str, Any]]:
+    """Each job's row once it is final, until all are or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    results: dict[str, dict[str, Any]] = {}
+    while len(results) < len(job_ids) and time.monotonic() < deadline:
+        for job_id in job_ids:
+            if job_id not in results:
+                found = await queue.get_job(job_id)
+                if found and found["status"] in FINAL_STATUSES:
+                    results[job_id] = found
+        await asyncio.sleep(0.1)
+    return results
+
+
+async def _mails_written(settings: Settings, results: dict[str, dict[str, Any]]) -> None:
+    """Let the outbox write the .eml mails before we stop (up to 5 s; nothing to wait for with a mail server)."""
+    if settings.mail.sendgrid_api_key or settings.mail.smtp_host:
+        return
+    mail_dir = Path(settings.data_dir).resolve() / "mail"
+    expected = [mail_dir / f"{job_id}-completed.eml" for job_id, row in results.items() if row["status"] == "completed"]
+    for _ in range(50):
+        if all(path.exists() for path in expected):
+            return
+        await asyncio.sleep(0.1)
+
+
+def _print_table(settings: Settings, created: Created, results: dict[str, dict[str, Any]]) -> bool:
+    """One line per job; True when every job completed."""
+    files = Path(settings.data_dir).resolve() / "files"
+    print(f"\n{'job':36}  {'what':22}  {'type':5}  {'status':9}  {'render ms':>9}  {'bytes':>8}  file")
+    ok = True
+    for job_id, label, export_type in created:
+        job: dict[str, Any] = results.get(job_id) or {}
+        status = job.get("status") or "timeout"
+        ok &= status == "completed"
+        meta = job.get("metadata") or {}
+        where = str(files / job["storage_path"]) if job.get("storage_path") else (job.get("error_message") or "")
+        print(f"{job_id:36}  {label:22}  {export_type:5}  {status:9}  {meta.get('render_ms', ''):>9}  "
+              f"{job.get('file_size_bytes') or '':>8}  {where}")
+    return ok
 
 
 def where_line(settings: Settings) -> str:

@@ -48,6 +48,7 @@ from supervisor.events import StatusPoller, StreamLimits, open_stream
 from supervisor.http_limits import read_body
 from supervisor.links import download_link
 from supervisor.listener import StatusFanout
+from supervisor.openapi import operation_routes
 from supervisor.problems import ApiProblem, auth_problem, invalid, not_found, unavailable
 from supervisor.queue import InvalidJob, LimitExceeded
 from supervisor.webhook_targets import refuse_unsafe
@@ -101,13 +102,15 @@ class JobsApi:
         self.feed: StatusFanout = state.listener if state.listener is not None else StatusPoller(state.queue)
 
     def routes(self) -> list[Route]:
-        return [
-            Route("/v1/jobs", guarded(self.state, self.create_job), methods=["POST"]),
-            Route("/v1/jobs/{job_id}", guarded(self.state, self.get_job), methods=["GET"]),
-            Route("/v1/jobs/{job_id}/events", guarded(self.state, self.job_events), methods=["GET"]),
-            Route("/v1/jobs/{job_id}/download", guarded(self.state, self.download), methods=["GET"]),
-            Route("/v1/jobs/{job_id}/cancel", guarded(self.state, self.cancel), methods=["POST"]),
-        ]
+        """The /v1 routes, at the paths and methods of the OpenAPI table (supervisor/openapi.py)."""
+        handlers = {
+            "createJob": self.create_job,
+            "getJob": self.get_job,
+            "jobEvents": self.job_events,
+            "download": self.download,
+            "cancelJob": self.cancel,
+        }
+        return operation_routes({op_id: guarded(self.state, handler) for op_id, handler in handlers.items()})
 
     # -- helpers --
 
@@ -168,31 +171,7 @@ class JobsApi:
         user_id = principal.acting_for(requested_user)
         assert user_id is not None
         self._check_payload(body)
-        if body.webhook_url is not None:
-            refused = await refuse_unsafe(body.webhook_url, settings)
-            if refused is not None:
-                raise invalid("webhook_url", f"webhook_url is refused: {refused}")
-        try:
-            row = await self.state.queue.create_job(
-                user_id=user_id,
-                export_type=body.export_type.value,
-                payload=payload_to_builtins(body.payload),
-                menu_id=str(body.menu_id) if body.menu_id is not None else None,
-                subscriber=body.subscriber,
-                idempotency_key=body.idempotency_key,
-                email=body.email,
-                webhook_url=body.webhook_url,
-            )
-        except LimitExceeded as exc:
-            raise ApiProblem(
-                429,
-                exc.message,
-                slug="limit-exceeded",
-                headers={"Retry-After": str(max(1, exc.retry_after_seconds))},
-                extra={"limit": exc.limit, "max": exc.maximum, "retry_after_seconds": exc.retry_after_seconds},
-            ) from None
-        except InvalidJob as exc:
-            raise invalid(exc.field or "payload", exc.message) from None
+        row = await self._insert(body, user_id)
         job_id = str(row["id"])
         created = bool(row.get("created", True))  # the creation function decides: one owner
         if created:
@@ -207,6 +186,35 @@ class JobsApi:
             links=JobLinks.of(job_id),
         )
         return json_response(accepted, 202 if created else 200, {"Location": f"/v1/jobs/{job_id}"})
+
+    async def _insert(self, body: JobCreate, user_id: str) -> dict[str, Any]:
+        """The new (or idempotently repeated) job row; a refusal as the problem the caller sees."""
+        settings = self.state.settings
+        if body.webhook_url is not None:
+            refused = await refuse_unsafe(body.webhook_url, settings)
+            if refused is not None:
+                raise invalid("webhook_url", f"webhook_url is refused: {refused}")
+        try:
+            return await self.state.queue.create_job(
+                user_id=user_id,
+                export_type=body.export_type.value,
+                payload=payload_to_builtins(body.payload),
+                menu_id=str(body.menu_id) if body.menu_id is not None else None,
+                subscriber=body.subscriber,
+                idempotency_key=body.idempotency_key,
+                recipient=body.email,
+                webhook_url=body.webhook_url,
+            )
+        except LimitExceeded as exc:
+            raise ApiProblem(
+                429,
+                exc.message,
+                slug="limit-exceeded",
+                headers={"Retry-After": str(max(1, exc.retry_after_seconds))},
+                extra={"limit": exc.limit, "max": exc.maximum, "retry_after_seconds": exc.retry_after_seconds},
+            ) from None
+        except InvalidJob as exc:
+            raise invalid(exc.field or "payload", exc.message) from None
 
     def _check_payload(self, body: JobCreate) -> None:
         render = self.state.settings.render

@@ -8,17 +8,15 @@ data directory (``link-secret``, mode 0600) so links survive restarts.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
-import os
 import secrets
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from supervisor.data_dir import make_private_dir
+from supervisor.data_dir import make_private_dir, write_private_file
 
 SECRET_FILE = "link-secret"  # noqa: S105 - a file name, not a secret
 _SECRET_BYTES = 32
@@ -68,24 +66,14 @@ def load_or_create_secret(configured: str, data_dir: Path) -> bytes:
     if existing is not None:
         return existing
     value = secrets.token_bytes(_SECRET_BYTES)
-    tmp = data_dir / f".{SECRET_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as fh:
-            fh.write(value.hex() + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            # Someone else won the race (or the file was unreadable garbage, handled below).
-            winner = _read_secret(target)
-            if winner is not None:
-                return winner
-            os.replace(tmp, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+    text = (value.hex() + "\n").encode("ascii")
+    if write_private_file(target, lambda fh: fh.write(text), exclusive=True):
+        return value
+    # Someone else won the race (or the file is unreadable garbage: replaced).
+    winner = _read_secret(target)
+    if winner is not None:
+        return winner
+    write_private_file(target, lambda fh: fh.write(text))
     return value
 
 

@@ -10,12 +10,9 @@ try again later (5xx, 429, connection problems) or give up (other 4xx).
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
-import os
 import re
-import secrets
 import smtplib
 import ssl
 import urllib.error
@@ -29,6 +26,7 @@ import jinja2
 import msgspec
 
 from shared.vocabulary import FailureReason
+from supervisor.data_dir import make_private_dir, write_private_file
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -37,7 +35,7 @@ JOB_ID_HEADER = "X-Export-Job-Id"
 
 
 class OutgoingMail(msgspec.Struct, kw_only=True):
-    to: str
+    recipient: str  # the one name for the address, from the queue's SQL to here (the API says `email`)
     subject: str
     text: str
     html: str
@@ -213,10 +211,10 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())[:200]
 
 
-def _compose(kind: str, *, to: str, job_id: str, subject: str, values: dict[str, str]) -> OutgoingMail:
+def _compose(kind: str, *, recipient: str, job_id: str, subject: str, values: dict[str, str]) -> OutgoingMail:
     context = {"subject": subject, "job_id": job_id, **values}
     return OutgoingMail(
-        to=to,
+        recipient=recipient,
         subject=subject,
         text=_env.get_template(f"mail_{kind}.txt.j2").render(context),
         html=_env.get_template(f"mail_{kind}.html.j2").render(context),
@@ -233,7 +231,7 @@ def compose_completed(
     expires_at: datetime | str,
     from_name: str = "Exports",
     *,
-    to: str = "",
+    recipient: str = "",
     document: str = "",
 ) -> OutgoingMail:
     what = _type_words(export_type)
@@ -241,7 +239,7 @@ def compose_completed(
     subject = _one_line(_env.get_template("mail_subjects.j2").module.completed(what, document))  # type: ignore[attr-defined]
     expires = human_expiry(expires_at)
     return _compose(
-        "completed", to=to, job_id=job_id, subject=subject,
+        "completed", recipient=recipient, job_id=job_id, subject=subject,
         values={
             "export_type": export_type, "what": what, "document": document,
             "download_url": download_url,
@@ -256,7 +254,7 @@ def compose_failed(
     reason_in_plain_words: str,
     from_name: str = "Exports",
     *,
-    to: str = "",
+    recipient: str = "",
     document: str = "",
     next_step: str = _LAST_STEP,
 ) -> OutgoingMail:
@@ -264,7 +262,7 @@ def compose_failed(
     document = _one_line(document)
     subject = _one_line(_env.get_template("mail_subjects.j2").module.failed(what, document))  # type: ignore[attr-defined]
     return _compose(
-        "failed", to=to, job_id=job_id, subject=subject,
+        "failed", recipient=recipient, job_id=job_id, subject=subject,
         values={
             "export_type": export_type, "what": what, "document": document, "reason": reason_in_plain_words,
             "next_step": next_step, "from_name": from_name,
@@ -282,8 +280,8 @@ def to_email_message(mail: OutgoingMail, from_email: str) -> EmailMessage:
     """An RFC 5322 multipart/alternative message (text/plain + text/html)."""
     msg = EmailMessage()
     msg["From"] = from_email
-    if mail.to:
-        msg["To"] = mail.to
+    if mail.recipient:
+        msg["To"] = mail.recipient
     msg["Subject"] = mail.subject
     msg["Date"] = formatdate(localtime=False, usegmt=True)
     msg["Message-ID"] = message_id(mail, from_email)
@@ -294,8 +292,8 @@ def to_email_message(mail: OutgoingMail, from_email: str) -> EmailMessage:
 
 
 def _require_recipient(mail: OutgoingMail) -> None:
-    if not mail.to or "@" not in mail.to:
-        raise MailError(False, f"mail for job {mail.job_id} has no valid recipient ({mail.to!r})")
+    if not mail.recipient or "@" not in mail.recipient:
+        raise MailError(False, f"mail for job {mail.job_id} has no valid recipient ({mail.recipient!r})")
 
 
 # ---- SendGrid ----------------------------------------------------------------
@@ -347,13 +345,13 @@ class SendGridMail:
         from sendgrid.helpers.mail import CustomArg, Header, Mail
 
         if self.template_id:
-            message = Mail(from_email=self.from_email, to_emails=mail.to)
+            message = Mail(from_email=self.from_email, to_emails=mail.recipient)
             message.template_id = self.template_id
             message.dynamic_template_data = dict(mail.template_data)
         else:
             message = Mail(
                 from_email=self.from_email,
-                to_emails=mail.to,
+                to_emails=mail.recipient,
                 subject=mail.subject,
                 plain_text_content=mail.text,
                 html_content=mail.html,
@@ -470,19 +468,9 @@ class EmlFileMail:
         if target.exists():
             return  # this row was mailed before; the outbox just had not recorded it
         data = to_email_message(mail, self.from_email).as_bytes()
-        tmp = self.directory / f".{target.name}.{secrets.token_hex(6)}.tmp"
         try:
-            self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.rename(tmp, target)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            make_private_dir(self.directory)
+            write_private_file(target, lambda fh: fh.write(data))
         except OSError as exc:
             raise MailError(True, f"cannot write {target}: {exc}") from exc
 

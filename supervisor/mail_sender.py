@@ -53,12 +53,12 @@ class MailSender:
             # Named like the document: Supabase Storage and /files both honour ?download=.
             url = with_download_name(url, download_filename(row["payload"], row["content_type"], str(job_id)))
             expires = (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat(timespec="seconds")
-            mail = compose_completed(job_id, row["export_type"], url, expires, to=row["recipient"],
+            mail = compose_completed(job_id, row["export_type"], url, expires, recipient=row["recipient"],
                                      document=document_name(row["payload"]))
         else:
             reason = (row.get("metadata") or {}).get("failure_reason")
             words, step = explain_failure(row["error_category"] or "permanent", reason, row["error_message"] or "")
-            mail = compose_failed(job_id, row["export_type"], words, to=row["recipient"],
+            mail = compose_failed(job_id, row["export_type"], words, recipient=row["recipient"],
                                   document=document_name(row["payload"]), next_step=step)
         try:
             await asyncio.to_thread(self.mail.send, mail)

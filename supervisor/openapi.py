@@ -1,16 +1,21 @@
-"""The OpenAPI 3.1 document of the HTTP port, generated from the body structs.
+"""The HTTP port's one table of operations: the OpenAPI 3.1 document and the routes.
 
+OPERATIONS lists each path and method once; :func:`operation_routes` mounts a
+handler on each, by operation id, and :func:`openapi_document` describes them.
 Schemas come from msgspec (supervisor/api_schemas.py, shared/payload.py,
-supervisor/problems.py); this module only lists the operations and which struct
-each status answers with.
+supervisor/problems.py); this module only says which struct each status answers with.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from shared.vocabulary import WebhookEvent
 from supervisor.api_schemas import CancelResult, Health, Job, JobAccepted, JobCreate, StatusEvent
@@ -90,6 +95,22 @@ OPERATIONS = (
         "409": problem("The job is already final"),
     }, job=True),
 )
+
+
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+def operation_routes(handlers: Mapping[str, Endpoint]) -> list[Route]:
+    """A route for each operation in `handlers` (by operation id), at the table's path and method.
+
+    A handler for an operation the table does not list is a programming error, raised
+    at startup: every route the port serves is in the OpenAPI document.
+    """
+    unknown = set(handlers) - {op.op_id for op in OPERATIONS}
+    if unknown:
+        raise ValueError(f"handlers for operations the OpenAPI table does not list: {sorted(unknown)}")
+    return [Route(op.path, handlers[op.op_id], methods=[op.method.upper()])
+            for op in OPERATIONS if op.op_id in handlers]
 
 
 def openapi_document(version: str = "0.1.0") -> dict[str, Any]:

@@ -85,13 +85,8 @@ class Claim:
     export_type: ExportType
     payload: dict[str, Any]
     max_attempts: int
-    notify_email: str | None
     waited_seconds: float
     claimed_at: float = field(default_factory=time.monotonic)
-
-    @property
-    def last_attempt(self) -> bool:
-        return self.attempt >= self.max_attempts
 
     def params(self) -> dict[str, Any]:
         return {"id": self.job_id, "worker_id": self.worker_id, "attempts": self.attempt}
@@ -139,10 +134,15 @@ class JobQueue:
         menu_id: str | None = None,
         subscriber: bool = False,
         idempotency_key: str | None = None,
-        email: str | None = None,
+        recipient: str | None = None,
         webhook_url: str | None = None,
     ) -> dict[str, Any]:
-        """Call create_export_job; raises LimitExceeded or InvalidJob on refusal."""
+        """Call create_export_job; raises LimitExceeded or InvalidJob on refusal.
+
+        `recipient` is the mail address (the API's and the CLI's `email`); the row keeps
+        it in `notify_email`, the column web apps insert into, and the outbox resolves
+        the final recipient from it (export_job_recipient).
+        """
         params = {
             "user_id": _uuid(user_id, "user_id"),
             "export_type": export_type,
@@ -150,7 +150,7 @@ class JobQueue:
             "menu_id": _uuid(menu_id, "menu_id") if menu_id else None,
             "subscriber": subscriber,
             "idempotency_key": idempotency_key,
-            "email": email,
+            "recipient": recipient,
             "webhook_url": webhook_url,
         }
         async with self.pool.connection() as conn:
@@ -181,7 +181,6 @@ class JobQueue:
                 export_type=ExportType(r["export_type"]),
                 payload=r["payload"],
                 max_attempts=r["max_attempts"],
-                notify_email=r["notify_email"],
                 waited_seconds=r["waited_seconds"],
             )
             for r in rows

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import RetentionSettings
@@ -49,42 +51,53 @@ async def run_retention(
         if not row or not row[0]:
             result.skipped = True
             return result
-        while True:
-            cur = await conn.execute(
-                query("expired_files"), {"files_days": settings.retention_files_days, "limit": BATCH}
-            )
-            rows = await cur.fetchall()
-            if not rows:
-                break
-            await asyncio.to_thread(storage.delete, [r[1] for r in rows])
-            await conn.execute(query("mark_files_deleted"), {"ids": [r[0] for r in rows]})
-            result.files_deleted += len(rows)
-        while True:
-            cur = await conn.execute(
-                query("expired_jobs"),
-                {"completed_days": settings.retention_completed_days,
-                 "failed_days": settings.retention_failed_days, "limit": BATCH},
-            )
-            rows = await cur.fetchall()
-            if not rows:
-                break
-            paths = [r[1] for r in rows if r[1]]
-            if paths:
-                await asyncio.to_thread(storage.delete, paths)
-                result.files_deleted += len(paths)
-            await conn.execute(query("delete_jobs"), {"ids": [r[0] for r in rows]})
-            result.jobs_deleted += len(rows)
-        while True:
-            cur = await conn.execute(
-                query("orphan_uploads"), {"older_than_seconds": orphan_after_seconds, "limit": BATCH}
-            )
-            keys = [r[0] for r in await cur.fetchall()]
-            if not keys:
-                break
-            await asyncio.to_thread(storage.delete, keys)
-            await conn.execute(query("forget_uploads"), {"keys": keys})
-            result.orphans_deleted += len(keys)
+        await _delete_expired_files(conn, storage, settings, result)
+        await _delete_expired_jobs(conn, storage, settings, result)
+        await _delete_orphan_uploads(conn, storage, orphan_after_seconds, result)
     if result.jobs_deleted or result.files_deleted or result.orphans_deleted:
         log.info("retention done", extra={"jobs_deleted": result.jobs_deleted, "files_deleted": result.files_deleted,
                                           "orphans_deleted": result.orphans_deleted})
     return result
+
+
+async def _batches(conn: AsyncConnection[Any], name: str, params: dict[str, Any]) -> AsyncIterator[list[Any]]:
+    """Run the named query again until it returns no rows (each batch is dealt with before the next)."""
+    while True:
+        cur = await conn.execute(query(name), params | {"limit": BATCH})
+        rows = await cur.fetchall()
+        if not rows:
+            return
+        yield rows
+
+
+async def _delete_expired_files(
+    conn: AsyncConnection[Any], storage: Any, settings: RetentionSettings, result: RetentionResult
+) -> None:
+    async for rows in _batches(conn, "expired_files", {"files_days": settings.retention_files_days}):
+        await asyncio.to_thread(storage.delete, [r[1] for r in rows])
+        await conn.execute(query("mark_files_deleted"), {"ids": [r[0] for r in rows]})
+        result.files_deleted += len(rows)
+
+
+async def _delete_expired_jobs(
+    conn: AsyncConnection[Any], storage: Any, settings: RetentionSettings, result: RetentionResult
+) -> None:
+    days = {"completed_days": settings.retention_completed_days, "failed_days": settings.retention_failed_days}
+    async for rows in _batches(conn, "expired_jobs", days):
+        paths = [r[1] for r in rows if r[1]]
+        if paths:
+            await asyncio.to_thread(storage.delete, paths)
+            result.files_deleted += len(paths)
+        await conn.execute(query("delete_jobs"), {"ids": [r[0] for r in rows]})
+        result.jobs_deleted += len(rows)
+
+
+async def _delete_orphan_uploads(
+    conn: AsyncConnection[Any], storage: Any, older_than_seconds: float, result: RetentionResult
+) -> None:
+    """Objects no completion took (their claim was lost or died), with their upload entries."""
+    async for rows in _batches(conn, "orphan_uploads", {"older_than_seconds": older_than_seconds}):
+        keys = [r[0] for r in rows]
+        await asyncio.to_thread(storage.delete, keys)
+        await conn.execute(query("forget_uploads"), {"keys": keys})
+        result.orphans_deleted += len(keys)

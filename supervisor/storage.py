@@ -24,7 +24,7 @@ import httpx
 
 from shared.errors import ErrorCategory, JobError
 from shared.vocabulary import OutputFormat
-from supervisor.data_dir import PRIVATE_FILE_MODE, make_private_dir
+from supervisor.data_dir import make_private_dir, write_private_file
 from supervisor.links import LinkSigner, load_or_create_secret
 
 if TYPE_CHECKING:
@@ -136,18 +136,10 @@ class LocalStorage:
         try:
             make_private_dir(target.parent)
             make_private_dir(self.temp_dir)
-            tmp = self.temp_dir / f"{secrets.token_hex(6)}.tmp"
-            try:
-                # Created 0600 (the rename keeps it): exports are users' documents.
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE_MODE)
-                with open(file, "rb") as src, os.fdopen(fd, "wb") as dst:
-                    shutil.copyfileobj(src, dst, 1024 * 1024)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-                os.replace(tmp, target)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
+            with open(file, "rb") as src:  # opened first: a missing input writes nothing
+                # Private (0600): exports are users' documents.
+                write_private_file(target, lambda dst: shutil.copyfileobj(src, dst, 1024 * 1024),
+                                   temp_dir=self.temp_dir)
         except FileNotFoundError as exc:
             if not Path(file).exists():
                 raise StorageError(ErrorCategory.PERMANENT, f"local storage: input file {file} does not exist") from exc

@@ -141,7 +141,6 @@ class WorkerRegistry:
         self.pid = os.getpid()
         self.version = package_version()
         self.started_at = datetime.now(UTC)
-        self.started_monotonic = time.monotonic()
         self.kill_log = KillLog()
         self.registered = False  # this process's row is written: it may claim (migration 0010)
 

@@ -116,9 +116,6 @@ class TierCounts(msgspec.Struct, frozen=True):
     totals: list[int]
     total: int
 
-    def status_total(self, status: str) -> int:
-        return next((total for s, _, total in self.rows if s == status), 0)
-
 
 class ActionResult(msgspec.Struct, frozen=True):
     ok: bool

@@ -4,7 +4,7 @@
 -- name: create_job
 SELECT * FROM create_export_job(
     %(user_id)s, %(export_type)s, %(payload)s, %(menu_id)s,
-    %(subscriber)s, %(idempotency_key)s, %(email)s, %(webhook_url)s);
+    %(subscriber)s, %(idempotency_key)s, %(recipient)s, %(webhook_url)s);
 
 -- name: claim_jobs
 -- Claim up to %(limit)s jobs: pending, available now, lowest claim order first.
@@ -21,7 +21,7 @@ UPDATE export_jobs AS j
   FROM picked
  WHERE j.id = picked.id
 RETURNING j.id, j.user_id, j.menu_id, j.export_type, j.payload, j.attempts, j.max_attempts,
-          j.priority, j.notify_email, j.created_at,
+          j.priority, j.created_at,
           extract(epoch FROM now() - greatest(j.created_at, j.available_at))::float8 AS waited_seconds;
 
 -- name: next_available_in

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from shared.chromium import chromium_binary
+from tests.chromium import chromium_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / ".venv" / "bin" / "export-worker"

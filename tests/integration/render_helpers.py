@@ -23,7 +23,6 @@ import psutil
 import pytest
 
 from render_child.main import child_entry
-from shared.chromium import chromium_binary
 from shared.messages import (
     CHROMIUM_ARGS,
     FROM_CHILD_DECODER,
@@ -40,6 +39,7 @@ from shared.messages import (
     Stop,
 )
 from shared.payload import HtmlSource, ImageOptions, PdfOptions, RenderPayload, Source
+from tests.chromium import chromium_binary
 
 # The product's own setting and lookup: Debian's Chromium, or Playwright's when the setting is empty.
 CHROMIUM = os.environ.get("PUPPETEER_EXECUTABLE_PATH", "/usr/bin/chromium")

@@ -28,7 +28,7 @@ MENU_PAYLOAD = {
 
 def test_completed_mail_names_the_menu_and_reads_well() -> None:
     mail = compose_completed(JOB, "pdf", LINK, datetime(2026, 12, 7, 12, 35, tzinfo=UTC),
-                             to="ada@example.com", document=document_name(MENU_PAYLOAD))
+                             recipient="ada@example.com", document=document_name(MENU_PAYLOAD))
     assert mail.subject == "Bistro Lumière \u2014 Menu du soir: your PDF is ready"
     assert mail.text.startswith("Hello,\n\nYour PDF of Bistro Lumière \u2014 Menu du soir is ready.")
     assert "The link works until 7 December 2026, 12:35 UTC." in mail.text
@@ -45,7 +45,7 @@ def test_completed_mail_names_the_menu_and_reads_well() -> None:
 
 
 def test_completed_mail_without_a_name() -> None:
-    mail = compose_completed(JOB, "image", LINK, "2030-01-01T00:00:00Z", to="ada@example.com")
+    mail = compose_completed(JOB, "image", LINK, "2030-01-01T00:00:00Z", recipient="ada@example.com")
     assert mail.subject == "Your image export is ready"
     assert "Your image export is ready." in mail.text and ">Download the image</a>" in mail.html
     assert "1 January 2030, 00:00 UTC" in mail.text
@@ -66,7 +66,7 @@ def test_human_expiry(when: datetime | str, words: str) -> None:
 
 def test_failed_mail_says_what_to_do_next() -> None:
     category, message = "validation", "PDF has 250 pages, more than the limit of 100 (MAX_PAGES)"
-    mail = compose_failed(JOB, "pdf", plain_reason(category, message), to="ada@example.com",
+    mail = compose_failed(JOB, "pdf", plain_reason(category, message), recipient="ada@example.com",
                           document=document_name(MENU_PAYLOAD), next_step=next_step(category, message))
     assert mail.subject == "Bistro Lumière \u2014 Menu du soir: your PDF could not be completed"
     assert "could not be completed: the document has more pages than allowed." in mail.text

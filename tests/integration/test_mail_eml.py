@@ -35,9 +35,9 @@ def _read(path: Path) -> EmailMessage:
 def test_one_file_per_job_and_kind(tmp_path: Path) -> None:
     backend = EmlFileMail(tmp_path / "mail", "exports@example.com")
     backend.send(
-        compose_completed(JOB, "pdf", "http://x/f.pdf", "2030-01-01T00:00:00Z", to="ada@example.com")
+        compose_completed(JOB, "pdf", "http://x/f.pdf", "2030-01-01T00:00:00Z", recipient="ada@example.com")
     )
-    backend.send(compose_failed(JOB, "pdf", "the file could not be stored", to="ada@example.com"))
+    backend.send(compose_failed(JOB, "pdf", "the file could not be stored", recipient="ada@example.com"))
     files = sorted(p.name for p in (tmp_path / "mail").iterdir())
     assert files == [f"{JOB}-completed.eml", f"{JOB}-failed.eml"]
     msg = _read(tmp_path / "mail" / f"{JOB}-completed.eml")
@@ -54,13 +54,13 @@ def test_a_second_send_of_the_same_row_does_nothing(tmp_path: Path) -> None:
     """A worker that died between writing the mail and recording it as sent sends it again
     after the outbox lease; the file named after the row is found and left as it was."""
     backend = EmlFileMail(tmp_path / "mail", "exports@example.com")
-    first = compose_completed(JOB, "image", "http://x/f.png?sig=1", "2030-01-01T00:00:00Z", to="ada@example.com")
+    first = compose_completed(JOB, "image", "http://x/f.png?sig=1", "2030-01-01T00:00:00Z", recipient="ada@example.com")
     backend.send(first)
     target = tmp_path / "mail" / f"{JOB}-completed.eml"
     before = target.stat()
     content = target.read_bytes()
     # the retry composes anew: a fresh link and expiry, a new Date header
-    again = compose_completed(JOB, "image", "http://x/f.png?sig=2", "2030-01-02T00:00:00Z", to="ada@example.com")
+    again = compose_completed(JOB, "image", "http://x/f.png?sig=2", "2030-01-02T00:00:00Z", recipient="ada@example.com")
     backend.send(again)
     backend.send(again)
     after = target.stat()
@@ -72,14 +72,14 @@ def test_a_second_send_of_the_same_row_does_nothing(tmp_path: Path) -> None:
 
 def test_file_and_directory_are_private(tmp_path: Path) -> None:
     backend = EmlFileMail(tmp_path / "mail", "exports@example.com")
-    backend.send(compose_failed(JOB, "pdf", "the file could not be stored", to="ada@example.com"))
+    backend.send(compose_failed(JOB, "pdf", "the file could not be stored", recipient="ada@example.com"))
     assert stat.S_IMODE((tmp_path / "mail" / f"{JOB}-failed.eml").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "mail").stat().st_mode) == 0o700
 
 
 def test_concurrent_sends_of_one_row_leave_one_whole_file(tmp_path: Path) -> None:
     backend = EmlFileMail(tmp_path, "exports@example.com")
-    mail = compose_completed(JOB, "pdf", "http://x/f.pdf", "2030-01-01T00:00:00Z", to="ada@example.com")
+    mail = compose_completed(JOB, "pdf", "http://x/f.pdf", "2030-01-01T00:00:00Z", recipient="ada@example.com")
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: backend.send(mail), range(32)))
     assert [p.name for p in tmp_path.iterdir()] == [f"{JOB}-completed.eml"]

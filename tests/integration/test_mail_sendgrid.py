@@ -36,13 +36,13 @@ def fake() -> Iterator[FakeSendGrid]:
 
 
 def _completed() -> object:
-    return compose_completed(JOB, "pdf", LINK, "2030-01-01T00:00:00Z", to="ada@example.com")
+    return compose_completed(JOB, "pdf", LINK, "2030-01-01T00:00:00Z", recipient="ada@example.com")
 
 
 def test_plain_and_html_content(fake: FakeSendGrid) -> None:
     backend = SendGridMail(KEY, "exports@example.com", base_url=fake.url, timeout=5)
     assert isinstance(backend, MailBackend)
-    mail = compose_completed(JOB, "pdf", LINK, "2030-01-01T00:00:00Z", to="ada@example.com")
+    mail = compose_completed(JOB, "pdf", LINK, "2030-01-01T00:00:00Z", recipient="ada@example.com")
     backend.send(mail)
 
     assert fake.authorizations == [f"Bearer {KEY}"]
@@ -63,7 +63,7 @@ def test_plain_and_html_content(fake: FakeSendGrid) -> None:
 def test_template_mode(fake: FakeSendGrid) -> None:
     backend = SendGridMail(KEY, "exports@example.com", template_id="d-123abc", base_url=fake.url, timeout=5)
     reason = plain_reason("transient", "job timed out after 60s")
-    backend.send(compose_failed(JOB, "image", reason, to="ada@example.com"))
+    backend.send(compose_failed(JOB, "image", reason, recipient="ada@example.com"))
     body = fake.messages[0]
     assert body["template_id"] == "d-123abc"
     data = body["personalizations"][0]["dynamic_template_data"]
@@ -78,7 +78,7 @@ def test_template_mode(fake: FakeSendGrid) -> None:
 def test_503_is_transient(fake: FakeSendGrid) -> None:
     fake.set_mode("503")
     backend = SendGridMail(KEY, "exports@example.com", base_url=fake.url, timeout=5)
-    mail = compose_completed(JOB, "pdf", LINK, "2030-01-01T00:00:00Z", to="ada@example.com")
+    mail = compose_completed(JOB, "pdf", LINK, "2030-01-01T00:00:00Z", recipient="ada@example.com")
     with pytest.raises(MailError) as info:
         backend.send(mail)
     assert info.value.transient
@@ -96,7 +96,7 @@ def test_400_is_permanent_with_sendgrids_message(fake: FakeSendGrid) -> None:
     fake.set_mode("400", "The from address does not match a verified Sender Identity.", "from")
     backend = SendGridMail(KEY, "exports@example.com", base_url=fake.url, timeout=5)
     with pytest.raises(MailError) as info:
-        backend.send(compose_completed(JOB, "pdf", LINK, "2030-01-01T00:00:00Z", to="ada@example.com"))
+        backend.send(compose_completed(JOB, "pdf", LINK, "2030-01-01T00:00:00Z", recipient="ada@example.com"))
     assert not info.value.transient
     assert info.value.status == 400
     assert "does not match a verified Sender Identity" in info.value.message
@@ -106,7 +106,7 @@ def test_400_is_permanent_with_sendgrids_message(fake: FakeSendGrid) -> None:
 def test_wrong_key_is_permanent(fake: FakeSendGrid) -> None:
     backend = SendGridMail("SG.wrong", "exports@example.com", base_url=fake.url, timeout=5)
     with pytest.raises(MailError) as info:
-        backend.send(compose_completed(JOB, "pdf", LINK, "2030-01-01T00:00:00Z", to="ada@example.com"))
+        backend.send(compose_completed(JOB, "pdf", LINK, "2030-01-01T00:00:00Z", recipient="ada@example.com"))
     assert not info.value.transient
     assert info.value.status == 401
 
@@ -117,7 +117,7 @@ def test_unreachable_is_transient() -> None:
     server.server_close()
     backend = SendGridMail(KEY, "exports@example.com", base_url=url, timeout=2)
     with pytest.raises(MailError) as info:
-        backend.send(compose_completed(JOB, "pdf", LINK, "2030-01-01T00:00:00Z", to="ada@example.com"))
+        backend.send(compose_completed(JOB, "pdf", LINK, "2030-01-01T00:00:00Z", recipient="ada@example.com"))
     assert info.value.transient
 
 
@@ -135,5 +135,5 @@ def test_build_mail_backend_prefers_sendgrid(fake: FakeSendGrid, tmp_path: objec
     settings = Settings(mail=MailSettings(sendgrid_api_key=KEY, sendgrid_base_url=fake.url, smtp_host="x"))
     backend = build_mail_backend(settings, Path(str(tmp_path)))
     assert isinstance(backend, SendGridMail)
-    backend.send(compose_completed(JOB, "pdf", LINK, "2030-01-01T00:00:00Z", to="ada@example.com"))
+    backend.send(compose_completed(JOB, "pdf", LINK, "2030-01-01T00:00:00Z", recipient="ada@example.com"))
     assert len(fake.messages) == 1

@@ -59,7 +59,7 @@ def test_multipart_mail_is_delivered(smtp_server: tuple[Sink, int]) -> None:
     sink, port = smtp_server
     backend = SmtpMail("127.0.0.1", port, "", "", False, "exports@example.com", timeout=5)
     link = "https://files.example/u/j.pdf?a=1&b=2"
-    backend.send(compose_completed(JOB, "pdf", link, "2030-01-01T00:00:00Z", to="ada@example.com"))
+    backend.send(compose_completed(JOB, "pdf", link, "2030-01-01T00:00:00Z", recipient="ada@example.com"))
 
     assert len(sink.envelopes) == 1
     env = sink.envelopes[0]
@@ -82,7 +82,7 @@ def test_rejected_recipient_is_permanent(smtp_server: tuple[Sink, int]) -> None:
     sink.reject_rcpt = True
     backend = SmtpMail("127.0.0.1", port, "", "", False, "exports@example.com", timeout=5)
     with pytest.raises(MailError) as info:
-        backend.send(compose_failed(JOB, "pdf", "the file could not be stored", to="nobody@example.com"))
+        backend.send(compose_failed(JOB, "pdf", "the file could not be stored", recipient="nobody@example.com"))
     assert not info.value.transient
     assert sink.envelopes == []
 
@@ -90,7 +90,7 @@ def test_rejected_recipient_is_permanent(smtp_server: tuple[Sink, int]) -> None:
 def test_unreachable_is_transient() -> None:
     backend = SmtpMail("127.0.0.1", _free_port(), "", "", False, "exports@example.com", timeout=2)
     with pytest.raises(MailError) as info:
-        backend.send(compose_failed(JOB, "pdf", "the file could not be stored", to="ada@example.com"))
+        backend.send(compose_failed(JOB, "pdf", "the file could not be stored", recipient="ada@example.com"))
     assert info.value.transient
 
 
@@ -106,9 +106,10 @@ def test_a_resend_carries_the_same_message_id(smtp_server: tuple[Sink, int]) -> 
     Message-ID, derived from the row (job and kind), is the same, so receivers drop the repeat."""
     sink, port = smtp_server
     backend = SmtpMail("127.0.0.1", port, "", "", False, "exports@example.com", timeout=5)
-    backend.send(compose_completed(JOB, "pdf", "https://x/f.pdf?s=1", "2030-01-01T00:00:00Z", to="ada@example.com"))
-    backend.send(compose_completed(JOB, "pdf", "https://x/f.pdf?s=2", "2030-01-02T00:00:00Z", to="ada@example.com"))
-    backend.send(compose_failed(JOB, "pdf", "the file could not be stored", to="ada@example.com"))
+    ada = "ada@example.com"
+    backend.send(compose_completed(JOB, "pdf", "https://x/f.pdf?s=1", "2030-01-01T00:00:00Z", recipient=ada))
+    backend.send(compose_completed(JOB, "pdf", "https://x/f.pdf?s=2", "2030-01-02T00:00:00Z", recipient=ada))
+    backend.send(compose_failed(JOB, "pdf", "the file could not be stored", recipient=ada))
     ids = [
         email.message_from_bytes(env.content, policy=email.policy.default)["Message-ID"].strip()
         for env in sink.envelopes

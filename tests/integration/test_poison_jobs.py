@@ -21,9 +21,9 @@ import psycopg
 import pytest
 from conftest import make_settings
 
-from shared.chromium import chromium_binary
 from supervisor.queue import JobQueue
 from supervisor.runner import Supervisor
+from tests.chromium import chromium_binary
 
 CHROMIUM = os.environ.get("PUPPETEER_EXECUTABLE_PATH", "/usr/bin/chromium")
 pytestmark = [

@@ -127,13 +127,14 @@ async def test_claim_returns_the_job(queue: JobQueue) -> None:
         user_id="6f1c1b7e-3b7a-4a53-9a57-0a7c51f3b001",
         export_type="image",
         payload=html_payload("<p>x</p>"),
-        email="a@example.com",
+        recipient="a@example.com",
     )
     [c] = await queue.claim(3)
     assert isinstance(c, Claim)
     assert (c.job_id, c.attempt, c.worker_id, c.export_type) == (str(job["id"]), 1, "test-worker", "image")
-    assert c.payload == html_payload("<p>x</p>") and c.notify_email == "a@example.com"
-    assert c.max_attempts == 3 and not c.last_attempt and c.waited_seconds >= 0
+    assert c.payload == html_payload("<p>x</p>")
+    assert c.max_attempts == 3 and c.attempt < c.max_attempts and c.waited_seconds >= 0
     row = await queue.get_job(c.job_id)
     assert row is not None and row["status"] == "processing" and row["worker_id"] == "test-worker"
+    assert row["notify_email"] == "a@example.com"  # the outbox reads it from the row, not the claim
     assert row["started_at"] is not None and row["heartbeat_at"] is not None

@@ -70,7 +70,7 @@ async def test_completions_that_finish_together_share_a_statement_and_each_is_fe
     claim among them raises ClaimLost for that one only (its row, mail and upload entry
     untouched) while the others complete with their mail queued."""
     a = JobQueue(pool, "worker-a", settings.retry)
-    ids = [await new_job(a, email=f"u{i}@example.com") for i in range(10)]
+    ids = [await new_job(a, recipient=f"u{i}@example.com") for i in range(10)]
     claims = await a.claim(10)
     assert sorted(c.job_id for c in claims) == sorted(ids)
     lost = claims[3]
@@ -110,7 +110,7 @@ async def test_a_lost_claim_can_change_nothing(
 ) -> None:
     a = JobQueue(pool, "worker-a", settings.retry)
     b = JobQueue(pool, "worker-b", settings.retry)
-    job_id = await new_job(a, email="owner@example.com")
+    job_id = await new_job(a, recipient="owner@example.com")
     old = await claim_one(a)
     assert await a.heartbeat([old]) == {job_id: False}
     make_stale(db_url, job_id)
@@ -209,7 +209,7 @@ async def test_backoff_grows_and_is_capped(
         sql(db_url, "UPDATE export_jobs SET available_at = now() WHERE id = %s", job_id)
     assert delays == [1000, 2000, 3000, 3000, 3000]
     last = await claim_one(q)
-    assert last.last_attempt
+    assert last.attempt == last.max_attempts
     assert (await q.fail(last, "transient", "try 6")).status == "failed"
     final = row(db_url, job_id)
     assert final["status"] == "failed" and final["attempts"] == 6 and final["completed_at"] is not None
@@ -221,7 +221,7 @@ async def test_backoff_grows_and_is_capped(
 async def test_permanent_and_validation_errors_never_retry(
     queue: JobQueue, db_url: str, category: str
 ) -> None:
-    job_id = await new_job(queue, email="x@example.com")
+    job_id = await new_job(queue, recipient="x@example.com")
     claim = await claim_one(queue)
     outcome = await queue.fail(claim, category, "bad input", {"stage": "render"})  # type: ignore[arg-type]
     assert outcome.status == "failed"
@@ -275,7 +275,7 @@ async def test_stopped_heartbeat_returns_job_to_pending(queue: JobQueue, db_url:
 
 
 async def test_stale_claim_out_of_attempts_fails_and_queues_mail(queue: JobQueue, db_url: str) -> None:
-    job_id = await new_job(queue, email="owner@example.com")
+    job_id = await new_job(queue, recipient="owner@example.com")
     sql(db_url, "UPDATE export_jobs SET max_attempts = 1 WHERE id = %s", job_id)
     await claim_one(queue)
     make_stale(db_url, job_id)
@@ -408,7 +408,7 @@ async def test_defer_keeps_the_attempt_and_counts(queue: JobQueue, db_url: str) 
 
 
 async def test_complete_writes_one_completed_mail(queue: JobQueue, db_url: str) -> None:
-    job_id = await new_job(queue, email="owner@example.com")
+    job_id = await new_job(queue, recipient="owner@example.com")
     claim = await claim_one(queue)
     await queue.complete(
         claim,

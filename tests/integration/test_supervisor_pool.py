@@ -21,11 +21,11 @@ import psutil
 import pytest
 from conftest import html_payload, make_settings
 
-from shared.chromium import chromium_binary
 from shared.messages import chromium_home
 from supervisor import memory
 from supervisor.queue import JobQueue
 from supervisor.runner import Supervisor
+from tests.chromium import chromium_binary
 
 pytestmark = [pytest.mark.timeout(90), pytest.mark.chromium]
 

@@ -109,7 +109,7 @@ def test_the_failure_mail_says_what_to_fix_without_internals() -> None:
     stored = f"invalid payload: {error}"  # what settle writes to error_message
     assert "source.menu.sections.0.items.1.price" in stored
     words, step = explain_failure("validation", "invalid_payload", stored)
-    mail = compose_failed("job-1", "pdf", words, to="chef@example.com", document="Chez Bars \u2014 Dîner",
+    mail = compose_failed("job-1", "pdf", words, recipient="chef@example.com", document="Chez Bars \u2014 Dîner",
                           next_step=step)
     text = " ".join(mail.text.split())
     assert "could not be completed: something in the document needs correcting." in text

@@ -1,8 +1,8 @@
-"""Which Chromium the render children launch: the configured binary, or Playwright's own.
+"""Which Chromium a render child would launch: the configured binary, or Playwright's own.
 
 PUPPETEER_EXECUTABLE_PATH names a binary (Debian's /usr/bin/chromium by default);
-empty means the browser `playwright install chromium` downloaded. The tests ask
-the same question, so no test is skipped where the product would run.
+empty means the browser `playwright install chromium` downloaded. Only the tests
+ask (to skip where the product could not render either), so it lives here.
 """
 
 from __future__ import annotations
