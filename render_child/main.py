@@ -37,12 +37,11 @@ from shared.messages import (
     Stop,
     chromium_home,
 )
-from shared.vocabulary import ErrorCategory
+from shared.vocabulary import ErrorCategory, LogLevel
 
 PR_SET_PDEATHSIG = 1
 EX_BROWSER_GONE = 1  # Chromium itself died: a crash, the supervisor replaces the child
 BOOT_TIMEOUT_MS = 30_000
-_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
 def _set_parent_death_signal() -> None:
@@ -148,13 +147,13 @@ def _start_playwright() -> Any:
 class _Channel:
     def __init__(self, conn: multiprocessing.connection.Connection, level: str) -> None:
         self.conn = conn
-        self.min_level = _LEVELS.get(level.lower(), 20)
+        self.min_level = LogLevel.number_of(level)
 
     def send(self, msg: FromChild) -> None:
         self.conn.send_bytes(FROM_CHILD_ENCODER.encode(msg))
 
     def log(self, level: str, message: str, job_id: str | None = None) -> None:
-        if _LEVELS.get(level, 20) < self.min_level:
+        if LogLevel.number_of(level) < self.min_level:
             return
         with contextlib.suppress(OSError, ValueError):
             self.send(Log(level=level, message=message, job_id=job_id))

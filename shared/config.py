@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 import ipaddress
 import os
@@ -22,6 +23,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from shared.vocabulary import LogLevel
+
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
 
@@ -31,9 +34,6 @@ class ConfigError(Exception):
 
 def _doc(text: str, **limits: Any) -> msgspec.Meta:
     return msgspec.Meta(description=text, **limits)
-
-
-LogLevel = Literal["debug", "info", "warn", "warning", "error"]
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -64,7 +64,7 @@ class WorkerSettings(_Section):
     port: Annotated[int, _doc("HTTP port for /health, /metrics and the API", ge=1, le=65535)] = 3000
     host: Annotated[str, _doc("address the HTTP port binds to; 0.0.0.0 = all interfaces (containers)", min_length=1)] = "0.0.0.0"
     node_env: Annotated[str, _doc("seed compatibility; 'production' only changes the startup log line")] = "production"
-    log_level: Annotated[LogLevel, _doc("debug, info, warn, error")] = "info"
+    log_level: Annotated[LogLevel, _doc("debug, info, warn, error")] = LogLevel.INFO
     enable_canary_export: Annotated[bool, _doc("render a canary at start and after each recycle; gates claiming")] = True
 
 
@@ -291,6 +291,8 @@ def _describe_allowed(field: msgspec.structs.FieldInfo) -> str:
     literal_args = getattr(base, "__args__", None)
     if getattr(base, "__origin__", None) is Literal and literal_args:
         return "one of " + ", ".join(str(a) for a in literal_args)
+    if isinstance(base, type) and issubclass(base, enum.Enum):
+        return "one of " + ", ".join(str(member.value) for member in base)
     name = getattr(_unwrap(t), "__name__", str(base))
     if name == "bool":
         name = "true or false"

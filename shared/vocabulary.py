@@ -29,6 +29,10 @@ class ErrorCategory(StrEnum):
     RESOURCE = "resource"
     VALIDATION = "validation"
 
+    @property
+    def retryable(self) -> bool:
+        return self in (ErrorCategory.TRANSIENT, ErrorCategory.RESOURCE)
+
 
 class ExportType(StrEnum):
     PDF = "pdf"
@@ -44,6 +48,7 @@ class KillReason(StrEnum):
     CANCELLED = "cancelled"  # the job was cancelled mid-render
     CLAIM_LOST = "claim_lost"  # another worker holds the job now
     SHUTDOWN = "shutdown"  # the worker is stopping; the job goes back to pending
+    RECYCLE = "recycle"  # renders or age limit reached
     BOOT_FAILED = "boot_failed"  # Chromium did not start in time
     CRASHED = "crashed"  # the child or its browser died on its own
     UNRESPONSIVE = "unresponsive"  # the child ignored a stop request

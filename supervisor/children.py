@@ -33,10 +33,6 @@ from supervisor.memory import kill_marked
 
 log = logging.getLogger(__name__)
 
-# A child's log levels; "warning" and "warn" are the same level.
-_LOG_LEVELS = {LogLevel.DEBUG: logging.DEBUG, LogLevel.INFO: logging.INFO, LogLevel.WARN: logging.WARNING,
-               LogLevel.WARNING: logging.WARNING, LogLevel.ERROR: logging.ERROR}
-
 ChildTarget = Callable[[multiprocessing.connection.Connection, bytes], None]
 
 
@@ -291,7 +287,7 @@ async def wait_exited(handles: list[ChildHandle], seconds: float) -> None:
 def relay_log(handle: ChildHandle, message: Log) -> None:
     """Write a child's log line through the supervisor's logging, at its own level."""
     try:
-        level = _LOG_LEVELS[LogLevel(message.level)]
+        level = LogLevel(message.level).number
     except ValueError:
         level = logging.INFO
     log.log(level, message.message, extra={"job_id": message.job_id, "child": handle.name})

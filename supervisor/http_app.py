@@ -36,7 +36,7 @@ from supervisor.health import health_report
 from supervisor.http_limits import BoundedConfig, ContentLengthGuard
 from supervisor.jobs_api import JobsApi
 from supervisor.metrics import read_jobs_created
-from supervisor.openapi import openapi_document
+from supervisor.openapi import openapi_document, operation_routes
 from supervisor.problems import TITLES, problem_response
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,7 @@ def build_app(state: AppState) -> ASGIApp:
         return problem_response(500, "an unexpected error occurred; it was logged")
 
     routes: list[BaseRoute] = [
-        Route("/health", health, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
+        *operation_routes({"health": health, "metrics": metrics}),
         Route("/openapi.json", openapi_json, methods=["GET"]),
         Route("/files/{path:path}", files, methods=["GET", "HEAD"]),
         *api.routes(),
