@@ -89,7 +89,12 @@ class Renderer:
         try:
             if request.is_navigation_request() and request.frame.parent_frame is None:
                 if not self._expect_main_navigation:
-                    raise Blocked("top-level navigation is not allowed")
+                    # A 204 leaves the page on the job's document; an abort would put it on
+                    # Chromium's error page, where the next document.open() kills the browser.
+                    fetcher.record(url, "top-level navigation is not allowed")
+                    with contextlib.suppress(PlaywrightError):
+                        route.fulfill(status=204, body=b"")
+                    return
                 self._expect_main_navigation = False
                 main_document = True
             if scheme not in ("http", "https"):

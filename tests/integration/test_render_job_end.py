@@ -1,11 +1,12 @@
 """Hostile corpus: nothing of a finished job outlives it on the warm page.
 
-User A's document keeps working after its job: two iframes load pages on an allowed
-host that refresh after 1 s, one to a loopback URL, one to an allowed URL carrying A's
-token, whose page holds an <img> the server never answers. Before, the warm page kept
-A's document until the next job replaced it; its requests waited unhandled between jobs
-and ran inside job B, with B's network policy and accounting (B reported A's blocked
-loopback URL and a fetched subresource, and the host got A's token during B's job).
+User A's document keeps working after its job: it refreshes itself after 1 s (to a
+loopback URL), and two iframes load pages on an allowed host that refresh after 1 s,
+one to a loopback URL, one to an allowed URL carrying A's token, whose page holds an
+<img> the server never answers. Before, the warm page kept A's document until the next
+job replaced it; its requests waited unhandled between jobs and ran inside job B, with
+B's network policy and accounting (B reported A's blocked loopback URL and a fetched
+subresource, and the host got A's token during B's job).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def test_a_finished_jobs_document_makes_no_request_during_the_next_job() -> None
             allowed_hosts=["127.0.0.1"], trusted_private_hosts=[host.netloc]
         )
         limits = RenderLimits(navigation_timeout_ms=15_000)
-        a_html = f'<iframe src="{host.url("/to-loopback")}"></iframe><iframe src="{host.url("/to-token")}"></iframe>'
+        a_html = (f'<meta http-equiv="refresh" content="1; url={victim.url("/top-of-user-a")}">'
+                  f'<iframe src="{host.url("/to-loopback")}"></iframe><iframe src="{host.url("/to-token")}"></iframe>')
         with running_child() as child:
             a = child.render(make_job(a_html, child.scratch, policy=policy, limits=limits), timeout=60)
             assert isinstance(a, Rendered), a
