@@ -239,6 +239,13 @@ def _run(conn: multiprocessing.connection.Connection, options_bytes: bytes) -> i
                 answer = RenderFailed(
                     job_id=msg.job_id, category=ErrorCategory.TRANSIENT, message=f"browser error: {exc}", render_ms=0.0
                 )
+            if not browser.is_connected():
+                # Chromium died during this job: exit without answering, so the supervisor
+                # settles this job as a crash (a poison strike) while the child is still
+                # busy with it, and hands no other job to a child without a browser.
+                channel.log("error", "Chromium disconnected during the render; the child exits to be replaced",
+                            msg.job_id)
+                return EX_BROWSER_GONE
             try:
                 channel.send(answer)
             except (OSError, ValueError):

@@ -2,7 +2,9 @@
 
 Throughput comes from reuse (a warm page renders a small PDF in tens of ms; a new
 context and page costs hundreds). Isolation comes from the reset after every job:
-about:blank, cookies, HTTP cache, all storage, permissions and emulation are cleared,
+the job's document is replaced before its answer (no frame, timer, refresh or request
+of it outlives the job; a request that arrives after is refused and counted nowhere);
+cookies, HTTP cache, all storage, permissions and emulation are cleared,
 and if any step fails the context is thrown away and rebuilt (both in
 :mod:`render_child.slots`; printing and capturing are in :mod:`render_child.output`).
 The network is never Chromium's own: every request goes through :meth:`Renderer._route`
@@ -16,7 +18,7 @@ import os
 import time
 from pathlib import Path
 
-from playwright.sync_api import Browser, ConsoleMessage, Route
+from playwright.sync_api import Browser, ConsoleMessage, Request, Route
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
@@ -80,12 +82,19 @@ class Renderer:
         if scheme in ("data", "blob", "about"):
             route.fallback()
             return
+        if fetcher is None or _from_a_gone_document(request):
+            # a request of a finished job's document: refused, and no job's to count
+            _safe_abort(route, "blockedbyclient")
+            return
         try:
-            if fetcher is None:
-                raise Blocked("no job is running")
             if request.is_navigation_request() and request.frame.parent_frame is None:
                 if not self._expect_main_navigation:
-                    raise Blocked("top-level navigation is not allowed")
+                    # A 204 leaves the page on the job's document; an abort would put it on
+                    # Chromium's error page, where the next document.open() kills the browser.
+                    fetcher.record(url, "top-level navigation is not allowed")
+                    with contextlib.suppress(PlaywrightError):
+                        route.fulfill(status=204, body=b"")
+                    return
                 self._expect_main_navigation = False
                 main_document = True
             if scheme not in ("http", "https"):
@@ -168,6 +177,9 @@ class Renderer:
                 timed_out=isinstance(exc, PlaywrightTimeout),
             )
         finally:
+            # The job ends here, before its answer leaves: from now on every request is
+            # refused and counted nowhere, and its document is replaced, so no frame,
+            # timer, refresh or pending request of it runs during a later job.
             self._expect_main_navigation = False
             fetcher = self._fetcher
             self._fetcher = None
@@ -219,6 +231,14 @@ class Renderer:
             page.set_content(TEST_TEMPLATES[source.name], wait_until="load", timeout=timeout)
         else:  # pragma: no cover - the union is closed
             raise JobError("validation", "unknown source kind")
+
+
+def _from_a_gone_document(request: Request) -> bool:
+    """A request whose frame is already detached: a subframe of a document that was replaced."""
+    try:
+        return request.frame.is_detached()
+    except PlaywrightError:  # no frame at all (a worker): nothing of a live document
+        return True
 
 
 def _origin(url: str) -> str:

@@ -222,6 +222,16 @@ CHROMIUMS=$(awk '$2 ~ /^chrom/' "$WORK/procs.txt" | wc -l)
 ROOTS=$(awk '$3 != 10001' "$WORK/procs.txt")
 [ -z "$ROOTS" ] || { echo "$ROOTS"; fail "processes not running as uid 10001"; }
 say "ok: $(wc -l < "$WORK/procs.txt") processes, $CHROMIUMS of them Chromium, all as uid 10001"
+# Chromium's own sandbox must be on in the image: uid 10001 is not root, so nothing excuses
+# --no-sandbox (a process that can run as another uid could otherwise read every render).
+SANDBOX=$(curl -fsS --max-time 5 "http://127.0.0.1:$PORT/health" | "$PY" -c \
+    'import json, sys; print(json.load(sys.stdin)["checks"]["puppeteer"]["details"].get("chromium_sandbox", "missing"))') \
+    || fail "could not read chromium_sandbox from /health"
+[ "$SANDBOX" = on ] || fail "Chromium's sandbox is $SANDBOX in the image (/health chromium_sandbox), not on"
+UNSANDBOXED=$("${PODMAN[@]}" exec "$NAME" sh -c \
+    'for f in /proc/[0-9]*/cmdline; do tr "\0" " " < "$f" 2>/dev/null; echo; done' | grep -c -- '--no-sandbox' || true)
+[ "$UNSANDBOXED" = 0 ] || fail "$UNSANDBOXED processes run with --no-sandbox"
+say "ok: Chromium's sandbox is on (/health chromium_sandbox=on, no process with --no-sandbox)"
 
 FONTS=$("${PODMAN[@]}" exec "$NAME" fc-list : family) || fail "fc-list is missing from the image"
 for family in "Noto Sans CJK SC" "Noto Color Emoji" "Noto Sans Arabic" "Noto Serif"; do

@@ -43,6 +43,9 @@ MAX_STORAGE_DEFERRALS = 100
 # A render that hit its time or memory limit is a poison strike: POISON_KILL_LIMIT of
 # them fail the job for good (category resource), and each sends it behind newer work.
 POISON_REASONS = frozenset({FailureReason.TIMEOUT, FailureReason.MEMORY, FailureReason.CONTAINER_MEMORY})
+# A render during which the child or its Chromium died is a strike as well (a document
+# that crashes the browser twice is parked like a poison job), but stays transient.
+STRIKE_REASONS = POISON_REASONS | {FailureReason.CHILD_CRASHED}
 BLOCKED_KEPT = 50  # blocked request URLs kept on the job
 
 
@@ -245,7 +248,8 @@ class Settler:
         metadata = failed.metadata | {"failure_reason": failed.reason}
         poison = failed.reason in POISON_REASONS
         category = ErrorCategory.RESOURCE if poison else failed.category
-        outcome = await self.queue.fail(claim, category, failed.message, metadata, child_killed=poison)
+        strike = failed.reason in STRIKE_REASONS
+        outcome = await self.queue.fail(claim, category, failed.message, metadata, child_killed=strike)
         extra = {"job_id": claim.job_id, "error_category": category, "attempt": claim.attempt,
                  "failure_reason": failed.reason, "error": failed.message,
                  "duration_ms": round((time.monotonic() - claim.claimed_at) * 1000, 1)}

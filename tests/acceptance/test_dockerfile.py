@@ -275,3 +275,11 @@ def test_image_check_builds_this_dockerfile_and_runs_in_ci() -> None:
     assert re.search(r"^image-check:.*\n\tscripts/image-check\.sh$", makefile, re.M)
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
     assert "make image-check" in ci
+
+
+def test_image_check_asserts_chromium_sandbox_is_on() -> None:
+    """As uid 10001 nothing excuses --no-sandbox: the image check fails unless the sandbox engaged."""
+    script = (ROOT / "scripts" / "image-check.sh").read_text(encoding="utf-8")
+    assert '["puppeteer"]["details"].get("chromium_sandbox"' in script, "the check must read /health's sandbox mode"
+    assert re.search(r'\[ "\$SANDBOX" = on \] \|\| fail', script), "a sandbox that is not on must fail the check"
+    assert re.search(r"grep -c -- '--no-sandbox'", script), "no process in the container may run with --no-sandbox"

@@ -226,11 +226,14 @@ class LocalServer:
     ) -> None:
         self.hits: list[Hit] = []
         self.routes = routes or {}
+        self._hit_seen = threading.Condition()
         server = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                server.hits.append(Hit(self.path, {k.lower(): v for k, v in self.headers.items()}))
+                with server._hit_seen:
+                    server.hits.append(Hit(self.path, {k.lower(): v for k, v in self.headers.items()}))
+                    server._hit_seen.notify_all()
                 route = server.routes.get(self.path.split("?", 1)[0])
                 if route is None:
                     status, headers, body = 200, {"Content-Type": "text/plain"}, b"hit"
@@ -259,6 +262,18 @@ class LocalServer:
         self.port = int(self.httpd.server_address[1])
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
+
+    def wait_for_hit(self, predicate: Callable[[Hit], bool], *, after: int = 0, timeout: float) -> Hit | None:
+        """The first hit from index ``after`` on that matches, waiting up to ``timeout`` for it."""
+        with self._hit_seen:
+            found: list[Hit] = []
+
+            def seen() -> bool:
+                found[:] = [hit for hit in self.hits[after:] if predicate(hit)][:1]
+                return bool(found)
+
+            self._hit_seen.wait_for(seen, timeout)
+            return found[0] if found else None
 
     @property
     def netloc(self) -> str:

@@ -76,7 +76,25 @@ def test_page_limit(child: ChildHandle) -> None:
     answer = child.render(make_job(html, child.scratch, limits=RenderLimits(max_pages=3)))
     assert isinstance(answer, RenderFailed)
     assert answer.category == "validation"
-    assert answer.message == "PDF has 4 pages, more than the limit of 3 (MAX_PAGES)"
+    assert answer.message == "PDF has more than 3 pages, the limit (MAX_PAGES)"
+
+
+@pytest.mark.timeout(240)
+def test_ten_thousand_forced_page_breaks_fail_at_print_time(child: ChildHandle) -> None:
+    """Hostile corpus: 120 KB of forced page breaks. Only pages 1..MAX_PAGES+1 are printed
+    (pageRanges), so the pages error comes while printing, not after a 10,000-page PDF
+    (which held a Chromium past the job timeout, twice)."""
+    html = "<style>p { break-after: page }</style>" + "<p>page</p>" * 10_000
+    assert 100_000 < len(html) < 130_000
+    limits = RenderLimits(max_pages=100, navigation_timeout_ms=60_000)
+    answer = child.render(make_job(html, child.scratch, limits=limits), timeout=120)
+    assert isinstance(answer, RenderFailed), answer
+    assert answer.category == "validation"
+    assert answer.message == "PDF has more than 100 pages, the limit (MAX_PAGES)"
+    # exactly the limit still prints, every page of it
+    at_limit = "<style>p { break-after: page }</style>" + "<p>page</p>" * 99 + "<p>last</p>"
+    reader = _pdf(child.render(make_job(at_limit, child.scratch, limits=limits)))
+    assert len(reader.pages) == 100
 
 
 def test_output_size_limit(child: ChildHandle) -> None:

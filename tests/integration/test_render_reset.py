@@ -68,7 +68,7 @@ def test_reset_after_a_navigation_clears_cookies(slots: PageSlots) -> None:
     slot = slots.get(js=False)
     slot.context.add_cookies([{"name": "sid", "value": "secret", "url": "https://example.com/"}])
     slot.page.goto("data:text/html,<p>navigated</p>")  # not routed, not a network request
-    slots.reset(slot)
+    slots.release(slot, defer_reset=False)  # as at the end of a job
     assert slot.page.url == "about:blank"
     assert slot.context.cookies() == []
 

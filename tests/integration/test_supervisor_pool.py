@@ -299,6 +299,30 @@ async def test_browser_death_mid_render_is_retried_and_the_pool_recovers(start_s
     await wait_until(lambda: not still_running(procs), 5, "the dead browser's child tree to be gone")
 
 
+async def test_a_job_that_kills_its_browser_twice_is_parked_like_a_poison_job(start_supervisor: Any) -> None:
+    """Hostile corpus: a document that crashes Chromium is a poison strike per crash; the
+    second fails it for good (POISON_KILL_LIMIT 2), although attempts are left."""
+    run = await start_supervisor(JOB_TIMEOUT_SECONDS="60", MAX_ATTEMPTS="5", STALE_AFTER_SECONDS="60",
+                                 RETRY_BACKOFF_BASE_MS="100", RETRY_BACKOFF_CAP_MS="200")
+    sup: Supervisor = run.sup
+    job_id = await create(sup.queue, test_template("busy-loop"))
+    for attempt in (1, 2):
+        await wait_until(lambda n=attempt: job_id in sup.inflight and sup.inflight[job_id].claim.attempt == n
+                         and sup.inflight[job_id].handle is not None, 60, f"attempt {attempt} in a child")
+        handle = sup.inflight[job_id].handle
+        await wait_until(lambda h=handle: len(chromium_of(memory.tree(h.pid))) >= 3, 20, "chromium renderer running")
+        browsers = [p for p in chromium_of(memory.tree(handle.pid))
+                    if not any(a.startswith("--type=") for a in p.cmdline())]
+        assert len(browsers) == 1, browsers
+        browsers[0].kill()
+    row = await wait_for_status(sup.queue, job_id, {"failed", "completed"}, 60)
+    assert row["status"] == "failed", row
+    assert row["attempts"] == 2
+    assert row["metadata"]["child_kills"] == 2
+    assert row["metadata"]["failure_reason"] == "child_crashed"
+    assert row["error_category"] == "transient"
+
+
 # ---- 3. a hung page hits the deadline ----------------------------------------
 
 
