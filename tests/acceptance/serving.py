@@ -74,7 +74,7 @@ def start_serve(env: dict[str, str], log: Path, *, stderr_log: Path | None = Non
             return subprocess.Popen([str(CLI), "serve"], cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
 
 
-def wait_healthy(port: int, proc: subprocess.Popen[str], log: Path, timeout: float = 60) -> None:
+def wait_healthy(port: int, proc: subprocess.Popen[str], log: Path, timeout: float = 180) -> None:
     """Until GET /health is 200; fail if `proc` exits or `timeout` seconds pass."""
     deadline = time.monotonic() + timeout
     last: object = None
@@ -107,7 +107,7 @@ def running_serve(
     *,
     expect_exit: int = 0,
     stderr_log: Path | None = None,
-    stop_timeout: float = 20,
+    stop_timeout: float = 60,
 ) -> Iterator[subprocess.Popen[str]]:
     """`serve` started and healthy; on a clean exit of the block, SIGTERM and assert its exit code.
 

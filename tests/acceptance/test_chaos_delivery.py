@@ -56,6 +56,7 @@ def _signal_tree(procs: list[psutil.Process], sig: signal.Signals) -> None:
 
 
 def _until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    timeout = max(timeout, 60)  # generous on a busy machine; a wait that ends early costs nothing
     deadline = time.monotonic() + timeout
     while True:
         value = check()
