@@ -204,6 +204,8 @@ async def revive_pool(pool: AsyncConnectionPool[Any], conninfo: str, connect_tim
             log.debug("database still unreachable: %s", exc)
             continue
         await probe.close()
+        if pool.get_stats().get("pool_size", 0) >= pool.max_size:
+            return  # every connection is there, only busy: nothing to reconnect (a push would add one)
         with contextlib.suppress(Exception):
             async with pool.connection(timeout=0.5) as conn:
                 await conn.execute("SELECT 1")

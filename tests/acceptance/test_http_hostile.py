@@ -174,7 +174,7 @@ def corpus(jwks_kid_token: str) -> list[Case]:
     ]
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_hostile_corpus_gets_4xx_problems_naming_the_field(db_url: str, tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "serve.log"
@@ -211,7 +211,7 @@ def check(case: Case, answer: Answer) -> list[str]:
     return []
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_disconnect_mid_body_is_one_info_line(db_url: str, tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "serve.log"
@@ -231,7 +231,7 @@ def test_disconnect_mid_body_is_one_info_line(db_url: str, tmp_path: Path) -> No
     assert "Traceback" not in text, text[-3000:]
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_slow_headers_and_bodies_are_cut_off(db_url: str, tmp_path: Path) -> None:
     port = free_port()
     env = serve_env(db_url, tmp_path / "data", port, SUPABASE_JWT_SECRET=JWT_SECRET,
@@ -262,7 +262,7 @@ def test_slow_headers_and_bodies_are_cut_off(db_url: str, tmp_path: Path) -> Non
                 assert closed_after >= limit * 0.9, closed_after  # cut by its own limit, not earlier
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
 def test_rss_stays_flat_while_three_400mb_uploads_are_refused(db_url: str, tmp_path: Path) -> None:
     port = free_port()
     env = serve_env(db_url, tmp_path / "data", port, SUPABASE_JWT_SECRET=JWT_SECRET)
@@ -325,7 +325,7 @@ def test_rss_stays_flat_while_three_400mb_uploads_are_refused(db_url: str, tmp_p
 SECRET = "s3cret-pw-never-printed"
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize(
     "url", [f"postgress://user:{SECRET}@127.0.0.1/db", f"postgresql://user:{SECRET}@127.0.0.1:1/db"],
     ids=["misspelt-scheme", "unreachable"],
@@ -337,7 +337,7 @@ def test_no_command_prints_the_database_password(url: str, tmp_path: Path) -> No
                 ["enqueue", "--user-id", ALICE, "--html", str(html)], ["config"]]
     for command in commands:
         env = serve_env(url, tmp_path / "data", free_port(), CONNECT_TIMEOUT_SECONDS="2")
-        proc = subprocess.run([str(CLI), *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        proc = subprocess.run([str(CLI), *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
         out = proc.stdout + proc.stderr
         assert SECRET not in out, (command, out)
         if command != ["config"]:
@@ -346,7 +346,7 @@ def test_no_command_prints_the_database_password(url: str, tmp_path: Path) -> No
             assert "Traceback" not in out
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_host_setting_is_the_bind_address(db_url: str, tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "serve.log"
@@ -355,6 +355,6 @@ def test_host_setting_is_the_bind_address(db_url: str, tmp_path: Path) -> None:
     assert f"HTTP listening on 127.0.0.1:{port}" in log.read_text()
     # An address this machine does not have cannot be bound: one line, exit 1.
     env = serve_env(db_url, tmp_path / "data2", free_port(), HOST="203.0.113.7")
-    proc = subprocess.run([str(CLI), "serve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([str(CLI), "serve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1, proc.stderr
     assert "cannot listen" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr

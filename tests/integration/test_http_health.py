@@ -25,7 +25,7 @@ from supervisor.http_app import AppState, build_app, make_server
 from supervisor.metrics import Metrics
 from supervisor.queue import JobQueue
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 TIMESTAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 SEED_METRICS = (

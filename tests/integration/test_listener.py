@@ -18,7 +18,7 @@ from supervisor.listener import Listener
 from supervisor.queue import JobQueue
 from tests.conftest import html_payload
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture

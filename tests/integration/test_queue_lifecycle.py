@@ -17,7 +17,7 @@ from supervisor.migrate import sync_queue_settings
 from supervisor.queue import Claim, ClaimLost, InvalidJob, JobQueue, Queued, full_jitter_backoff_ms
 from tests.conftest import html_payload, make_settings
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 
 def sql(db_url: str, statement: str, *params: Any) -> list[tuple[Any, ...]]:

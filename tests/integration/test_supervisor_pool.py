@@ -27,7 +27,7 @@ from supervisor import memory
 from supervisor.queue import JobQueue
 from supervisor.runner import Supervisor
 
-pytestmark = [pytest.mark.timeout(90), pytest.mark.chromium]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium]
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = os.environ.get("PUPPETEER_EXECUTABLE_PATH", "/usr/bin/chromium")  # the product's setting

@@ -20,7 +20,7 @@ from supervisor.metrics import Metrics
 from supervisor.runner import EXIT_LOOP_FAILED, Supervisor
 from supervisor.tasks import OnFailure, TaskOwner
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 
 async def test_a_failing_tick_stops_the_worker_with_exit_code_1(

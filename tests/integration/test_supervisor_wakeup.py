@@ -19,7 +19,7 @@ from conftest import html_payload, make_settings
 from render_child.null_child import null_child_entry
 from supervisor.runner import Supervisor
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 
 @pytest.fixture
