@@ -25,12 +25,19 @@ done
 WORKERS="${PYTEST_WORKERS:-3}"
 read -r -a EXTRA <<< "${PYTEST_ARGS:-}"
 
+# This run's own scratch root, not /tmp/pytest-of-$USER: every pytest session that starts on
+# the machine (another suite, another engineer) resets that directory to 0700, which cuts off
+# the embedded PostgreSQL's system user from the data directories of tests running meanwhile.
+# Kept when the run fails, for the logs; removed when it passes.
+BASETEMP=$(mktemp -d "${TMPDIR:-/tmp}/export-worker-tests.XXXXXX")
+chmod 755 "$BASETEMP"
+
 hogs=()
-stop_hogs() {
+finish() {
     for pid in "${hogs[@]}"; do kill "$pid" 2> /dev/null || true; done
     for pid in "${hogs[@]}"; do wait "$pid" 2> /dev/null || true; done
 }
-trap stop_hogs EXIT
+trap finish EXIT
 if [ "$STRESS" = 1 ]; then
     if command -v stress-ng > /dev/null; then
         stress-ng --cpu 2 --quiet --timeout 3h & hogs+=($!)
@@ -53,11 +60,13 @@ if [ "$COVERAGE" = 1 ]; then
 fi
 started=$(date +%s)
 status=0
-run_pytest -n "$WORKERS" -m "not serial" "${EXTRA[@]}" || status=$?
+run_pytest -n "$WORKERS" -m "not serial" --basetemp "$BASETEMP/parallel" "${EXTRA[@]}" || status=$?
 if [ "$status" = 0 ] && grep -rlq "mark.serial(" tests; then
     # The environment was checked by the first pass.
-    TESTS_ENVIRONMENT_CHECKED=1 run_pytest -p no:xdist -m serial "${EXTRA[@]}" || status=$?
+    TESTS_ENVIRONMENT_CHECKED=1 run_pytest -p no:xdist -m serial --basetemp "$BASETEMP/serial" "${EXTRA[@]}" \
+        || status=$?
 fi
+if [ "$status" = 0 ]; then rm -rf "$BASETEMP"; else echo "run-tests.sh: test files kept in $BASETEMP"; fi
 echo "run-tests.sh: suite took $(( $(date +%s) - started )) s; load $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ "$COVERAGE" = 1 ]; then
     "$BIN/coverage" combine -q
