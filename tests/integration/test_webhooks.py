@@ -193,14 +193,15 @@ async def test_410_gone_disables_the_delivery(tmp_path: Path, db_url: str) -> No
 
 async def test_given_up_after_the_retry_period(tmp_path: Path, db_url: str) -> None:
     with WebhookReceiver(SECRET, statuses=[500] * 100) as receiver:
-        settings = hook_settings(tmp_path, db_url, receiver, WEBHOOK_RETRY_PERIOD_SECONDS="2")
+        settings = hook_settings(tmp_path, db_url, receiver, WEBHOOK_RETRY_PERIOD_SECONDS="5")
         job_id = create_job(db_url, html_payload(), receiver.hook_url())
         async with running(settings, db_url):
             await until(lambda: any(r["gave_up_at"] for r in deliveries(db_url, job_id)), what="given up")
         tries = len(receiver.snapshot())
     row = deliveries(db_url, job_id)[0]
-    assert row["attempts"] == tries >= 3 and row["last_status"] == 500
-    assert (row["gave_up_at"] - row["created_at"]).total_seconds() >= 2
+    # Retried (how many times fit in the period depends on the machine's speed), then given up.
+    assert row["attempts"] == tries >= 2 and row["last_status"] == 500
+    assert (row["gave_up_at"] - row["created_at"]).total_seconds() >= 5
     assert _get_job(db_url, job_id)["webhooks"][0]["status"] == "failed"
 
 
