@@ -37,6 +37,7 @@ from tests import environment
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")
 ROOT = Path(__file__).resolve().parent.parent
+CHILD_BOOT_TIMEOUT_SECONDS = "180"
 
 
 def _url_for(dbname: str) -> str:
@@ -92,7 +93,10 @@ def empty_db_url() -> Iterator[str]:
 
 
 def make_settings(tmp_path: Path, db_url: str = "", **env: str) -> Settings:
-    environ = {"EXPORT_WORKER_DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": db_url}
+    environ = {"EXPORT_WORKER_DATA_DIR": str(tmp_path / "data"), "DATABASE_URL": db_url,
+               # A child gets 3 minutes to boot (30 s in production): on a busy machine Chromium takes
+               # longer than 30 s to start, and the pool would kill it as a boot failure.
+               "CHILD_BOOT_TIMEOUT_SECONDS": CHILD_BOOT_TIMEOUT_SECONDS}
     environ.update(env)
     return load_settings(path=ROOT / "config.toml", environ=environ)
 

@@ -34,6 +34,9 @@ _SERVE_DEFAULTS = {
     "POLLING_INTERVAL_BUSY_MS": "100",
     "POLLING_INTERVAL_IDLE_MS": "500",
     "GRACEFUL_SHUTDOWN_TIMEOUT_MS": "5000",
+    # 3 minutes for a child to boot (30 s in production): a busy machine starts Chromium slower,
+    # and a child past its boot bound is killed as a boot failure (and /health says 503).
+    "CHILD_BOOT_TIMEOUT_SECONDS": "180",
 }
 
 
