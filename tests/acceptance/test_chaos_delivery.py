@@ -102,7 +102,7 @@ def test_lost_claims_never_touch_a_finished_jobs_file(db_url: str, tmp_path: Pat
             log = tmp_path / f"{name}.log"
             workers[name] = (start_serve(env, log), port, log)
         for proc, port, log in workers.values():
-            wait_healthy(port, proc, log, timeout=90)
+            wait_healthy(port, proc, log)
         a, b, _c = (workers[n][0] for n in "ABC")
 
         # B pauses inside its first upload; the test then freezes it for real.
