@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Debian's Chromium where it exists; otherwise Playwright's own download.
 CHROMIUM_ENV := $(if $(wildcard /usr/bin/chromium),,PUPPETEER_EXECUTABLE_PATH=)
 
-.PHONY: setup chromium demo test lint types gate bench serve image-check clean golden
+.PHONY: setup chromium demo test test-stress coverage lint types gate bench serve image-check clean golden
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,19 @@ demo: chromium
 serve: chromium
 	$(CHROMIUM_ENV) $(BIN)/export-worker serve
 
+# The suite in parallel (pytest-xdist), then any test marked serial alone: scripts/run-tests.sh.
+# PYTEST_WORKERS (3) sets the workers; PYTEST_ARGS adds pytest arguments.
 test: chromium
-	$(CHROMIUM_ENV) $(BIN)/pytest
+	$(CHROMIUM_ENV) scripts/run-tests.sh
+
+# The suite beside two CPU hogs (stress-ng --cpu 2): it must pass on a busy machine.
+test-stress: chromium
+	$(CHROMIUM_ENV) scripts/run-tests.sh --stress
+
+# The suite under coverage (children, CLI and serve included): the total, a per-package table,
+# and a failure if the total drops more than 1 point below .ci/coverage-baseline.
+coverage: chromium
+	$(CHROMIUM_ENV) scripts/run-tests.sh --coverage
 
 # Re-render the golden images of the sample menus (tests/golden/*.png); review and commit them.
 golden: chromium
@@ -50,4 +61,4 @@ bench: chromium
 	$(CHROMIUM_ENV) $(BIN)/export-worker bench
 
 clean:
-	rm -rf $(VENV) .export-worker .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .export-worker .mypy_cache .ruff_cache .pytest_cache .coverage .coverage.*

@@ -47,6 +47,15 @@ def goals(r: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
          mem["peak_child_tree_pss_bytes"] <= 400 * 2**20),
         ("supervisor RSS", _mb(mem["supervisor_rss_bytes"]), "<= 80 MB", mem["supervisor_rss_bytes"] <= 80 * 2**20),
     ]
+    page = r.get("console")
+    if page:
+        rows.append((f"slowest console page, best of {page['rounds']}, {page['jobs']:,} jobs",
+                     f"{page['slowest_best_ms']:.0f} ms ({page['slowest_page']})", f"< {page['budget_ms']:.0f} ms",
+                     page["slowest_best_ms"] < page["budget_ms"]))
+    poison = r.get("poison")
+    if poison:  # full runs only (bench/poison.py)
+        rows.append(("normal jobs p95 beside a poison job / alone", f"{poison['ratio']:.2f}x", "<= 2.00x",
+                     poison["ratio"] <= 2.0))
     box = r.get("container")
     if box:  # full runs only (bench/container.py)
         rows.append(("2 GiB container, 3 children, medium + large: claims never stopped",

@@ -24,6 +24,7 @@ import msgspec
 import psutil
 import psycopg
 
+from bench import console, poison
 from bench.report import goals, table
 from bench.stats import load, pct
 from shared.config import Settings
@@ -46,10 +47,14 @@ def _db_url() -> str:
     return f"{base}/{DB_NAME}"
 
 
-def recreate_database() -> str:
+def recreate_database(*, migrate_it: bool = False) -> str:
     with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    if migrate_it:
+        from supervisor.migrate import migrate
+
+        migrate(_db_url())
     return _db_url()
 
 
@@ -406,6 +411,14 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
             "per_job_child", lanes, executable, html, seed_jobs, docs=("small",))
         # Last: the peers' imports (pydantic, asyncpg...) would otherwise count in the supervisor's RSS.
         results["peers"] = peers(url, null_jobs, lanes)
+        # After the memory figures: the console's pages on a full table (a smoke run: a small one), in the
+        # bench database recreated empty.
+        print("bench: console pages", file=sys.stderr, flush=True)
+        results["console"] = console.run(settings, recreate_database(migrate_it=True),
+                                         jobs=2000 if smoke else console.JOBS, rounds=2 if smoke else console.ROUNDS)
+        if not smoke:  # two supervisors with real children, four times: full runs only
+            print("bench: a poison job beside normal work", file=sys.stderr, flush=True)
+            results["poison"] = poison.run(str(Path(tmp) / "poison"), recreate_database(migrate_it=True))
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
     from bench import capacity, container
@@ -429,6 +442,9 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
         from bench.container import table as container_table
 
         text += "\n\n2 GiB container (bench/container.py):\n\n" + container_table(results["container"])
+    text += "\n\nConsole pages (bench/console.py):\n\n" + console.table(results["console"])
+    if "poison" in results:
+        text += "\n\nA poison job beside normal work (bench/poison.py):\n\n" + poison.table(results["poison"])
     print(text)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

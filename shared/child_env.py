@@ -58,6 +58,9 @@ ALLOWED_NAMES = frozenset(
         "PYTHONUNBUFFERED",
         "PYTHONDONTWRITEBYTECODE",
         "PYTHONIOENCODING",
+        # coverage.py's subprocess measurement (the test suite's `make coverage`): a config, no credential
+        "COVERAGE_PROCESS_CONFIG",
+        "COVERAGE_PROCESS_START",
     }
 )
 ALLOWED_PREFIXES = ("LC_", "XDG_")

@@ -35,11 +35,16 @@ _SERVE_DEFAULTS = {
     "POLLING_INTERVAL_BUSY_MS": "100",
     "POLLING_INTERVAL_IDLE_MS": "500",
     "GRACEFUL_SHUTDOWN_TIMEOUT_MS": "5000",
+    # 3 minutes for a child to boot (30 s in production): a busy machine starts Chromium slower,
+    # and a child past its boot bound is killed as a boot failure (and /health says 503).
+    "CHILD_BOOT_TIMEOUT_SECONDS": "180",
 }
 
 
 def until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
-    """Poll `check` until it returns something true (and return that); fail after `timeout` seconds."""
+    """Poll `check` until it returns something true (and return that); fail after `timeout` seconds
+    (at least 60: generous on a busy machine; a wait that ends early costs nothing)."""
+    timeout = max(timeout, 60)
     deadline = time.monotonic() + timeout
     while True:
         value = check()
@@ -86,7 +91,7 @@ def start_serve(env: dict[str, str], log: Path, *, stderr_log: Path | None = Non
             return subprocess.Popen([str(CLI), "serve"], cwd=ROOT, env=env, stdout=out, stderr=err, text=True)
 
 
-def wait_healthy(port: int, proc: subprocess.Popen[str], log: Path, timeout: float = 60) -> None:
+def wait_healthy(port: int, proc: subprocess.Popen[str], log: Path, timeout: float = 180) -> None:
     """Until GET /health is 200; fail if `proc` exits or `timeout` seconds pass."""
     deadline = time.monotonic() + timeout
     last: object = None
@@ -119,7 +124,7 @@ def running_serve(
     *,
     expect_exit: int = 0,
     stderr_log: Path | None = None,
-    stop_timeout: float = 20,
+    stop_timeout: float = 60,
 ) -> Iterator[subprocess.Popen[str]]:
     """`serve` started and healthy; on a clean exit of the block, SIGTERM and assert its exit code.
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "deploy" / "prometheus"
@@ -98,7 +98,7 @@ def load_dashboard() -> dict:
 
 
 def run(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=50, check=False)
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300, check=False)
 
 
 # --------------------------------------------------------------------------- metrics.py

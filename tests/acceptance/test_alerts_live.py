@@ -31,7 +31,7 @@ import pytest
 from prometheus_server import PROMETHEUS, Prometheus
 from serving import _CHROMIUM, free_port, http_get, requires_chromium, running_serve, serve_env
 
-from shared.chromium import chromium_binary
+from tests.chromium import chromium_binary
 from tests.conftest import ADMIN_URL, _url_for
 from tests.fakes.supabase_storage import FakeSupabaseStorage
 from tests.fakes.webhook_receiver import WebhookReceiver

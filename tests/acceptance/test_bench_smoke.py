@@ -27,10 +27,10 @@ def _bench(args: list[str], out: Path, timeout: float) -> subprocess.CompletedPr
     return proc
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(700)
 def test_bench_smoke(tmp_path: Path) -> None:
     out = tmp_path / "tmp.json"
-    proc = _bench(["--smoke"], out, timeout=180)
+    proc = _bench(["--smoke"], out, timeout=600)
     assert "| case | document | jobs |" in proc.stdout
     assert "| goal | measured | goal | met |" in proc.stdout
     assert "Capacity (bench/capacity.py)" in proc.stdout and "2 GiB container" in proc.stdout
@@ -45,11 +45,11 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert data["end_to_end"]["cases"]["small"]["completed"] == data["end_to_end"]["cases"]["small"]["jobs"]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_bench_fleet_smoke(tmp_path: Path) -> None:
     """`export-worker bench fleet --smoke`: 2 workers through a transaction-mode PgBouncer, both LISTEN set-ups."""
     out = tmp_path / "fleet.json"
-    proc = _bench(["fleet", "--smoke"], out, timeout=280)
+    proc = _bench(["fleet", "--smoke"], out, timeout=540)
     assert "| LISTEN | round | jobs | completed | jobs/s |" in proc.stdout
     data = json.loads(out.read_text(encoding="utf-8"))
     assert data["config"]["pool_mode"] == "transaction"

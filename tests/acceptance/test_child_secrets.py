@@ -15,7 +15,7 @@ import psutil
 import pytest
 from serving import free_port, requires_chromium, running_serve, serve_env
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.chromium, requires_chromium]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 
 SECRETS = {
     "SUPABASE_JWT_SECRET": "jwt-secret-7f3a91d2",

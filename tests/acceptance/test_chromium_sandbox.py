@@ -26,7 +26,7 @@ from serving import CLI, ROOT, free_port, http_get, requires_chromium, serve_env
 
 from supervisor import sandbox
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.chromium, requires_chromium]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 
 THROWAWAY_UID = 54321
 needs_root = pytest.mark.skipif(

@@ -9,15 +9,15 @@ import uuid
 from pathlib import Path
 
 import pytest
-from serving import CLI, ROOT
+from serving import CLI, ROOT, free_port
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 COMMANDS = ("serve", "migrate", "config", "enqueue", "status", "list", "cancel", "retry", "rescue", "cleanup")
 
 
 def cli(
-    *args: str, db_url: str | None, data_dir: Path, timeout: float = 50, **env: str
+    *args: str, db_url: str | None, data_dir: Path, timeout: float = 300, **env: str
 ) -> subprocess.CompletedProcess[str]:
     environ = {
         k: v
@@ -139,22 +139,22 @@ def test_bad_input_exits_2_with_one_line(
     assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], proc.stderr
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_embedded_database_when_database_url_is_unset(tmp_path: Path) -> None:
     data = tmp_path / "data"
-    proc = cli("migrate", db_url=None, data_dir=data, timeout=110)
+    proc = cli("migrate", db_url=None, data_dir=data, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("applied "), proc.stdout
     assert (data / "postgres").is_dir()
     assert (data / "postgres" / "PG_VERSION").is_file()
-    proc = cli("migrate", db_url=None, data_dir=data, timeout=110)
+    proc = cli("migrate", db_url=None, data_dir=data, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "schema is up to date"
 
 
 def test_unreachable_database_is_one_clear_line_at_once(tmp_path: Path) -> None:
     result = cli(
-        "status", str(uuid.uuid4()), db_url="postgresql://postgres@127.0.0.1:1/nowhere", data_dir=tmp_path, timeout=20
+        "status", str(uuid.uuid4()), db_url="postgresql://postgres@127.0.0.1:1/nowhere", data_dir=tmp_path
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -164,7 +164,7 @@ def test_unreachable_database_is_one_clear_line_at_once(tmp_path: Path) -> None:
 
 def test_serve_without_a_database_says_why_and_exits_1(tmp_path: Path) -> None:
     nowhere = "postgresql://postgres@127.0.0.1:1/nowhere"
-    result = cli("serve", db_url=nowhere, data_dir=tmp_path, timeout=30, PORT="3993")
+    result = cli("serve", db_url=nowhere, data_dir=tmp_path, PORT=str(free_port()))
     assert result.returncode == 1
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stderr.strip().splitlines()[-1].startswith("error: database unavailable:")
@@ -181,7 +181,7 @@ def test_serve_on_a_taken_port_says_so_and_leaves_no_child(db_url: str, tmp_path
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = cli("serve", db_url=db_url, data_dir=tmp_path, timeout=60, PORT=str(port))
+        result = cli("serve", db_url=db_url, data_dir=tmp_path, timeout=300, PORT=str(port))
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(f"error: cannot listen on PORT {port}")
     assert "Traceback" not in result.stderr + result.stdout

@@ -25,7 +25,7 @@ from serving import free_port, requires_chromium, running_serve, serve_env
 
 from tests.integration.console_helpers import CONSOLE_KEYS, OPERATOR, OPERATOR_KEY, insert_job, job_status
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.chromium, requires_chromium]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 
 AXE = Path(__file__).resolve().parent / "vendor" / "axe.min.js"
 TIMEOUT_MS = 30_000

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from serving import ROOT, free_port
 
-pytestmark = [pytest.mark.timeout(240), pytest.mark.chromium]
+pytestmark = [pytest.mark.timeout(700), pytest.mark.chromium]
 
 
 def test_demo_renders_the_sample_menus_and_writes_files_and_mails(db_url: str, tmp_path: Path) -> None:
     data = tmp_path / "data"
     env = os.environ | {"DATABASE_URL": db_url, "EXPORT_WORKER_DATA_DIR": str(data), "PORT": str(free_port())}
     exe = Path(sys.executable).with_name("export-worker")
-    result = subprocess.run([str(exe), "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=200)
+    result = subprocess.run([str(exe), "demo"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if " completed " in line]
     assert len(rows) == 6, result.stdout

@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from serving import ROOT
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 
 def run_cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "XDG_RUNTIME_DIR", "EXPORT_WORKER_CONFIG")}
     env["EXPORT_WORKER_DATA_DIR"] = str(data)
     exe = Path(sys.executable).with_name("export-worker")
-    return subprocess.run([str(exe), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=100)
+    return subprocess.run([str(exe), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_embedded_commands_print_no_warning_and_log_the_server_to_a_file(tmp_path: Path) -> None:

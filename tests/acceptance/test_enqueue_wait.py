@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from serving import CLI, ROOT, free_port, requires_chromium, running_serve, serve_env
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.chromium, requires_chromium]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 
 BISTRO = ROOT / "shared" / "samples" / "bistro.json"
 UUID_LEN = 36

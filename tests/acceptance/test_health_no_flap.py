@@ -1,7 +1,9 @@
 """/health does not flap while children are replaced: 200 ("degraded") as long as the pool heals.
 
-Every serving render child is SIGKILLed at once, every 4 s for 60 s, while /health is
-probed every 200 ms (with the old rule: 161 of 274 answers were 503; now none).
+Every serving render child is SIGKILLed at once, ROUNDS times (each round as soon as the
+replacements serve again), while /health is probed every 200 ms (with the old rule: 161
+of 274 answers were 503; now none). Rounds, not a time window: on a busy machine the
+replacements boot slower, and the test waits for them rather than counting kills per minute.
 A child being replaced while another serves, or for less than a child gets to
 boot, is "degraded" (200); 503 is only for a pool that cannot render at all (the
 restart-storm brake, a failing canary, no child able to boot within the bound).
@@ -19,10 +21,10 @@ import psutil
 import pytest
 from serving import free_port, http_get, requires_chromium, running_serve, serve_env
 
-pytestmark = [pytest.mark.timeout(150), pytest.mark.chromium, requires_chromium]
+pytestmark = [pytest.mark.timeout(600), pytest.mark.chromium, requires_chromium]
 
-KILL_FOR_SECONDS = 60
-KILL_EVERY_SECONDS = 4.0
+ROUNDS = 10
+ROUND_WAIT_SECONDS = 300  # for the replacements to serve again: generous on a busy machine
 PROBE_EVERY_SECONDS = 0.2
 
 
@@ -53,30 +55,33 @@ def test_health_stays_up_while_children_are_killed_repeatedly(db_url: str, tmp_p
     answers: dict[int, int] = {}
     braked_503 = other_503 = 0
     kills = 0
-    with running_serve(env, tmp_path / "serve.log", stop_timeout=30) as proc:
-        started = time.monotonic()
-        next_kill = started
-        while time.monotonic() - started < KILL_FOR_SECONDS:
-            now = time.monotonic()
-            if now >= next_kill:
-                # Every serving child at once: for a moment none can render while their
-                # replacements boot. That is "degraded" (200), not down (503).
-                for victim in [p for p in _children(proc.pid) if _has_rendered(p)]:
-                    for p in [victim, *victim.children(recursive=True)]:
-                        with contextlib.suppress(psutil.Error):
-                            p.send_signal(signal.SIGKILL)
-                    kills += 1
-                next_kill = now + KILL_EVERY_SECONDS
-            status, _, body = http_get(f"http://127.0.0.1:{port}/health", timeout=5)
+    with running_serve(env, tmp_path / "serve.log", stop_timeout=60) as proc:
+        for round_ in range(ROUNDS):
+            # Probe until some child serves again (the first round: since start), then kill
+            # every serving child at once: for a moment none can render while their
+            # replacements boot. That is "degraded" (200), not down (503).
+            deadline = time.monotonic() + ROUND_WAIT_SECONDS
+            while not (victims := [p for p in _children(proc.pid) if _has_rendered(p)]):
+                assert time.monotonic() < deadline, f"round {round_}: no child serving after {ROUND_WAIT_SECONDS}s"
+                status, _, body = http_get(f"http://127.0.0.1:{port}/health", timeout=30)
+                answers[status] = answers.get(status, 0) + 1
+                if status == 503:
+                    message = json.loads(body)["checks"]["puppeteer"]["message"]
+                    if "keep failing to start" in message:
+                        braked_503 += 1
+                    else:
+                        other_503 += 1
+                        print("503:", json.loads(body)["checks"])
+                time.sleep(PROBE_EVERY_SECONDS)
+            for victim in victims:
+                for p in [victim, *victim.children(recursive=True)]:
+                    with contextlib.suppress(psutil.Error):
+                        p.send_signal(signal.SIGKILL)
+                kills += 1
+            status, _, _ = http_get(f"http://127.0.0.1:{port}/health", timeout=30)
             answers[status] = answers.get(status, 0) + 1
-            if status == 503:
-                message = json.loads(body)["checks"]["puppeteer"]["message"]
-                if "keep failing to start" in message:
-                    braked_503 += 1
-                else:
-                    other_503 += 1
-                    print("503:", json.loads(body)["checks"])
-            time.sleep(PROBE_EVERY_SECONDS)
-    print(f"{kills} kills in {KILL_FOR_SECONDS}s; /health answers {answers}; braked 503s {braked_503}")
-    assert kills >= 20
+            other_503 += status == 503
+    print(f"{kills} kills in {ROUNDS} rounds; /health answers {answers}; braked 503s {braked_503}")
+    assert kills >= ROUNDS
+    assert answers.get(200, 0) > ROUNDS, answers  # probed throughout, and up
     assert other_503 == 0, answers

@@ -15,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from serving import free_port, http_get, requires_chromium, running_serve, serve_env
 
-pytestmark = [pytest.mark.timeout(120), pytest.mark.chromium, requires_chromium]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 
 PROMTOOL = shutil.which("promtool") or ("/usr/bin/promtool" if os.path.exists("/usr/bin/promtool") else None)
 SEED_METRICS = {
@@ -88,7 +88,7 @@ def test_metrics_pass_promtool_after_real_jobs(db_url: str, tmp_path: Path) -> N
             time.sleep(0.1)
         assert content_type.startswith("text/plain"), content_type
 
-        check = subprocess.run([str(PROMTOOL), "check", "metrics"], input=body, capture_output=True, timeout=30)
+        check = subprocess.run([str(PROMTOOL), "check", "metrics"], input=body, capture_output=True, timeout=300)
         report = (check.stdout + check.stderr).decode()
         assert check.returncode == 0 and not report.strip(), report
 

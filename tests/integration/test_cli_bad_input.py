@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / ".venv" / "bin" / "export-worker"
@@ -22,7 +22,7 @@ def cli(*args: str, db_url: str | None, data_dir: Path, **env: str) -> subproces
     if db_url is not None:
         environ["DATABASE_URL"] = db_url
     environ.update(env)
-    return subprocess.run([str(CLI), *args], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=50)
+    return subprocess.run([str(CLI), *args], cwd=ROOT, env=environ, capture_output=True, text=True, timeout=300)
 
 
 def assert_one_clear_line(proc: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
@@ -86,7 +86,7 @@ def test_output_piped_to_a_reader_that_stops_early(db_url: str, tmp_path: Path) 
     read_end, write_end = os.pipe()
     os.close(read_end)
     proc = subprocess.run([str(CLI), "list", "--limit", "1000", "--user-id", user], stdout=write_end,
-                          stderr=subprocess.PIPE, cwd=ROOT, env=environ, text=True, timeout=50)
+                          stderr=subprocess.PIPE, cwd=ROOT, env=environ, text=True, timeout=300)
     os.close(write_end)
     assert proc.returncode == 0, proc.stderr
     assert "BrokenPipe" not in proc.stderr and "error" not in proc.stderr

@@ -50,7 +50,7 @@ from tests.integration.console_helpers import (
     job_status,
 )
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 BASE = "http://testserver"
 
 

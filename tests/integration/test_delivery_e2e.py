@@ -39,7 +39,7 @@ except ModuleNotFoundError:  # pragma: no cover
     from fakes.sendgrid_api import FakeSendGrid  # type: ignore[no-redef,import-not-found,unused-ignore]
     from fakes.supabase_storage import FakeSupabaseStorage  # type: ignore[no-redef,import-not-found,unused-ignore]
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 KEY = "service-role-key-for-delivery"
 SG_KEY = "SG.delivery-test-key"
@@ -110,7 +110,10 @@ async def running(settings: Settings, db_url: str, **kw: Any) -> AsyncIterator[S
             await asyncio.wait_for(task, 10)
 
 
-async def until(predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 20, what: str = "") -> None:
+async def until(predicate: Callable[[], Awaitable[bool] | bool], timeout: float = 60, what: str = "") -> None:
+    # At least 60 s whatever the caller asked: a busy machine (make test-stress) delays every
+    # event, and a wait that ends early costs nothing.
+    timeout = max(timeout, 60)
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()

@@ -15,7 +15,7 @@ from supervisor.data_dir import make_private_dir
 from supervisor.links import LinkSigner, load_or_create_secret
 from supervisor.storage import LocalStorage
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 
 def _mode(path: Path | str) -> int:

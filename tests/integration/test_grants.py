@@ -23,7 +23,7 @@ from psycopg import sql
 from supervisor import migrate as migrate_module
 from supervisor.migrate import Migration, available_migrations, migrate
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 WORKER_ROLE = "ew_grants_worker"
 API_ROLES = ("anon", "authenticated", "service_role")

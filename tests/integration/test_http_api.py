@@ -30,7 +30,7 @@ from supervisor.openapi import OPERATIONS
 from supervisor.queue import JobQueue
 from supervisor.storage import LocalStorage
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 JWT_SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 API_KEY = "trusted-backend-key-0123456789"

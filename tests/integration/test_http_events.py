@@ -17,7 +17,7 @@ from supervisor.queue import JobQueue
 from tests.conftest import html_payload
 from tests.integration.test_listener import listener  # noqa: F401 - the same running Listener fixture
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 
 async def test_a_watcher_gets_only_its_job(listener: Listener, queue: JobQueue) -> None:  # noqa: F811

@@ -41,7 +41,7 @@ try:
 except ModuleNotFoundError:  # pytest puts tests/ (the conftest's folder) on sys.path, not the repo root
     from conftest import ADMIN_URL, _url_for, make_settings  # type: ignore[no-redef,import-not-found,unused-ignore]
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 API_KEY = "schemathesis-trusted-key-0123456789"
 

@@ -16,7 +16,7 @@ from supervisor.mail import (
     plain_reason,
 )
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 JOB = "9b2d4c1a-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
 LINK = "https://exports.example/files/u/j.pdf?expires=1796646900&sig=ab12"

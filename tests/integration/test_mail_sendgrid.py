@@ -22,7 +22,7 @@ try:
 except ModuleNotFoundError:  # pytest puts tests/ (the conftest's folder) on sys.path, not the repo root
     from fakes.sendgrid_api import FakeSendGrid  # type: ignore[no-redef,import-not-found,unused-ignore]
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 KEY = "SG.test-key"
 JOB = "9b2d4c1a-5e6f-4a7b-8c9d-0e1f2a3b4c5d"

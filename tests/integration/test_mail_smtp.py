@@ -15,7 +15,7 @@ from aiosmtpd.controller import Controller
 from shared.config import MailSettings, Settings
 from supervisor.mail import MailError, SmtpMail, build_mail_backend, compose_completed, compose_failed
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 JOB = "9b2d4c1a-5e6f-4a7b-8c9d-0e1f2a3b4c5d"
 

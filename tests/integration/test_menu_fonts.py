@@ -27,7 +27,7 @@ from shared.menu import MenuDocument
 from shared.messages import Rendered
 from shared.payload import MenuSource
 
-pytestmark = [pytest.mark.timeout(90), pytest.mark.chromium, requires_chromium]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 
 SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "samples" / "world_kitchen.json"
 

@@ -29,7 +29,7 @@ from shared.menu import MenuDocument
 from shared.messages import Rendered
 from shared.payload import ImageOptions, MenuSource
 
-pytestmark = [pytest.mark.timeout(90), pytest.mark.chromium, requires_chromium]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 SAMPLE_NAMES = sorted(p.stem for p in SAMPLES.glob("*.json"))

@@ -17,7 +17,7 @@ from supervisor.http_app import AppState, build_app
 from supervisor.metrics import Metrics
 from supervisor.queue import JobQueue
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 SAMPLE = re.compile(r'^export_jobs_created_total\{export_type="(\w+)"\} ([0-9.e+]+)$', re.M)
 

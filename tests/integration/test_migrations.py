@@ -12,7 +12,7 @@ import pytest
 
 from supervisor.migrate import available_migrations, migrate
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / ".venv" / "bin" / "export-worker"

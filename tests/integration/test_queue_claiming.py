@@ -14,7 +14,7 @@ from supervisor.database import open_pool
 from supervisor.queue import Claim, JobQueue
 from tests.conftest import html_payload, make_settings
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 JOBS = 5000
 CLAIMERS = 8

@@ -18,7 +18,7 @@ from supervisor.migrate import sync_queue_settings
 from supervisor.queue import InvalidJob, JobQueue, LimitExceeded
 from tests.conftest import html_payload, make_settings
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 CALLS = 50
 

@@ -28,7 +28,7 @@ from supervisor.migrate import sync_queue_settings
 from supervisor.queue import JobQueue
 from tests.conftest import html_payload, make_settings
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 AGING = 0.05
 BOUND = (100 - 10) * AGING  # 4.5 s

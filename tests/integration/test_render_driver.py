@@ -11,7 +11,7 @@ from render_helpers import chromium_processes, requires_chromium, running_child
 
 from render_child.main import DRIVER_MALLOC_ENV, DRIVER_NODE_OPTIONS
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.chromium, requires_chromium]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 
 
 def _environ(proc: psutil.Process) -> dict[str, str]:

@@ -11,7 +11,7 @@ from render_helpers import LocalServer, make_job, requires_chromium, running_chi
 from shared.messages import NetworkPolicy, Rendered
 from shared.payload import UrlSource
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.chromium, requires_chromium]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 
 PNG_1PX = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"

@@ -27,7 +27,7 @@ from shared.messages import (
 )
 from shared.payload import TestTemplateSource as TemplateSource
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.chromium, requires_chromium]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 
 
 def test_crash_is_transient_and_the_child_recovers() -> None:

@@ -21,7 +21,7 @@ from shared.menu import MenuDocument, MenuItem, MenuSection, Restaurant
 from shared.messages import Rendered, RenderFailed, RenderLimits
 from shared.payload import ImageOptions, Margins, MenuSource, PdfOptions
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.chromium, requires_chromium]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 TALL = (

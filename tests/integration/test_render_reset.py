@@ -15,7 +15,7 @@ from render_child.main import _start_playwright, browser_args
 from render_child.slots import PageSlots, Slot
 from shared.messages import CHROMIUM_ARGS, ChildOptions
 
-pytestmark = [pytest.mark.timeout(60), pytest.mark.chromium, requires_chromium]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 
 # Every way a page could leave a cookie or storage behind without a request: all of it
 # needs script (off in the slot) or a response (there is none).

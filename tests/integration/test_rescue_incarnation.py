@@ -21,7 +21,7 @@ from supervisor.runner import Supervisor
 from supervisor.workers import WorkerDetail, WorkerRegistry, WorkerSnapshot
 from tests.conftest import html_payload, make_settings
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 STALE_SECONDS = 600  # far away: only the restart can rescue within the test
 

@@ -15,7 +15,7 @@ from shared.config import RetentionSettings
 from supervisor.retention import RETENTION_LOCK_KEY, run_retention
 from tests.conftest import make_settings
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 
 class RecordingStorage:

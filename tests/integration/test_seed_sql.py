@@ -14,7 +14,7 @@ import pytest
 from supervisor.queue import JobQueue
 from tests.conftest import html_payload
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 STALE_RESET = """UPDATE export_jobs
   SET status = 'pending', worker_id = NULL, started_at = NULL

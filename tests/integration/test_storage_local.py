@@ -14,7 +14,7 @@ from supervisor.breaker import BreakerStorage, CircuitBreaker
 from supervisor.links import LinkSigner, load_or_create_secret
 from supervisor.storage import LocalStorage, Storage, StorageError, build_storage, object_key
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 USER = "3f1c2b9e-7f5a-4c51-9a43-0a8f4f1d2e11"
 JOB = "9b2d4c1a-5e6f-4a7b-8c9d-0e1f2a3b4c5d"

@@ -15,7 +15,7 @@ try:
 except ModuleNotFoundError:  # pytest puts tests/ (the conftest's folder) on sys.path, not the repo root
     from fakes.supabase_storage import FakeSupabaseStorage  # type: ignore[no-redef,import-not-found,unused-ignore]
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 
 def _state(b: CircuitBreaker) -> str:

@@ -39,7 +39,7 @@ try:
 except ModuleNotFoundError:  # pragma: no cover
     from fakes._http import FakeHandler, FakeHTTPServer  # type: ignore[no-redef,import-not-found,unused-ignore]
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 HOST = "hooks.example.test"
 

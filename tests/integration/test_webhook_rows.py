@@ -19,7 +19,7 @@ from supervisor.migrate import sync_queue_settings
 from supervisor.queue import JobQueue
 from tests.conftest import make_settings
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 URL = "https://hooks.example.com/exports"
 SECRET = "whsec_" + base64.b64encode(b"webhook-rows-secret-0123456789ab").decode()

@@ -24,7 +24,7 @@ from supervisor.queue import InvalidJob, JobQueue
 from supervisor.webhook_targets import TargetRefused, resolve_target
 from tests.integration.test_http_api import BASE, KEY_H, assert_problem, html_body, make_state
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 SECRET = "whsec_" + base64.b64encode(b"webhook-target-secret-0123456789").decode()
 TRUSTED_PORT = 8787
@@ -142,7 +142,7 @@ def test_the_cli_refuses_unsafe_targets(db_url: str, tmp_path: Path, url: str, w
             "TRUSTED_PRIVATE_HOSTS": f"127.0.0.1:{TRUSTED_PORT}"}
     proc = subprocess.run(
         [str(ROOT / ".venv/bin/export-worker"), "enqueue", "--user-id", str(uuid.uuid4()), "--html", str(page),
-         "--webhook", url], cwd=ROOT, env=env, capture_output=True, text=True, timeout=50,
+         "--webhook", url], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 2, proc.stderr
     assert "webhook_url" in proc.stderr and why in proc.stderr, proc.stderr

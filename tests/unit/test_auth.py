@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from shared.config import ApiSettings
 from supervisor.auth import AuthError, Principal, authenticate, jwks_client
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 SECRET = "super-secret-jwt-token-with-at-least-32-characters-long"
 USER = "3f1c2b9e-7f5a-4c51-9a43-0a8f4f1d2e11"

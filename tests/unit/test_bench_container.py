@@ -13,7 +13,7 @@ import pytest
 from bench.container import SimulatedContainer
 from supervisor.memory import pss_bytes, walk
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 MIB = 2**20
 GROWER = r"""

@@ -11,7 +11,7 @@ from bench import peers as peers_module
 from bench.report import peer_row
 
 
-@pytest.mark.timeout(10)
+@pytest.mark.timeout(300)
 def test_missing_peers_are_skipped_with_a_clear_line(monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     real = importlib.util.find_spec

@@ -8,7 +8,7 @@ import pytest
 
 from supervisor.breaker import STATE_VALUES, CircuitBreaker
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 
 def _state(b: CircuitBreaker) -> str:

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 SCRIPT = textwrap.dedent(
     """
@@ -53,7 +53,7 @@ def spawn_from_script(tmp_path: Path, how: str) -> tuple[list[str], dict[str, st
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DATABASE_URL": "postgresql://u:hunter2@db/x",
            "SUPABASE_JWT_SECRET": "jwt-secret-value"}
     done = subprocess.run([sys.executable, str(script), how, str(marker), str(environ_dump)],
-                          env=env, capture_output=True, text=True, timeout=45, check=False)
+                          env=env, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr
     pairs = [p.split("=", 1) for p in environ_dump.read_bytes().decode().split("\0") if "=" in p]
     return marker.read_text().split(), dict(pairs)

@@ -17,7 +17,7 @@ from shared.config import (
     render_config_toml,
 )
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "config.toml"
@@ -180,7 +180,7 @@ def test_accepted_but_inactive_names_datadog_not_sentry() -> None:
 def test_cli_config_out_of_range_exits_2_with_one_line(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in {"EXPORT_WORKER_CONFIG"}}
     env.update(JOB_TIMEOUT_SECONDS="121", EXPORT_WORKER_DATA_DIR=str(tmp_path / "data"))
-    proc = subprocess.run([str(CLI), "config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([str(CLI), "config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert proc.stdout == ""
     assert proc.stderr.splitlines() == [
@@ -194,7 +194,7 @@ def test_cli_config_prints_masked_json(tmp_path: Path) -> None:
 
     env = {k: v for k, v in os.environ.items() if k not in {"EXPORT_WORKER_CONFIG"}}
     env.update(SENDGRID_API_KEY="SG.topsecret", MAX_CONCURRENT_RENDERS="4")
-    proc = subprocess.run([str(CLI), "config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
+    proc = subprocess.run([str(CLI), "config"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert data["mail"]["sendgrid_api_key"] == "***"

@@ -9,7 +9,7 @@ import pytest
 
 from supervisor.group_commit import GroupCommit
 
-pytestmark = pytest.mark.timeout(10)
+pytestmark = pytest.mark.timeout(300)
 
 
 class Lost(Exception):

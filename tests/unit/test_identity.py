@@ -12,7 +12,7 @@ import pytest
 
 from supervisor.identity import default_worker_id
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from render_child.netpolicy import (
 )
 from shared.messages import NetworkPolicy, RenderLimits
 
-pytestmark = [pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.timeout(300)]
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from supervisor import memory
 from supervisor.memory import FULL_WALK_SECONDS, WatchedTree, kill_tree, pss_bytes, rss_bytes, tree, walk
 
 pytestmark = [
-    pytest.mark.timeout(30),
+    pytest.mark.timeout(300),
     pytest.mark.skipif(not memory.HAS_CHILDREN_LISTS, reason="kernel without /proc/PID/task/TID/children"),
 ]
 

@@ -9,7 +9,7 @@ import pytest
 
 from supervisor.sandbox import NO_SANDBOX, SandboxMode, chromium_args, probe
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 STATUS = "Name:\tpython\nSeccomp:\t0\nSeccomp_filters:\t0\n"
 USERNS_OFF = {"/proc/sys/kernel/unprivileged_userns_clone": "0", "/proc/self/status": STATUS}

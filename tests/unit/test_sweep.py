@@ -34,7 +34,7 @@ def _folder(parent: Path, name: str, files: int, age_seconds: float = 0.0) -> Pa
     return folder
 
 
-@pytest.mark.timeout(30)
+@pytest.mark.timeout(300)
 def test_sweep_removes_dead_local_writers_and_keeps_the_rest(tmp_path: Path) -> None:
     uploads, scratch = tmp_path / "files" / ".uploads", tmp_path / "scratch"
     dead = _dead_pid()

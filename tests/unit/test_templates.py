@@ -22,7 +22,7 @@ from shared.locales import CURRENCY_LOCALES, LocaleError, format_price, parse_lo
 from shared.menu import MenuDocument, MenuItem, MenuSection, Restaurant, Theme
 from shared.payload import PayloadError, parse_payload
 
-pytestmark = [pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.timeout(300)]
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "samples"
 EVIL = '<script>alert(1)</script>"><img src=x onerror=alert(2)>'

@@ -17,7 +17,7 @@ from supervisor.children import ChildState, relay_log
 from supervisor.memory import ContainerMemory
 from supervisor.watchdog import Watchdog
 
-pytestmark = pytest.mark.timeout(30)
+pytestmark = pytest.mark.timeout(300)
 
 
 def make_watchdog(pid: int, limit_bytes: int) -> tuple[Watchdog, Any]:
