@@ -136,7 +136,7 @@ def one_round(url: str, settings: Settings, server_pid: int, supervisors: int, j
                 for i in range(jobs):
                     conn.execute(query("create_job"), {
                         "user_id": users[i % 8], "export_type": "pdf", "payload": payload, "menu_id": None,
-                        "subscriber": True, "idempotency_key": None, "email": "bench@example.com",
+                        "subscriber": True, "idempotency_key": None, "recipient": "bench@example.com",
                         "webhook_url": None})
             cpu0 = server_cpu(server_pid)
             peak_conn = 0

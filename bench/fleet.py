@@ -298,7 +298,7 @@ def _create(conn: psycopg.Connection[Any], user: str) -> str:
 
     row = conn.execute(query("create_job"), {
         "user_id": user, "export_type": "pdf", "payload": Jsonb({"source": {"kind": "html", "html": "<p>fleet</p>"}}),
-        "menu_id": None, "subscriber": True, "idempotency_key": None, "email": "fleet@example.com",
+        "menu_id": None, "subscriber": True, "idempotency_key": None, "recipient": "fleet@example.com",
         "webhook_url": None}).fetchone()
     assert row is not None
     return str(row[0])

@@ -121,7 +121,7 @@ async def create_one(conn: psycopg.AsyncConnection[Any], user: str, payload: dic
 
     cur = await conn.execute(query("create_job"), {
         "user_id": user, "export_type": "pdf", "payload": Jsonb(payload), "menu_id": None,
-        "subscriber": True, "idempotency_key": None, "email": email, "webhook_url": None})
+        "subscriber": True, "idempotency_key": None, "recipient": email, "webhook_url": None})
     row = await cur.fetchone()
     assert row is not None
     return str(row[0])

@@ -62,7 +62,7 @@ SCENARIO = """
         return Claim(job_id=job_id, attempt=2, worker_id="worker-7", user_id=str(uuid.uuid4()),
                      export_type=ExportType.IMAGE,
                      payload={"source": {"kind": "html", "html": "<h1>Private menu</h1>"}},
-                     max_attempts=3, notify_email="jane.doe@example.com", waited_seconds=0.1)
+                     max_attempts=3, waited_seconds=0.1)
 
     async def main():
         error_reporting.watch_loop(asyncio.get_running_loop())

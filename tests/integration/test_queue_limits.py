@@ -208,7 +208,7 @@ async def test_concurrent_repeats_of_one_key_make_one_job(
         ({"payload": {"source": {}}}, "payload.source.kind"),
         ({"payload": {"source": "html"}}, "payload.source.kind"),
         ({"payload": {"source": {"kind": None}}}, "payload.source.kind"),
-        ({"email": "not an address"}, "email"),
+        ({"recipient": "not an address"}, "email"),  # the SQL names the API's field
         ({"idempotency_key": "x" * 201}, "idempotency_key"),
         ({"payload": {"source": {"kind": "html", "html": "x" * 3_000_000}}}, "payload"),
     ],

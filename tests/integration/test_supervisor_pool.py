@@ -19,7 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import html_payload, make_settings
+from conftest import CHILD_BOOT_TIMEOUT_SECONDS, html_payload, make_settings
 
 from shared.messages import chromium_home
 from supervisor import memory
@@ -306,13 +306,15 @@ async def test_browser_death_mid_render_is_retried_and_the_pool_recovers(start_s
 async def test_a_job_that_kills_its_browser_twice_is_parked_like_a_poison_job(start_supervisor: Any) -> None:
     """Hostile corpus: a document that crashes Chromium is a poison strike per crash; the
     second fails it for good (POISON_KILL_LIMIT 2), although attempts are left."""
-    run = await start_supervisor(JOB_TIMEOUT_SECONDS="60", MAX_ATTEMPTS="5", STALE_AFTER_SECONDS="60",
+    run = await start_supervisor(JOB_TIMEOUT_SECONDS="60", MAX_ATTEMPTS="5", STALE_AFTER_SECONDS="600",
                                  RETRY_BACKOFF_BASE_MS="100", RETRY_BACKOFF_CAP_MS="200")
     sup: Supervisor = run.sup
     job_id = await create(sup.queue, test_template("busy-loop"))
     for attempt in (1, 2):
+        # The second attempt may wait for a replacement child to boot: up to the tests' boot bound.
         await wait_until(lambda n=attempt: job_id in sup.inflight and sup.inflight[job_id].claim.attempt == n
-                         and sup.inflight[job_id].handle is not None, 60, f"attempt {attempt} in a child")
+                         and sup.inflight[job_id].handle is not None, float(CHILD_BOOT_TIMEOUT_SECONDS),
+                         f"attempt {attempt} in a child")
         handle = sup.inflight[job_id].handle
         await wait_until(lambda h=handle: len(chromium_of(memory.tree(h.pid))) >= 3, 20, "chromium renderer running")
         browsers = [p for p in chromium_of(memory.tree(handle.pid))
