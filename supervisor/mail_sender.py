@@ -49,10 +49,11 @@ class MailSender:
         row, job_id = item.row, item.job_id
         if row["kind"] == JobStatus.COMPLETED:
             ttl = self.settings.storage.signed_url_ttl_seconds
+            # Taken before signing: the link then works at least until the time the mail states.
+            expires = (datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=ttl)).isoformat()
             url = await asyncio.to_thread(download_link, self.storage, row["storage_path"], ttl)
             # Named like the document: Supabase Storage and /files both honour ?download=.
             url = with_download_name(url, download_filename(row["payload"], row["content_type"], str(job_id)))
-            expires = (datetime.now(UTC) + timedelta(seconds=ttl)).isoformat(timespec="seconds")
             mail = compose_completed(job_id, row["export_type"], url, expires, recipient=row["recipient"],
                                      document=document_name(row["payload"]))
         else:

@@ -135,8 +135,9 @@ class WebhookSender:
         file_url = expires = fmt = None
         if event is WebhookEvent.COMPLETED:
             ttl = self.settings.storage.signed_url_ttl_seconds
-            file_url = await asyncio.to_thread(download_link, self.storage, row["storage_path"], ttl)
+            # Taken before signing: the link then works at least until the time we state.
             expires = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=ttl)
+            file_url = await asyncio.to_thread(download_link, self.storage, row["storage_path"], ttl)
             fmt = OutputFormat.from_content_type(row["content_type"])
         data = WebhookData(
             id=UUID(item.job_id), status=JobStatus(row["job_status"]), export_type=ExportType(row["export_type"]),
