@@ -85,6 +85,7 @@ class RenderPool:
         self.kill_verdict: Callable[[ChildHandle], tuple[KillReason, str] | None] = lambda handle: None
         self.stopping = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._cleanups: set[asyncio.Future[None]] = set()  # dead children's homes being removed
         Path(config.options.scratch_dir).mkdir(parents=True, exist_ok=True)
 
 
@@ -118,6 +119,8 @@ class RenderPool:
         await wait_exited(self.handles, 5)  # SIGKILLed trees exit at once; never block the loop
         for handle in list(self.handles):
             self._reap(handle)
+        if self._cleanups:  # the last children's homes: gone before the worker says it stopped
+            await asyncio.wait(self._cleanups, timeout=grace_seconds + 5)
 
     def describe(self) -> tuple[bool, str]:
         return describe_pool(self.handles, self.brake)
@@ -287,7 +290,7 @@ class RenderPool:
         self._record_death(handle, was)
         with contextlib.suppress(ValueError):
             self.handles.remove(handle)
-        remove_chromium_home(handle, self.config.options.scratch_dir)
+        self._remove_home(handle)
         if was in (ChildState.BOOTING, ChildState.CANARY) and handle.kill_reason is None \
                 and exitcode != EX_BOOT_FAILED:  # EX_BOOT_FAILED was counted from its BootFailed
             self._count_boot_failure(f"child exited with {exitcode} while starting")
@@ -295,6 +298,21 @@ class RenderPool:
             self._spawn(handle.index)  # when braked, the tick tops up once it releases
         self.owner.on_capacity()
 
+
+    def _remove_home(self, handle: ChildHandle) -> None:
+        """Kill what re-parented out of a dead child's tree and remove its Chromium home: a
+        scan of every process and a tree removal, so off the loop, with any failure logged."""
+        if self._loop is None:
+            remove_chromium_home(handle, self.config.options.scratch_dir)
+            return
+        cleanup = self._loop.run_in_executor(None, remove_chromium_home, handle, self.config.options.scratch_dir)
+        self._cleanups.add(cleanup)
+        cleanup.add_done_callback(self._cleanup_done)
+
+    def _cleanup_done(self, cleanup: asyncio.Future[None]) -> None:
+        self._cleanups.discard(cleanup)
+        if not cleanup.cancelled() and cleanup.exception() is not None:
+            log.error("removing a dead child's Chromium home failed", exc_info=cleanup.exception())
 
     def _record_death(self, handle: ChildHandle, was: ChildState) -> None:
         reason = death_reason(handle, was, self.stopping)

@@ -276,7 +276,7 @@ class Supervisor:
         settle_deadline = time.monotonic() + SETTLE_GRACE_SECONDS
         while self.inflight and time.monotonic() < settle_deadline:
             await asyncio.sleep(0.02)
-        parts.watchdog.stop()
+        await asyncio.to_thread(parts.watchdog.stop)  # joins its thread: never on the loop
         await parts.pool.stop(grace_seconds=max(MIN_CHILD_STOP_SECONDS, deadline - time.monotonic()))
         log.info("shutdown: render children stopped", extra={"unsettled": len(self.inflight)})
         if self.http_server is not None:
@@ -286,7 +286,8 @@ class Supervisor:
                                   timeout=self.settings.worker.graceful_shutdown_timeout_ms / 1000 + 10)
         log.info("shutdown: background tasks and HTTP server stopped")
         await parts.db.close()
-        shutil.rmtree(parts.settler.scratch, ignore_errors=True)  # a clean stop leaves no scratch behind
+        # A clean stop leaves no scratch behind; a large tree is removed off the loop.
+        await asyncio.to_thread(shutil.rmtree, parts.settler.scratch, ignore_errors=True)
 
 
 async def open_queue(settings: Settings, conninfo: str) -> tuple[AsyncConnectionPool[Any], JobQueue]:
