@@ -492,7 +492,9 @@ async def test_container_high_water_stops_claiming_until_memory_falls(start_supe
 
 
 async def test_container_critical_kills_the_largest_child_mid_render(start_supervisor: Any) -> None:
-    run = await start_supervisor(MAX_ATTEMPTS="1", JOB_TIMEOUT_SECONDS="120")  # beyond the wait
+    # The deadline and the child's own limit are beyond the wait: on a busy machine the hog
+    # passed 1024 MiB (the default limit) before the container turned critical.
+    run = await start_supervisor(MAX_ATTEMPTS="1", JOB_TIMEOUT_SECONDS="120", CHILD_MEMORY_LIMIT_MB="8192")
     sup: Supervisor = run.sup
     job_id = await create(sup.queue, test_template("eat-memory"))
     handle = await inflight_handle(sup, job_id)
