@@ -9,6 +9,7 @@ tmp_path sits under a 0700 directory of root's that `postgres` cannot enter).
 
 from __future__ import annotations
 
+import abc
 import os
 import pwd
 import shutil
@@ -70,7 +71,7 @@ def run_as_server_user(argv: Sequence[str], cwd: Path) -> None:
         raise LaunchFailed(f"{argv[0]} exited {result.returncode}:\n{result.stdout}{result.stderr}")
 
 
-class ServerProcess:
+class ServerProcess(abc.ABC):
     """One server process: started as the server's user, probed until it accepts, stopped on exit.
 
     Subclasses say how to prepare the scratch dir, which command to run, and which URL
@@ -88,14 +89,16 @@ class ServerProcess:
         self._process: subprocess.Popen[bytes] | None = None
 
     # What each server supplies.
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027  (optional hook: a server may need no files)
         """Write config / data files into ``self.scratch`` before the start."""
 
+    @abc.abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The server's command line."""
 
+    @abc.abstractmethod
     def probe_url(self) -> str:
-        raise NotImplementedError
+        """A URL that answers once the server accepts connections."""
 
     # The shared engine.
     def log(self) -> str:
