@@ -178,14 +178,15 @@ class Lanes:
 
 
 def browser_loops(mode: str, lanes: int, executable: str, html: dict[str, str],
-                  jobs: dict[str, int], docs: tuple[str, ...] = ("small", "medium", "large")) -> dict[str, Any]:
-    """One Lanes run of `mode` over `docs`: per document jobs, PDFs/s, p50/p95, the load average."""
+                  jobs: dict[str, int], docs: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One Lanes run of `mode` over `docs` (default: every document in `jobs`): per document
+    jobs, PDFs/s, p50/p95, the load average."""
     from bench.stats import load, pct
 
     runner = Lanes(mode, lanes, executable, html)
     out: dict[str, Any] = {}
     try:
-        for name in docs:
+        for name in docs or tuple(jobs):
             before = load()
             res = runner.run(name, jobs[name])
             d = res.pop("durations")

@@ -82,8 +82,10 @@ def start_server(data_dir: Path) -> tuple[Any, str]:
     return server, server.get_uri("export_worker")
 
 
-def supervisor_main(url: str, settings: Settings, index: int, ready: Any, stop: Any) -> None:
-    """Spawn target: one Supervisor with null children until `stop` is set."""
+def supervisor_main(url: str, settings: Settings, index: int, ready: Any, stop: Any,
+                    null_children: bool = True) -> None:
+    """Spawn target: one Supervisor (null children, or real ones) until `stop` is set; `ready`
+    once its children are idle."""
     from bench.run import Running
     from render_child.null_child import null_child_entry
 
@@ -91,7 +93,7 @@ def supervisor_main(url: str, settings: Settings, index: int, ready: Any, stop: 
     settings = msgspec.structs.replace(settings, worker=worker)
 
     async def main() -> None:
-        async with Running(settings, url, child_target=null_child_entry):
+        async with Running(settings, url, child_target=null_child_entry if null_children else None):
             ready.set()
             while not stop.is_set():
                 await asyncio.sleep(0.05)
@@ -114,6 +116,7 @@ def server_cpu(pid: int) -> float:
 def one_round(url: str, settings: Settings, server_pid: int, supervisors: int, jobs: int) -> dict[str, Any]:
     from psycopg.types.json import Jsonb
 
+    from bench.jobs import create_job_params
     from supervisor.queries import query
 
     ctx = multiprocessing.get_context("spawn")
@@ -134,10 +137,7 @@ def one_round(url: str, settings: Settings, server_pid: int, supervisors: int, j
             payload = Jsonb({"source": {"kind": "html", "html": "<p>capacity</p>"}})
             with conn.transaction():
                 for i in range(jobs):
-                    conn.execute(query("create_job"), {
-                        "user_id": users[i % 8], "export_type": "pdf", "payload": payload, "menu_id": None,
-                        "subscriber": True, "idempotency_key": None, "recipient": "bench@example.com",
-                        "webhook_url": None})
+                    conn.execute(query("create_job"), create_job_params(users[i % 8], payload, "bench@example.com"))
             cpu0 = server_cpu(server_pid)
             peak_conn = 0
             deadline = time.monotonic() + 600

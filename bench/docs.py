@@ -1,4 +1,4 @@
-"""The benchmark documents (small, medium, large menus) and the local image server."""
+"""The benchmark documents (a light HTML page; small, medium, large menus) and the local image server."""
 
 from __future__ import annotations
 
@@ -104,10 +104,25 @@ def _menu(name: str, sections: int, items: int, image_base: str | None = None, i
     }
 
 
+LIGHT_ITEMS = 24
+
+
+def light_html(items: int = LIGHT_ITEMS) -> str:
+    """A plain HTML page of `items` dishes, no images, no script (issue 26: the document a user
+    tried, which Chromium prints in tens of ms, so the fixed cost per job shows)."""
+    rows = "".join(
+        f"<li><b>Dish {i + 1}</b> <i>{_DESCRIPTIONS[i % len(_DESCRIPTIONS)]}</i> <span>{9 + i % 30}.50</span></li>"
+        for i in range(items))
+    return ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Light menu</title>"
+            "<style>body{font-family:serif;margin:2em}li{margin:.3em 0}span{float:right}</style></head>"
+            f"<body><h1>Light menu</h1><ul>{rows}</ul></body></html>")
+
+
 def documents(image_port: int) -> dict[str, dict[str, Any]]:
-    """name -> export payload (menu source, PDF)."""
+    """name -> export payload (PDF): light is plain HTML, the others are menus."""
     base = f"http://127.0.0.1:{image_port}"
     return {
+        "light": {"source": {"kind": "html", "html": light_html()}},
         "small": {"source": {"kind": "menu", "template": "classic", "menu": _menu("Small Bistro", 3, 4)}},
         "medium": {"source": {"kind": "menu", "template": "classic",
                               "menu": _menu("Medium Brasserie", 5, 8, image_base=base, images=10)}},
@@ -116,10 +131,12 @@ def documents(image_port: int) -> dict[str, dict[str, Any]]:
 
 
 def payload_html(payload: dict[str, Any]) -> str:
-    """The HTML the child renders for this payload (render_menu_html)."""
+    """The HTML the child renders for this payload (as is, or render_menu_html)."""
     from render_child.templates import render_menu_html
-    from shared.payload import parse_payload
+    from shared.payload import HtmlSource, parse_payload
 
     parsed = parse_payload(payload, "pdf")
     source: Any = parsed.source
+    if isinstance(source, HtmlSource):
+        return source.html
     return render_menu_html(source.menu, source.template)

@@ -292,14 +292,11 @@ def pooler_use(before: dict[str, int], after: dict[str, int], jobs: int, seconds
 
 
 def _create(conn: psycopg.Connection[Any], user: str) -> str:
-    from psycopg.types.json import Jsonb
-
+    from bench.jobs import create_job_params
     from supervisor.queries import query
 
-    row = conn.execute(query("create_job"), {
-        "user_id": user, "export_type": "pdf", "payload": Jsonb({"source": {"kind": "html", "html": "<p>fleet</p>"}}),
-        "menu_id": None, "subscriber": True, "idempotency_key": None, "recipient": "fleet@example.com",
-        "webhook_url": None}).fetchone()
+    row = conn.execute(query("create_job"), create_job_params(
+        user, {"source": {"kind": "html", "html": "<p>fleet</p>"}}, "fleet@example.com")).fetchone()
     assert row is not None
     return str(row[0])
 

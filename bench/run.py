@@ -34,9 +34,11 @@ ADMIN_URL = os.environ.get("BENCH_ADMIN_URL", "postgresql://postgres@127.0.0.1:5
 # Per process: two benches at once (CI, another engineer) must not drop each other's database.
 DB_NAME = os.environ.get("BENCH_DB_NAME", f"ew_bench_{os.getpid()}")
 HIGH = 1_000_000
-DOCS = ("small", "medium", "large")
+DOCS = ("light", "small", "medium", "large")
+# The seed's browser-per-job loop: the menus only (a launch per job dwarfs any document).
+SEED_DOCS = ("small", "medium", "large")
 # Per-case share of --jobs: the large menu is ~10 pages, so fewer of it keeps the run short.
-SHARE = {"small": 1.0, "medium": 0.5, "large": 0.25}
+SHARE = {"light": 1.0, "small": 1.0, "medium": 0.5, "large": 0.25}
 
 
 # ---- small helpers -------------------------------------------------------------------
@@ -115,13 +117,10 @@ async def connect(url: str) -> psycopg.AsyncConnection[Any]:
 
 async def create_one(conn: psycopg.AsyncConnection[Any], user: str, payload: dict[str, Any],
                      email: str | None = None) -> str:
-    from psycopg.types.json import Jsonb
-
+    from bench.jobs import create_job_params
     from supervisor.queries import query
 
-    cur = await conn.execute(query("create_job"), {
-        "user_id": user, "export_type": "pdf", "payload": Jsonb(payload), "menu_id": None,
-        "subscriber": True, "idempotency_key": None, "recipient": email, "webhook_url": None})
+    cur = await conn.execute(query("create_job"), create_job_params(user, payload, email))
     row = await cur.fetchone()
     assert row is not None
     return str(row[0])
@@ -361,7 +360,7 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
     if smoke:
         jobs = min(jobs, 6)
     per_case = {name: max(3, int(jobs * SHARE[name])) for name in DOCS}
-    seed_jobs = {name: 3 if smoke else 20 for name in DOCS}
+    seed_jobs = {name: 3 if smoke else 20 for name in SEED_DOCS}
     seed_jobs["large"] = 3 if smoke else 10
     pickups_notify, pickups_poll = (5, 2) if smoke else (50, 12)
     creation_calls = 80 if smoke else 2000
@@ -405,7 +404,7 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
         print("bench: ceiling with the product's network policy", file=sys.stderr, flush=True)
         results["ceiling_policy"] = browser_loops("warm", lanes, executable, html, per_case)
         print("bench: browser per job", file=sys.stderr, flush=True)
-        results["browser_per_job"] = browser_loops("per_job", lanes, executable, html, seed_jobs)
+        results["browser_per_job"] = browser_loops("per_job", lanes, executable, html, seed_jobs, docs=SEED_DOCS)
         print("bench: browser per job, the child's flags", file=sys.stderr, flush=True)
         results["browser_per_job_child_flags"] = browser_loops(
             "per_job_child", lanes, executable, html, seed_jobs, docs=("small",))

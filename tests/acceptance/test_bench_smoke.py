@@ -38,9 +38,10 @@ def test_bench_smoke(tmp_path: Path) -> None:
     for section in SECTIONS:
         assert section in data, section
     for case in ("end_to_end",):
-        assert set(data[case]["cases"]) == {"small", "medium", "large"}
-    for case in ("ceiling", "ceiling_policy", "browser_per_job"):
-        assert set(data[case]) == {"small", "medium", "large"}
+        assert set(data[case]["cases"]) == {"light", "small", "medium", "large"}
+    for case in ("ceiling", "ceiling_policy"):
+        assert set(data[case]) == {"light", "small", "medium", "large"}
+    assert set(data["browser_per_job"]) == {"small", "medium", "large"}
     assert set(data["pickup"]) >= {"notify", "polling"}
     assert data["end_to_end"]["cases"]["small"]["completed"] == data["end_to_end"]["cases"]["small"]["jobs"]
 
