@@ -124,7 +124,7 @@ def create_jobs(conn: psycopg.Connection[Any], payload: dict[str, Any], jobs: in
     from psycopg.types.json import Jsonb
 
     from bench.jobs import create_job_params
-    from supervisor.queries import query
+    from supervisor.queue.queries import query
 
     user = str(uuid.uuid4())
     body = Jsonb(payload)
@@ -253,7 +253,7 @@ def run(settings: Any, *, doc: str = "light", jobs: int = 150, profile: bool = T
     from bench.capacity import supervisor_main
     from bench.docs import ImageServer, documents, payload_html
     from bench.run import ADMIN_URL, DB_NAME, bench_settings, recreate_database
-    from supervisor.migrate import sync_queue_settings
+    from supervisor.queue.migrate import sync_queue_settings
 
     lanes = settings.worker.max_concurrent_renders
     with tempfile.TemporaryDirectory(prefix="ew-jobcpu-") as tmp, ImageServer() as images:
