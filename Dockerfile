@@ -75,6 +75,8 @@ COPY README.md config.toml ./
 COPY supervisor/ ./supervisor/
 COPY render_child/ ./render_child/
 COPY shared/ ./shared/
+# `export-worker bench` is part of the command (its peer rows need the `bench` extra).
+COPY bench/ ./bench/
 RUN pip install --no-cache-dir --no-deps . \
     && export-worker --help > /dev/null
 

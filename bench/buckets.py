@@ -8,7 +8,7 @@ HTML) goes to one `export-worker serve` with two children. Printed:
 - the three histograms as `/metrics` exposes them: the count in each bucket (not
   cumulative), so a bucket that swallows most observations shows at once.
 
-    PYTHONPATH=. .venv/bin/python -m bench.buckets --jobs 60
+    .venv/bin/python -m bench.buckets --jobs 60
 
 PostgreSQL at 127.0.0.1:5432 (BENCH_ADMIN_URL overrides); the database
 `ew_buckets_<pid>` is created and dropped.

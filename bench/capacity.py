@@ -10,7 +10,7 @@ CPU seconds (all postgres processes, psutil), WAL bytes (pg_stat_wal), peak
 connections, and per operation (create, claim, heartbeat, complete, outbox) the
 calls and execution time from pg_stat_statements.
 
-    PYTHONPATH=. .venv/bin/python -m bench.capacity [--jobs 3000] [--supervisors 1,2,4]
+    .venv/bin/python -m bench.capacity [--jobs 3000] [--supervisors 1,2,4]
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ pages count in full in both). Checked against an exact sum on every tick of a
 (5th to 95th percentile; median +7, extremes -81 and +256 MiB). A real cgroup also
 charges page cache and kernel memory; the PDFs written here are small.
 
-    PYTHONPATH=. .venv/bin/python -m bench.container [--medium 60] [--large 20] [--out FILE]
+    .venv/bin/python -m bench.container [--medium 60] [--large 20] [--out FILE]
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ attempts = 1), one mail row sent, and one mail file in all the workers' data dir
 together (a second file in another worker's dir would be a doubled job).
 
     export-worker bench fleet [--jobs 2000]
-    PYTHONPATH=. .venv/bin/python -m bench.fleet [--workers 20] [--pool-size 20] [--jobs 2000] [--out FILE]
+    .venv/bin/python -m bench.fleet [--workers 20] [--pool-size 20] [--jobs 2000] [--out FILE]
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ class Peaks:
 
 
 def worker_main() -> int:
-    """What `export-worker serve` runs, with the null render child; settings from the environment."""
+    """What `export-worker serve` runs, with the null render child; settings from the environment.
+    The fleet bench's workers and the pooler tests' (tests/acceptance/test_pooler_serve.py) run it."""
     import asyncio
 
     from render_child.null_child import null_child_entry
@@ -158,7 +159,6 @@ class Worker:
 def worker_env(index: int, scratch: Path, pooled_url: str, listen_url: str | None, renders: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "EXPORT_WORKER_"))}
     env.update({
-        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
         "DATABASE_URL": pooled_url,
         "EXPORT_WORKER_DATA_DIR": str(scratch / f"worker-{index}"),
         "WORKER_ID": f"fleet-{index}",

@@ -1,7 +1,7 @@
 """Per-job CPU of one document, by process and by function (issue 26 item 6).
 
     .venv/bin/export-worker bench jobcpu                 # the light page, 150 jobs, with py-spy
-    PYTHONPATH=. .venv/bin/python -m bench.jobcpu --doc small --jobs 200 --no-profile
+    .venv/bin/python -m bench.jobcpu --doc small --jobs 200 --no-profile
 
 One supervisor (the end-to-end case's: real children, MAX_CONCURRENT_RENDERS of them)
 runs in a spawned process. Once its children are idle, the jobs are created in one

@@ -4,7 +4,7 @@ Spawns N real render children (render_child.main.child_entry, the supervisor's
 CHROMIUM_ARGS), sends each the canary job, waits, then prints every process of
 each child's tree with its role and PSS (psutil memory_full_info().pss).
 
-    PYTHONPATH=. .venv/bin/python -m bench.memsplit [--children 3] [--settle 1.0]
+    .venv/bin/python -m bench.memsplit [--children 3] [--settle 1.0]
 
 MEMSPLIT_ARGS="--flag|--other" adds Chromium switches (merged like the child's own);
 NODE_OPTIONS is passed on to the Playwright driver. PSS depends on what else maps the

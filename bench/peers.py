@@ -30,7 +30,7 @@ def missing(name: str, module: str) -> dict[str, Any]:
 async def _pgqueuer(url: str, jobs: int, concurrency: int) -> dict[str, Any]:
     from importlib.metadata import version
 
-    import asyncpg  # type: ignore[import-untyped,unused-ignore]
+    import asyncpg
     from pgqueuer.db import AsyncpgDriver
     from pgqueuer.qm import QueueManager
     from pgqueuer.queries import Queries

@@ -372,14 +372,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    root = Path(__file__).resolve().parents[2]
-    if (root / "bench" / "run.py").is_file() and str(root) not in sys.path:
-        sys.path.insert(0, str(root))  # the harness lives in the source checkout, not the wheel
-    try:
-        from bench.fleet import run_fleet_command  # type: ignore[import-not-found,unused-ignore]
-        from bench.run import run_bench  # type: ignore[import-not-found,unused-ignore]
-    except ImportError as exc:
-        raise CliError(f"the benchmark harness needs a source checkout (bench/): {exc}") from None
+    from bench.fleet import run_fleet_command
+    from bench.run import run_bench
+
     if args.case == "fleet":
         fleet: int = run_fleet_command(smoke=args.smoke, jobs=args.jobs,
                                        out=Path(args.out or "bench/results/fleet.json"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -16,12 +15,9 @@ SECTIONS = ("creation", "null_renderer", "peers", "pickup", "end_to_end", "memor
 
 def _bench(args: list[str], out: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     """`export-worker bench ARGS --out OUT`, which must exit 0."""
-    env = dict(os.environ)
-    # bench/ is not part of the installed packages: it is imported from the source checkout.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
     proc = subprocess.run(
         [str(ROOT / ".venv" / "bin" / "export-worker"), "bench", *args, "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc

@@ -35,7 +35,9 @@ pytestmark = pytest.mark.timeout(150)
 SERVER_PORT = int(psycopg.conninfo.conninfo_to_dict(ADMIN_URL).get("port") or 5432)
 POOL_SIZE = 5
 API_KEY = "pooler-test-key"
-NULL_SERVE = Path(__file__).with_name("null_serve.py")
+# `export-worker serve` with the null render child (no Chromium), settings from the environment:
+# the fleet bench's worker.
+NULL_SERVE = [sys.executable, "-m", "bench.fleet", "worker"]
 
 
 def _dbname(url: str) -> str:
@@ -46,7 +48,7 @@ def _dbname(url: str) -> str:
 def null_serve(env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[str]]:
     """A worker with the null child, healthy; SIGTERM and a clean exit 0 at the end."""
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(NULL_SERVE)], cwd=ROOT, env=env, stdout=out,
+        proc = subprocess.Popen(NULL_SERVE, cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT, text=True)
     try:
         wait_healthy(int(env["PORT"]), proc, log)
