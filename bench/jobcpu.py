@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import multiprocessing
 import re
 import signal
@@ -317,6 +318,17 @@ def table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_jobcpu_command(settings: Any, *, jobs: int, out: Path, doc: str = "light", profile: bool = True,
+                       spy_out: Path | None = None) -> int:
+    """`export-worker bench jobcpu [--jobs N] [--out FILE]`: the tables, and the JSON in `out`."""
+    result = run(settings, doc=doc, jobs=jobs, profile=profile, spy_out=spy_out)
+    print(table(result))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print(f"\nJSON written to {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from shared.config import load_settings
 
@@ -325,9 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=150)
     ap.add_argument("--no-profile", action="store_true", help="skip the py-spy drain")
     ap.add_argument("--spy-out", type=Path, help="keep py-spy's raw samples in this file")
+    ap.add_argument("--out", type=Path, default=Path("bench/results/jobcpu.json"))
     ns = ap.parse_args(argv)
-    print(table(run(load_settings(), doc=ns.doc, jobs=ns.jobs, profile=not ns.no_profile, spy_out=ns.spy_out)))
-    return 0
+    return run_jobcpu_command(load_settings(), jobs=ns.jobs, out=ns.out, doc=ns.doc, profile=not ns.no_profile,
+                              spy_out=ns.spy_out)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ log = logging.getLogger("export_worker.cli")
 
 
 
-BENCH_CASES = ("all", "fleet")  # `export-worker bench [case]` (bench/run.py, bench/fleet.py)
+BENCH_CASES = ("all", "fleet", "jobcpu")  # `export-worker bench [case]` (bench/run.py, fleet.py, jobcpu.py)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,12 +169,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the benchmarks and print a table (see BENCHMARKS.md)")
     p.add_argument("case", nargs="?", choices=BENCH_CASES, default="all",
                    help="all: the pipeline, capacity and container tables; fleet: 20 workers through one "
-                        "PgBouncer in transaction mode against max_connections = 60")
+                        "PgBouncer in transaction mode against max_connections = 60; jobcpu: the light page's "
+                        "CPU per job by process and by function, against the bare loop's")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the harness works")
     p.add_argument("--jobs", type=int, default=None,
-                   help="jobs per end-to-end case (default: 200); with fleet, jobs in the burst round (default: 2000)")
+                   help="jobs per end-to-end case (default: 200); with fleet, jobs in the burst round (default: "
+                        "2000); with jobcpu, jobs per drain (default: 150)")
     p.add_argument("--out", default=None,
-                   help="where the results go (JSON; default: bench/results/latest.json, fleet.json with fleet)")
+                   help="where the results go (JSON; default: bench/results/latest.json, fleet.json with fleet, "
+                        "jobcpu.json with jobcpu)")
     p.set_defaults(handler=cmd_bench)
 
     p = sub.add_parser("help", help="show this help; --markdown prints the command reference (the README's)")
@@ -373,8 +376,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from bench.fleet import run_fleet_command
+    from bench.jobcpu import run_jobcpu_command
     from bench.run import run_bench
 
+    if args.case == "jobcpu":
+        jobcpu: int = run_jobcpu_command(settings, jobs=args.jobs or 150,
+                                         out=Path(args.out or "bench/results/jobcpu.json"))
+        return jobcpu
     if args.case == "fleet":
         fleet: int = run_fleet_command(smoke=args.smoke, jobs=args.jobs,
                                        out=Path(args.out or "bench/results/fleet.json"))
