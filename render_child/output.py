@@ -7,9 +7,7 @@ import base64
 import re
 from typing import Any
 
-from playwright.sync_api import Error as PlaywrightError
-
-from render_child.pdfmeta import safe_title, set_document_info
+from render_child.pdfmeta import chromium_title, safe_title, set_document_info
 from render_child.slots import Slot
 from shared.errors import ErrorCategory, JobError
 from shared.messages import RenderJob
@@ -46,22 +44,21 @@ def render_pdf(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
         outline=True,  # the headings (restaurant, sections) become bookmarks
         tagged=True,  # a structure tree for screen readers and reflow
     )
-    data = set_document_info(data, _document_title(slot, job))
+    data = set_document_info(data, _document_title(job, data))
     pages = count_pdf_pages(data)
     if pages > limit:
         raise JobError(ErrorCategory.VALIDATION, f"PDF has more than {limit} pages, the limit (MAX_PAGES)")
     return data, {"pages": pages}
 
 
-def _document_title(slot: Slot, job: RenderJob) -> str:
+def _document_title(job: RenderJob, data: bytes) -> str:
+    """The menu's title, or the page's as Chromium printed it (read from the PDF: no round
+    trip to the page), unless it carries an address; else the file name or "Export"."""
     source = job.payload.source
     fallback = job.payload.filename or "Export"
     if isinstance(source, MenuSource):
         return safe_title(source.menu.title, fallback)
-    try:
-        return safe_title(slot.page.title(), fallback)
-    except PlaywrightError:
-        return fallback
+    return safe_title(chromium_title(data), fallback)
 
 
 def render_image(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:

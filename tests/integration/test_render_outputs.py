@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import shutil
+import subprocess
 import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +35,18 @@ TALL = (
 def child() -> Iterator[ChildHandle]:
     with running_child() as handle:
         yield handle
+
+
+def _pdfinfo(data: bytes, tmp: Path) -> dict[str, str] | None:
+    """What poppler's pdfinfo reads from the file (Title, Creator, Producer, Tagged...), when
+    pdfinfo is installed: a second, independent reader of the metadata."""
+    if shutil.which("pdfinfo") is None:
+        return None
+    path = tmp / "info.pdf"
+    path.write_bytes(data)
+    out = subprocess.run(["pdfinfo", "-enc", "UTF-8", str(path)], capture_output=True, check=True, timeout=60)
+    fields = (line.partition(":") for line in out.stdout.decode("utf-8").splitlines())
+    return {key: value.strip() for key, _, value in fields}
 
 
 def _pdf(answer: Rendered | RenderFailed) -> pypdf.PdfReader:
@@ -194,7 +208,7 @@ def _sample(name: str) -> MenuDocument:
 
 
 @pytest.mark.parametrize("template", ["classic", "modern"])
-def test_menu_pdf_metadata_outline_and_tags(child: ChildHandle, template: str) -> None:
+def test_menu_pdf_metadata_outline_and_tags(child: ChildHandle, template: str, tmp_path: Path) -> None:
     menu = _sample("bistro")
     answer = child.render(make_job(MenuSource(menu=menu, template=template), child.scratch))
     reader = _pdf(answer)
@@ -217,6 +231,11 @@ def test_menu_pdf_metadata_outline_and_tags(child: ChildHandle, template: str) -
     with open(answer.output_path, "rb") as fh:  # type: ignore[union-attr]
         raw = fh.read()
     assert b"HeadlessChrome" not in raw and b"Skia/PDF" not in raw
+    info = _pdfinfo(raw, tmp_path)
+    if info is not None:
+        assert info["Title"] == "Bistro Lumière \u2014 Menu du soir"
+        assert info["Creator"] == info["Producer"] == "export-worker"
+        assert info["Tagged"] == "yes"
 
 
 @pytest.mark.parametrize(
@@ -233,10 +252,17 @@ def test_pdf_metadata_never_carries_an_address(child: ChildHandle, head: str) ->
     assert b"s3cret" not in raw and b"about:blank" not in raw and b"menus.example" not in raw
 
 
-def test_pdf_title_from_a_plain_page_title(child: ChildHandle) -> None:
-    job = make_job("<!doctype html><title>Spring  specials</title><h1>Hi</h1>", child.scratch)
+@pytest.mark.parametrize(
+    ("page_title", "title"),
+    [("Spring  specials", "Spring specials"),
+     ("Caf\u00e9 (d\u00e9jeuner) \\ soir", "Caf\u00e9 (d\u00e9jeuner) \\ soir"),
+     ("\u05de\u05e1\u05e2\u05d3\u05d4 &amp; bar", "\u05de\u05e1\u05e2\u05d3\u05d4 & bar")],
+)
+def test_pdf_title_from_a_plain_page_title(child: ChildHandle, page_title: str, title: str) -> None:
+    """The page's title as Chromium printed it, read back from the PDF."""
+    job = make_job(f"<!doctype html><title>{page_title}</title><h1>Hi</h1>", child.scratch)
     reader = _pdf(child.render(job))
-    assert reader.metadata is not None and reader.metadata.title == "Spring specials"
+    assert reader.metadata is not None and reader.metadata.title == title
 
 
 def _white_margins(img: Image.Image) -> tuple[int, int, int, int]:
@@ -271,8 +297,9 @@ def test_full_page_image_is_as_tall_as_its_content(child: ChildHandle) -> None:
 @pytest.mark.parametrize(
     "title", ["Spring menu", "Bistro Lumière \u2014 Menu du soir", "a (b) \\ c", "مطعم الياسمين", "x" * 250]
 )
-def test_document_info_rewrite_keeps_the_file_valid(child: ChildHandle, title: str) -> None:
-    """In place when the title fits Chromium's Info dictionary, through pypdf when it does not."""
+def test_document_info_rewrite_keeps_the_file_valid(child: ChildHandle, title: str, tmp_path: Path) -> None:
+    """In place when the title fits Chromium's Info dictionary, as an incremental update when
+    it does not; read back by pypdf (strict) and by pdfinfo."""
     raw = child.render(make_job("<!doctype html><title>t</title><h1>Hi</h1><h2>Sub</h2>", child.scratch))
     assert isinstance(raw, Rendered)
     with open(raw.output_path, "rb") as fh:
@@ -286,6 +313,14 @@ def test_document_info_rewrite_keeps_the_file_valid(child: ChildHandle, title: s
     assert len(reader.outline) == 2
     if len(title) < 100:
         assert len(out) == len(data)  # in place: not one offset moved
+    else:
+        # an update appended, not a rewrite: the file as it was, Info blanked, then one more revision
+        assert len(out) > len(data) and out.count(b"%%EOF") == 2 and b"/Prev" in out
+        assert out[len(data):].startswith(b"1 0 obj")
+    info = _pdfinfo(out, tmp_path)
+    if info is not None:
+        assert (info["Title"], info["Creator"], info["Producer"]) == (title, "export-worker", "export-worker")
+        assert info["Tagged"] == "yes" and info["Pages"] == "1"
 
 
 @pytest.mark.parametrize(
