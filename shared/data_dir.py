@@ -8,6 +8,7 @@ user should read.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -73,6 +74,38 @@ def write_private_file(
             os.link(tmp, target)
         except FileExistsError:
             return False
+        return True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def link_private_file(source: Path, target: Path, *, temp_dir: Path) -> bool:
+    """Make `source` (a finished file, never written in place again) `target` too, without
+    copying it: hard-linked under a temporary name in `temp_dir`, fsync-ed, renamed over
+    `target`. Durable and atomic like :func:`write_private_file`.
+
+    Returns False, having written nothing, when the file cannot be shared that way: on
+    another file system, not ours, or readable by anyone else (it would keep its mode).
+    Any other failure leaves no temporary name behind and raises the OSError.
+    """
+    info = os.stat(source)
+    if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & ~PRIVATE_FILE_MODE:
+        return False
+    tmp = temp_dir / f".{target.name}.{secrets.token_hex(6)}.tmp"
+    try:
+        os.link(source, tmp)
+    except OSError as exc:
+        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+            return False  # another file system, or one without hard links
+        raise
+    try:
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # the data of the one inode, whoever wrote it
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
         return True
     finally:
         with contextlib.suppress(FileNotFoundError):

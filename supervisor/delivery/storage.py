@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import httpx
 
-from shared.data_dir import make_private_dir, write_private_file
+from shared.data_dir import link_private_file, make_private_dir, write_private_file
 from shared.errors import ErrorCategory, JobError
 from shared.vocabulary import OutputFormat
 from supervisor.delivery.links import LinkSigner, load_or_create_secret
@@ -132,12 +132,20 @@ class LocalStorage:
         return Path(target)
 
     def put(self, path: str, file: Path, content_type: str) -> None:
+        """The file under `path`, private (0600: exports are users' documents) and durable
+        before this returns (fsync: the job's completion, committed next, points at it).
+
+        One copy from Chromium to here: the render's own file (the child's output, which
+        nothing writes again) is hard-linked when it is ours, private and on this file
+        system; otherwise copied.
+        """
         target = self.resolve(path)
         try:
             make_private_dir(target.parent)
             make_private_dir(self.temp_dir)
+            if link_private_file(Path(file), target, temp_dir=self.temp_dir):
+                return
             with open(file, "rb") as src:  # opened first: a missing input writes nothing
-                # Private (0600): exports are users' documents.
                 write_private_file(target, lambda dst: shutil.copyfileobj(src, dst, 1024 * 1024),
                                    temp_dir=self.temp_dir)
         except FileNotFoundError as exc:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
+import tempfile
 import urllib.parse
 from pathlib import Path
 
@@ -59,6 +61,50 @@ def test_put_writes_atomically_and_overwrites(store: LocalStorage, tmp_path: Pat
     assert target.read_bytes() == b"two"
     assert sorted(p.name for p in target.parent.iterdir()) == ["1.pdf"]
     assert list(store.temp_dir.iterdir()) == []  # no temp files left
+
+
+def _private_src(directory: Path, data: bytes = b"%PDF-1.7 render") -> Path:
+    """A render's output as the child leaves it: private (its umask is 077), never written again."""
+    p = directory / "job-1.out"
+    p.write_bytes(data)
+    p.chmod(0o600)
+    return p
+
+
+def test_put_links_the_render_file_instead_of_copying_it(store: LocalStorage, tmp_path: Path) -> None:
+    src = _private_src(tmp_path)
+    path = object_key(USER, JOB, 1, "application/pdf")
+    store.put(path, src, "application/pdf")
+    target = tmp_path / "files" / USER / JOB / "1.pdf"
+    assert os.stat(target).st_ino == os.stat(src).st_ino  # one file: no copy
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600
+    src.unlink()  # what settle does with the scratch file
+    assert target.read_bytes() == b"%PDF-1.7 render"
+    store.put(path, _private_src(tmp_path, b"again"), "application/pdf")  # an upsert, linked too
+    assert target.read_bytes() == b"again"
+    assert list(store.temp_dir.iterdir()) == []
+
+
+def test_put_copies_a_file_others_can_read(store: LocalStorage, tmp_path: Path) -> None:
+    src = _src(tmp_path)
+    src.chmod(0o644)
+    store.put(object_key(USER, JOB, 1, "application/pdf"), src, "application/pdf")
+    target = tmp_path / "files" / USER / JOB / "1.pdf"
+    assert os.stat(target).st_ino != os.stat(src).st_ino  # a link would keep 0644
+    assert stat.S_IMODE(os.stat(target).st_mode) == 0o600 and target.read_bytes() == src.read_bytes()
+
+
+def test_put_copies_across_file_systems(store: LocalStorage, tmp_path: Path) -> None:
+    other = Path(tempfile.mkdtemp(dir="/dev/shm"))  # tmpfs: no hard link from there into the store
+    try:
+        assert os.stat(other).st_dev != os.stat(tmp_path).st_dev, "the test needs two file systems"
+        src = _private_src(other)
+        store.put(object_key(USER, JOB, 1, "application/pdf"), src, "application/pdf")
+        target = tmp_path / "files" / USER / JOB / "1.pdf"
+        assert target.read_bytes() == src.read_bytes() and stat.S_IMODE(os.stat(target).st_mode) == 0o600
+        assert list(store.temp_dir.iterdir()) == []
+    finally:
+        shutil.rmtree(other, ignore_errors=True)
 
 
 def test_put_missing_input_is_permanent(store: LocalStorage, tmp_path: Path) -> None:
