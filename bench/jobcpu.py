@@ -206,7 +206,7 @@ def functions(raw: str, roles: dict[int, str], jobs: int, top: int = 12) -> dict
         stack, _, count = line.rpartition(" ")
         frames = stack.split(";")
         pids = [int(m.group(1)) for f in frames if (m := _PROCESS_FRAME.match(f))]
-        role = roles.get(pids[-1], "other") if pids else "other"
+        role = roles.get(pids[-1], "other") if pids else "supervisor"  # no --subprocesses: the one process
         code = [_frame(f) for f in frames if not f.startswith(("process ", "thread "))]
         if not code or code[-1][0] in WAITS:
             continue
