@@ -114,10 +114,7 @@ def server_cpu(pid: int) -> float:
 
 
 def one_round(url: str, settings: Settings, server_pid: int, supervisors: int, jobs: int) -> dict[str, Any]:
-    from psycopg.types.json import Jsonb
-
-    from bench.jobs import create_job_params
-    from supervisor.queue.queries import query
+    from bench.jobs import create_burst
 
     ctx = multiprocessing.get_context("spawn")
     ready = [ctx.Event() for _ in range(supervisors)]
@@ -134,22 +131,10 @@ def one_round(url: str, settings: Settings, server_pid: int, supervisors: int, j
             wal0 = conn.execute("SELECT wal_bytes FROM pg_stat_wal").fetchone()[0]  # type: ignore[index]
             before = load()
             users = [str(uuid.uuid4()) for _ in range(8)]
-            payload = Jsonb({"source": {"kind": "html", "html": "<p>capacity</p>"}})
-            with conn.transaction():
-                for i in range(jobs):
-                    conn.execute(query("create_job"), create_job_params(users[i % 8], payload, "bench@example.com"))
+            payload = {"source": {"kind": "html", "html": "<p>capacity</p>"}}
+            create_burst(conn, users, payload, jobs, "bench@example.com")
             cpu0 = server_cpu(server_pid)
-            peak_conn = 0
-            deadline = time.monotonic() + 600
-            while time.monotonic() < deadline:
-                left = conn.execute("SELECT count(*) FROM export_jobs WHERE status IN ('pending','processing')"
-                                    ).fetchone()[0]  # type: ignore[index]
-                peak_conn = max(peak_conn, conn.execute("SELECT count(*) FROM pg_stat_activity"
-                                                        " WHERE backend_type = 'client backend'"
-                                                        ).fetchone()[0])  # type: ignore[index]
-                if left == 0:
-                    break
-                time.sleep(0.05)
+            peak_conn = drain_wait(conn)
             cpu1 = server_cpu(server_pid)
             time.sleep(1.0)  # let the outbox senders catch up before the statements are read
             wal1 = conn.execute("SELECT wal_bytes FROM pg_stat_wal").fetchone()[0]  # type: ignore[index]
@@ -167,6 +152,31 @@ def one_round(url: str, settings: Settings, server_pid: int, supervisors: int, j
             p.join(60)
             if p.is_alive():
                 p.kill()
+    per_job, statements = per_operation(stmts, jobs)
+    return {"supervisors": supervisors, "jobs": jobs, "completed": completed, "statements": statements, "wall_s": wall,
+            "per_s": completed / wall if wall else 0.0, "server_cpu_s": cpu1 - cpu0,
+            "server_cpu_ms_per_job": 1000 * (cpu1 - cpu0) / jobs, "wal_bytes_per_job": int(wal1 - wal0) / jobs,
+            "peak_client_connections": peak_conn, "operations": per_job, "load_before": before}
+
+
+def drain_wait(conn: psycopg.Connection[Any], timeout: float = 600) -> int:
+    """Until no job is pending or processing; the peak of client connections meanwhile."""
+    peak_conn = 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        left = conn.execute("SELECT count(*) FROM export_jobs WHERE status IN ('pending','processing')"
+                            ).fetchone()[0]  # type: ignore[index]
+        peak_conn = max(peak_conn, conn.execute("SELECT count(*) FROM pg_stat_activity"
+                                                " WHERE backend_type = 'client backend'"
+                                                ).fetchone()[0])  # type: ignore[index]
+        if left == 0:
+            break
+        time.sleep(0.05)
+    return int(peak_conn)
+
+
+def per_operation(stmts: list[Any], jobs: int) -> tuple[dict[str, dict[str, float]], list[dict[str, Any]]]:
+    """pg_stat_statements' rows per job: by operation, and the 25 costliest statements."""
     ops: dict[str, dict[str, float]] = {}
     for text, calls, ms, rows, wal in stmts:
         op = operation_of(text)
@@ -180,10 +190,7 @@ def one_round(url: str, settings: Settings, server_pid: int, supervisors: int, j
     top = sorted(stmts, key=lambda st: -st[2])[:25]
     statements = [{"operation": operation_of(t), "calls_per_job": c / jobs, "exec_ms_per_job": ms / jobs,
                    "query": " ".join(t.split())[:160]} for t, c, ms, _, _ in top]
-    return {"supervisors": supervisors, "jobs": jobs, "completed": completed, "statements": statements, "wall_s": wall,
-            "per_s": completed / wall if wall else 0.0, "server_cpu_s": cpu1 - cpu0,
-            "server_cpu_ms_per_job": 1000 * (cpu1 - cpu0) / jobs, "wal_bytes_per_job": int(wal1 - wal0) / jobs,
-            "peak_client_connections": peak_conn, "operations": per_job, "load_before": before}
+    return per_job, statements
 
 
 def run(jobs: int, counts: list[int]) -> dict[str, Any]:

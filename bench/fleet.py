@@ -291,21 +291,26 @@ def pooler_use(before: dict[str, int], after: dict[str, int], jobs: int, seconds
 # ---- jobs -----------------------------------------------------------------------------------
 
 
+FLEET_PAYLOAD = {"source": {"kind": "html", "html": "<p>fleet</p>"}}
+FLEET_RECIPIENT = "fleet@example.com"
+
+
 def _create(conn: psycopg.Connection[Any], user: str) -> str:
     from bench.jobs import create_job_params
     from supervisor.queue.queries import query
 
-    row = conn.execute(query("create_job"), create_job_params(
-        user, {"source": {"kind": "html", "html": "<p>fleet</p>"}}, "fleet@example.com")).fetchone()
+    row = conn.execute(query("create_job"), create_job_params(user, FLEET_PAYLOAD, FLEET_RECIPIENT)).fetchone()
     assert row is not None
     return str(row[0])
 
 
 def enqueue_burst(pooled_url: str, jobs: int) -> list[str]:
     """All jobs in one transaction through the pooler: they become visible at once."""
+    from bench.jobs import create_burst
+
     users = [str(uuid.uuid4()) for _ in range(8)]
-    with psycopg.connect(pooled_url, prepare_threshold=None) as conn, conn.transaction():
-        return [_create(conn, users[i % 8]) for i in range(jobs)]
+    with psycopg.connect(pooled_url, prepare_threshold=None) as conn:
+        return create_burst(conn, users, FLEET_PAYLOAD, jobs, FLEET_RECIPIENT)
 
 
 def enqueue_paced(pooled_url: str, jobs: int, per_s: float) -> list[str]:

@@ -50,7 +50,7 @@ SPY_ATTACH_S = 2.0  # time given py-spy to find the supervisor's children before
 # Leaf frames that wait (py-spy's own idle test misses some under load): not counted.
 WAITS = frozenset({"EpollSelector.select", "PollSelector.select", "Condition.wait", "Event.wait", "_worker",
                    "Connection._recv", "Connection._poll", "Connection.poll", "Lock.acquire", "Queue.get"})
-_PROCESS_FRAME = re.compile(r"^process (\d+):")
+_PROCESS_FRAME = re.compile(r'process (\d+):"[^"]*";?')
 _FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
 
 
@@ -121,17 +121,11 @@ def backend_pids(conn: psycopg.Connection[Any]) -> list[int]:
 
 
 def create_jobs(conn: psycopg.Connection[Any], payload: dict[str, Any], jobs: int) -> str:
-    """`jobs` jobs of one new user in one transaction (they become visible at once)."""
-    from psycopg.types.json import Jsonb
-
-    from bench.jobs import create_job_params
-    from supervisor.queue.queries import query
+    """`jobs` jobs of one new user, visible at once; the user."""
+    from bench.jobs import create_burst
 
     user = str(uuid.uuid4())
-    body = Jsonb(payload)
-    with conn.transaction():
-        for _ in range(jobs):
-            conn.execute(query("create_job"), create_job_params(user, body))
+    create_burst(conn, [user], payload, jobs)
     return user
 
 
@@ -204,10 +198,11 @@ def functions(raw: str, roles: dict[int, str], jobs: int, top: int = 12) -> dict
     total: Counter[str] = Counter()
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
-        pids = [int(m.group(1)) for f in frames if (m := _PROCESS_FRAME.match(f))]
+        # A process frame quotes its command line, which may hold ";" (spawn's "-c" does)
+        pids = [int(pid) for pid in _PROCESS_FRAME.findall(stack)]
+        frames = _PROCESS_FRAME.sub("", stack).split(";")
         role = roles.get(pids[-1], "other") if pids else "supervisor"  # no --subprocesses: the one process
-        code = [_frame(f) for f in frames if not f.startswith(("process ", "thread "))]
+        code = [_frame(f) for f in frames if f and not f.startswith("thread ")]
         if not code or code[-1][0] in WAITS:
             continue
         n = int(count)

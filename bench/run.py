@@ -350,7 +350,6 @@ def machine(browser_version: str) -> dict[str, Any]:
 
 
 def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: Path | None = None) -> int:
-    from bench.browsers import best_of, browser_loops
     from bench.docs import ImageServer, documents, payload_html
     from bench.peers import peers
     from supervisor.queue.migrate import migrate, sync_queue_settings
@@ -360,54 +359,23 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
     if smoke:
         jobs = min(jobs, 6)
     per_case = {name: max(3, int(jobs * SHARE[name])) for name in DOCS}
-    seed_jobs = {name: 3 if smoke else 20 for name in SEED_DOCS}
-    seed_jobs["large"] = 3 if smoke else 10
-    pickups_notify, pickups_poll = (5, 2) if smoke else (50, 12)
-    creation_calls = 80 if smoke else 2000
     null_jobs = 200 if smoke else 3000
     lanes = settings.worker.max_concurrent_renders
-    executable = settings.render.puppeteer_executable_path
     results: dict[str, Any] = {"smoke": smoke, "parallelism": lanes, "jobs_per_case": per_case}
 
     with tempfile.TemporaryDirectory(prefix="ew-bench-") as tmp, ImageServer() as images:
         payloads = documents(images.port)
-        html = {k: payload_html(v) for k, v in payloads.items()}
         url = recreate_database()
         migrate(url)
         s_notify = bench_settings(settings, url, Path(tmp) / "data", images.port)
         s_poll = bench_settings(settings, url, Path(tmp) / "data", images.port, listen_notify=False)
         sync_queue_settings(url, s_notify)
-
-        print("bench: creation latency", file=sys.stderr, flush=True)
-        results["creation"] = asyncio.run(creation(url, creation_calls, 8))
-        print("bench: null renderer", file=sys.stderr, flush=True)
-        results["null_renderer"] = asyncio.run(null_throughput(s_notify, url, null_jobs))
-        print("bench: pickup latency", file=sys.stderr, flush=True)
-        results["pickup"] = {"notify": asyncio.run(pickup(s_notify, url, pickups_notify)),
-                             "polling": asyncio.run(pickup(s_poll, url, pickups_poll)),
-                             "polling_interval_idle_ms": settings.worker.polling_interval_idle_ms}
+        _queue_rows(results, url, s_notify, s_poll, smoke=smoke, null_jobs=null_jobs)
         print("bench: end to end", file=sys.stderr, flush=True)
         e2e = asyncio.run(end_to_end(s_notify, url, payloads, per_case))
         results["end_to_end"] = {"cases": e2e["cases"], "pool_stats": e2e["pool_stats"]}
-        results["memory"] = {
-            "idle_child_tree_pss_bytes": e2e["idle_child_tree_pss_bytes"],
-            "idle_child_tree_pss_all": e2e["idle_child_tree_pss_all"],
-            "idle_child_split": e2e["idle_child_split"],
-            "supervisor_rss_bytes": e2e["supervisor_rss_idle_bytes"],
-            "supervisor_rss_after_bytes": e2e["supervisor_rss_after_bytes"],
-            "peak_child_tree_pss_bytes": e2e["peak_child_tree_pss_bytes"],
-            "peak_children_total_pss_bytes": e2e["peak_children_total_pss_bytes"],
-            "memory_samples": e2e["memory_samples"],
-        }
-        print("bench: ceiling (bare warm pages, best of three)", file=sys.stderr, flush=True)
-        results["ceiling"] = best_of(1 if smoke else 3, "bare", lanes, executable, html, per_case)
-        print("bench: ceiling with the product's network policy", file=sys.stderr, flush=True)
-        results["ceiling_policy"] = browser_loops("warm", lanes, executable, html, per_case)
-        print("bench: browser per job", file=sys.stderr, flush=True)
-        results["browser_per_job"] = browser_loops("per_job", lanes, executable, html, seed_jobs, docs=SEED_DOCS)
-        print("bench: browser per job, the child's flags", file=sys.stderr, flush=True)
-        results["browser_per_job_child_flags"] = browser_loops(
-            "per_job_child", lanes, executable, html, seed_jobs, docs=("small",))
+        results["memory"] = _memory(e2e)
+        _browser_rows(results, settings, {k: payload_html(v) for k, v in payloads.items()}, per_case, smoke=smoke)
         # Last: the peers' imports (pydantic, asyncpg...) would otherwise count in the supervisor's RSS.
         results["peers"] = peers(url, null_jobs, lanes)
         # After the memory figures: the console's pages on a full table (a smoke run: a small one), in the
@@ -420,6 +388,16 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
             results["poison"] = poison.run(str(Path(tmp) / "poison"), recreate_database(migrate_it=True))
         with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+    _own_server_rows(results, settings, smoke=smoke, null_jobs=null_jobs)
+    results["machine"] = machine(e2e.get("browser_version", ""))
+    results["total_s"] = time.perf_counter() - t_start
+    results["goals"] = [{"goal": n, "measured": v, "target": g, "met": m} for n, v, g, m in goals(results)]
+    _report(results, out)
+    return 0
+
+
+def _own_server_rows(results: dict[str, Any], settings: Settings, *, smoke: bool, null_jobs: int) -> None:
+    """The cases with their own servers: capacity, the 2 GiB container."""
     from bench import capacity, container
 
     # Its own embedded server (pg_stat_statements preloaded): 1, 2 and 4 supervisors.
@@ -429,18 +407,56 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
     # The default 3 children through medium and large in a simulated 2 GiB container.
     print("bench: 2 GiB container", file=sys.stderr, flush=True)
     results["container"] = container.run(settings, medium=3, large=1) if smoke else container.run(settings)
-    results["machine"] = machine(e2e.get("browser_version", ""))
-    results["total_s"] = time.perf_counter() - t_start
-    results["goals"] = [{"goal": n, "measured": v, "target": g, "met": m} for n, v, g, m in goals(results)]
+
+
+def _queue_rows(results: dict[str, Any], url: str, s_notify: Settings, s_poll: Settings, *, smoke: bool,
+                null_jobs: int) -> None:
+    """Creation latency, the null renderer's drain, pickup latency (NOTIFY and polling)."""
+    pickups_notify, pickups_poll = (5, 2) if smoke else (50, 12)
+    print("bench: creation latency", file=sys.stderr, flush=True)
+    results["creation"] = asyncio.run(creation(url, 80 if smoke else 2000, 8))
+    print("bench: null renderer", file=sys.stderr, flush=True)
+    results["null_renderer"] = asyncio.run(null_throughput(s_notify, url, null_jobs))
+    print("bench: pickup latency", file=sys.stderr, flush=True)
+    results["pickup"] = {"notify": asyncio.run(pickup(s_notify, url, pickups_notify)),
+                         "polling": asyncio.run(pickup(s_poll, url, pickups_poll)),
+                         "polling_interval_idle_ms": s_poll.worker.polling_interval_idle_ms}
+
+
+def _memory(e2e: dict[str, Any]) -> dict[str, Any]:
+    keys = ("idle_child_tree_pss_bytes", "idle_child_tree_pss_all", "idle_child_split", "supervisor_rss_after_bytes",
+            "peak_child_tree_pss_bytes", "peak_children_total_pss_bytes", "memory_samples")
+    return {"supervisor_rss_bytes": e2e["supervisor_rss_idle_bytes"], **{k: e2e[k] for k in keys}}
+
+
+def _browser_rows(results: dict[str, Any], settings: Settings, html: dict[str, str], per_case: dict[str, int], *,
+                  smoke: bool) -> None:
+    """The browser-only loops: the bare ceiling (best of three), the policy ceiling, browser per job."""
+    from bench.browsers import best_of, browser_loops
+
+    lanes = settings.worker.max_concurrent_renders
+    executable = settings.render.puppeteer_executable_path
+    seed_jobs = {name: 3 if smoke else 20 for name in SEED_DOCS}
+    seed_jobs["large"] = 3 if smoke else 10
+    print("bench: ceiling (bare warm pages, best of three)", file=sys.stderr, flush=True)
+    results["ceiling"] = best_of(1 if smoke else 3, "bare", lanes, executable, html, per_case)
+    print("bench: ceiling with the product's network policy", file=sys.stderr, flush=True)
+    results["ceiling_policy"] = browser_loops("warm", lanes, executable, html, per_case)
+    print("bench: browser per job", file=sys.stderr, flush=True)
+    results["browser_per_job"] = browser_loops("per_job", lanes, executable, html, seed_jobs, docs=SEED_DOCS)
+    print("bench: browser per job, the child's flags", file=sys.stderr, flush=True)
+    results["browser_per_job_child_flags"] = browser_loops(
+        "per_job_child", lanes, executable, html, seed_jobs, docs=("small",))
+
+
+def _report(results: dict[str, Any], out: Path | None) -> None:
+    """Every table on stdout; the JSON in `out`."""
+    from bench.capacity import table as capacity_table
+    from bench.container import table as container_table
+
     text = table(results, DOCS)
-    if "capacity" in results:
-        from bench.capacity import table as capacity_table
-
-        text += "\n\nCapacity (bench/capacity.py):\n\n" + capacity_table(results["capacity"])
-    if "container" in results:
-        from bench.container import table as container_table
-
-        text += "\n\n2 GiB container (bench/container.py):\n\n" + container_table(results["container"])
+    text += "\n\nCapacity (bench/capacity.py):\n\n" + capacity_table(results["capacity"])
+    text += "\n\n2 GiB container (bench/container.py):\n\n" + container_table(results["container"])
     text += "\n\nConsole pages (bench/console.py):\n\n" + console.table(results["console"])
     if "poison" in results:
         text += "\n\nA poison job beside normal work (bench/poison.py):\n\n" + poison.table(results["poison"])
@@ -449,4 +465,3 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
         print(f"\nJSON written to {out}")
-    return 0
