@@ -24,7 +24,7 @@ import psutil
 import pytest
 from serving import CLI, ROOT, free_port, http_get, requires_chromium, serve_env, wait_healthy
 
-from supervisor import sandbox
+from supervisor.pool import sandbox
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 
@@ -117,7 +117,7 @@ def test_serve_as_a_plain_user_runs_chromium_sandboxed(db_url: str, throwaway_ho
 
         supervisor = psutil.Process(proc.pid)
         assert supervisor.uids().real == THROWAWAY_UID
-        tree = supervisor.children(recursive=True)
+        tree = supervisor.pool.children(recursive=True)
         chromium = [p for p in tree if "chromium" in p.name()]
         assert chromium, [p.cmdline() for p in tree]
         for p in chromium:
