@@ -24,8 +24,8 @@ from starlette.types import Receive, Scope, Send
 from shared.vocabulary import FINAL_STATUSES
 from supervisor.http.problems import ApiProblem
 from supervisor.http.schemas import StatusEvent, encode
-from supervisor.queue.jobs import JobQueue
 from supervisor.queue.listener import StatusFanout, fetch_statuses
+from supervisor.queue.store import JobStore
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class StreamLimits:
 class StatusPoller(StatusFanout):
     """The feed without LISTEN (e.g. behind a transaction pooler): one query per interval for all streams."""
 
-    def __init__(self, queue: JobQueue, interval: float = POLL_INTERVAL_SECONDS) -> None:
+    def __init__(self, queue: JobStore, interval: float = POLL_INTERVAL_SECONDS) -> None:
         super().__init__()
         self.queue = queue
         self.interval = interval

@@ -50,8 +50,8 @@ from supervisor.http.schemas import (
     utc,
 )
 from supervisor.http.state import AppState
-from supervisor.queue.jobs import InvalidJob, LimitExceeded
 from supervisor.queue.listener import StatusFanout
+from supervisor.queue.store import InvalidJob, LimitExceeded
 
 log = logging.getLogger(__name__)
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
 from supervisor.http.health import HealthSources
-from supervisor.queue.jobs import JobQueue
 from supervisor.queue.listener import Listener
+from supervisor.queue.store import JobStore
 from supervisor.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ class AppState:
     """``queue`` runs on the HTTP side's own pool, never the worker's (supervisor.runner._start_http)."""
 
     settings: Settings
-    queue: JobQueue
+    queue: JobStore  # the HTTP side creates, reads and cancels jobs; it never claims
     metrics: Metrics
     listener: Listener | None
     storage: Storage | None
