@@ -47,7 +47,12 @@ golden: chromium
 lint: setup clones
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/python scripts/check_size.py
 
+# scripts/check_size.py: no class over 200 lines, no function over 50 (declarative tables
+# aside), no radon grade worse than C, in the product code; its UNDER_REWRITE lists the files
+# other work is rewriting now.
+#
 # The clone detector: no block of 6 or more lines copied within the product code (imports,
 # docstrings, comments and signatures aside). A clone is removed by giving the code one owner.
 CLONE_PACKAGES := supervisor render_child shared bench
