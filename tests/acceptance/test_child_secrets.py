@@ -83,12 +83,12 @@ def test_no_secret_in_any_process_below_the_supervisor(db_url: str, tmp_path: Pa
         # Healthy means both children passed their canary: each Chromium has its renderer.
         deadline = time.monotonic() + 30
         while True:
-            children = [c for c in supervisor.pool.children() if "spawn_main" in " ".join(c.cmdline())]
+            children = [c for c in supervisor.children() if "spawn_main" in " ".join(c.cmdline())]
             if len(children) == 2 or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
-        assert len(children) == 2, [c.cmdline() for c in supervisor.pool.children()]
-        below = {p.pid: p for p in supervisor.pool.children(recursive=True)}
+        assert len(children) == 2, [c.cmdline() for c in supervisor.children()]
+        below = {p.pid: p for p in supervisor.children(recursive=True)}
         below.update({p.pid: p for p in _chromium_helpers_outside(data_dir)})
         below.pop(proc.pid, None)
         findings: dict[str, list[str]] = {}

@@ -117,7 +117,7 @@ def test_serve_as_a_plain_user_runs_chromium_sandboxed(db_url: str, throwaway_ho
 
         supervisor = psutil.Process(proc.pid)
         assert supervisor.uids().real == THROWAWAY_UID
-        tree = supervisor.pool.children(recursive=True)
+        tree = supervisor.children(recursive=True)
         chromium = [p for p in tree if "chromium" in p.name()]
         assert chromium, [p.cmdline() for p in tree]
         for p in chromium:
