@@ -130,8 +130,8 @@ class WebhookSettings(_Section):
     webhook_backoff_base_seconds: Annotated[float, _doc("first retry waits about this long; each next one twice as long (with jitter)", ge=0.05, le=3600)] = 5.0
     webhook_backoff_cap_seconds: Annotated[float, _doc("no retry waits longer", ge=0.05, le=86_400)] = 3600.0
     webhook_lease_seconds: Annotated[int, _doc("a sender holds a claimed delivery this long; if it dies, another worker sends it after", ge=2, le=3600)] = 60
-    webhook_max_in_flight: Annotated[int, _doc("deliveries this worker sends at once, all targets", ge=1, le=10_000)] = 32
-    webhook_max_in_flight_per_target: Annotated[int, _doc("deliveries this worker sends at once to one target (a URL's origin), so a slow receiver holds up only its own", ge=1, le=10_000)] = 4
+    webhook_max_in_flight: Annotated[int, _doc("deliveries this worker sends at once, all targets", ge=1, le=1000)] = 32
+    webhook_max_in_flight_per_target: Annotated[int, _doc("deliveries this worker sends at once to one target (a URL's origin), so a slow receiver holds up only its own", ge=1, le=1000)] = 4
 
 
 class LimitSettings(_Section):
