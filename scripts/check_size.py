@@ -37,7 +37,6 @@ UNDER_REWRITE: dict[str, str] = {
     "render_child/main.py": "engine",
     "render_child/render.py": "engine",
     # The loop and its composition (issue 25 item 6, the lead).
-    "supervisor/runner.py": "the lead",
     "supervisor/composition.py": "the lead",
     # The bench (the `fixedcost` helper).
     "bench/browsers.py": "fixedcost",

@@ -75,9 +75,9 @@ def build_app(state: AppState) -> ASGIApp:
         *api.routes(),
     ]
     if state.settings.console.console_keys:  # the operator console, on the HTTP side's pool
-        from supervisor.http.console import console_app, worker_snapshot
+        from supervisor.http.console import console_app
 
-        console = console_app(state.settings, state.queue.pool, local=worker_snapshot(state.worker),
+        console = console_app(state.settings, state.queue.pool, local=state.local_snapshot,
                               storage=state.storage)
         routes.append(Route("/console", _to_console_root, methods=["GET", "HEAD"]))
         routes.append(Mount("/console", console))
@@ -220,6 +220,10 @@ class HttpServer(uvicorn.Server):
         self.port: int = sock.getsockname()[1]
         # Run when the server has stopped (e.g. closing the HTTP side's database pool).
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
+
+    def begin_stop(self) -> None:
+        """Stop accepting; open requests and streams get the graceful timeout (the TaskOwner awaits the end)."""
+        self.should_exit = True
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

@@ -34,6 +34,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 from shared.config import Settings
 from shared.data_dir import make_private_dir
 from shared.vocabulary import DatabaseEndpoint, DatabaseErrorCause
+from supervisor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +409,7 @@ class DatabaseStatus:
     /health for how long and why the work has been failing.
     """
 
-    def __init__(self, name: str, pool: WorkerPool, metrics: Any, unhealthy_after: float) -> None:
+    def __init__(self, name: str, pool: WorkerPool, metrics: Metrics, unhealthy_after: float) -> None:
         self.name = name
         self.pool = pool
         self.metrics = metrics
