@@ -82,6 +82,9 @@ def health(port: int) -> tuple[int, dict[str, Any]]:
     return status, json.loads(body)
 
 
+NOTICED = ("Database degraded", "Database check", "Database connection failed")
+
+
 def database_message(port: int) -> str:
     body = health(port)[1]
     return str(body["checks"]["database"]["message"]) if body else ""
@@ -173,7 +176,8 @@ def test_resetting_and_silent_links_never_leave_more_server_connections_than_the
             # Then the links go silent mid-work: bytes vanish, nothing is reset.
             silent_ids = insert_jobs(db_url, 10)
             proxy.set_mode(Mode.SILENT)
-            wait_for("the worker notices", lambda: database_message(port).startswith("Database degraded") or None, 60)
+            # Noticed: degraded, or already past DATABASE_UNHEALTHY_AFTER_SECONDS when a loaded machine polls late.
+            wait_for("the worker notices", lambda: database_message(port).startswith(NOTICED) or None, 120)
             proxy.set_mode(Mode.PASS)
             rows = wait_all_done(db_url, silent_ids, timeout=90)
             assert all(r[1] == "completed" and r[3] == 1 for r in rows), rows
