@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -331,3 +332,31 @@ def render_job(claim: Claim, payload: Any, settings: Settings, scratch: Path) ->
         ),
         allow_test_templates=render.allow_test_templates,
     )
+
+
+SETTLE_GRACE_SECONDS = 10  # after the render grace, the most time handing jobs back may take
+
+
+async def drain(settler: Settler, pool: RenderPool, deadline: float, wake: asyncio.Event,
+              fast_stop: Callable[[], bool]) -> None:
+    """At shutdown: let in-flight renders finish until `deadline` (or a fast stop), then
+    kill what still renders (it goes back to pending without spending its attempt) and
+    wait up to SETTLE_GRACE_SECONDS for those jobs to be settled."""
+    await _until_settled(settler, deadline, wake, fast_stop)
+    for entry in list(settler.inflight.values()):
+        if entry.handle is not None:
+            pool.kill(entry.handle, KillReason.SHUTDOWN)
+    await _until_settled(settler, time.monotonic() + SETTLE_GRACE_SECONDS, wake, lambda: False)
+
+
+async def _until_settled(settler: Settler, deadline: float, wake: asyncio.Event, fast_stop: Callable[[], bool]) -> None:
+    """Until nothing is in flight, `deadline` passes or `fast_stop()`; a settled job or `wake` (a signal) wakes it."""
+    while settler.inflight and (remaining := deadline - time.monotonic()) > 0 and not fast_stop():
+        settler.capacity.clear()
+        wake.clear()
+        waiters = [asyncio.ensure_future(settler.capacity.wait()), asyncio.ensure_future(wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
