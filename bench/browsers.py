@@ -21,6 +21,7 @@ import multiprocessing.connection
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 PDF_OPTIONS: dict[str, Any] = {
@@ -96,36 +97,47 @@ def lane_main(conn: multiprocessing.connection.Connection, mode: str, executable
             page.set_content(docs["small"], wait_until="load")
             page.pdf(**PDF_OPTIONS)  # warm up
         conn.send(("ready", None))
-        while True:
-            cmd = conn.recv()
-            if cmd[0] == "stop":
-                break
+        while (cmd := conn.recv())[0] != "stop":
             _, name, count = cmd
-            html = docs[name]
+            if page is not None and context is not None:
+                one = _warm_pdf(page, context, docs[name])
+            else:
+                one = _per_job_pdf(manager, launch, docs[name])
             durations: list[float] = []
             sizes: list[int] = []
             for _ in range(count):
                 t0 = time.perf_counter()
-                if warm:
-                    assert page is not None and context is not None
-                    page.set_content(html, wait_until="load")
-                    data = page.pdf(**PDF_OPTIONS)
-                    context.clear_cookies()
-                else:
-                    b = manager.chromium.launch(**launch)
-                    ctx = b.new_context(**CONTEXT_OPTIONS)
-                    ctx.route("**/*", _route)
-                    p = ctx.new_page()
-                    p.set_content(html, wait_until="load")
-                    data = p.pdf(**PDF_OPTIONS)
-                    b.close()
+                sizes.append(len(one()))
                 durations.append(time.perf_counter() - t0)
-                sizes.append(len(data))
             conn.send(("done", {"durations": durations, "end": time.perf_counter(), "sizes": sizes}))
     finally:
         if browser is not None:
             browser.close()
         manager.stop()
+
+
+def _warm_pdf(page: Any, context: Any, html: str) -> Callable[[], bytes]:
+    """One document on the lane's warm page."""
+    def one() -> bytes:
+        page.set_content(html, wait_until="load")
+        data: bytes = page.pdf(**PDF_OPTIONS)
+        context.clear_cookies()
+        return data
+    return one
+
+
+def _per_job_pdf(manager: Any, launch: dict[str, Any], html: str) -> Callable[[], bytes]:
+    """One document in a browser launched for it (the seed's approach)."""
+    def one() -> bytes:
+        browser = manager.chromium.launch(**launch)
+        context = browser.new_context(**CONTEXT_OPTIONS)
+        context.route("**/*", _route)
+        page = context.new_page()
+        page.set_content(html, wait_until="load")
+        data: bytes = page.pdf(**PDF_OPTIONS)
+        browser.close()
+        return data
+    return one
 
 
 class Lanes:

@@ -33,7 +33,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,7 @@ from typing import Any
 import msgspec
 import psycopg
 
-from bench.stats import load, pct
+from bench.stats import load
 from shared.config import Settings, load_settings
 from supervisor.pool.memory import ContainerMemory, WatchedTree, pss_bytes, rss_bytes
 
@@ -142,33 +141,27 @@ class FlagSampler(threading.Thread):
             self.critical_samples += bool(self.watchdog.over_critical)
 
 
-async def _drain(conn: psycopg.AsyncConnection[Any], payload: dict[str, Any], n: int) -> dict[str, Any]:
-    from bench.run import create_one
+async def _cases(sup: Any, url: str, payloads: dict[str, dict[str, Any]], jobs: dict[str, int],
+                 reader: SimulatedContainer) -> dict[str, Any]:
+    """Each case drained in turn, from idle children."""
+    from bench.run import connect, one_case, wait_children_idle
 
-    user = str(uuid.uuid4())
-    for _ in range(n):
-        await create_one(conn, user, payload)
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        cur = await conn.execute("SELECT count(*) FROM export_jobs WHERE user_id = %s"
-                                 " AND status IN ('completed', 'failed', 'cancelled')", (user,))
-        row = await cur.fetchone()
-        if row is not None and row[0] >= n:
-            break
-        await asyncio.sleep(0.1)
-    cur = await conn.execute(
-        "SELECT extract(epoch FROM created_at)::float8, extract(epoch FROM completed_at)::float8 FROM export_jobs"
-        " WHERE user_id = %s AND status = 'completed'", (user,))
-    rows = await cur.fetchall()
-    wall = max(c for _, c in rows) - min(a for a, _ in rows) if rows else float("nan")
-    lat = [c - a for a, c in rows]
-    return {"jobs": n, "completed": len(rows), "wall_s": wall, "per_s": len(rows) / wall if rows else 0.0,
-            "p95_s": pct(lat, 95)}
+    cases: dict[str, Any] = {}
+    conn = await connect(url)
+    try:
+        for name, n in jobs.items():
+            await wait_children_idle(sup)
+            cases[name] = await one_case(conn, payloads[name], n, timeout=900)
+            print(f"  container {name}: {cases[name]['completed']}/{n},"
+                  f" peak {reader.peak_bytes / 2**20:.0f} MiB", file=sys.stderr, flush=True)
+    finally:
+        await conn.close()
+    return cases
 
 
 async def _run(settings: Settings, url: str, payloads: dict[str, dict[str, Any]],
                jobs: dict[str, int], limit_bytes: int) -> dict[str, Any]:
-    from bench.run import connect, wait_children_idle
+    from bench.run import wait_children_idle
     from supervisor.runner import Supervisor
 
     p = settings.pool
@@ -194,15 +187,7 @@ async def _run(settings: Settings, url: str, payloads: dict[str, dict[str, Any]]
         out["boot"] = reader.restart_counts()
         out["load_before"] = load()
         flags.start()
-        conn = await connect(url)
-        try:
-            for name, n in jobs.items():
-                await wait_children_idle(sup)
-                out["cases"][name] = await _drain(conn, payloads[name], n)
-                print(f"  container {name}: {out['cases'][name]['completed']}/{n},"
-                      f" peak {reader.peak_bytes / 2**20:.0f} MiB", file=sys.stderr, flush=True)
-        finally:
-            await conn.close()
+        out["cases"] = await _cases(sup, url, payloads, jobs, reader)
     finally:
         flags.stop_flag.set()
         if flags.is_alive():

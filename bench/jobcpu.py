@@ -172,11 +172,15 @@ def profiled_drain(conn: psycopg.Connection[Any], sup_pid: int, payload: dict[st
     """The same drain under py-spy (supervisor and its Python children); samples by function."""
     spy = subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(sup_pid),
                             "--subprocesses", "--nonblocking", "--rate", str(RATE), "--format", "raw",
-                            "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            "--output", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     time.sleep(SPY_ATTACH_S)  # py-spy says nothing when attached unless on a terminal
     result = drain(conn, sup_pid, payload, jobs)
     spy.send_signal(signal.SIGINT)
-    spy.wait(60)
+    _, err = spy.communicate(timeout=60)
+    if not out.exists():  # the /proc figures stand without it
+        result["spy_error"] = f"py-spy wrote no samples (exit {spy.returncode}): {err.strip()[-500:]}"
+        print(f"  {result['spy_error']}", file=sys.stderr, flush=True)
+        return result
     result["functions"] = functions(out.read_text(encoding="utf-8"), supervisor_roles(sup_pid), jobs)
     return result
 
@@ -303,7 +307,7 @@ def table(r: dict[str, Any]) -> str:
     if prof:
         lines += ["", f"py-spy, {prof['completed']} jobs at {prof['per_s']:.1f}/s (load "
                   f"{prof['load_before'][0]:.1f}), {RATE} Hz, ms per job:"]
-        for role, f in prof["functions"].items():
+        for role, f in prof.get("functions", {}).items():
             lines += ["", f"| {role}: {f['total_ms']:.1f} ms/job | self ms | project function | inclusive ms |",
                       "|---|---:|---|---:|"]
             rows = max(len(f["self"]), len(f["inclusive"]))

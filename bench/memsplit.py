@@ -20,6 +20,7 @@ import os
 import tempfile
 import time
 from collections import defaultdict
+from typing import Any
 
 import msgspec
 import psutil
@@ -46,21 +47,16 @@ def role(proc: psutil.Process, root_pid: int) -> str:
     return t
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--children", type=int, default=3)
-    ap.add_argument("--settle", type=float, default=1.0)
-    args = ap.parse_args()
-
+def start_children(count: int, scratch: str, extra: list[str]) -> list[tuple[Any, Any]]:
+    """`count` real render children (the child's entry point, the supervisor's CHROMIUM_ARGS
+    plus `extra`), each past its canary render; (process, pipe) pairs."""
     from render_child.canary import canary_job
     from render_child.main import child_entry
-    from shared.messages import CHROMIUM_ARGS, FROM_CHILD_DECODER, TO_CHILD_ENCODER, ChildOptions, Stop
+    from shared.messages import CHROMIUM_ARGS, FROM_CHILD_DECODER, TO_CHILD_ENCODER, ChildOptions
 
-    scratch = tempfile.mkdtemp(prefix="memsplit-")
-    extra = [a for a in os.environ.get("MEMSPLIT_ARGS", "").split("|") if a]
     ctx = multiprocessing.get_context("spawn")
     kids = []
-    for i in range(args.children):
+    for i in range(count):
         opts = ChildOptions(child_index=i, worker_id="memsplit", executable_path="/usr/bin/chromium",
                             chromium_args=[*CHROMIUM_ARGS, *extra], log_level="warning", scratch_dir=scratch)
         parent, child = ctx.Pipe()
@@ -72,44 +68,56 @@ def main() -> None:
         msg = FROM_CHILD_DECODER.decode(conn.recv_bytes())
         assert type(msg).__name__ == "Ready", msg
         conn.send_bytes(TO_CHILD_ENCODER.encode(canary_job(os.path.join(scratch, f"c{p.pid}.pdf"))))
-        while True:
+        while type(msg).__name__ not in ("Rendered", "RenderFailed"):
             msg = FROM_CHILD_DECODER.decode(conn.recv_bytes())
-            if type(msg).__name__ in ("Rendered", "RenderFailed"):
-                assert type(msg).__name__ == "Rendered", msg
-                break
+        assert type(msg).__name__ == "Rendered", msg
+    return kids
+
+
+def tree_split(pid: int) -> tuple[list[tuple[str, int]], int]:
+    """One child's tree: (role, PSS) per process, and the tree's USS."""
+    root = psutil.Process(pid)
+    rows = []
+    uss = 0
+    for pr in [root, *root.children(recursive=True)]:
+        try:
+            info = pr.memory_full_info()
+            name = role(pr, pid)
+            if name == "renderer" and "--top-chrome-webui" in pr.cmdline():
+                name += " webui"
+        except psutil.Error:
+            continue
+        uss += info.uss
+        rows.append((name, info.pss))
+    return rows, uss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--children", type=int, default=3)
+    ap.add_argument("--settle", type=float, default=1.0)
+    args = ap.parse_args()
+
+    from shared.messages import TO_CHILD_ENCODER, Stop
+
+    scratch = tempfile.mkdtemp(prefix="memsplit-")
+    kids = start_children(args.children, scratch, [a for a in os.environ.get("MEMSPLIT_ARGS", "").split("|") if a])
     time.sleep(args.settle)
-    totals = []
-    uss_total: dict[int, int] = {}
+    totals, uss_totals = [], []
     by_role: dict[str, list[int]] = defaultdict(list)
     for p, _ in kids:
         assert p.pid is not None
-        pid: int = p.pid
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-        total = 0
-        rows = []
-        for pr in procs:
-            try:
-                info = pr.memory_full_info()
-                pss = info.pss
-                uss_total[pid] = uss_total.get(pid, 0) + info.uss
-            except psutil.Error:
-                continue
-            r = role(pr, pid)
-            if r == "renderer":
-                cmd = pr.cmdline()
-                r += " webui" if "--top-chrome-webui" in cmd else ""
-            rows.append((r, pss))
-            by_role[r].append(pss)
-            total += pss
-        totals.append(total)
-        print(f"child {pid}: {len(rows)} processes, tree PSS {total / 2**20:.1f} MB")
-        for r, pss in rows:
-            print(f"    {r:40s} {pss / 2**20:7.1f} MB")
+        rows, uss = tree_split(p.pid)
+        totals.append(sum(pss for _, pss in rows))
+        uss_totals.append(uss)
+        print(f"child {p.pid}: {len(rows)} processes, tree PSS {totals[-1] / 2**20:.1f} MB")
+        for name, pss in rows:
+            by_role[name].append(pss)
+            print(f"    {name:40s} {pss / 2**20:7.1f} MB")
     print(f"tree PSS per child: {[round(t / 2**20, 1) for t in totals]}  max {max(totals) / 2**20:.1f} MB"
-          f"  (tree USS {[round(u / 2**20, 1) for u in uss_total.values()]})")
-    for r, v in sorted(by_role.items(), key=lambda kv: -sum(kv[1])):
-        print(f"  {r:40s} mean {sum(v) / len(v) / 2**20:7.1f} MB  x{len(v)}")
+          f"  (tree USS {[round(u / 2**20, 1) for u in uss_totals]})")
+    for name, v in sorted(by_role.items(), key=lambda kv: -sum(kv[1])):
+        print(f"  {name:40s} mean {sum(v) / len(v) / 2**20:7.1f} MB  x{len(v)}")
     for _, conn in kids:
         conn.send_bytes(TO_CHILD_ENCODER.encode(Stop()))
     for p, _ in kids:

@@ -38,12 +38,6 @@ UNDER_REWRITE: dict[str, str] = {
     "render_child/render.py": "engine",
     # The loop and its composition (issue 25 item 6, the lead).
     "supervisor/composition.py": "the lead",
-    # The bench (the `fixedcost` helper).
-    "bench/browsers.py": "fixedcost",
-    "bench/capacity.py": "fixedcost",
-    "bench/container.py": "fixedcost",
-    "bench/memsplit.py": "fixedcost",
-    "bench/run.py": "fixedcost",
 }
 
 
