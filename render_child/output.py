@@ -7,11 +7,11 @@ import base64
 import re
 from typing import Any
 
-from playwright.sync_api import Error as PlaywrightError
+from playwright.async_api import Error as PlaywrightError
 
+from render_child.page import JobPage
 from render_child.pdfmeta import safe_title, set_document_info
-from render_child.slots import Slot
-from shared.errors import ErrorCategory, JobError
+from shared.errors import ErrorCategory, JobError, RenderFailure
 from shared.messages import RenderJob
 from shared.payload import MenuSource
 
@@ -29,14 +29,14 @@ def count_pdf_pages(data: bytes) -> int:
     return max(counts, default=0)
 
 
-def render_pdf(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
+async def render_pdf(slot: JobPage, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
     opts = job.payload.pdf
     m = opts.margins
     limit = job.limits.max_pages
     # Print at most one page past the limit (Chromium's pageRanges): whether page
     # MAX_PAGES + 1 exists is all the check needs, and a document of 10,000 forced page
     # breaks is then refused in seconds instead of holding a Chromium for minutes.
-    data = slot.page.pdf(
+    data = await slot.page.pdf(
         page_ranges=f"1-{limit + 1}",
         format=opts.page_size,
         landscape=opts.landscape,
@@ -46,25 +46,26 @@ def render_pdf(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
         outline=True,  # the headings (restaurant, sections) become bookmarks
         tagged=True,  # a structure tree for screen readers and reflow
     )
-    data = set_document_info(data, _document_title(slot, job))
+    data = set_document_info(data, await _document_title(slot, job))
     pages = count_pdf_pages(data)
     if pages > limit:
-        raise JobError(ErrorCategory.VALIDATION, f"PDF has more than {limit} pages, the limit (MAX_PAGES)")
+        raise JobError(ErrorCategory.VALIDATION, f"PDF has more than {limit} pages, the limit (MAX_PAGES)",
+                       RenderFailure.PAGE_LIMIT)
     return data, {"pages": pages}
 
 
-def _document_title(slot: Slot, job: RenderJob) -> str:
+async def _document_title(slot: JobPage, job: RenderJob) -> str:
     source = job.payload.source
     fallback = job.payload.filename or "Export"
     if isinstance(source, MenuSource):
         return safe_title(source.menu.title, fallback)
     try:
-        return safe_title(slot.page.title(), fallback)
+        return safe_title(await slot.page.title(), fallback)
     except PlaywrightError:
         return fallback
 
 
-def render_image(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
+async def render_image(slot: JobPage, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
     opts = job.payload.image
     width = opts.width
     # A full-page image without a height is measured in a 16 px viewport, so the content
@@ -73,13 +74,12 @@ def render_image(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
     view_height = opts.height or 16
     dsf = opts.device_scale_factor
     cdp = slot.cdp
-    cdp.send(
+    await cdp.send(
         "Emulation.setDeviceMetricsOverride",
         {"width": width, "height": view_height, "deviceScaleFactor": dsf, "mobile": False},
     )
-    slot.origins.add("emulation")  # marks the slot for an emulation reset
     if opts.full_page:
-        metrics = cdp.send("Page.getLayoutMetrics")
+        metrics = await cdp.send("Page.getLayoutMetrics")
         size = metrics.get("cssContentSize") or metrics["contentSize"]
         height = max(1, int(size["height"] + 0.999))
     else:
@@ -90,6 +90,7 @@ def render_image(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
             ErrorCategory.VALIDATION,
             f"image would be {int(pixels)} pixels ({width}x{height} at scale {dsf}), more than the limit "
             f"of {job.limits.max_image_pixels} (MAX_IMAGE_PIXELS)",
+            RenderFailure.PIXEL_LIMIT,
         )
     params: dict[str, Any] = {
         "format": opts.format,
@@ -99,6 +100,6 @@ def render_image(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
     }
     if opts.format != "png":
         params["quality"] = opts.quality if opts.quality is not None else 85
-    result = cdp.send("Page.captureScreenshot", params)
+    result = await cdp.send("Page.captureScreenshot", params)
     data = base64.b64decode(result["data"])
     return data, {"width": round(width * dsf), "height": round(height * dsf)}

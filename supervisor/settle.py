@@ -26,7 +26,7 @@ from typing import Any
 from shared.config import Settings
 from shared.messages import NetworkPolicy, Rendered, RenderFailed, RenderJob, RenderLimits
 from shared.payload import PayloadError, parse_payload
-from shared.vocabulary import ErrorCategory, FailureReason, JobStatus, KillReason, QueueOperation
+from shared.vocabulary import ErrorCategory, FailureReason, JobStatus, KillReason, QueueOperation, RenderFailure
 from supervisor import error_reporting
 from supervisor.breaker import CircuitBreaker
 from supervisor.children import Assignment, ChildHandle, ChildLost
@@ -263,8 +263,8 @@ class Settler:
 
     def _failure_of_render(self, claim: Claim, result: RenderFailed) -> Failed:
         metadata = {"blocked_requests": [b.url for b in result.blocked][:BLOCKED_KEPT],
-                    "render_ms": round(result.render_ms, 1)}
-        if result.timed_out:
+                    "render_ms": round(result.render_ms, 1), "render_failure": result.code}
+        if result.code is RenderFailure.TIMEOUT:
             # The child's own navigation timeout can be the job deadline itself: the same limit either way.
             return Failed(result.category, f"{self._timeout_message()} ({result.message})",
                           FailureReason.TIMEOUT, metadata)
@@ -298,8 +298,8 @@ _INTERNAL_DEATHS = frozenset({KillReason.CRASHED, KillReason.UNRESPONSIVE})
 def report_if_not_the_documents(claim: Claim, outcome: Outcome) -> None:
     """Send a render failure to Sentry (when on) unless the document caused it: only reason codes, no content."""
     match outcome:
-        case RenderFailed(category=ErrorCategory.TRANSIENT, timed_out=False):
-            reason, detail = FailureReason.RENDER, str(ErrorCategory.TRANSIENT)
+        case RenderFailed(category=ErrorCategory.TRANSIENT, code=code) if code is not RenderFailure.TIMEOUT:
+            reason, detail = FailureReason.RENDER, str(code)
         case ChildLost(reason=kill) if kill in _INTERNAL_DEATHS:
             reason, detail = FailureReason.CHILD_CRASHED, str(kill)
         case _:

@@ -1,0 +1,59 @@
+"""The child's view of its Chromium processes, from /proc: the browser process and the
+renderers, so each job can name the renderer that draws its page.
+
+Read through the kernel's per-thread children lists (as supervisor/memory.py does),
+not psutil's scan of every process on the machine: a few reads per process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                kids.extend(int(word) for word in fh.read().split())
+    return kids
+
+
+def descendants(root: int) -> list[int]:
+    """Every process under ``root`` (not ``root`` itself); [] when it is gone."""
+    found: list[int] = []
+    todo = [root]
+    while todo:
+        for kid in _children(todo.pop()):
+            if kid not in found:
+                found.append(kid)
+                todo.append(kid)
+    return found
+
+
+def _cmdline(pid: int) -> list[str]:
+    """A process's arguments. Chromium's zygote children rewrite theirs as one string
+    (setproctitle): split on spaces then, as ps does."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            parts = [part.decode("utf-8", "replace") for part in fh.read().split(b"\0") if part]
+    except OSError:
+        return []
+    return parts[0].split(" ") if len(parts) == 1 else parts
+
+
+def browser_pid(root: int) -> int:
+    """The Chromium browser process under ``root`` (Playwright drives it over a pipe), or 0."""
+    for pid in descendants(root):
+        args = _cmdline(pid)
+        if "--remote-debugging-pipe" in args and not any(a.startswith("--type=") for a in args):
+            return pid
+    return 0
+
+
+def renderer_pids(browser: int) -> set[int]:
+    """The browser's renderer processes now (empty when it is gone or not known)."""
+    if not browser:
+        return set()
+    return {pid for pid in descendants(browser) if "--type=renderer" in _cmdline(pid)}
