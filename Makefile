@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 # Debian's Chromium where it exists; otherwise Playwright's own download.
 CHROMIUM_ENV := $(if $(wildcard /usr/bin/chromium),,PUPPETEER_EXECUTABLE_PATH=)
 
-.PHONY: setup chromium demo test test-stress coverage lint types gate bench serve image-check clean golden
+.PHONY: setup chromium demo test test-stress coverage lint types gate bench serve image-check clean golden layout-picture
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,7 @@ golden: chromium
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 types: setup
 	$(BIN)/mypy
@@ -62,3 +63,10 @@ bench: chromium
 
 clean:
 	rm -rf $(VENV) .export-worker .mypy_cache .ruff_cache .pytest_cache .coverage .coverage.*
+
+# The picture of the layout (docs/architecture/imports.svg): the supervisor's packages and
+# loop modules, an arrow from each importer to what it imports (pydeps; needs graphviz's dot).
+layout-picture: setup
+	$(BIN)/pip install -q pydeps
+	$(BIN)/pydeps supervisor --noshow --max-module-depth 2 --only supervisor --exclude-exact supervisor \
+		--reverse --rankdir BT -o docs/architecture/imports.svg

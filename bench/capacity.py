@@ -1,6 +1,6 @@
 """Capacity model: database time per job, and 1, 2, 4 supervisors on one database.
 
-Starts its own embedded PostgreSQL (supervisor.database.start_embedded) on a cluster
+Starts its own embedded PostgreSQL (supervisor.queue.database.start_embedded) on a cluster
 initialised here with ``shared_preload_libraries = pg_stat_statements``, so the
 statements of every supervisor are counted by the server itself. Per round: N
 supervisor processes (null render children, 3 each) boot; the stats are reset; the
@@ -35,7 +35,7 @@ import psycopg
 from bench.stats import load
 from shared.config import Settings, load_settings
 
-# The named queries (supervisor/queries/*.sql) by the operation of a job's life they serve.
+# The named queries (supervisor/queue/queries/*.sql) by the operation of a job's life they serve.
 OPERATIONS = {
     "create": ("create_job",),
     "claim": ("claim_jobs", "next_available_in"),
@@ -56,8 +56,8 @@ def _shape(text: str) -> str:
 
 @functools.cache
 def _shapes() -> dict[str, str]:
-    from supervisor.outbox import outbox_queries
-    from supervisor.queries import load as load_queries
+    from supervisor.delivery.outbox import outbox_queries
+    from supervisor.queue.queries import load as load_queries
 
     shapes = {_shape(q.as_string(None)): name for name, q in load_queries().items()}
     for table, done_column in (("export_mail_outbox", "sent_at"), ("export_webhook_outbox", "delivered_at")):
@@ -73,7 +73,7 @@ def operation_of(statement: str) -> str:
 
 def start_server(data_dir: Path) -> tuple[Any, str]:
     """The project's embedded server, restarted once with pg_stat_statements preloaded."""
-    from supervisor.database import start_embedded
+    from supervisor.queue.database import start_embedded
 
     start_embedded(data_dir).cleanup()  # initdb (as the server's own user when root), then stop
     with (data_dir / "postgres" / "postgresql.conf").open("a", encoding="utf-8") as fh:
@@ -114,7 +114,7 @@ def server_cpu(pid: int) -> float:
 def one_round(url: str, settings: Settings, server_pid: int, supervisors: int, jobs: int) -> dict[str, Any]:
     from psycopg.types.json import Jsonb
 
-    from supervisor.queries import query
+    from supervisor.queue.queries import query
 
     ctx = multiprocessing.get_context("spawn")
     ready = [ctx.Event() for _ in range(supervisors)]
@@ -188,7 +188,7 @@ def one_round(url: str, settings: Settings, server_pid: int, supervisors: int, j
 
 def run(jobs: int, counts: list[int]) -> dict[str, Any]:
     from bench.run import bench_settings
-    from supervisor.migrate import migrate, sync_queue_settings
+    from supervisor.queue.migrate import migrate, sync_queue_settings
 
     out: dict[str, Any] = {"rounds": []}
     with tempfile.TemporaryDirectory(prefix="ew-capacity-") as tmp:

@@ -113,7 +113,7 @@ def pages(s: dict[str, Any]) -> dict[str, str]:
 
 def plans(conn: psycopg.Connection[Any], params: dict[str, Any]) -> dict[str, str]:
     """EXPLAIN (ANALYZE, BUFFERS) of every console query, bound as the console binds them, by name."""
-    from supervisor.queries import load, query
+    from supervisor.queue.queries import load, query
 
     console = load("console.sql")
     filters = {
@@ -145,8 +145,8 @@ def plans(conn: psycopg.Connection[Any], params: dict[str, Any]) -> dict[str, st
 
 async def page_times(settings: Settings, url: str, paths: dict[str, str], rounds: int) -> dict[str, list[float]]:
     """Milliseconds per request of each page, ``rounds`` times, through the whole console app."""
-    from supervisor.console import console_app
-    from supervisor.database import open_pool
+    from supervisor.http.console import console_app
+    from supervisor.queue.database import open_pool
 
     s = msgspec.structs.replace(settings, console=ConsoleSettings(console_keys=f"bench:{OPERATOR_KEY}"))
     pool: AsyncConnectionPool[Any] = await open_pool(url, s, max_size=4)

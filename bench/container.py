@@ -43,7 +43,7 @@ import psycopg
 
 from bench.stats import load, pct
 from shared.config import Settings, load_settings
-from supervisor.memory import ContainerMemory, WatchedTree, pss_bytes, rss_bytes
+from supervisor.pool.memory import ContainerMemory, WatchedTree, pss_bytes, rss_bytes
 
 LIMIT_BYTES = 2 * 2**30
 # A process's PSS (smaps_rollup, ~1 ms for a Chromium process) is read when it appears, when its
@@ -227,7 +227,7 @@ def run(settings: Settings | None = None, *, medium: int = 60, large: int = 20,
     """The medium and large cases with MAX_CONCURRENT_RENDERS=3 in a simulated 2 GiB container."""
     from bench.docs import ImageServer, documents
     from bench.run import ADMIN_URL, DB_NAME, bench_settings, recreate_database
-    from supervisor.migrate import migrate, sync_queue_settings
+    from supervisor.queue.migrate import migrate, sync_queue_settings
 
     base = settings or load_settings()
     base = msgspec.structs.replace(base, worker=msgspec.structs.replace(base.worker, max_concurrent_renders=3))

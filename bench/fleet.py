@@ -294,7 +294,7 @@ def pooler_use(before: dict[str, int], after: dict[str, int], jobs: int, seconds
 def _create(conn: psycopg.Connection[Any], user: str) -> str:
     from psycopg.types.json import Jsonb
 
-    from supervisor.queries import query
+    from supervisor.queue.queries import query
 
     row = conn.execute(query("create_job"), {
         "user_id": user, "export_type": "pdf", "payload": Jsonb({"source": {"kind": "html", "html": "<p>fleet</p>"}}),
@@ -463,7 +463,7 @@ def run_fleet(cfg: FleetConfig, listen: Listen, server: PgServer, bouncer: PgBou
 
 def migrate_database(server: PgServer) -> None:
     from shared.config import load_settings
-    from supervisor.migrate import migrate, sync_queue_settings
+    from supervisor.queue.migrate import migrate, sync_queue_settings
 
     with psycopg.connect(server.url("postgres"), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{DB_NAME}"')

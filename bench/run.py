@@ -52,7 +52,7 @@ def recreate_database(*, migrate_it: bool = False) -> str:
         conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{DB_NAME}"')
     if migrate_it:
-        from supervisor.migrate import migrate
+        from supervisor.queue.migrate import migrate
 
         migrate(_db_url())
     return _db_url()
@@ -117,7 +117,7 @@ async def create_one(conn: psycopg.AsyncConnection[Any], user: str, payload: dic
                      email: str | None = None) -> str:
     from psycopg.types.json import Jsonb
 
-    from supervisor.queries import query
+    from supervisor.queue.queries import query
 
     cur = await conn.execute(query("create_job"), {
         "user_id": user, "export_type": "pdf", "payload": Jsonb(payload), "menu_id": None,
@@ -142,7 +142,7 @@ class MemorySampler(threading.Thread):
         self.samples = 0
 
     def run(self) -> None:
-        # The watchdog already measures every child's tree PSS (supervisor.memory) each
+        # The watchdog already measures every child's tree PSS (supervisor.pool.memory) each
         # watchdog_interval_ms and keeps it in handle.memory_bytes: read that. Measuring
         # again here (smaps_rollup of every Chromium process every 100 ms) took ~0.5 of a
         # core on 2 cores during the end-to-end run (py-spy) and slowed what it measured.
@@ -161,7 +161,7 @@ class MemorySampler(threading.Thread):
 def idle_split(sup: Any) -> dict[str, int]:
     """PSS by process role (bench.memsplit.role) of the largest idle child tree."""
     from bench.memsplit import role
-    from supervisor.memory import tree
+    from supervisor.pool.memory import tree
 
     best: dict[str, int] = {}
     for handle in sup.pool.idle_children():
@@ -180,7 +180,7 @@ def idle_split(sup: Any) -> dict[str, int]:
 
 async def end_to_end(settings: Settings, url: str, payloads: dict[str, dict[str, Any]],
                      jobs: dict[str, int]) -> dict[str, Any]:
-    from supervisor.memory import tree, tree_pss_bytes
+    from supervisor.pool.memory import tree, tree_pss_bytes
 
     out: dict[str, Any] = {"cases": {}}
     async with Running(settings, url) as sup:
@@ -354,7 +354,7 @@ def run_bench(settings: Settings, *, smoke: bool = False, jobs: int = 200, out: 
     from bench.browsers import best_of, browser_loops
     from bench.docs import ImageServer, documents, payload_html
     from bench.peers import peers
-    from supervisor.migrate import migrate, sync_queue_settings
+    from supervisor.queue.migrate import migrate, sync_queue_settings
 
     logging.getLogger().setLevel(logging.WARNING)
     t_start = time.perf_counter()

@@ -167,7 +167,7 @@ def launch_options(options: ChildOptions) -> dict[str, Any]:
     if options.executable_path:
         launch["executable_path"] = options.executable_path
     # Playwright adds --no-sandbox itself unless told otherwise; the supervisor
-    # left it out of the args when the host allows the sandbox (supervisor/sandbox.py).
+    # left it out of the args when the host allows the sandbox (supervisor/pool/sandbox.py).
     launch["chromium_sandbox"] = "--no-sandbox" not in options.chromium_args
     home = chromium_home(options.scratch_dir, os.getpid())
     # The allowlist again, whoever started this child: Chromium sees no secret.

@@ -121,7 +121,7 @@ class MailSettings(_Section):
 
 
 class WebhookSettings(_Section):
-    """Callbacks to a job's webhook_url (supervisor/webhooks.py), signed to the Standard Webhooks spec."""
+    """Callbacks to a job's webhook_url (supervisor/delivery/webhooks.py), signed to the Standard Webhooks spec."""
 
     webhook_secret: Annotated[str, _doc("whsec_ secret (base64 after the prefix) that signs webhooks; empty = jobs may not name a webhook (secret)")] = ""
     webhook_allowed_hosts: Annotated[list[str], _doc("when set, the only hosts (and *.suffix) a webhook may target")] = []

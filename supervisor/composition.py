@@ -14,32 +14,34 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings
+from shared.data_dir import make_private_dir
 from shared.messages import CHROMIUM_ARGS, ChildOptions
 from shared.vocabulary import DatabaseEndpoint
-from supervisor.breaker import BreakerStorage, CircuitBreaker
-from supervisor.children import ChildTarget, PoolConfig
-from supervisor.data_dir import make_private_dir
-from supervisor.database import DatabaseStatus, WorkerPool, detect_endpoint, open_pool
-from supervisor.delivery import Delivery
-from supervisor.links import LinkSigner, load_or_create_secret
-from supervisor.listener import Listener
-from supervisor.mail import build_mail_backend
-from supervisor.mail_sender import MailSender
-from supervisor.metrics import Metrics
-from supervisor.migrate import migrate, sync_queue_settings
-from supervisor.outbox import Outbox
-from supervisor.pool import RenderPool
-from supervisor.queue import JobQueue
-from supervisor.sandbox import SandboxMode, chromium_args, detect
+from supervisor.delivery.breaker import BreakerStorage, CircuitBreaker
+from supervisor.delivery.links import LinkSigner, load_or_create_secret
+from supervisor.delivery.mail import build_mail_backend
+from supervisor.delivery.mail_sender import MailSender
+from supervisor.delivery.outbox import Outbox
+from supervisor.delivery.storage import build_storage, writer_tag
+from supervisor.delivery.sweep import sweep_temp
+from supervisor.delivery.upload import Delivery
+from supervisor.delivery.webhook_targets import check_default_url
+from supervisor.delivery.webhooks import WebhookSender
+from supervisor.pool.children import ChildTarget, PoolConfig
+from supervisor.pool.render_pool import RenderPool
+from supervisor.pool.sandbox import SandboxMode, chromium_args, detect
+from supervisor.pool.sandbox import gauge_value as sandbox_gauge_value
+from supervisor.pool.watchdog import Watchdog
+from supervisor.queue.database import DatabaseStatus, WorkerPool, detect_endpoint, open_pool
+from supervisor.queue.jobs import JobQueue
+from supervisor.queue.listener import Listener
+from supervisor.queue.migrate import migrate, sync_queue_settings
+from supervisor.queue.workers import WorkerRegistry
 from supervisor.settle import Settler, Wakes
-from supervisor.storage import build_storage, writer_tag
-from supervisor.sweep import sweep_temp
 from supervisor.tasks import TaskOwner
+from supervisor.telemetry.metrics import Metrics
 from supervisor.upkeep import Upkeep
-from supervisor.watchdog import Watchdog
-from supervisor.webhooks import WebhookSender
 from supervisor.worker_health import WorkerHealth
-from supervisor.workers import WorkerRegistry
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,7 @@ async def prepare_database(settings: Settings, conninfo: str, run_migrations: bo
         applied = await asyncio.to_thread(migrate, conninfo)
         if applied:
             log.info("migrations applied", extra={"migrations": applied})
+    check_default_url(settings)
     await asyncio.to_thread(sync_queue_settings, conninfo, settings)
 
 
@@ -114,8 +117,9 @@ async def assemble(
     scratch = data_dir / "scratch" / writer_tag()  # this process's own: the temp sweep removes it if we die
     settler = Settler(settings, worker_id, queue, delivery, breaker, metrics, tasks, scratch,
                       Wakes(mail=outbox.wake, webhooks=webhooks.wake))
-    # Chromium's own sandbox where the host allows it: detected once, logged once (supervisor/sandbox.py).
+    # Chromium's own sandbox where the host allows it: detected once, logged once (supervisor/pool/sandbox.py).
     sandbox = detect()
+    metrics.chromium_sandbox.set_function(sandbox_gauge_value)
     config = pool_config(settings, worker_id, scratch, overrides.child_target, sandbox.mode)
     pool = RenderPool(config, settler, metrics)
     settler.pool = pool
@@ -203,9 +207,9 @@ async def http_server(
     Callers can exhaust that pool, never the worker's claims and heartbeats. The
     server is bound when this returns; ``serve()`` runs it.
     """
-    from supervisor.health import CallbackHealthSources
-    from supervisor.http_app import AppState, build_app, make_server
-    from supervisor.http_database import ConnectionBudget, HttpDatabase
+    from supervisor.http.app import AppState, build_app, make_server
+    from supervisor.http.database import ConnectionBudget, HttpDatabase
+    from supervisor.http.health import CallbackHealthSources
 
     api_db = await HttpDatabase.open(conninfo, settings, worker_id, metrics)
     api_db.worker = parts.database

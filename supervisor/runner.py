@@ -5,7 +5,7 @@ wakes the loop; one loop claims jobs and hands them to idle children. The parts
 (built in supervisor/composition.py) do the rest: the settler settles every job
 (supervisor/settle.py), the upkeep loops heartbeat, rescue, reap and clean up
 (supervisor/upkeep.py), the watchdog thread enforces memory and deadlines
-(supervisor/watchdog.py), and every background task has one owner that logs and
+(supervisor/pool/watchdog.py), and every background task has one owner that logs and
 counts its failures (supervisor/tasks.py).
 """
 
@@ -25,11 +25,11 @@ from psycopg_pool import AsyncConnectionPool
 from shared.config import Settings
 from shared.vocabulary import KillReason, QueueOperation
 from supervisor.composition import Overrides, WorkerParts, assemble, http_server
-from supervisor.database import open_pool
 from supervisor.identity import default_worker_id
-from supervisor.metrics import Metrics
-from supervisor.queue import Claim, JobQueue
+from supervisor.queue.database import open_pool
+from supervisor.queue.jobs import Claim, JobQueue
 from supervisor.tasks import OnFailure, TaskOwner
+from supervisor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

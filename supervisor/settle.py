@@ -27,15 +27,15 @@ from shared.config import Settings
 from shared.messages import NetworkPolicy, Rendered, RenderFailed, RenderJob, RenderLimits
 from shared.payload import PayloadError, parse_payload
 from shared.vocabulary import ErrorCategory, FailureReason, JobStatus, KillReason, QueueOperation, RenderFailure
-from supervisor import error_reporting
-from supervisor.breaker import CircuitBreaker
-from supervisor.children import Assignment, ChildHandle, ChildLost
-from supervisor.delivery import Cancelled, Delivery, completion_metadata
-from supervisor.metrics import Metrics
-from supervisor.pool import RenderPool
-from supervisor.queue import Claim, ClaimLost, JobQueue, Queued
-from supervisor.storage import StorageError
+from supervisor.delivery.breaker import CircuitBreaker
+from supervisor.delivery.storage import StorageError
+from supervisor.delivery.upload import Cancelled, Delivery, completion_metadata
+from supervisor.pool.children import Assignment, ChildHandle, ChildLost
+from supervisor.pool.render_pool import RenderPool
+from supervisor.queue.jobs import Claim, ClaimLost, JobQueue, Queued
 from supervisor.tasks import TaskOwner
+from supervisor.telemetry import error_reporting
+from supervisor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

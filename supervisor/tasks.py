@@ -22,8 +22,8 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from supervisor import error_reporting
-from supervisor.metrics import Metrics
+from supervisor.telemetry import error_reporting
+from supervisor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -15,14 +15,14 @@ from typing import Any
 
 from shared.config import Settings
 from shared.vocabulary import JobStatus, KillReason
-from supervisor.breaker import BreakerStorage
-from supervisor.database import DatabaseStatus
-from supervisor.metrics import Metrics
-from supervisor.pool import RenderPool
-from supervisor.queue import JobQueue
-from supervisor.retention import run_retention
+from supervisor.delivery.breaker import BreakerStorage
+from supervisor.delivery.sweep import sweep_temp
+from supervisor.pool.render_pool import RenderPool
+from supervisor.queue.database import DatabaseStatus
+from supervisor.queue.jobs import JobQueue
+from supervisor.queue.retention import run_retention
 from supervisor.settle import Settler
-from supervisor.sweep import sweep_temp
+from supervisor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 

@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 
 from shared.config import Settings
-from supervisor.breaker import CircuitBreaker
-from supervisor.children import ChildState
-from supervisor.health import HealthCheck, breaker_check, memory_check, with_sandbox
-from supervisor.pool import RenderPool
-from supervisor.sandbox import SandboxProbe
-from supervisor.watchdog import Watchdog
+from supervisor.delivery.breaker import CircuitBreaker
+from supervisor.http.health import HealthCheck, breaker_check, memory_check, with_sandbox
+from supervisor.pool.children import ChildState
+from supervisor.pool.render_pool import RenderPool
+from supervisor.pool.sandbox import SandboxProbe
+from supervisor.pool.watchdog import Watchdog
 
 
 class WorkerHealth:

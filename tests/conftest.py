@@ -30,9 +30,9 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings, load_settings
-from supervisor.database import open_pool
-from supervisor.migrate import migrate, sync_queue_settings
-from supervisor.queue import JobQueue
+from supervisor.queue.database import open_pool
+from supervisor.queue.jobs import JobQueue
+from supervisor.queue.migrate import migrate, sync_queue_settings
 from tests import environment
 
 ADMIN_URL = os.environ.get("TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test")

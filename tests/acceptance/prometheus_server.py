@@ -50,7 +50,7 @@ class Prometheus:
     """One Prometheus on a free port, scraping file_sd targets every 2 s, evaluating every second.
 
     2 s, not 1 s: while the database is away /metrics waits up to 1 s for the queue's
-    numbers (supervisor/http_app.py), and a scrape timeout under that would be a false ExportWorkerDown.
+    numbers (supervisor/http/app.py), and a scrape timeout under that would be a false ExportWorkerDown.
     """
 
     def __init__(self, workdir: Path) -> None:

@@ -3,7 +3,7 @@
 The promtool checks skip when promtool is not installed (CI installs Debian's
 `prometheus` package, which ships /usr/bin/promtool). The metric-name checks
 need nothing but the files: every name used must be one that
-supervisor/metrics.py actually registers.
+supervisor/telemetry/metrics.py actually registers.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ ALERTS = PROM_DIR / "alerts.yml"
 ALERTS_TEST = PROM_DIR / "alerts_test.yml"
 PROM_CONFIG = PROM_DIR / "prometheus.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "export-worker-dashboard.json"
-METRICS_PY = ROOT / "supervisor" / "metrics.py"
+METRICS_PY = ROOT / "supervisor" / "telemetry" / "metrics.py"
 
 SEED_ALERTS = ("ExportQueueDepthHigh", "ExportFailureRateHigh", "ExportWorkerDown", "ExportSlowProcessing")
 
@@ -114,7 +114,7 @@ def test_metrics_py_declares_the_seed_metrics() -> None:
         "export_queue_depth",
         "export_active_renders",
     ):
-        assert name in declared, f"{name} not registered in supervisor/metrics.py"
+        assert name in declared, f"{name} not registered in supervisor/telemetry/metrics.py"
     assert declared["export_job_duration_seconds"] == "Histogram"
 
 
@@ -142,7 +142,7 @@ def test_alert_rules_use_only_registered_metrics() -> None:
     used = set(re.findall(r"\bexport_[a-z0-9_]+", text))
     assert used, "alerts.yml references no export_* metric"
     assert used <= known, (
-        f"alerts.yml names metrics that supervisor/metrics.py does not register: {used - known}"
+        f"alerts.yml names metrics that supervisor/telemetry/metrics.py does not register: {used - known}"
     )
 
 
@@ -221,7 +221,7 @@ def test_dashboard_exprs_use_only_registered_metrics() -> None:
         names = metric_names_in(expr)
         assert names, f"panel {title!r}: no metric in {expr!r}"
         unknown = names - known
-        assert not unknown, f"panel {title!r} uses metrics not in supervisor/metrics.py: {unknown}"
+        assert not unknown, f"panel {title!r} uses metrics not in supervisor/telemetry/metrics.py: {unknown}"
 
 
 def test_dashboard_covers_the_required_signals() -> None:

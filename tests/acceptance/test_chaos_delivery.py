@@ -2,7 +2,7 @@
 
 The promise under test (README, "Fenced delivery"): a worker that lost its claim never
 touches a finished job's file. Worker B is frozen for real (SIGSTOP of its whole tree)
-while it is inside an upload: a test-only pause point (supervisor/testhooks.py) holds
+while it is inside an upload: a test-only pause point (shared/testhooks.py) holds
 the upload thread at its start so the freeze lands there every run, not by luck.
 Worker A is killed with SIGKILL mid-run. Worker C rescues both, and B is resumed
 after C completed B's job. Every job must end completed once, with exactly one live
@@ -30,10 +30,10 @@ from psycopg.rows import dict_row
 from serving import CLI, ROOT, free_port, requires_chromium, serve_env, start_serve, wait_healthy
 from serving import until as _until
 
-from supervisor.database import open_pool
-from supervisor.retention import run_retention
-from supervisor.storage import build_storage
-from supervisor.sweep import sweep_temp
+from supervisor.delivery.storage import build_storage
+from supervisor.delivery.sweep import sweep_temp
+from supervisor.queue.database import open_pool
+from supervisor.queue.retention import run_retention
 from tests.conftest import make_settings
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.chromium, requires_chromium]

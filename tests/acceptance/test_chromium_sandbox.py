@@ -24,7 +24,7 @@ import psutil
 import pytest
 from serving import CLI, ROOT, free_port, http_get, requires_chromium, serve_env, wait_healthy
 
-from supervisor import sandbox
+from supervisor.pool import sandbox
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium, requires_chromium]
 

@@ -217,7 +217,7 @@ def test_tini_entrypoint_and_serve_command() -> None:
 
 def test_console_script_is_export_worker() -> None:
     pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
-    assert re.search(r'^export-worker\s*=\s*"supervisor\.cli:main"', pyproject, re.M)
+    assert re.search(r'^export-worker\s*=\s*"supervisor\.cli\.commands:main"', pyproject, re.M)
 
 
 # --------------------------------------------------------------------------- railway.json

@@ -25,7 +25,7 @@ from psycopg import sql
 from serving import free_port, serve_env
 from test_pooler_serve import API_KEY, create_jobs, null_serve, wait_all_done
 
-from supervisor.migrate import migrate
+from supervisor.queue.migrate import migrate
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.timeout(120)

@@ -10,7 +10,7 @@ from typing import Any
 
 import psycopg
 
-from supervisor.links import LinkSigner
+from supervisor.delivery.links import LinkSigner
 
 OPERATOR = "alice"
 OPERATOR_KEY = "alice-console-key-0123456789"

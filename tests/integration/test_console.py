@@ -23,14 +23,13 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from shared.config import ConsoleSettings, Settings
-from supervisor.console import console_app
-from supervisor.console.app import Console
-from supervisor.console.live import Watch
-from supervisor.health import CallbackHealthSources
-from supervisor.http_app import AppState, build_app
-from supervisor.metrics import Metrics
-from supervisor.queue import JobQueue
-from supervisor.workers import (
+from supervisor.http.app import AppState, build_app
+from supervisor.http.console import console_app
+from supervisor.http.console.app import Console
+from supervisor.http.console.live import Watch
+from supervisor.http.health import CallbackHealthSources
+from supervisor.queue.jobs import JobQueue
+from supervisor.queue.workers import (
     ChildInfo,
     KillEvent,
     NotClaiming,
@@ -39,6 +38,7 @@ from supervisor.workers import (
     WorkerSnapshot,
     list_workers,
 )
+from supervisor.telemetry.metrics import Metrics
 from tests.integration.console_helpers import (
     CONSOLE_KEYS,
     OPERATOR,
@@ -320,7 +320,7 @@ async def test_a_console_download_on_day_8_of_a_30_day_file_works(
         assert r.status_code == 303
         fresh = r.headers["location"]
         assert fresh.startswith(f"{BASE}/files/{path}?") and fresh != stored
-        assert fresh.endswith(f"&download=export-{job}.pdf")  # named like the document (supervisor/downloads.py)
+        assert fresh.endswith(f"&download=export-{job}.pdf")  # named like the document (delivery/downloads.py)
         download = await client.get(fresh)
     assert download.status_code == 200 and download.content == b"%PDF-1.4 day eight"
 
@@ -352,7 +352,7 @@ async def test_jobs_filters_and_paging(env: Env, monkeypatch: pytest.MonkeyPatch
     fragment = await env.client.get(f"/console/jobs?user={user}", headers={"HX-Request": "true"})
     assert fragment.text.lstrip().startswith('<div id="jobs-area"')
     # keyset paging
-    monkeypatch.setattr("supervisor.console.store.PAGE_SIZE", 2)
+    monkeypatch.setattr("supervisor.http.console.store.PAGE_SIZE", 2)
     first = await env.client.get(f"/console/jobs?user={user}")
     older = re.search(r'href="/console/jobs\?([^"]+)">Older jobs', first.text)
     assert older, first.text

@@ -21,8 +21,8 @@ from starlette.routing import Mount
 
 from bench.console import INDEXED, JOBS, fill, pages, plans, samples
 from shared.config import ConsoleSettings, Settings
-from supervisor.console import console_app
-from supervisor.workers import WorkerRegistry
+from supervisor.http.console import console_app
+from supervisor.queue.workers import WorkerRegistry
 from tests.integration.console_helpers import CONSOLE_KEYS, OPERATOR_KEY
 from tests.integration.test_console import snapshot
 

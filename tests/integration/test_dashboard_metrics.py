@@ -1,7 +1,7 @@
 """Every metric the Grafana dashboard and the alert rules name is one a live app's /metrics exposes.
 
 The names come from a real scrape of the HTTP app (its registry as served), not from
-reading supervisor/metrics.py: a metric renamed, or one a rule expects from another
+reading supervisor/telemetry/metrics.py: a metric renamed, or one a rule expects from another
 branch, fails here.
 """
 
@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from shared.config import Settings
-from supervisor.health import CallbackHealthSources, HealthCheck, breaker_check, memory_check
-from supervisor.http_app import AppState, build_app
-from supervisor.metrics import Metrics
-from supervisor.queue import JobQueue
+from supervisor.http.app import AppState, build_app
+from supervisor.http.health import CallbackHealthSources, HealthCheck, breaker_check, memory_check
+from supervisor.queue.jobs import JobQueue
+from supervisor.telemetry.metrics import Metrics
 from tests.acceptance.test_alert_rules import ALERTS, dashboard_exprs, load_dashboard, metric_names_in
 
 pytestmark = pytest.mark.timeout(30)

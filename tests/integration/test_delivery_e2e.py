@@ -22,14 +22,14 @@ from psycopg.rows import dict_row
 
 from render_child.null_child import TINY_PDF, null_child_entry
 from shared.config import Settings
-from supervisor.database import open_pool
-from supervisor.fence import UploadJournal
-from supervisor.links import LinkSigner, load_or_create_secret
-from supervisor.migrate import sync_queue_settings
-from supervisor.queue import ClaimLost, JobQueue
-from supervisor.retention import run_retention
+from supervisor.delivery.fence import UploadJournal
+from supervisor.delivery.links import LinkSigner, load_or_create_secret
+from supervisor.delivery.storage import SupabaseStorage, build_storage, object_key
+from supervisor.queue.database import open_pool
+from supervisor.queue.jobs import ClaimLost, JobQueue
+from supervisor.queue.migrate import sync_queue_settings
+from supervisor.queue.retention import run_retention
 from supervisor.runner import Supervisor
-from supervisor.storage import SupabaseStorage, build_storage, object_key
 from tests.conftest import html_payload, make_settings
 
 try:
@@ -628,7 +628,7 @@ async def test_permanent_storage_error_fails_once_with_one_mail(tmp_path: Path, 
 async def test_retention_keeps_row_while_its_file_cannot_be_deleted(
     tmp_path: Path, db_url: str, storage_fake: FakeSupabaseStorage
 ) -> None:
-    from supervisor.storage import StorageError
+    from supervisor.delivery.storage import StorageError
 
     settings = settings_for(tmp_path, db_url, **remote_env(storage_fake, None))
     ((job_id, user),) = create_jobs(db_url, 1)
@@ -674,8 +674,8 @@ def test_local_error_during_half_open_probe_does_not_close_breaker(
     tmp_path: Path, storage_fake: FakeSupabaseStorage
 ) -> None:
     """A permanent error raised before the store was asked (missing input file) proves nothing."""
-    from supervisor.breaker import BreakerStorage, CircuitBreaker
-    from supervisor.storage import StorageError
+    from supervisor.delivery.breaker import BreakerStorage, CircuitBreaker
+    from supervisor.delivery.storage import StorageError
 
     breaker = CircuitBreaker(1, 0.2)
     inner = SupabaseStorage(storage_fake.url, KEY, BUCKET, timeout_seconds=5)

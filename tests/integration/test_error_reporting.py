@@ -33,8 +33,8 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
 def test_without_a_dsn_nothing_is_imported_and_nothing_sent() -> None:
     done = run_python("""
         import sys
-        import supervisor.cli, supervisor.composition, supervisor.runner, supervisor.http_app
-        from supervisor import error_reporting
+        import supervisor.cli.commands, supervisor.composition, supervisor.runner, supervisor.http.app
+        from supervisor.telemetry import error_reporting
         assert error_reporting.init("", "w1") is False
         error_reporting.report_exception(RuntimeError("boom"))
         error_reporting.report_render_failure("child_crashed", job_id="j", export_type="pdf", attempt=1)
@@ -48,10 +48,10 @@ SCENARIO = """
     import asyncio, uuid
     from shared.messages import RenderFailed
     from shared.vocabulary import ErrorCategory, ExportType, KillReason, RenderFailure
-    from supervisor import error_reporting
-    from supervisor.children import ChildLost
-    from supervisor.metrics import Metrics
-    from supervisor.queue import Claim
+    from supervisor.telemetry import error_reporting
+    from supervisor.pool.children import ChildLost
+    from supervisor.telemetry.metrics import Metrics
+    from supervisor.queue.jobs import Claim
     from supervisor.settle import report_if_not_the_documents
     from supervisor.tasks import OnFailure, TaskOwner
 

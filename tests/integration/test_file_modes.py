@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from render_helpers import make_job, requires_chromium, running_child
 
+from shared.data_dir import make_private_dir
 from shared.messages import Rendered
-from supervisor.data_dir import make_private_dir
-from supervisor.links import LinkSigner, load_or_create_secret
-from supervisor.storage import LocalStorage
+from supervisor.delivery.links import LinkSigner, load_or_create_secret
+from supervisor.delivery.storage import LocalStorage
 
 pytestmark = pytest.mark.timeout(300)
 

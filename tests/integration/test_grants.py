@@ -20,8 +20,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from supervisor import migrate as migrate_module
-from supervisor.migrate import Migration, available_migrations, migrate
+from supervisor.queue import migrate as migrate_module
+from supervisor.queue.migrate import Migration, available_migrations, migrate
 
 pytestmark = pytest.mark.timeout(300)
 

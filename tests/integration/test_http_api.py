@@ -21,14 +21,14 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import ApiSettings, Settings
-from supervisor.health import CallbackHealthSources
-from supervisor.http_app import AppState, build_app, make_server
-from supervisor.links import LinkSigner
-from supervisor.listener import Listener
-from supervisor.metrics import Metrics
-from supervisor.openapi import OPERATIONS
-from supervisor.queue import JobQueue
-from supervisor.storage import LocalStorage
+from supervisor.delivery.links import LinkSigner
+from supervisor.delivery.storage import LocalStorage
+from supervisor.http.app import AppState, build_app, make_server
+from supervisor.http.health import CallbackHealthSources
+from supervisor.http.openapi import OPERATIONS
+from supervisor.queue.jobs import JobQueue
+from supervisor.queue.listener import Listener
+from supervisor.telemetry.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -9,11 +9,11 @@ import uuid
 import psycopg
 import pytest
 
-from supervisor.api_schemas import CREATE_BODY_DEPTH, decode_create
-from supervisor.events import StreamLimits
-from supervisor.listener import Listener
-from supervisor.problems import ApiProblem
-from supervisor.queue import JobQueue
+from supervisor.http.events import StreamLimits
+from supervisor.http.problems import ApiProblem
+from supervisor.http.schemas import CREATE_BODY_DEPTH, decode_create
+from supervisor.queue.jobs import JobQueue
+from supervisor.queue.listener import Listener
 from tests.conftest import html_payload
 from tests.integration.test_listener import listener  # noqa: F401 - the same running Listener fixture
 

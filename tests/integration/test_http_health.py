@@ -13,7 +13,8 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
-from supervisor.health import (
+from supervisor.http.app import AppState, build_app, make_server
+from supervisor.http.health import (
     CallbackHealthSources,
     HealthCheck,
     breaker_check,
@@ -21,9 +22,8 @@ from supervisor.health import (
     health_report,
     memory_check,
 )
-from supervisor.http_app import AppState, build_app, make_server
-from supervisor.metrics import Metrics
-from supervisor.queue import JobQueue
+from supervisor.queue.jobs import JobQueue
+from supervisor.telemetry.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(300)
 

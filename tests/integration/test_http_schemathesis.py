@@ -27,14 +27,14 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402  (installed wi
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
 from shared.config import ApiSettings  # noqa: E402
-from supervisor.database import open_pool  # noqa: E402
-from supervisor.health import CallbackHealthSources  # noqa: E402
-from supervisor.http_app import AppState, HttpServer, build_app, make_server  # noqa: E402
-from supervisor.links import LinkSigner  # noqa: E402
-from supervisor.metrics import Metrics  # noqa: E402
-from supervisor.migrate import sync_queue_settings  # noqa: E402
-from supervisor.queue import JobQueue  # noqa: E402
-from supervisor.storage import LocalStorage  # noqa: E402
+from supervisor.delivery.links import LinkSigner  # noqa: E402
+from supervisor.delivery.storage import LocalStorage  # noqa: E402
+from supervisor.http.app import AppState, HttpServer, build_app, make_server  # noqa: E402
+from supervisor.http.health import CallbackHealthSources  # noqa: E402
+from supervisor.queue.database import open_pool  # noqa: E402
+from supervisor.queue.jobs import JobQueue  # noqa: E402
+from supervisor.queue.migrate import sync_queue_settings  # noqa: E402
+from supervisor.telemetry.metrics import Metrics  # noqa: E402
 
 try:
     from tests.conftest import ADMIN_URL, _url_for, make_settings

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.links import LinkSigner
+from supervisor.delivery.links import LinkSigner
 from tests.conftest import ROOT
 from tests.integration.console_helpers import insert_file_job_completed_days_ago
 

@@ -15,8 +15,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from supervisor.listener import Listener
-from supervisor.queue import JobQueue
+from supervisor.queue.jobs import JobQueue
+from supervisor.queue.listener import Listener
 from tests.conftest import html_payload, make_settings
 
 pytestmark = pytest.mark.timeout(300)

@@ -1,4 +1,4 @@
-"""Composing the completion and failure mails from their templates (supervisor/templates/mail_*)."""
+"""Composing the completion and failure mails from their templates (supervisor/delivery/templates/mail_*)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from supervisor.mail import (
+from supervisor.delivery.mail import (
     compose_completed,
     compose_failed,
     document_name,

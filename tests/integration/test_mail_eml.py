@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings
-from supervisor.mail import (
+from supervisor.delivery.mail import (
     EmlFileMail,
     MailError,
     build_mail_backend,

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from shared.config import MailSettings, Settings
-from supervisor.mail import (
+from supervisor.delivery.mail import (
     MailBackend,
     MailError,
     SendGridMail,

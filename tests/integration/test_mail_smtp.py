@@ -13,7 +13,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from shared.config import MailSettings, Settings
-from supervisor.mail import MailError, SmtpMail, build_mail_backend, compose_completed, compose_failed
+from supervisor.delivery.mail import MailError, SmtpMail, build_mail_backend, compose_completed, compose_failed
 
 pytestmark = pytest.mark.timeout(300)
 

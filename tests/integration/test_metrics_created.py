@@ -12,10 +12,10 @@ import psycopg
 import pytest
 
 from shared.config import Settings
-from supervisor.health import CallbackHealthSources, HealthCheck, breaker_check, memory_check
-from supervisor.http_app import AppState, build_app
-from supervisor.metrics import Metrics
-from supervisor.queue import JobQueue
+from supervisor.http.app import AppState, build_app
+from supervisor.http.health import CallbackHealthSources, HealthCheck, breaker_check, memory_check
+from supervisor.queue.jobs import JobQueue
+from supervisor.telemetry.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from supervisor.migrate import available_migrations, migrate
+from supervisor.queue.migrate import available_migrations, migrate
 
 pytestmark = pytest.mark.timeout(300)
 

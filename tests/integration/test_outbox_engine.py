@@ -1,4 +1,4 @@
-"""The one outbox engine (supervisor/outbox.py) with its two senders: what a row costs the
+"""The one outbox engine (supervisor/delivery/outbox.py) with its two senders: what a row costs the
 database, and a send whose mark-sent meets a dropped connection (real PostgreSQL, the
 SendGrid and webhook fakes, pg_terminate_backend on the worker's own connections)."""
 
@@ -17,14 +17,14 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
-from supervisor.mail import build_mail_backend
-from supervisor.mail_sender import MailSender
-from supervisor.metrics import Metrics
-from supervisor.outbox import Outbox, Sender, outbox_queries
-from supervisor.storage import build_storage
+from shared.testhooks import GATE_ENV
+from supervisor.delivery.mail import build_mail_backend
+from supervisor.delivery.mail_sender import MailSender
+from supervisor.delivery.outbox import Outbox, Sender, outbox_queries
+from supervisor.delivery.storage import build_storage
+from supervisor.delivery.webhooks import WebhookSender
 from supervisor.tasks import TaskOwner
-from supervisor.testhooks import GATE_ENV
-from supervisor.webhooks import WebhookSender
+from supervisor.telemetry.metrics import Metrics
 from tests.integration.test_delivery_e2e import (
     create_jobs,
     outbox,
@@ -130,7 +130,7 @@ async def test_a_mail_whose_mark_sent_meets_a_dropped_connection_is_recorded_not
 ) -> None:
     """Issue 21 saw mails written but not marked sent when their connection reset, then sent
     again after the lease. The worker's connections are cut between the send and its write:
-    the pool's check on checkout (supervisor/database.py) or, if the cut comes later, the
+    the pool's check on checkout (supervisor/queue/database.py) or, if the cut comes later, the
     write's own retry puts it on a new connection; the row is recorded on its first attempt,
     and SendGrid got one mail."""
     gate = tmp_path / "gate"

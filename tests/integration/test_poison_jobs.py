@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from conftest import make_settings
 
-from supervisor.queue import JobQueue
+from supervisor.queue.jobs import JobQueue
 from supervisor.runner import Supervisor
 from tests.chromium import chromium_binary
 

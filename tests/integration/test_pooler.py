@@ -21,10 +21,10 @@ import pytest
 from bench.pgbouncer import PgBouncer, PoolMode
 from shared.vocabulary import DatabaseEndpoint, DatabaseErrorCause
 from supervisor.composition import start_listener
-from supervisor.database import detect_endpoint, error_cause, open_pool
-from supervisor.listener import Listener
-from supervisor.migrate import available_migrations
-from supervisor.queue import JobQueue
+from supervisor.queue.database import detect_endpoint, error_cause, open_pool
+from supervisor.queue.jobs import JobQueue
+from supervisor.queue.listener import Listener
+from supervisor.queue.migrate import available_migrations
 from tests.conftest import ADMIN_URL, ROOT, html_payload, make_settings
 
 pytestmark = pytest.mark.timeout(90)

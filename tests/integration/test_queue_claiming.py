@@ -10,8 +10,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from supervisor.database import open_pool
-from supervisor.queue import Claim, JobQueue
+from supervisor.queue.database import open_pool
+from supervisor.queue.jobs import Claim, JobQueue
 from tests.conftest import html_payload, make_settings
 
 pytestmark = pytest.mark.timeout(300)

@@ -12,9 +12,9 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
-from supervisor.fence import FenceCheck
-from supervisor.migrate import sync_queue_settings
-from supervisor.queue import Claim, ClaimLost, InvalidJob, JobQueue, Queued, full_jitter_backoff_ms
+from supervisor.delivery.fence import FenceCheck
+from supervisor.queue.jobs import Claim, ClaimLost, InvalidJob, JobQueue, Queued, full_jitter_backoff_ms
+from supervisor.queue.migrate import sync_queue_settings
 from tests.conftest import html_payload, make_settings
 
 pytestmark = pytest.mark.timeout(300)

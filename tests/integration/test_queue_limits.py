@@ -13,9 +13,9 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
-from supervisor.database import open_pool
-from supervisor.migrate import sync_queue_settings
-from supervisor.queue import InvalidJob, JobQueue, LimitExceeded
+from supervisor.queue.database import open_pool
+from supervisor.queue.jobs import InvalidJob, JobQueue, LimitExceeded
+from supervisor.queue.migrate import sync_queue_settings
 from tests.conftest import html_payload, make_settings
 
 pytestmark = pytest.mark.timeout(300)

@@ -24,8 +24,8 @@ import psycopg
 import pytest
 from psycopg_pool import AsyncConnectionPool
 
-from supervisor.migrate import sync_queue_settings
-from supervisor.queue import JobQueue
+from supervisor.queue.jobs import JobQueue
+from supervisor.queue.migrate import sync_queue_settings
 from tests.conftest import html_payload, make_settings
 
 pytestmark = pytest.mark.timeout(300)

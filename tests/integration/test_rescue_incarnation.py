@@ -16,9 +16,9 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
-from supervisor.queue import JobQueue
+from supervisor.queue.jobs import JobQueue
+from supervisor.queue.workers import WorkerDetail, WorkerRegistry, WorkerSnapshot
 from supervisor.runner import Supervisor
-from supervisor.workers import WorkerDetail, WorkerRegistry, WorkerSnapshot
 from tests.conftest import html_payload, make_settings
 
 pytestmark = pytest.mark.timeout(300)

@@ -12,7 +12,7 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import RetentionSettings
-from supervisor.retention import RETENTION_LOCK_KEY, run_retention
+from supervisor.queue.retention import RETENTION_LOCK_KEY, run_retention
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.timeout(300)

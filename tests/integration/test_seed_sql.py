@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from supervisor.queue import JobQueue
+from supervisor.queue.jobs import JobQueue
 from tests.conftest import html_payload
 
 pytestmark = pytest.mark.timeout(300)

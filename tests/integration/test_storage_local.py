@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from shared.config import Settings, StorageSettings
-from supervisor.breaker import BreakerStorage, CircuitBreaker
-from supervisor.links import LinkSigner, load_or_create_secret
-from supervisor.storage import LocalStorage, Storage, StorageError, build_storage, object_key
+from supervisor.delivery.breaker import BreakerStorage, CircuitBreaker
+from supervisor.delivery.links import LinkSigner, load_or_create_secret
+from supervisor.delivery.storage import LocalStorage, Storage, StorageError, build_storage, object_key
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.breaker import BreakerStorage, CircuitBreaker
-from supervisor.storage import StorageError, SupabaseStorage, build_storage, object_key
+from supervisor.delivery.breaker import BreakerStorage, CircuitBreaker
+from supervisor.delivery.storage import StorageError, SupabaseStorage, build_storage, object_key
 
 try:
     from tests.fakes.supabase_storage import FakeSupabaseStorage

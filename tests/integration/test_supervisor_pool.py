@@ -22,8 +22,8 @@ import pytest
 from conftest import CHILD_BOOT_TIMEOUT_SECONDS, html_payload, make_settings
 
 from shared.messages import chromium_home
-from supervisor import memory
-from supervisor.queue import JobQueue
+from supervisor.pool import memory
+from supervisor.queue.jobs import JobQueue
 from supervisor.runner import Supervisor
 from tests.chromium import chromium_binary
 

@@ -16,9 +16,9 @@ import pytest
 from conftest import make_settings
 
 from render_child.null_child import null_child_entry
-from supervisor.metrics import Metrics
 from supervisor.runner import EXIT_LOOP_FAILED, Supervisor
 from supervisor.tasks import OnFailure, TaskOwner
+from supervisor.telemetry.metrics import Metrics
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -27,9 +27,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from standardwebhooks.webhooks import Webhook
 
-import supervisor.webhooks
+import supervisor.delivery.webhooks
 from shared.config import Settings
-from supervisor.webhook_targets import Target, resolve_target
+from supervisor.delivery.webhook_targets import Target, resolve_target
 from tests.conftest import html_payload
 from tests.integration.test_delivery_e2e import running, settings_for, until
 from tests.integration.test_webhooks import FAST, SECRET, create_job, deliveries
@@ -187,7 +187,8 @@ def lookups(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
     def resolve(url: str, settings: Settings) -> Target:
         return resolve_target(url, settings, resolver=resolver)  # every rule of the product still applies
 
-    monkeypatch.setattr(supervisor.webhooks, "resolve_target", functools.update_wrapper(resolve, resolve_target))
+    wrapped = functools.update_wrapper(resolve, resolve_target)
+    monkeypatch.setattr(supervisor.delivery.webhooks, "resolve_target", wrapped)
     return seen
 
 

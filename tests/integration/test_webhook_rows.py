@@ -15,8 +15,9 @@ from psycopg.rows import dict_row
 
 from shared.config import ConfigError
 from shared.vocabulary import ErrorCategory, JobStatus
-from supervisor.migrate import sync_queue_settings
-from supervisor.queue import JobQueue
+from supervisor.delivery.webhook_targets import check_default_url
+from supervisor.queue.jobs import JobQueue
+from supervisor.queue.migrate import sync_queue_settings
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.timeout(300)
@@ -96,7 +97,7 @@ def test_a_default_webhook_that_breaks_the_rules_stops_the_start(db_url: str, tm
                                                                  url: str, why: str) -> None:
     settings = make_settings(tmp_path, db_url, WEBHOOK_SECRET=SECRET, WEBHOOK_DEFAULT_URL=url)
     with pytest.raises(ConfigError, match=f"WEBHOOK_DEFAULT_URL is refused: .*{why}"):
-        sync_queue_settings(db_url, settings)
+        check_default_url(settings)
 
 
 def test_a_default_webhook_needs_the_secret(tmp_path: Path) -> None:

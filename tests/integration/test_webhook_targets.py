@@ -19,9 +19,9 @@ import pytest
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings, WebhookSettings
-from supervisor.http_app import build_app
-from supervisor.queue import InvalidJob, JobQueue
-from supervisor.webhook_targets import TargetRefused, resolve_target
+from supervisor.delivery.webhook_targets import TargetRefused, resolve_target
+from supervisor.http.app import build_app
+from supervisor.queue.jobs import InvalidJob, JobQueue
 from tests.integration.test_http_api import BASE, KEY_H, assert_problem, html_body, make_state
 
 pytestmark = pytest.mark.timeout(300)

@@ -27,7 +27,7 @@ import pytest
 from psycopg.rows import dict_row
 
 from shared.config import Settings
-from supervisor.queries import query
+from supervisor.queue.queries import query
 from tests.conftest import ROOT, html_payload
 from tests.integration.test_delivery_e2e import all_status, outbox, running, settings_for, sql, until
 
@@ -242,7 +242,7 @@ async def test_a_slow_target_delays_only_its_own_deliveries(tmp_path: Path, db_u
     """Issue 22: 40 deliveries to a receiver that holds each answer for 30 s; another target's
     delivery arrives while all of them are still held (there is no batch that waits for its
     slowest), and the slow target never has more than its share in flight."""
-    from supervisor.webhooks import WEBHOOK_PER_TARGET
+    from supervisor.delivery.webhooks import WEBHOOK_PER_TARGET
 
     with WebhookReceiver(SECRET, hold_for=30) as slow, WebhookReceiver(SECRET) as other:
         trusted = f"127.0.0.1:{slow.port},127.0.0.1:{other.port}"
@@ -271,7 +271,7 @@ async def test_a_slow_target_delays_only_its_own_deliveries(tmp_path: Path, db_u
 
 
 async def test_job_json_carries_the_webhook_outcome(tmp_path: Path, db_url: str, receiver: WebhookReceiver) -> None:
-    from supervisor.api_schemas import job_from_row
+    from supervisor.http.schemas import job_from_row
 
     settings = hook_settings(tmp_path, db_url, receiver)
     job_id = create_job(db_url, html_payload(), receiver.hook_url())

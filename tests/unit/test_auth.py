@@ -1,4 +1,4 @@
-"""supervisor.auth: API keys, HS256 and JWKS (RS256/ES256) Supabase JWTs."""
+"""supervisor.http.auth: API keys, HS256 and JWKS (RS256/ES256) Supabase JWTs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from shared.config import ApiSettings
-from supervisor.auth import AuthError, Principal, authenticate, jwks_client
+from supervisor.http.auth import AuthError, Principal, authenticate, jwks_client
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 
 from bench.container import SimulatedContainer
-from supervisor.memory import pss_bytes, walk
+from supervisor.pool.memory import pss_bytes, walk
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from supervisor.breaker import STATE_VALUES, CircuitBreaker
+from supervisor.delivery.breaker import STATE_VALUES, CircuitBreaker
 
 pytestmark = pytest.mark.timeout(300)
 

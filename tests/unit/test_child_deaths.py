@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from shared.vocabulary import ChildDeath, KillReason
-from supervisor.children import ChildState, death_reason, log_death
+from supervisor.pool.children import ChildState, death_reason, log_death
 
 
 def handle(kill: KillReason | None = None, retire: bool = False) -> Any:
@@ -46,7 +46,7 @@ def test_a_child_that_exits_after_stop() -> None:
 
 
 def test_the_log_line_names_the_signal_or_the_exit_code(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="supervisor.children"):
+    with caplog.at_level(logging.INFO, logger="supervisor.pool.children"):
         log_death(handle(), ChildDeath.CRASHED, -9)
         log_death(handle(retire=True), ChildDeath.RECYCLED, 0)
     crashed, recycled = caplog.records

@@ -8,10 +8,10 @@ from datetime import UTC, datetime
 import pytest
 
 from shared.config import ConfigError, console_operators, load_settings
-from supervisor.console.access import Access
-from supervisor.console.chart import Minute, last_hour, throughput_svg
-from supervisor.console.masking import mask_email, mask_text, mask_url, payload_summary
-from supervisor.workers import KillLog
+from supervisor.http.console.access import Access
+from supervisor.http.console.chart import Minute, last_hour, throughput_svg
+from supervisor.http.console.masking import mask_email, mask_text, mask_url, payload_summary
+from supervisor.queue.workers import KillLog
 
 KEY = "k" * 16
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from supervisor.downloads import ascii_fallback, content_disposition, download_filename, with_download_name
+from supervisor.delivery.downloads import ascii_fallback, content_disposition, download_filename, with_download_name
 
 JOB = "0b8f5c1e-5a7e-4a47-9d7e-3f3a1f0c2d11"
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from shared.payload import PayloadError, parse_payload
-from supervisor.api_schemas import decode_create
-from supervisor.mail import compose_failed, explain_failure
-from supervisor.problems import ApiProblem
+from supervisor.delivery.mail import compose_failed, explain_failure
+from supervisor.http.problems import ApiProblem
+from supervisor.http.schemas import decode_create
 
 pytestmark = [pytest.mark.timeout(30)]
 

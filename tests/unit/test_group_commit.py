@@ -1,4 +1,4 @@
-"""Group commit (supervisor/group_commit.py): what arrives while a batch runs goes in the next one."""
+"""Group commit (supervisor/queue/group_commit.py): what arrives while a batch runs goes in the next one."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from supervisor.group_commit import GroupCommit
+from supervisor.queue.group_commit import GroupCommit
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -11,7 +11,7 @@ import pytest
 from shared.config import ApiSettings, ConfigError, load_settings
 from shared.hosts import host_problem, normalize_host
 from shared.payload import url_source_problem
-from supervisor.auth import AuthError, authenticate
+from supervisor.http.auth import AuthError, authenticate
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "round-3-jwt-secret-with-at-least-32-characters"

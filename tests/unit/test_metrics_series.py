@@ -6,7 +6,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shared.vocabulary import ChildDeath, DeliveryOutcome, ErrorCategory, ExportType, KillReason, WebhookEvent
-from supervisor.metrics import Metrics
+from supervisor.telemetry.metrics import Metrics
 
 
 def families(metrics: Metrics) -> dict[str, list[tuple[str, dict[str, str], float]]]:

@@ -6,7 +6,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from supervisor.openapi import OPERATIONS, openapi_document, operation_routes
+from supervisor.http.openapi import OPERATIONS, openapi_document, operation_routes
 
 
 async def _ok(request: Request) -> Response:

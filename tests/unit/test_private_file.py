@@ -1,4 +1,4 @@
-"""The one atomic private file write (supervisor.data_dir.write_private_file) and its users' cases."""
+"""The one atomic private file write (shared.data_dir.write_private_file) and its users' cases."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import BinaryIO
 
 import pytest
 
-from supervisor.data_dir import write_private_file
-from supervisor.links import load_or_create_secret
+from shared.data_dir import write_private_file
+from supervisor.delivery.links import load_or_create_secret
 
 
 def test_written_whole_0600_and_no_temporary_file_left(tmp_path: Path) -> None:

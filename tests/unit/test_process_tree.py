@@ -1,4 +1,4 @@
-"""The watchdog's tree walk (supervisor/memory.py) on a real process tree.
+"""The watchdog's tree walk (supervisor/pool/memory.py) on a real process tree.
 
 The tree, like a render child's: a root that forks from its main thread (as node
 and Chromium's zygotes do) and from a second thread (as a browser without zygote
@@ -19,8 +19,8 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from supervisor import memory
-from supervisor.memory import FULL_WALK_SECONDS, WatchedTree, kill_tree, pss_bytes, rss_bytes, tree, walk
+from supervisor.pool import memory
+from supervisor.pool.memory import FULL_WALK_SECONDS, WatchedTree, kill_tree, pss_bytes, rss_bytes, tree, walk
 
 pytestmark = [
     pytest.mark.timeout(300),

@@ -31,7 +31,7 @@ def test_every_setting_is_in_config_toml_with_its_environment_name() -> None:
 
 
 def test_readme_command_reference_matches_the_parser() -> None:
-    from supervisor.cli import render_cli_markdown
+    from supervisor.cli.commands import render_cli_markdown
 
     assert generated_block("cli-reference") == render_cli_markdown().strip(), (
         "README command reference is stale: regenerate with `export-worker help --markdown`"

@@ -1,4 +1,4 @@
-"""The sandbox decision, branch by branch, with the host's answers given (supervisor/sandbox.py)."""
+"""The sandbox decision, branch by branch, with the host's answers given (supervisor/pool/sandbox.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from supervisor.sandbox import NO_SANDBOX, SandboxMode, chromium_args, probe
+from supervisor.pool.sandbox import NO_SANDBOX, SandboxMode, chromium_args, probe
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -50,7 +50,7 @@ def test_a_plain_user_with_namespaces_and_seccomp_gets_it() -> None:
 
 def test_the_real_namespace_probe_runs_here() -> None:
     """The kernel question itself, asked for real: root may always unshare these namespaces."""
-    from supervisor.sandbox import _namespaces_refused
+    from supervisor.pool.sandbox import _namespaces_refused
 
     refused = _namespaces_refused()
     if os.geteuid() == 0:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor.sweep import sweep_temp
+from supervisor.delivery.sweep import sweep_temp
 
 HOST = socket.gethostname()
 

