@@ -203,6 +203,7 @@ class RecycleReason(StrEnum):
 
     RENDERS = "renders"  # RENDERS_PER_CHILD reached
     AGE = "age"  # CHILD_MAX_AGE_SECONDS reached
+    MEMORY = "memory"  # its browser, driver or own process grew (not a page: those are stopped alone)
 
 
 class StorageOperation(StrEnum):

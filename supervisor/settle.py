@@ -130,7 +130,7 @@ class Settler:
             self._settle_later(claim, failed)
             return
         job = render_job(claim, payload, self.settings, self.scratch)
-        self.metrics.active_renders.set(len(self.pool.busy_children()) + 1)
+        self.metrics.active_renders.set(self.pool.active_jobs() + 1)
         self.metrics.claim_to_start.observe(time.monotonic() - claim.claimed_at)
         self.pool.dispatch(handle, job, claim)
 
@@ -152,7 +152,7 @@ class Settler:
 
     def on_capacity(self) -> None:
         if self.pool is not None:
-            self.metrics.active_renders.set(len(self.pool.busy_children()))
+            self.metrics.active_renders.set(self.pool.active_jobs())
         self.capacity.set()
 
     def _settle_later(self, claim: Claim, outcome: Outcome) -> None:
@@ -173,6 +173,10 @@ class Settler:
                     await self._record_failure(claim, self._failure_of_render(claim, outcome))
                 case Failed():
                     await self._record_failure(claim, outcome)
+                case ChildLost(spared=True):
+                    await self.queue.release(claim)  # its child died for another job's sake
+                    log.info("job handed back to pending: its render child was lost for another job",
+                             extra={"job_id": claim.job_id, "reason": outcome.reason})
                 case ChildLost(reason=KillReason.CLAIM_LOST):
                     pass  # another worker holds the job; nothing of ours to write
                 case ChildLost(reason=KillReason.CANCELLED):

@@ -552,7 +552,7 @@ async def test_missing_chromium_brakes_the_pool_and_claims_nothing(start_supervi
     await wait_until(lambda: sup.pool.brake.engaged, 30, "the restart-storm brake")
 
     def spawned() -> int:
-        return sum(sup.pool._generations.values())
+        return sum(sup.pool.life._generations.values())
 
     after_brake = spawned()
     await asyncio.sleep(3)  # watching for a restart loop: nothing to await but time

@@ -1,0 +1,96 @@
+"""Several jobs in one child at once, through the real supervisor: a page that eats memory,
+or a cancelled one, is stopped alone (its renderer process killed); the jobs beside it
+in the same child render to the end, and the child stays.
+
+The jobs beside it hold an image the local server answers only once the stopped job
+is settled, so they are rendering, in the same child, while it is stopped.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from render_helpers import PNG_1PX_BYTES, LocalServer
+from test_supervisor_pool import create, inflight_handle, start_supervisor, test_template, wait_for_status, wait_until
+
+from supervisor.runner import Supervisor
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.chromium]
+__all__ = ["start_supervisor"]  # the fixture, shared with test_supervisor_pool
+
+
+def _held_server(release: threading.Event) -> LocalServer:
+    def held() -> tuple[int, dict[str, str], bytes]:
+        release.wait(120)
+        return 200, {"Content-Type": "image/png"}, PNG_1PX_BYTES
+
+    return LocalServer(routes={"/held.png": held})
+
+
+def _env(server: LocalServer, **env: str) -> dict[str, str]:
+    return {"ALLOWED_HOSTS": server.netloc, "TRUSTED_PRIVATE_HOSTS": server.netloc, **env}
+
+
+async def _in_one_child(sup: Supervisor, job_ids: list[str]) -> Any:
+    handles = [await inflight_handle(sup, job_id, timeout=60) for job_id in job_ids]
+    assert all(h is handles[0] for h in handles), [h.name for h in handles]
+    return handles[0]
+
+
+def _held_html(server: LocalServer, text: str) -> dict[str, Any]:
+    return {"source": {"kind": "html", "html": f'<p>{text}</p><img src="{server.url("/held.png")}">'}}
+
+
+async def test_a_page_eating_memory_is_stopped_alone_while_two_others_render(start_supervisor: Any) -> None:
+    release = threading.Event()
+    server = _held_server(release)
+    try:
+        run = await start_supervisor(wait_ready=1, **_env(
+            server, MAX_CONCURRENT_RENDERS="3", SLOTS_PER_CHILD="3", CHILD_MEMORY_LIMIT_MB="1500",
+            MAX_ATTEMPTS="1", JOB_TIMEOUT_SECONDS="120"))
+        sup: Supervisor = run.sup
+        eater = await create(sup.queue, test_template("eat-memory"))
+        others = [await create(sup.queue, _held_html(server, f"beside {i}")) for i in range(2)]
+        handle = await _in_one_child(sup, [eater, *others])
+        pid = handle.pid
+        row = await wait_for_status(sup.queue, eater, {"failed", "completed"}, 60)
+        assert row["status"] == "failed", row
+        assert row["error_category"] == "resource" and row["metadata"]["failure_reason"] == "memory", row
+        assert all(job in sup.inflight for job in others)  # still rendering, in the same child
+        release.set()
+        for job in others:
+            done = await wait_for_status(sup.queue, job, {"completed", "failed"}, 60)
+            assert done["status"] == "completed" and done["attempts"] == 1, done
+        assert handle in sup.pool.handles and handle.pid == pid and handle.process.is_alive()
+        assert sup.pool.stats.kills == {"memory": 1}, sup.pool.stats.kills
+        assert sup.pool.stats.deaths == {}, sup.pool.stats.deaths
+    finally:
+        release.set()
+        server.close()
+
+
+async def test_cancelling_one_job_stops_only_its_page(start_supervisor: Any) -> None:
+    release = threading.Event()
+    server = _held_server(release)
+    try:
+        run = await start_supervisor(wait_ready=1, **_env(
+            server, MAX_CONCURRENT_RENDERS="2", SLOTS_PER_CHILD="2", MAX_ATTEMPTS="1", JOB_TIMEOUT_SECONDS="120"))
+        sup: Supervisor = run.sup
+        busy = await create(sup.queue, test_template("busy-loop"))
+        other = await create(sup.queue, _held_html(server, "beside"))
+        handle = await _in_one_child(sup, [busy, other])
+        await wait_until(lambda: busy in handle.assignments and handle.assignments[busy].renderer_pid > 0, 30,
+                         "the busy page's renderer named by the child")
+        assert await sup.queue.cancel(busy) == "processing"
+        row = await wait_for_status(sup.queue, busy, {"cancelled", "failed", "completed"}, 30)
+        assert row["status"] == "cancelled", row
+        release.set()
+        done = await wait_for_status(sup.queue, other, {"completed", "failed"}, 60)
+        assert done["status"] == "completed" and done["attempts"] == 1, done
+        assert handle in sup.pool.handles and handle.process.is_alive()
+        assert sup.pool.stats.deaths == {}, sup.pool.stats.deaths
+    finally:
+        release.set()
+        server.close()
