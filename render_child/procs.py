@@ -52,8 +52,28 @@ def browser_pid(root: int) -> int:
     return 0
 
 
+_zygotes: dict[int, list[int]] = {}  # browser pid -> its zygotes (they live as long as it does)
+
+
+def _main_thread_children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as fh:
+            return [int(word) for word in fh.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
 def renderer_pids(browser: int) -> set[int]:
-    """The browser's renderer processes now (empty when it is gone or not known)."""
+    """The browser's renderer processes now (empty when it is gone or not known).
+
+    Renderers are forked by Chromium's zygote from its one thread: a few reads per job
+    (the zygotes are found once), not a walk of every thread of the tree."""
     if not browser:
         return set()
-    return {pid for pid in descendants(browser) if "--type=renderer" in _cmdline(pid)}
+    zygotes = _zygotes.get(browser)
+    if zygotes is None:
+        zygotes = [pid for pid in _children(browser) if "--type=zygote" in _cmdline(pid)]
+        if zygotes:
+            _zygotes[browser] = zygotes
+    kids = [kid for zygote in zygotes for kid in _main_thread_children(zygote)] if zygotes else descendants(browser)
+    return {pid for pid in kids if "--type=renderer" in _cmdline(pid)}

@@ -175,8 +175,9 @@ class Watchdog:
 
     def _check_page(self, handle: ChildHandle, job_id: str, assignment: Assignment, members: set[int]) -> int:
         pid = assignment.renderer_pid
-        if rss_bytes([pid]) <= self.page_limit_bytes:
-            return 0  # RSS is never below PSS: far from the share, not worth a PSS read
+        rss = rss_bytes([pid])
+        if rss <= self.page_limit_bytes:
+            return rss  # never below PSS: under its share, not worth a PSS read (and a fair size for the tree check)
         size = pss_bytes([pid])
         if size > self.page_limit_bytes:
             self._stop_page(handle, job_id, assignment, members, KillReason.MEMORY,
