@@ -8,6 +8,8 @@ is settled, so they are rendering, in the same child, while it is stopped.
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 from typing import Any
 
@@ -94,3 +96,21 @@ async def test_cancelling_one_job_stops_only_its_page(start_supervisor: Any) -> 
     finally:
         release.set()
         server.close()
+
+
+async def test_a_busy_child_whose_browser_is_gone_is_settled_without_its_word(start_supervisor: Any) -> None:
+    """The child is frozen (SIGSTOP), so it cannot notice that its browser died: the
+    watchdog sees the browser process it named is gone and settles the job at once."""
+    run = await start_supervisor(wait_ready=1, MAX_CONCURRENT_RENDERS="2", SLOTS_PER_CHILD="2",
+                                 JOB_TIMEOUT_SECONDS="120", MAX_ATTEMPTS="1", STALE_AFTER_SECONDS="3600")
+    sup: Supervisor = run.sup
+    job_id = await create(sup.queue, test_template("busy-loop"))
+    handle = await inflight_handle(sup, job_id)
+    await wait_until(lambda: handle.browser_pid > 0 and job_id in handle.assignments, 30, "the browser pid known")
+    os.kill(handle.pid, signal.SIGSTOP)
+    os.kill(handle.browser_pid, signal.SIGKILL)
+    row = await wait_for_status(sup.queue, job_id, {"failed", "completed"}, 60)
+    assert row["status"] == "failed" and row["error_category"] == "transient", row
+    assert row["metadata"]["failure_reason"] == "child_crashed", row
+    await wait_until(lambda: handle not in sup.pool.handles, 30, "the frozen child reaped")
+    assert sup.pool.stats.kills.get("crashed", 0) == 1, sup.pool.stats.kills
