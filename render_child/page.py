@@ -54,24 +54,25 @@ class Pages:
         self._owned: dict[int, JobPage] = {}  # renderer pid -> the page it draws
 
     async def open(self, *, js: bool, route: RouteFn) -> JobPage:
-        async with self._opening:
-            before = renderer_pids(self.browser_pid)
-            context = await self.browser.new_context(
-                java_script_enabled=js,
-                viewport=DEFAULT_VIEWPORT,  # type: ignore[arg-type]
-                accept_downloads=False,
-                service_workers="block",
-                bypass_csp=False,
-            )
-            try:
-                context.set_default_timeout(30_000)
-                await context.route("**/*", route)
+        context = await self.browser.new_context(
+            java_script_enabled=js,
+            viewport=DEFAULT_VIEWPORT,  # type: ignore[arg-type]
+            accept_downloads=False,
+            service_workers="block",
+            bypass_csp=False,
+        )
+        try:
+            context.set_default_timeout(30_000)
+            await context.route("**/*", route)
+            async with self._opening:  # only the page's birth: its renderer is the one that appears
+                before = renderer_pids(self.browser_pid)
                 page = await context.new_page()
-                job_page = JobPage(context=context, page=page, cdp=await context.new_cdp_session(page))
-            except BaseException:
-                await self._close_context(context)
-                raise
-            self._attribute(job_page, renderer_pids(self.browser_pid) - before)
+                born = renderer_pids(self.browser_pid) - before
+            job_page = JobPage(context=context, page=page, cdp=await context.new_cdp_session(page))
+        except BaseException:
+            await self._close_context(context)
+            raise
+        self._attribute(job_page, born)
 
         def on_crash(_page: Page) -> None:
             job_page.crashed = True
