@@ -1,23 +1,17 @@
 """The child's view of its Chromium processes, from /proc: the browser process and the
 renderers, so each job can name the renderer that draws its page.
 
-Read through the kernel's per-thread children lists (as supervisor/memory.py does),
+Read through the kernel's per-thread children lists (shared/proc_children.py, as the watchdog does),
 not psutil's scan of every process on the machine: a few reads per process.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
+from shared.proc_children import children_of, threads_of
 
 
 def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
-                kids.extend(int(word) for word in fh.read().split())
-    return kids
+    return [kid for tid in threads_of(pid) for kid in children_of(pid, tid)]
 
 
 def descendants(root: int) -> list[int]:
@@ -55,14 +49,6 @@ def browser_pid(root: int) -> int:
 _zygotes: dict[int, list[int]] = {}  # browser pid -> its zygotes (they live as long as it does)
 
 
-def _main_thread_children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children", "rb") as fh:
-            return [int(word) for word in fh.read().split()]
-    except (OSError, ValueError):
-        return []
-
-
 def renderer_pids(browser: int) -> set[int]:
     """The browser's renderer processes now (empty when it is gone or not known).
 
@@ -75,5 +61,5 @@ def renderer_pids(browser: int) -> set[int]:
         zygotes = [pid for pid in _children(browser) if "--type=zygote" in _cmdline(pid)]
         if zygotes:
             _zygotes[browser] = zygotes
-    kids = [kid for zygote in zygotes for kid in _main_thread_children(zygote)] if zygotes else descendants(browser)
+    kids = [kid for zygote in zygotes for kid in children_of(zygote, zygote)] if zygotes else descendants(browser)
     return {pid for pid in kids if "--type=renderer" in _cmdline(pid)}
