@@ -35,6 +35,7 @@ from shared.messages import (
     RenderJob,
     Stop,
 )
+from shared.proc_children import process_gone
 from shared.vocabulary import ErrorCategory, RenderFailure
 
 CLOSE_TIMEOUT_S = 10.0  # each of: the fetch client, the browser, the driver
@@ -87,6 +88,7 @@ class _Server:
         self.channel = channel
         self.renderer = renderer
         self.browser = browser
+        self.browser_pid = renderer.pages.browser_pid
         self.slots = asyncio.Semaphore(max(1, slots))
         self.jobs: set[asyncio.Task[None]] = set()
         self.exit_code: int | None = None
@@ -143,7 +145,7 @@ class _Server:
                 answer = RenderFailed(job_id=job.job_id, category=ErrorCategory.TRANSIENT,
                                       code=RenderFailure.INTERNAL, message=f"{type(exc).__name__}: {exc}",
                                       render_ms=0.0)
-        if not self.browser.is_connected():
+        if self._browser_dead():
             # Chromium died during this job: no answer, so the supervisor settles it (and
             # every other job of this child) as lost with the child, and sends no more.
             self._browser_gone()
@@ -152,6 +154,11 @@ class _Server:
             self.channel.send(answer)
         except (OSError, ValueError):
             self._finish(EX_PARENT_GONE)
+
+    def _browser_dead(self) -> bool:
+        """Playwright reports a page's failure before the browser's disconnection, so the
+        browser process itself is asked too (a SIGKILL leaves it gone or a zombie at once)."""
+        return not self.browser.is_connected() or (self.browser_pid > 0 and process_gone(self.browser_pid))
 
     def _browser_gone(self) -> None:
         if self.exit_code is None:

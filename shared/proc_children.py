@@ -24,3 +24,12 @@ def threads_of(pid: int) -> list[int]:
         return [int(name) for name in os.listdir(f"/proc/{pid}/task")]
     except (OSError, ValueError):
         return []
+
+
+def process_gone(pid: int) -> bool:
+    """Exited, or a zombie nobody reaped yet (its memory is freed, it does nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rpartition(b")")[2].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True

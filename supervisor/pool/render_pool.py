@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.messages import TO_CHILD_ENCODER, RenderJob
+from shared.proc_children import process_gone
 from shared.vocabulary import KillReason, RecycleReason
 from supervisor.pool.answers import ChildMessages, PageVerdict
 from supervisor.pool.children import (
@@ -122,7 +123,9 @@ class RenderPool:
         """One entry per job that may start now, least loaded children first, within
         MAX_CONCURRENT_RENDERS in all."""
         room = self.config.total - self.active_jobs()
-        children = sorted((h for h in self.handles if h.free_slots), key=lambda h: len(h.assignments))
+        # a child whose browser just died has not exited yet: a job sent there would die with it
+        able = (h for h in self.handles if h.free_slots and not (h.browser_pid and process_gone(h.browser_pid)))
+        children = sorted(able, key=lambda h: len(h.assignments))
         spread = [h for depth in range(self.config.slots) for h in children if h.free_slots > depth]
         return spread[: max(room, 0)]
 

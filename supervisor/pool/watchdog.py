@@ -12,7 +12,7 @@ page at a time where it can:
   of it, else the whole tree (every job's fault, as before);
 - the child's own processes (browser, driver, the child) grown past half its limit:
   the child is recycled (a replacement first; its jobs finish);
-- a busy child whose browser process is gone, or a stopped page whose job got no
+- a ready child whose browser process is gone, or a stopped page whose job got no
   answer in time: the tree is killed and its jobs settled at once;
 - the container over its critical mark: the largest page, or child, goes.
 
@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from shared.proc_children import process_gone
 from shared.vocabulary import KillReason
 from supervisor.pool.children import PAGE_KILL_GRACE_SECONDS, Assignment, ChildHandle, ChildState
 from supervisor.pool.memory import ContainerMemory, WatchedTree, container_memory, kill_tree, pss_bytes, rss_bytes
@@ -42,15 +43,6 @@ log = logging.getLogger(__name__)
 
 PSS_REFRESH_SECONDS = 2.0  # how stale the per-child PSS gauge may get while far under the limit
 MiB = 2**20
-
-
-def process_gone(pid: int) -> bool:
-    """Exited, or a zombie nobody reaped yet (its memory is freed, it does nothing)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().rpartition(b")")[2].split()[0] in (b"Z", b"X")
-    except (OSError, IndexError):
-        return True
 
 
 class Watchdog:
@@ -150,7 +142,8 @@ class Watchdog:
 
     def _check_child(self, handle: ChildHandle, members: set[int], now: float) -> None:
         jobs = list(handle.assignments.items())
-        if jobs and handle.browser_pid and process_gone(handle.browser_pid):
+        ready = handle.state in (ChildState.IDLE, ChildState.BUSY)
+        if ready and handle.browser_pid and process_gone(handle.browser_pid):
             self._kill(handle, KillReason.CRASHED, "its browser process is gone")
             return
         pages: dict[str, int] = {}  # job id -> its renderer's PSS, for pages that are still running
@@ -166,11 +159,18 @@ class Watchdog:
         self._check_tree(handle, pages, members)
 
     def _stopped(self, handle: ChildHandle, job_id: str, assignment: Assignment, now: float) -> bool:
-        """A stopped page whose job got no answer in time: the child goes, for that job's sake."""
+        """A stopped page (by this thread, or by the pool: a cancel, a lost claim) whose job
+        got no answer in time: the child goes, for that job's sake."""
         stopped = self._pages.get((id(handle), job_id))
-        if stopped is None or now < stopped[2] + PAGE_KILL_GRACE_SECONDS:
+        if stopped is not None:
+            reason, detail, deadline = stopped[0], stopped[1], stopped[2] + PAGE_KILL_GRACE_SECONDS
+        elif assignment.kill_reason is not None:
+            reason, detail, deadline = assignment.kill_reason, assignment.kill_detail, assignment.kill_deadline
+        else:
             return False
-        self._kill(handle, stopped[0], f"{stopped[1]}; the child did not answer after its page was stopped", job_id)
+        if now < deadline:
+            return False
+        self._kill(handle, reason, f"{detail}; the child did not answer after its page was stopped", job_id)
         return True
 
     def _check_page(self, handle: ChildHandle, job_id: str, assignment: Assignment, members: set[int]) -> int:

@@ -70,6 +70,19 @@ async def wait_for_status(queue: JobQueue, job_id: str, statuses: set[str] | str
         await asyncio.sleep(0.05)
 
 
+async def wait_for_row(queue: JobQueue, job_id: str, predicate: Callable[[dict[str, Any]], bool],
+                       what: str) -> dict[str, Any]:
+    """Poll the job's row until `predicate` holds (a settlement is written by a task of its own)."""
+    deadline = time.monotonic() + WAIT_FLOOR_SECONDS
+    while True:
+        row = await queue.get_job(job_id)
+        if row is not None and predicate(row):
+            return row
+        if time.monotonic() > deadline:
+            raise AssertionError(f"job {job_id}: {what} not seen after {WAIT_FLOOR_SECONDS}s: {row}")
+        await asyncio.sleep(0.05)
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     """Poll in-memory supervisor state (no event exists for these) with a deadline."""
     timeout = max(timeout, WAIT_FLOOR_SECONDS)
@@ -293,8 +306,8 @@ async def test_browser_death_mid_render_is_retried_and_the_pool_recovers(start_s
 
     # Settled at once (attempt 1 counted; deadline and rescue are beyond the wait) and retried.
     await wait_until(lambda: handle not in sup.pool.handles, 10, "the child with a dead browser to go")
-    row = await sup.queue.get_job(job_id)
-    assert row is not None and row["attempts"] >= 1
+    row = await wait_for_row(sup.queue, job_id, lambda r: bool(r["error_history"]), "its failed attempt recorded")
+    assert row["attempts"] >= 1
     history = row["error_history"]
     assert history and history[0]["category"] == "transient", history
     await sup.queue.cancel(job_id)  # the busy loop would only hang again

@@ -114,3 +114,34 @@ async def test_a_busy_child_whose_browser_is_gone_is_settled_without_its_word(st
     assert row["metadata"]["failure_reason"] == "child_crashed", row
     await wait_until(lambda: handle not in sup.pool.handles, 30, "the frozen child reaped")
     assert sup.pool.stats.kills.get("crashed", 0) == 1, sup.pool.stats.kills
+
+
+async def test_a_job_lost_with_a_child_killed_for_another_jobs_sake_spends_no_attempt(start_supervisor: Any) -> None:
+    """A cancelled page is stopped, but its child is frozen (SIGSTOP) and cannot answer: after
+    the grace the watchdog kills the child for the cancelled job's sake. The job beside it
+    is handed back without spending an attempt (MAX_ATTEMPTS=1: a charged loss would fail
+    it) and completes in the replacement child."""
+    release = threading.Event()
+    server = _held_server(release)
+    try:
+        run = await start_supervisor(wait_ready=1, **_env(
+            server, MAX_CONCURRENT_RENDERS="2", SLOTS_PER_CHILD="2", MAX_ATTEMPTS="1", JOB_TIMEOUT_SECONDS="120",
+            STALE_AFTER_SECONDS="3600"))
+        sup: Supervisor = run.sup
+        busy = await create(sup.queue, test_template("busy-loop"))
+        other = await create(sup.queue, _held_html(server, "beside"))
+        handle = await _in_one_child(sup, [busy, other])
+        await wait_until(lambda: busy in handle.assignments and handle.assignments[busy].renderer_pid > 0, 30,
+                         "the busy page's renderer named by the child")
+        os.kill(handle.pid, signal.SIGSTOP)
+        assert await sup.queue.cancel(busy) == "processing"
+        row = await wait_for_status(sup.queue, busy, {"cancelled", "failed", "completed"}, 60)
+        assert row["status"] == "cancelled", row
+        release.set()
+        done = await wait_for_status(sup.queue, other, {"completed", "failed"}, 90)
+        assert done["status"] == "completed", done
+        assert done["attempts"] == 2 and done["max_attempts"] == 2, done  # the first claim was handed back
+        assert handle not in sup.pool.handles
+    finally:
+        release.set()
+        server.close()
