@@ -181,12 +181,12 @@ async def _run(settings: Settings, url: str, payloads: dict[str, dict[str, Any]]
         task.result()
         raise RuntimeError("supervisor exited during start")
     # Before the watchdog's first tick (one interval after the start): the limit holds from the boot on.
-    sup.watchdog.read_container = reader
+    sup.parts.watchdog.read_container = reader
     out: dict[str, Any] = {"limit_bytes": limit_bytes, "children": settings.worker.max_concurrent_renders,
                            "high_water_percent": p.container_high_water_percent,
                            "critical_percent": p.container_critical_percent,
                            "child_memory_limit_mb": p.child_memory_limit_mb, "cases": {}}
-    flags = FlagSampler(sup.watchdog)
+    flags = FlagSampler(sup.parts.watchdog)
     try:
         await wait_children_idle(sup)
         await asyncio.sleep(1.5)  # a PSS read of the idle container
@@ -217,7 +217,7 @@ async def _run(settings: Settings, url: str, payloads: dict[str, dict[str, Any]]
         "critical_samples": flags.critical_samples,
         "claims_stopped": reader.ticks_over_high_water > 0 or flags.high_water_samples > 0,
         "reader_ms_per_tick": 1000 * reader.cost_seconds / max(reader.calls, 1), "pss_reads": reader.pss_reads,
-        "kills": dict(sup.pool.stats.kills), "recycles": dict(sup.pool.stats.recycles),
+        "kills": dict(sup.parts.pool.stats.kills), "recycles": dict(sup.parts.pool.stats.recycles),
     })
     return out
 

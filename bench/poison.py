@@ -47,11 +47,11 @@ async def one_run(settings: Settings, url: str, with_poison: bool, jobs: int) ->
     async with Running(settings, url) as sup:
         poison_id = None
         if with_poison:
-            row = await sup.queue.create_job(user_id=str(uuid.uuid4()), export_type="pdf",
+            row = await sup.parts.queue.create_job(user_id=str(uuid.uuid4()), export_type="pdf",
                                              payload={"source": {"kind": "test-template", "name": "busy-loop"}})
             poison_id = str(row["id"])
             await asyncio.sleep(0.2)  # it is claimed first, as in the reported incident
-        ids = [str((await sup.queue.create_job(user_id=str(uuid.uuid4()), export_type="pdf",
+        ids = [str((await sup.parts.queue.create_job(user_id=str(uuid.uuid4()), export_type="pdf",
                                                payload={"source": {"kind": "html", "html": NORMAL_HTML}}))["id"])
                for _ in range(jobs)]
         wanted = [*ids, *([poison_id] if poison_id else [])]

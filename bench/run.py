@@ -103,7 +103,7 @@ async def wait_children_idle(sup: Any, timeout: float = 120) -> None:
     size = sup.settings.worker.max_concurrent_renders
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if len(sup.pool.idle_children()) == size:
+        if len(sup.parts.pool.idle_children()) == size:
             return
         await asyncio.sleep(0.02)
     raise RuntimeError("render children did not become idle")
@@ -148,7 +148,7 @@ class MemorySampler(threading.Thread):
         # core on 2 cores during the end-to-end run (py-spy) and slowed what it measured.
         while not self.stop_flag.wait(0.1):
             total = 0
-            for handle in list(self.sup.pool.handles):
+            for handle in list(self.sup.parts.pool.handles):
                 if not handle.pid:
                     continue
                 pss = int(getattr(handle, "memory_bytes", 0) or 0)
@@ -164,7 +164,7 @@ def idle_split(sup: Any) -> dict[str, int]:
     from supervisor.pool.memory import tree
 
     best: dict[str, int] = {}
-    for handle in sup.pool.idle_children():
+    for handle in sup.parts.pool.idle_children():
         split: dict[str, int] = {}
         for proc in tree(handle.pid):
             try:
@@ -185,12 +185,12 @@ async def end_to_end(settings: Settings, url: str, payloads: dict[str, dict[str,
     out: dict[str, Any] = {"cases": {}}
     async with Running(settings, url) as sup:
         await asyncio.sleep(0.5)  # let the canary's page settle
-        idle = [tree_pss_bytes(tree(h.pid)) for h in sup.pool.idle_children()]
+        idle = [tree_pss_bytes(tree(h.pid)) for h in sup.parts.pool.idle_children()]
         out["idle_child_tree_pss_bytes"] = max(idle)
         out["idle_child_tree_pss_all"] = idle
         out["idle_child_split"] = idle_split(sup)
         out["supervisor_rss_idle_bytes"] = psutil.Process().memory_info().rss
-        out["browser_version"] = next((h.browser_version for h in sup.pool.handles if h.browser_version), "")
+        out["browser_version"] = next((h.browser_version for h in sup.parts.pool.handles if h.browser_version), "")
         sampler = MemorySampler(sup)
         sampler.start()
         conn = await connect(url)
@@ -234,7 +234,7 @@ async def end_to_end(settings: Settings, url: str, payloads: dict[str, dict[str,
         out["peak_children_total_pss_bytes"] = sampler.peak_total
         out["memory_samples"] = sampler.samples
         out["supervisor_rss_after_bytes"] = psutil.Process().memory_info().rss
-        out["pool_stats"] = {"recycles": dict(sup.pool.stats.recycles), "kills": dict(sup.pool.stats.kills)}
+        out["pool_stats"] = {"recycles": dict(sup.parts.pool.stats.recycles), "kills": dict(sup.parts.pool.stats.kills)}
     return out
 
 

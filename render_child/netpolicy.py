@@ -99,41 +99,44 @@ _DROPPED_RESPONSE_HEADERS = frozenset(
 )
 
 
-def classify_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address | str) -> str | None:
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# (test, why the address is refused), first match wins: the order is the policy.
+_REFUSED: tuple[tuple[Callable[[IPAddress], bool], str], ...] = (
+    (lambda a: a in METADATA_IPS, "cloud metadata address"),
+    (lambda a: a.is_unspecified, "unspecified address"),
+    (lambda a: a.is_loopback, "loopback address"),
+    (lambda a: a.is_link_local, "link-local address"),
+    (lambda a: a.is_multicast, "multicast address"),
+    (lambda a: isinstance(a, ipaddress.IPv4Address) and a in _CGNAT, "shared (CGNAT) address"),
+    (lambda a: isinstance(a, ipaddress.IPv4Address) and a in _BENCHMARK, "reserved address"),
+    (lambda a: a.is_private, "private address"),
+    (lambda a: a.is_reserved, "reserved address"),
+    (lambda a: not a.is_global, "non-global address"),
+)
+
+
+def _embedded_ipv4(addr: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries (mapped, 6to4, NAT64, Teredo), if any."""
+    embedded = addr.ipv4_mapped or addr.sixtofour
+    if embedded is None and addr in _NAT64:
+        embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+    if embedded is None and addr.teredo is not None:
+        embedded = addr.teredo[1]
+    return embedded
+
+
+def classify_ip(ip: IPAddress | str) -> str | None:
     """Why an address must not be contacted, or None when it is a public unicast address."""
     addr = ipaddress.ip_address(ip) if isinstance(ip, str) else ip
     if isinstance(addr, ipaddress.IPv6Address):
         if addr.scope_id:
             return "link-local address"
-        embedded = addr.ipv4_mapped or addr.sixtofour
-        if embedded is None and addr in _NAT64:
-            embedded = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
-        if embedded is None and addr.teredo is not None:
-            embedded = addr.teredo[1]
+        embedded = _embedded_ipv4(addr)
         if embedded is not None:
             inner = classify_ip(embedded)
             return f"IPv4-embedding address of a {inner}" if inner else None
-    if addr in METADATA_IPS:
-        return "cloud metadata address"
-    if addr.is_unspecified:
-        return "unspecified address"
-    if addr.is_loopback:
-        return "loopback address"
-    if addr.is_link_local:
-        return "link-local address"
-    if addr.is_multicast:
-        return "multicast address"
-    if isinstance(addr, ipaddress.IPv4Address) and addr in _CGNAT:
-        return "shared (CGNAT) address"
-    if isinstance(addr, ipaddress.IPv4Address) and addr in _BENCHMARK:
-        return "reserved address"
-    if addr.is_private:
-        return "private address"
-    if addr.is_reserved:
-        return "reserved address"
-    if not addr.is_global:
-        return "non-global address"
-    return None
+    return next((why for refused, why in _REFUSED if refused(addr)), None)
 
 
 def _default_port(scheme: str) -> int:

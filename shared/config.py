@@ -19,11 +19,11 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 
-from shared.vocabulary import LogLevel
+from shared.vocabulary import DatabaseMode, LogLevel
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
@@ -40,13 +40,10 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
-DatabaseMode = Literal["auto", "direct", "session", "transaction"]
-
-
 class DatabaseSettings(_Section):
     database_url: Annotated[str, _doc("PostgreSQL URL, direct or through a pooler (session or transaction mode); empty = embedded PostgreSQL under the data dir")] = ""
     database_listen_url: Annotated[str, _doc("direct or session-mode URL used only for LISTEN; empty = DATABASE_URL (checked by a round trip at start)")] = ""
-    database_mode: Annotated[DatabaseMode, _doc("what DATABASE_URL points at: auto (detected and logged at start), direct, session or transaction (pooler)")] = "auto"
+    database_mode: Annotated[DatabaseMode, _doc("what DATABASE_URL points at: auto (detected and logged at start), direct, session or transaction (pooler)")] = DatabaseMode.AUTO
     listen_notify: Annotated[bool, _doc("wake on LISTEN/NOTIFY (one connection); when notifications do not arrive, the worker polls")] = True
     database_pool_size: Annotated[int, _doc("server connections of the queue: claims, heartbeats, completions, mail", ge=1, le=50)] = 2
     database_unhealthy_after_seconds: Annotated[int, _doc("database work failing this long makes /health 503 (degraded, still 200, before)", ge=1, le=3600)] = 15
@@ -118,6 +115,7 @@ class MailSettings(_Section):
     smtp_starttls: Annotated[bool, _doc("use STARTTLS")] = True
     mail_max_attempts: Annotated[int, _doc("sends tried per mail before it is given up", ge=1, le=100)] = 12
     mail_lease_seconds: Annotated[int, _doc("a sender holds a claimed mail this long; if it dies, another worker sends it after", ge=5, le=3600)] = 120
+    mail_max_in_flight: Annotated[int, _doc("mails this worker sends at once (every mail goes to the one provider)", ge=1, le=100)] = 4
 
 
 class WebhookSettings(_Section):
@@ -133,6 +131,8 @@ class WebhookSettings(_Section):
     webhook_backoff_base_seconds: Annotated[float, _doc("first retry waits about this long; each next one twice as long (with jitter)", ge=0.05, le=3600)] = 5.0
     webhook_backoff_cap_seconds: Annotated[float, _doc("no retry waits longer", ge=0.05, le=86_400)] = 3600.0
     webhook_lease_seconds: Annotated[int, _doc("a sender holds a claimed delivery this long; if it dies, another worker sends it after", ge=2, le=3600)] = 60
+    webhook_max_in_flight: Annotated[int, _doc("deliveries this worker sends at once, all targets", ge=1, le=1000)] = 32
+    webhook_max_in_flight_per_target: Annotated[int, _doc("deliveries this worker sends at once to one target (a URL's origin), so a slow receiver holds up only its own", ge=1, le=1000)] = 4
 
 
 class LimitSettings(_Section):
@@ -289,9 +289,6 @@ def _describe_allowed(field: msgspec.structs.FieldInfo) -> str:
     base = t.__origin__ if metas else t
     lo = next((m.ge for m in metas if m.ge is not None), None)
     hi = next((m.le for m in metas if m.le is not None), None)
-    literal_args = getattr(base, "__args__", None)
-    if getattr(base, "__origin__", None) is Literal and literal_args:
-        return "one of " + ", ".join(str(a) for a in literal_args)
     if isinstance(base, type) and issubclass(base, enum.Enum):
         return "one of " + ", ".join(str(member.value) for member in base)
     name = getattr(_unwrap(t), "__name__", str(base))
@@ -309,51 +306,11 @@ def load_settings(
 ) -> Settings:
     """Read config.toml (or `path`), apply environment overrides, validate."""
     environ = os.environ if environ is None else environ
-    explicit = path or (Path(environ["EXPORT_WORKER_CONFIG"]) if environ.get("EXPORT_WORKER_CONFIG") else None)
-    if explicit is not None:
-        config_path = explicit
-    else:
-        config_path = Path("config.toml") if Path("config.toml").is_file() else REPO_CONFIG
-    raw: dict[str, Any] = {}
-    if config_path.is_file():
-        try:
-            raw = tomllib.loads(config_path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config error: {config_path} is not valid TOML: {exc}") from None
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"config error: {config_path} is not UTF-8 text (bad byte at offset {exc.start})") from None
-        except OSError as exc:
-            raise ConfigError(f"config error: cannot read {config_path}: {exc.strerror}") from None
-    elif explicit is not None:
-        raise ConfigError(f"config error: config file {config_path} does not exist")
-
+    config_path, explicit = _config_path(path, environ)
+    raw = _read_config_file(config_path, explicit)
     fields = {(s, k): f for s, k, f in iter_settings()}
-    sections = {s for s, _ in fields if s}
-    for section, value in raw.items():
-        if isinstance(value, dict):
-            if section not in sections:
-                raise ConfigError(
-                    f"config error: unknown section [{section}] in {config_path}; "
-                    f"allowed: {', '.join(sorted(sections))}"
-                )
-            for key in value:
-                if (section, key) not in fields:
-                    allowed = ", ".join(k for s, k in fields if s == section)
-                    raise ConfigError(
-                        f"config error: unknown key {section}.{key} in {config_path}; allowed in [{section}]: {allowed}"
-                    )
-        elif ("", section) not in fields:
-            raise ConfigError(f"config error: unknown key {section} in {config_path}")
-
-    sources: dict[tuple[str, str], str] = {}
-    for (section, key), field in fields.items():
-        name = env_name(key)
-        if name in environ:
-            value = _parse_env_value(environ[name], field)
-            target = raw.setdefault(section, {}) if section else raw
-            target[key] = value
-            sources[(section, key)] = f"environment variable {name}"
-
+    _check_known_keys(raw, fields, config_path)
+    sources = _apply_environment(raw, fields, environ)
     try:
         settings = msgspec.convert(raw, Settings, strict=True)
     except msgspec.ValidationError as exc:
@@ -362,6 +319,66 @@ def load_settings(
     _check_webhooks(settings.webhooks)
     _check_forwarded_allow_ips(settings.http.forwarded_allow_ips)
     return settings
+
+
+def _config_path(path: Path | None, environ: Mapping[str, str]) -> tuple[Path, bool]:
+    """(the file to read, whether it was asked for): `path`, EXPORT_WORKER_CONFIG, ./config.toml, the repo's."""
+    explicit = path or (Path(environ["EXPORT_WORKER_CONFIG"]) if environ.get("EXPORT_WORKER_CONFIG") else None)
+    if explicit is not None:
+        return explicit, True
+    return (Path("config.toml") if Path("config.toml").is_file() else REPO_CONFIG), False
+
+
+def _read_config_file(config_path: Path, explicit: bool) -> dict[str, Any]:
+    """The file's TOML as a dict; a missing file is empty unless it was asked for."""
+    if not config_path.is_file():
+        if explicit:
+            raise ConfigError(f"config error: config file {config_path} does not exist")
+        return {}
+    try:
+        return tomllib.loads(config_path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config error: {config_path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config error: {config_path} is not UTF-8 text (bad byte at offset {exc.start})") from None
+    except OSError as exc:
+        raise ConfigError(f"config error: cannot read {config_path}: {exc.strerror}") from None
+
+
+_Fields = dict[tuple[str, str], msgspec.structs.FieldInfo]
+
+
+def _check_known_keys(raw: dict[str, Any], fields: _Fields, config_path: Path) -> None:
+    """Every section and key of the file is one the settings have."""
+    sections = {s for s, _ in fields if s}
+    for section, value in raw.items():
+        if not isinstance(value, dict):
+            if ("", section) not in fields:
+                raise ConfigError(f"config error: unknown key {section} in {config_path}")
+            continue
+        if section not in sections:
+            raise ConfigError(
+                f"config error: unknown section [{section}] in {config_path}; "
+                f"allowed: {', '.join(sorted(sections))}"
+            )
+        for key in value:
+            if (section, key) not in fields:
+                allowed = ", ".join(k for s, k in fields if s == section)
+                raise ConfigError(
+                    f"config error: unknown key {section}.{key} in {config_path}; allowed in [{section}]: {allowed}"
+                )
+
+
+def _apply_environment(raw: dict[str, Any], fields: _Fields, environ: Mapping[str, str]) -> dict[tuple[str, str], str]:
+    """Write each setting's environment variable over the file's value; {(section, key): where it came from}."""
+    sources: dict[tuple[str, str], str] = {}
+    for (section, key), field in fields.items():
+        name = env_name(key)
+        if name in environ:
+            target = raw.setdefault(section, {}) if section else raw
+            target[key] = _parse_env_value(environ[name], field)
+            sources[(section, key)] = f"environment variable {name}"
+    return sources
 
 
 def _check_forwarded_allow_ips(entries: list[str]) -> None:
@@ -394,6 +411,9 @@ def _check_webhooks(hooks: WebhookSettings) -> None:
     if hooks.webhook_lease_seconds <= hooks.webhook_timeout_seconds:
         raise ConfigError(f"config error: WEBHOOK_LEASE_SECONDS ({hooks.webhook_lease_seconds}) must be longer than "
                           f"WEBHOOK_TIMEOUT_SECONDS ({hooks.webhook_timeout_seconds}), or two workers send at once")
+    if hooks.webhook_max_in_flight_per_target > hooks.webhook_max_in_flight:
+        raise ConfigError(f"config error: WEBHOOK_MAX_IN_FLIGHT_PER_TARGET ({hooks.webhook_max_in_flight_per_target}) "
+                          f"must not be more than WEBHOOK_MAX_IN_FLIGHT ({hooks.webhook_max_in_flight}), which caps it")
 
 
 CONSOLE_KEY_MIN_LENGTH = 16

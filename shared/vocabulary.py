@@ -236,3 +236,17 @@ class DatabaseEndpoint(StrEnum):
     DIRECT = "direct"
     SESSION = "session"  # a pooler in session mode: one server connection per client connection
     TRANSACTION = "transaction"  # a pooler in transaction mode: LISTEN and session state do not work
+
+
+class DatabaseMode(StrEnum):
+    """DATABASE_MODE: what the operator says DATABASE_URL reaches, or AUTO to detect it at start."""
+
+    AUTO = "auto"
+    DIRECT = "direct"
+    SESSION = "session"
+    TRANSACTION = "transaction"
+
+    @property
+    def forced_endpoint(self) -> DatabaseEndpoint | None:
+        """The endpoint this mode names; None for AUTO (detected)."""
+        return None if self is DatabaseMode.AUTO else DatabaseEndpoint(self.value)

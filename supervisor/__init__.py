@@ -8,6 +8,7 @@ This package itself holds only the loop and the composition of its parts:
 - ``settle``: every job a child takes ends in exactly one place;
 - ``upkeep``: the periodic work, one loop per concern;
 - ``worker_health``: what ``/health`` says, from state the parts keep anyway;
+- ``worker_state``: the one claim gate, and the row the workers table shows;
 - ``identity``: this worker's default name.
 
 The parts are packages of their own. Imports run one way, top to bottom

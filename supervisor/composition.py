@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.config import Settings
 from shared.data_dir import make_private_dir
@@ -19,10 +19,10 @@ from shared.messages import CHROMIUM_ARGS, ChildOptions
 from shared.vocabulary import DatabaseEndpoint
 from supervisor.delivery.breaker import BreakerStorage, CircuitBreaker
 from supervisor.delivery.links import LinkSigner, load_or_create_secret
-from supervisor.delivery.mail import build_mail_backend
+from supervisor.delivery.mail import MailBackend, build_mail_backend
 from supervisor.delivery.mail_sender import MailSender
 from supervisor.delivery.outbox import Outbox
-from supervisor.delivery.storage import build_storage, writer_tag
+from supervisor.delivery.storage import Storage, build_storage, writer_tag
 from supervisor.delivery.sweep import sweep_temp
 from supervisor.delivery.upload import Delivery
 from supervisor.delivery.webhook_targets import check_default_url
@@ -38,10 +38,14 @@ from supervisor.queue.listener import Listener
 from supervisor.queue.migrate import migrate, sync_queue_settings
 from supervisor.queue.workers import WorkerRegistry
 from supervisor.settle import Settler, Wakes
-from supervisor.tasks import TaskOwner
+from supervisor.tasks import OnFailure, TaskOwner
 from supervisor.telemetry.metrics import Metrics
 from supervisor.upkeep import Upkeep
 from supervisor.worker_health import WorkerHealth
+from supervisor.worker_state import ClaimGate, WorkerState
+
+if TYPE_CHECKING:  # the HTTP side is imported when it is started (the CLI's commands do not load it)
+    from supervisor.http.app import HttpServer
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +56,8 @@ class Overrides:
     """What tests and the bench swap in; None means the real thing from settings."""
 
     child_target: ChildTarget | None = None
-    storage: Any = None
-    mail: Any = None
+    storage: Storage | None = None
+    mail: MailBackend | None = None
     run_migrations: bool = True
 
 
@@ -74,7 +78,7 @@ class WorkerParts:
     watchdog: Watchdog
     upkeep: Upkeep
     health: WorkerHealth
-    workers: WorkerRegistry
+    state: WorkerState  # the claim gate and the workers table's row
 
 
 async def prepare_database(settings: Settings, conninfo: str, run_migrations: bool) -> None:
@@ -87,7 +91,8 @@ async def prepare_database(settings: Settings, conninfo: str, run_migrations: bo
 
 
 async def assemble(
-    settings: Settings, conninfo: str, worker_id: str, metrics: Metrics, tasks: TaskOwner, overrides: Overrides
+    settings: Settings, conninfo: str, worker_id: str, metrics: Metrics, tasks: TaskOwner, overrides: Overrides,
+    stopping: Callable[[], bool],
 ) -> WorkerParts:
     """Build every part; the pool's children are spawned by ``start_children``."""
     await prepare_database(settings, conninfo, overrides.run_migrations)
@@ -136,9 +141,10 @@ async def assemble(
     upkeep = Upkeep(settings, queue, pool, settler, storage, database, metrics)
     health = WorkerHealth(settings, breaker, storage.name, pool, watchdog, sandbox)
     metrics.watch_render_pool(health.able_to_render)
-    workers = WorkerRegistry(db, worker_id, forget_hours=settings.console.console_worker_forget_hours)
+    registry = WorkerRegistry(db, worker_id, forget_hours=settings.console.console_worker_forget_hours)
+    state = WorkerState(worker_id, ClaimGate(settings, pool, watchdog, database, stopping), breaker, registry)
     return WorkerParts(db, endpoint, database, queue, link_signer, breaker, storage, outbox, webhooks, listener,
-                       settler, pool, watchdog, upkeep, health, workers)
+                       settler, pool, watchdog, upkeep, health, state)
 
 
 async def start_listener(settings: Settings, conninfo: str, endpoint: DatabaseEndpoint) -> Listener | None:
@@ -203,9 +209,42 @@ def pool_config(
     )
 
 
+def start_loops(parts: WorkerParts, tasks: TaskOwner, settings: Settings) -> None:
+    """Every long-lived loop of the worker, each under the TaskOwner with its failure policy."""
+    up, restart, fatal = parts.upkeep, OnFailure.RESTART, OnFailure.FATAL
+    if parts.listener is not None:
+        listener = parts.listener
+        tasks.run_loop("listener", listener.run, restart)
+        updates = listener.subscribe()
+        tasks.run_loop("cancel-watch", lambda: up.watch_status(updates), restart)
+    tasks.run_loop("outbox", parts.outbox.run, restart)
+    tasks.run_loop("webhooks", parts.webhooks.run, restart)
+    tasks.run_loop("tick", up.tick_loop, fatal)  # no reaping and no top-up without it
+    tasks.run_loop("heartbeat", up.heartbeat_loop, restart)
+    tasks.run_loop("rescue", up.rescue_loop, restart)
+    tasks.run_loop("retention", up.retention_loop, restart)
+    tasks.run_loop("database-probe", up.database_probe_loop, restart)
+    tasks.run_loop("sweep", up.sweep_loop, restart)
+    beat_every = settings.retry.heartbeat_interval_seconds
+    tasks.run_loop("workers-table", lambda: parts.state.beat_loop(beat_every), restart)
+
+
+async def start_http(
+    settings: Settings, conninfo: str, worker_id: str, metrics: Metrics, parts: WorkerParts, tasks: TaskOwner
+) -> HttpServer:
+    """Bind the port, serve under the TaskOwner (FATAL: a worker without its port is restarted), wait until up."""
+    server = await http_server(settings, conninfo, worker_id, metrics, parts)
+    tasks.run_loop("http", server.serve, OnFailure.FATAL)
+    for _ in range(200):  # uvicorn says it is up with a flag, not an event
+        if server.started:
+            break
+        await asyncio.sleep(0.01)
+    return server
+
+
 async def http_server(
-    settings: Settings, conninfo: str, worker_id: str, metrics: Metrics, parts: WorkerParts, *, worker: Any
-) -> Any:
+    settings: Settings, conninfo: str, worker_id: str, metrics: Metrics, parts: WorkerParts
+) -> HttpServer:
     """The HTTP side (API, /health, /metrics, console) on its own small database pool.
 
     Callers can exhaust that pool, never the worker's claims and heartbeats. The
@@ -239,7 +278,7 @@ async def http_server(
             memory_fn=health.memory, database_fn=api_db.health,
         ),
         database=api_db,
-        worker=worker,
+        local_snapshot=parts.state.snapshot,
     )
     try:
         server = make_server(build_app(state), settings.worker.port, settings.worker.host, limits=settings.http)

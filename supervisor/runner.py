@@ -18,24 +18,32 @@ import shutil
 import signal
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
-from shared.vocabulary import KillReason, QueueOperation
-from supervisor.composition import Overrides, WorkerParts, assemble, http_server
+from shared.vocabulary import QueueOperation
+from supervisor.composition import Overrides, WorkerParts, assemble, start_http, start_loops
+from supervisor.delivery.mail import MailBackend
+from supervisor.delivery.storage import Storage
 from supervisor.identity import default_worker_id
+from supervisor.pool.children import ChildTarget
 from supervisor.queue.database import open_pool
 from supervisor.queue.jobs import Claim, JobQueue
-from supervisor.tasks import OnFailure, TaskOwner
+from supervisor.settle import drain
+from supervisor.tasks import TaskOwner
 from supervisor.telemetry.metrics import Metrics
+
+if TYPE_CHECKING:
+    from supervisor.http.app import HttpServer
 
 log = logging.getLogger(__name__)
 
 EXIT_LOOP_FAILED = 1  # a FATAL loop failed: the platform restarts the container
-SETTLE_GRACE_SECONDS = 10  # after the render grace, the most time handing jobs back may take
 MIN_CHILD_STOP_SECONDS = 1.0  # a child told to Stop past the grace gets this long before SIGKILL
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 
@@ -46,9 +54,9 @@ class Supervisor:
         settings: Settings,
         conninfo: str,
         *,
-        child_target: Any = None,
-        storage: Any = None,
-        mail: Any = None,
+        child_target: ChildTarget | None = None,
+        storage: Storage | None = None,
+        mail: MailBackend | None = None,
         metrics: Metrics | None = None,
         serve_http: bool = True,
         run_migrations: bool = True,
@@ -66,80 +74,53 @@ class Supervisor:
         self.fast_stop = False
         self.exit_code = 0
         self.started = asyncio.Event()
-        self.parts: WorkerParts | None = None
-        self.http_server: Any = None
+        self._parts: WorkerParts | None = None
+        self.http_server: HttpServer | None = None
         self.http_port: int | None = None
-
-    # The parts tests and the CLI reach for, by their old names.
-    queue = property(lambda self: self._parts.queue)
-    pool = property(lambda self: self._parts.pool)
-    watchdog = property(lambda self: self._parts.watchdog)
-    breaker = property(lambda self: self._parts.breaker)
-    outbox = property(lambda self: self._parts.outbox)
-    webhooks = property(lambda self: self._parts.webhooks)
-    listener = property(lambda self: self._parts.listener)
-    storage = property(lambda self: self._parts.storage)
-    health = property(lambda self: self._parts.health)
-    inflight = property(lambda self: self._parts.settler.inflight)
-    workers = property(lambda self: self._parts.workers)
-    db_ok = property(lambda self: self._parts.database.ok)
+        self._stop_deadline = 0.0  # the end of the shutdown grace (monotonic), set when the drain starts
 
     @property
-    def _parts(self) -> WorkerParts:
-        if self.parts is None:
-            raise AttributeError("the supervisor has not assembled its parts yet")
-        return self.parts
+    def parts(self) -> WorkerParts:
+        """The worker's parts, typed (supervisor/composition.py), once run() has assembled them."""
+        if self._parts is None:
+            raise RuntimeError("the supervisor has not assembled its parts yet")
+        return self._parts
 
     # ---- lifecycle -------------------------------------------------------------
 
     async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._queue_signal, sig)
-        try:
-            self.parts = await assemble(self.settings, self.conninfo, self.worker_id, self.metrics, self.tasks,
-                                        self.overrides)
+        """One exit stack owns every part: whatever was started is stopped, in reverse, however run() ends."""
+        async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(signal_handlers(self._queue_signal))
+            parts = self._parts = await assemble(self.settings, self.conninfo, self.worker_id, self.metrics,
+                                                self.tasks, self.overrides, stopping=lambda: self.stopping)
+            stack.push_async_callback(self._remove_scratch, parts)
+            stack.push_async_callback(parts.db.close)
+            stack.push_async_callback(self._stop_tasks)  # the HTTP server's open requests get its own grace
             if self.serve_http:
                 # Bind the port before any child starts: a taken port fails fast and leaves nothing behind.
-                await self._start_http()
-            self._start_loops(self.parts)
-            await self._register(self.parts)
+                self.http_server = await start_http(self.settings, self.conninfo, self.worker_id, self.metrics,
+                                                    parts, self.tasks)
+                self.http_port = self.http_server.port
+                stack.callback(self.http_server.begin_stop)
+            parts.pool.start()
+            stack.push_async_callback(self._stop_children, parts)
+            parts.watchdog.start()
+            stack.push_async_callback(asyncio.to_thread, parts.watchdog.stop)  # joins its thread: off the loop
+            start_loops(parts, self.tasks, self.settings)
+            await self._register(parts)
             self.started.set()
             log.info("worker started", extra={"children": self.settings.worker.max_concurrent_renders,
-                                              "port": self.http_port, "storage": self.parts.storage.name})
-            await self._claim_loop(self.parts)
-            await self._shutdown(self.parts)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.remove_signal_handler(sig)
+                                              "port": self.http_port, "storage": parts.storage.name})
+            await self._claim_loop(parts)
+            await self._drain(parts)
         log.info("worker stopped", extra={"exit_code": self.exit_code})
         return self.exit_code
-
-    def _start_loops(self, parts: WorkerParts) -> None:
-        up, restart, fatal = parts.upkeep, OnFailure.RESTART, OnFailure.FATAL
-        parts.pool.start()
-        parts.watchdog.start()
-        if parts.listener is not None:
-            listener = parts.listener
-            self.tasks.run_loop("listener", listener.run, restart)
-            updates = listener.subscribe()
-            self.tasks.run_loop("cancel-watch", lambda: up.watch_status(updates), restart)
-        self.tasks.run_loop("outbox", parts.outbox.run, restart)
-        self.tasks.run_loop("webhooks", parts.webhooks.run, restart)
-        self.tasks.run_loop("tick", up.tick_loop, fatal)  # no reaping and no top-up without it
-        self.tasks.run_loop("heartbeat", up.heartbeat_loop, restart)
-        self.tasks.run_loop("rescue", up.rescue_loop, restart)
-        self.tasks.run_loop("retention", up.retention_loop, restart)
-        self.tasks.run_loop("stats", up.stats_loop, restart)
-        self.tasks.run_loop("sweep", up.sweep_loop, restart)
-        self.tasks.run_loop("workers-table", self._beat_loop, restart)
 
     async def _register(self, parts: WorkerParts) -> None:
         """This process's row before its first claim: the stale rescue tells a claim of a
         previous process under the same WORKER_ID by it (migration 0010)."""
-        while not await parts.workers.beat_for(self):
+        while not await parts.state.beat():
             self._handle_signals()
             if self.stopping:
                 return
@@ -147,21 +128,20 @@ class Supervisor:
                 await asyncio.wait_for(self._wake.wait(), 1.0)
             self._wake.clear()  # signals stay queued in self._signals
 
-    async def _beat_loop(self) -> None:
-        """This worker's row in the workers table (the console and operators read it)."""
-        while True:
-            await self._parts.workers.beat_for(self)
-            await asyncio.sleep(self.settings.retry.heartbeat_interval_seconds)
+    async def _stop_tasks(self) -> None:
+        # The HTTP task is not cancelled: uvicorn ends it within its own graceful timeout.
+        await self.tasks.shutdown(keep=frozenset({"http"}),
+                                  timeout=self.settings.worker.graceful_shutdown_timeout_ms / 1000 + 10)
+        log.info("shutdown: background tasks and HTTP server stopped")
 
-    async def _start_http(self) -> None:
-        self.http_server = await http_server(self.settings, self.conninfo, self.worker_id, self.metrics,
-                                             self._parts, worker=self)
-        self.tasks.run_loop("http", self.http_server.serve, OnFailure.FATAL)
-        for _ in range(200):
-            if self.http_server.started:
-                break
-            await asyncio.sleep(0.01)
-        self.http_port = self.http_server.port
+    async def _stop_children(self, parts: WorkerParts) -> None:
+        await parts.pool.stop(grace_seconds=max(MIN_CHILD_STOP_SECONDS, self._stop_deadline - time.monotonic()))
+        log.info("shutdown: render children stopped", extra={"unsettled": len(parts.settler.inflight)})
+
+    @staticmethod
+    async def _remove_scratch(parts: WorkerParts) -> None:
+        # A clean stop leaves no scratch behind; a large tree is removed off the loop.
+        await asyncio.to_thread(shutil.rmtree, parts.settler.scratch, ignore_errors=True)
 
     # ---- signals ---------------------------------------------------------------
 
@@ -180,6 +160,10 @@ class Supervisor:
         self.exit_code = EXIT_LOOP_FAILED
         self.request_stop(fast=True)
 
+    def _fast_stop_requested(self) -> bool:
+        self._handle_signals()
+        return self.fast_stop
+
     def _handle_signals(self) -> None:
         while self._signals:
             sig = self._signals.popleft()
@@ -188,15 +172,11 @@ class Supervisor:
                 log.warning("second signal: stopping fast", extra={"signal": signal.Signals(sig).name})
             else:
                 self.stopping = True
+                in_flight = len(self._parts.settler.inflight) if self._parts is not None else 0
                 log.info("signal received: no more claims, finishing in-flight jobs",
-                         extra={"signal": signal.Signals(sig).name, "in_flight": len(self.inflight)})
+                         extra={"signal": signal.Signals(sig).name, "in_flight": in_flight})
 
     # ---- the claim loop --------------------------------------------------------
-
-    def _may_claim(self, parts: WorkerParts) -> bool:
-        if self.stopping or parts.pool.brake.engaged or parts.watchdog.over_high_water:
-            return False
-        return not (self.settings.worker.enable_canary_export and parts.pool.last_canary_ok is False)
 
     async def _claim_loop(self, parts: WorkerParts) -> None:
         busy_poll = self.settings.worker.polling_interval_busy_ms / 1000
@@ -213,7 +193,7 @@ class Supervisor:
             self._wake.clear()
             if parts.listener is not None:
                 parts.listener.job_available.clear()
-            free = parts.pool.free_slots() if self._may_claim(parts) else []
+            free = parts.pool.free_slots() if parts.state.gate.may_claim() else []
             claims: list[Claim] = []
             if free:
                 try:
@@ -257,37 +237,27 @@ class Supervisor:
 
     # ---- shutdown --------------------------------------------------------------
 
-    async def _shutdown(self, parts: WorkerParts) -> None:
-        """Finish in-flight renders within the grace, hand back the rest, stop everything."""
+    async def _drain(self, parts: WorkerParts) -> None:
+        """Finish in-flight renders within the grace and hand back the rest; the exit stack stops the parts."""
         parts.database.stopping = True
         # Children with nothing to do close their Chromium during the grace, not after it.
         parts.pool.begin_stop()
-        deadline = time.monotonic() + self.settings.worker.graceful_shutdown_timeout_ms / 1000
-        while self.inflight and time.monotonic() < deadline and not self.fast_stop:
-            parts.settler.capacity.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(parts.settler.capacity.wait(),
-                                       min(0.25, max(deadline - time.monotonic(), 0.01)))
-            self._handle_signals()
-        # Whatever still renders goes back to pending without spending its attempt.
-        for entry in list(self.inflight.values()):
-            if entry.handle is not None:
-                parts.pool.kill(entry.handle, KillReason.SHUTDOWN)
-        settle_deadline = time.monotonic() + SETTLE_GRACE_SECONDS
-        while self.inflight and time.monotonic() < settle_deadline:
-            await asyncio.sleep(0.02)
-        await asyncio.to_thread(parts.watchdog.stop)  # joins its thread: never on the loop
-        await parts.pool.stop(grace_seconds=max(MIN_CHILD_STOP_SECONDS, deadline - time.monotonic()))
-        log.info("shutdown: render children stopped", extra={"unsettled": len(self.inflight)})
-        if self.http_server is not None:
-            self.http_server.should_exit = True
-        # The HTTP server has its own grace for open requests (uvicorn's timeout_graceful_shutdown).
-        await self.tasks.shutdown(keep=frozenset({"http"}),
-                                  timeout=self.settings.worker.graceful_shutdown_timeout_ms / 1000 + 10)
-        log.info("shutdown: background tasks and HTTP server stopped")
-        await parts.db.close()
-        # A clean stop leaves no scratch behind; a large tree is removed off the loop.
-        await asyncio.to_thread(shutil.rmtree, parts.settler.scratch, ignore_errors=True)
+        self._stop_deadline = time.monotonic() + self.settings.worker.graceful_shutdown_timeout_ms / 1000
+        await drain(parts.settler, parts.pool, self._stop_deadline, self._wake, self._fast_stop_requested)
+
+@contextlib.contextmanager
+def signal_handlers(handler: Callable[[int], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT call `handler` (which only queues) while the worker runs."""
+    loop = asyncio.get_running_loop()
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, handler, sig)
+    try:
+        yield
+    finally:
+        for sig in STOP_SIGNALS:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
 
 
 async def open_queue(settings: Settings, conninfo: str) -> tuple[AsyncConnectionPool[Any], JobQueue]:

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ class Settler:
     def hand_back(self, claim: Claim) -> None:
         """A claim no child can take now (one retired meanwhile): back to pending, attempt unspent."""
         self.inflight[claim.job_id] = InFlight(claim, None)
-        self._settle_later(claim, ChildLost(KillReason.SHUTDOWN, "no idle child after the claim"))
+        self._settle_later(claim, ChildLost(KillReason.SHUTDOWN, "no free slot after the claim"))
 
     # ---- the pool's reports (PoolOwner) -----------------------------------------------
 
@@ -173,21 +174,17 @@ class Settler:
                     await self._record_failure(claim, self._failure_of_render(claim, outcome))
                 case Failed():
                     await self._record_failure(claim, outcome)
-                case ChildLost(spared=True):
-                    await self.queue.release(claim)  # its child died for another job's sake
-                    log.info("job handed back to pending: its render child was lost for another job",
-                             extra={"job_id": claim.job_id, "reason": outcome.reason})
-                case ChildLost(reason=KillReason.CLAIM_LOST):
-                    pass  # another worker holds the job; nothing of ours to write
-                case ChildLost(reason=KillReason.CANCELLED):
-                    await self.queue.settle_cancelled(claim)
-                    log.info("job cancelled during render", extra={"job_id": claim.job_id})
-                case ChildLost(reason=KillReason.SHUTDOWN):
+                case ChildLost(spared=True) | ChildLost(reason=KillReason.SHUTDOWN):  # no attempt spent
                     await self.queue.release(claim)
                     # The shutdown message is matched by scripts (scripts/image-check.sh): keep its words.
                     message = f"job handed back to pending: {outcome.detail}" if outcome.detail else \
                         "job released to pending at shutdown"
                     log.info(message, extra={"job_id": claim.job_id})
+                case ChildLost(reason=KillReason.CLAIM_LOST):
+                    pass  # another worker holds the job; nothing of ours to write
+                case ChildLost(reason=KillReason.CANCELLED):
+                    await self.queue.settle_cancelled(claim)
+                    log.info("job cancelled during render", extra={"job_id": claim.job_id})
                 case ChildLost():
                     await self._record_failure(claim, self._failure_of_kill(outcome))
         except ClaimLost as exc:
@@ -335,3 +332,31 @@ def render_job(claim: Claim, payload: Any, settings: Settings, scratch: Path) ->
         ),
         allow_test_templates=render.allow_test_templates,
     )
+
+
+SETTLE_GRACE_SECONDS = 10  # after the render grace, the most time handing jobs back may take
+
+
+async def drain(settler: Settler, pool: RenderPool, deadline: float, wake: asyncio.Event,
+              fast_stop: Callable[[], bool]) -> None:
+    """At shutdown: let in-flight renders finish until `deadline` (or a fast stop), then
+    kill what still renders (it goes back to pending without spending its attempt) and
+    wait up to SETTLE_GRACE_SECONDS for those jobs to be settled."""
+    await _until_settled(settler, deadline, wake, fast_stop)
+    for entry in list(settler.inflight.values()):
+        if entry.handle is not None:
+            pool.kill(entry.handle, KillReason.SHUTDOWN)
+    await _until_settled(settler, time.monotonic() + SETTLE_GRACE_SECONDS, wake, lambda: False)
+
+
+async def _until_settled(settler: Settler, deadline: float, wake: asyncio.Event, fast_stop: Callable[[], bool]) -> None:
+    """Until nothing is in flight, `deadline` passes or `fast_stop()`; a settled job or `wake` (a signal) wakes it."""
+    while settler.inflight and (remaining := deadline - time.monotonic()) > 0 and not fast_stop():
+        settler.capacity.clear()
+        wake.clear()
+        waiters = [asyncio.ensure_future(settler.capacity.wait()), asyncio.ensure_future(wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()

@@ -27,7 +27,7 @@ from supervisor.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 
 TEMP_SWEEP_INTERVAL_SECONDS = 300  # the slow tick of the temp sweep (it also runs once at start)
-STATS_INTERVAL_SECONDS = 5
+DATABASE_PROBE_INTERVAL_SECONDS = 5
 
 
 class Upkeep:
@@ -118,15 +118,18 @@ class Upkeep:
                 log.warning("retention run failed", extra={"error": str(exc)})
             await asyncio.sleep(self.settings.retention.cleanup_interval_seconds)
 
-    async def stats_loop(self) -> None:
+    async def database_probe_loop(self) -> None:
+        """The claim pool's liveness while nothing else uses it (an idle or braked worker):
+        /health and export_database_up follow the database within one interval. The queue
+        gauges have one writer, /metrics at scrape time (supervisor/http/app.py)."""
         while True:
             try:
-                stats = await self.queue.stats()
-                self.metrics.record_queue_stats(stats["pending"], stats["oldest_pending_seconds"])
+                async with self.queue.pool.connection() as conn:
+                    await conn.execute("SELECT 1")
                 self.database.up()
             except Exception as exc:
                 self.database.down(exc)
-            await asyncio.sleep(STATS_INTERVAL_SECONDS)
+            await asyncio.sleep(DATABASE_PROBE_INTERVAL_SECONDS)
 
     async def sweep_loop(self) -> None:
         data_dir = Path(self.settings.data_dir).resolve()

@@ -116,6 +116,28 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--markdown", action="store_true", help="print the configuration reference table")
     p.set_defaults(handler=cmd_config)
 
+    _add_enqueue(sub)
+    _add_job_commands(sub)
+
+    p = sub.add_parser("rescue", help="return stale processing jobs now (what every worker does on its own)")
+    p.set_defaults(handler=cmd_rescue)
+
+    p = sub.add_parser("cleanup", help="apply retention now: delete old jobs with their files")
+    p.set_defaults(handler=cmd_cleanup)
+
+    p = sub.add_parser("demo", help="render the sample menus on the embedded defaults and show the results")
+    p.add_argument("--timeout", type=_positive_seconds, default=180, help="seconds to wait for the renders at most")
+    p.set_defaults(handler=cmd_demo)
+
+    _add_bench(sub)
+
+    p = sub.add_parser("help", help="show this help; --markdown prints the command reference (the README's)")
+    p.add_argument("--markdown", action="store_true", help="print the command reference as Markdown")
+    p.set_defaults(handler=cmd_help)
+    return parser
+
+
+def _add_enqueue(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("enqueue", help="create a job through create_export_job")
     p.add_argument("--user-id", required=True, help="the owner's UUID")
     source = p.add_mutually_exclusive_group(required=True)
@@ -135,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=_positive_seconds, default=600, help="seconds --wait waits at most")
     p.set_defaults(handler=cmd_enqueue)
 
+
+def _add_job_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The commands about one job or a list of them: status, list, cancel, retry."""
     p = sub.add_parser("status", help="show a job")
     p.add_argument("job_id", help="the job's UUID")
     p.add_argument("--json", action="store_true", help="print the job as JSON")
@@ -156,16 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id", help="the job's UUID")
     p.set_defaults(handler=cmd_retry)
 
-    p = sub.add_parser("rescue", help="return stale processing jobs now (what every worker does on its own)")
-    p.set_defaults(handler=cmd_rescue)
 
-    p = sub.add_parser("cleanup", help="apply retention now: delete old jobs with their files")
-    p.set_defaults(handler=cmd_cleanup)
-
-    p = sub.add_parser("demo", help="render the sample menus on the embedded defaults and show the results")
-    p.add_argument("--timeout", type=_positive_seconds, default=180, help="seconds to wait for the renders at most")
-    p.set_defaults(handler=cmd_demo)
-
+def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("bench", help="run the benchmarks and print a table (see BENCHMARKS.md)")
     p.add_argument("case", nargs="?", choices=BENCH_CASES, default="all",
                    help="all: the pipeline, capacity and container tables; fleet: 20 workers through one "
@@ -176,11 +193,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None,
                    help="where the results go (JSON; default: bench/results/latest.json, fleet.json with fleet)")
     p.set_defaults(handler=cmd_bench)
-
-    p = sub.add_parser("help", help="show this help; --markdown prints the command reference (the README's)")
-    p.add_argument("--markdown", action="store_true", help="print the command reference as Markdown")
-    p.set_defaults(handler=cmd_help)
-    return parser
 
 
 # ---- the command reference ----------------------------------------------------------

@@ -38,7 +38,7 @@ def run_queue(settings: Settings, work: Callable[[Any], Any]) -> Any:
     import psycopg
     from psycopg_pool import PoolTimeout
 
-    from supervisor.queue.jobs import InvalidJob
+    from supervisor.queue.store import InvalidJob
     from supervisor.runner import open_queue
 
     async def go(url: str) -> Any:

@@ -54,8 +54,8 @@ async def run_demo(settings: Settings, conninfo: str, timeout: float) -> int:
     if runner.done():
         runner.result()  # re-raise what stopped it
         return 1
-    created = await _enqueue(supervisor.queue)
-    results = await _final_rows(supervisor.queue, [job_id for job_id, *_ in created], timeout)
+    created = await _enqueue(supervisor.parts.queue)
+    results = await _final_rows(supervisor.parts.queue, [job_id for job_id, *_ in created], timeout)
     await _mails_written(settings, results)
     supervisor.request_stop()
     await runner

@@ -92,7 +92,7 @@ def _build_payload(args: argparse.Namespace, settings: Settings) -> dict[str, An
 async def _create(queue: Any, args: argparse.Namespace, payload: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The new job's row; a refusal (unsafe webhook, limit, invalid job) as a CliError in the flags' words."""
     from supervisor.delivery.webhook_targets import refuse_unsafe
-    from supervisor.queue.jobs import InvalidJob, LimitExceeded
+    from supervisor.queue.store import InvalidJob, LimitExceeded
 
     if args.webhook is not None:
         refused = await refuse_unsafe(args.webhook, settings)

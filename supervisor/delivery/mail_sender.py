@@ -30,7 +30,6 @@ from supervisor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-MAIL_CONCURRENCY = 4  # sends in flight to the provider from one worker
 MAIL_BACKOFF_BASE_SECONDS = 5.0
 MAIL_BACKOFF_CAP_SECONDS = 3600.0
 
@@ -46,7 +45,8 @@ class MailSender:
             lease_seconds=settings.mail.mail_lease_seconds,
             retry=RetryPolicy(MAIL_BACKOFF_BASE_SECONDS, MAIL_BACKOFF_CAP_SECONDS,
                               max_attempts=settings.mail.mail_max_attempts),
-            per_target=MAIL_CONCURRENCY, in_flight=MAIL_CONCURRENCY, idle_seconds=5.0, sent_point="mail-sent",
+            per_target=settings.mail.mail_max_in_flight, in_flight=settings.mail.mail_max_in_flight,
+            idle_seconds=5.0, sent_point="mail-sent",
         )
 
     def expected_status(self, item: Leased) -> JobStatus:

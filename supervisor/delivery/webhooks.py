@@ -4,7 +4,7 @@ Rows are written in the same statement as a job's completion or final failure
 (``export_job_queue_notices``), one per job and event, each with its own
 ``webhook_id`` made once, so every retry carries the same ``webhook-id``. Any
 worker sends them; the engine leases them, checks the job, and runs each
-delivery in its own task, at most WEBHOOK_PER_TARGET at a time to one target (the
+delivery in its own task, at most WEBHOOK_MAX_IN_FLIGHT_PER_TARGET at a time to one target (the
 URL's origin), so a slow receiver holds up neither rendering, nor mail, nor
 another target's deliveries.
 
@@ -47,8 +47,6 @@ from supervisor.telemetry.metrics import Metrics
 log = logging.getLogger(__name__)
 
 USER_AGENT = "export-worker-webhooks/1"
-WEBHOOK_PER_TARGET = 4  # deliveries to one target (URL origin) in flight on this worker
-WEBHOOK_IN_FLIGHT = 32  # deliveries in flight on this worker, all targets
 EXPECTED_STATUS = {WebhookEvent.COMPLETED: JobStatus.COMPLETED, WebhookEvent.FAILED: JobStatus.FAILED}
 
 
@@ -97,7 +95,8 @@ class WebhookSender:
             lease_seconds=self.hooks.webhook_lease_seconds,
             retry=RetryPolicy(self.hooks.webhook_backoff_base_seconds, self.hooks.webhook_backoff_cap_seconds,
                               period_seconds=self.hooks.webhook_retry_period_seconds),
-            per_target=WEBHOOK_PER_TARGET, in_flight=WEBHOOK_IN_FLIGHT, idle_seconds=1.0,
+            per_target=self.hooks.webhook_max_in_flight_per_target, in_flight=self.hooks.webhook_max_in_flight,
+            idle_seconds=1.0,
             sent_point="webhook-delivered",
         )
 

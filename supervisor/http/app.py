@@ -68,20 +68,6 @@ def build_app(state: AppState) -> ASGIApp:
     async def files(request: Request) -> Response:
         return await _serve_file(state, request)
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        title = TITLES.get(exc.status_code, "Error")
-        path = request.url.path
-        detail = exc.detail if exc.detail and exc.detail != title else f"{request.method} {path}: {title}"
-        if exc.status_code == 404 and len(path) > 1 and path.endswith("/"):
-            detail += f" (no trailing slash: {path.rstrip('/')})"
-        return problem_response(exc.status_code, detail, headers=exc.headers)
-
-    async def server_error(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error in %s %s", request.method, request.url.path)
-        error_reporting.report_exception(exc)
-        return problem_response(500, "an unexpected error occurred; it was logged")
-
     routes: list[BaseRoute] = [
         *operation_routes({"health": health, "metrics": metrics}),
         Route("/openapi.json", openapi_json, methods=["GET"]),
@@ -89,20 +75,36 @@ def build_app(state: AppState) -> ASGIApp:
         *api.routes(),
     ]
     if state.settings.console.console_keys:  # the operator console, on the HTTP side's pool
-        from supervisor.http.console import console_app, worker_snapshot
+        from supervisor.http.console import console_app
 
-        console = console_app(state.settings, state.queue.pool, local=worker_snapshot(state.worker),
+        console = console_app(state.settings, state.queue.pool, local=state.local_snapshot,
                               storage=state.storage)
         routes.append(Route("/console", _to_console_root, methods=["GET", "HEAD"]))
         routes.append(Mount("/console", console))
     app = Starlette(
         routes=routes,
-        exception_handlers={HTTPException: http_error, Exception: server_error},
+        exception_handlers={HTTPException: _http_error, Exception: _server_error},
     )
     # No slash redirects: Starlette's point at an absolute URL built from the Host header
     # (http:// behind a TLS proxy), so `POST /v1/jobs/` would resend its token in clear text.
     app.router.redirect_slashes = False
     return ContentLengthGuard(app, state.settings.http.max_body_bytes)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    title = TITLES.get(exc.status_code, "Error")
+    path = request.url.path
+    detail = exc.detail if exc.detail and exc.detail != title else f"{request.method} {path}: {title}"
+    if exc.status_code == 404 and len(path) > 1 and path.endswith("/"):
+        detail += f" (no trailing slash: {path.rstrip('/')})"
+    return problem_response(exc.status_code, detail, headers=exc.headers)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error in %s %s", request.method, request.url.path)
+    error_reporting.report_exception(exc)
+    return problem_response(500, "an unexpected error occurred; it was logged")
 
 
 async def _to_console_root(request: Request) -> Response:
@@ -218,6 +220,10 @@ class HttpServer(uvicorn.Server):
         self.port: int = sock.getsockname()[1]
         # Run when the server has stopped (e.g. closing the HTTP side's database pool).
         self.on_stop: list[Callable[[], Awaitable[None]]] = []
+
+    def begin_stop(self) -> None:
+        """Stop accepting; open requests and streams get the graceful timeout (the TaskOwner awaits the end)."""
+        self.should_exit = True
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:

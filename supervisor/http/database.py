@@ -20,6 +20,7 @@ from shared.config import Settings
 from shared.vocabulary import DatabaseEndpoint, DatabaseErrorCause
 from supervisor.http.health import DATABASE_TIMEOUT_SECONDS, HealthCheck
 from supervisor.queue.database import DatabaseStatus, WorkerPool, error_cause, open_pool
+from supervisor.telemetry.metrics import Metrics
 
 # Requests that may wait for one of the HTTP side's connections at once (beyond: 503 at once).
 MAX_WAITING_REQUESTS = 256
@@ -65,7 +66,7 @@ class HttpDatabase:
         self.budget: ConnectionBudget | None = None
 
     @classmethod
-    async def open(cls, conninfo: str, settings: Settings, worker_id: str, metrics: Any) -> HttpDatabase:
+    async def open(cls, conninfo: str, settings: Settings, worker_id: str, metrics: Metrics) -> HttpDatabase:
         http = settings.http
         pool = await open_pool(
             conninfo,

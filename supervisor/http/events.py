@@ -24,8 +24,10 @@ from starlette.types import Receive, Scope, Send
 from shared.vocabulary import FINAL_STATUSES
 from supervisor.http.problems import ApiProblem
 from supervisor.http.schemas import StatusEvent, encode
-from supervisor.queue.jobs import JobQueue
 from supervisor.queue.listener import StatusFanout, fetch_statuses
+from supervisor.queue.store import JobStore
+from supervisor.telemetry import error_reporting
+from supervisor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -78,17 +80,32 @@ class StreamLimits:
 class StatusPoller(StatusFanout):
     """The feed without LISTEN (e.g. behind a transaction pooler): one query per interval for all streams."""
 
-    def __init__(self, queue: JobQueue, interval: float = POLL_INTERVAL_SECONDS) -> None:
+    def __init__(self, queue: JobStore, interval: float = POLL_INTERVAL_SECONDS,
+                 metrics: Metrics | None = None) -> None:
         super().__init__()
         self.queue = queue
+        self.metrics = metrics
         self.interval = interval
         self._task: asyncio.Task[None] | None = None
 
     def watch(self, job_id: str) -> asyncio.Queue[dict[str, Any]]:
         q = super().watch(job_id)
         if self._task is None or self._task.done():
+            # Lives only while a stream is open, so it is started here, not by the TaskOwner;
+            # a failure is still seen: logged, counted, reported, and the next stream restarts it.
             self._task = asyncio.create_task(self._run(), name="status-poller")
+            self._task.add_done_callback(self._report)
         return q
+
+    def _report(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("status poller failed; the next stream restarts it", exc_info=exc)
+        if self.metrics is not None:
+            self.metrics.background_failures.labels("status-poller").inc()
+        if exc is not None:
+            error_reporting.report_exception(exc, task="status-poller")
 
     async def _run(self) -> None:
         while self.watched:

@@ -33,6 +33,7 @@ from shared.payload import PayloadError, TestTemplateSource, check_payload, payl
 from shared.vocabulary import FINAL_STATUSES, ExportType, JobStatus
 from supervisor.delivery.downloads import row_download_filename, with_download_name
 from supervisor.delivery.links import download_link
+from supervisor.delivery.storage import StorageError
 from supervisor.delivery.webhook_targets import refuse_unsafe
 from supervisor.http.auth import AuthError, Principal, authenticate, needs_network
 from supervisor.http.events import StatusPoller, StreamLimits, open_stream
@@ -50,8 +51,8 @@ from supervisor.http.schemas import (
     utc,
 )
 from supervisor.http.state import AppState
-from supervisor.queue.jobs import InvalidJob, LimitExceeded
 from supervisor.queue.listener import StatusFanout
+from supervisor.queue.store import InvalidJob, LimitExceeded
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +100,8 @@ class JobsApi:
         if state.streams is None:
             state.streams = StreamLimits(http.max_event_streams, http.max_event_streams_per_user)
         self.streams = state.streams
-        self.feed: StatusFanout = state.listener if state.listener is not None else StatusPoller(state.queue)
+        listener: StatusFanout | None = state.listener
+        self.feed = listener if listener is not None else StatusPoller(state.queue, metrics=state.metrics)
 
     def routes(self) -> list[Route]:
         """The /v1 routes, at the paths and methods of the OpenAPI table (supervisor/http/openapi.py)."""
@@ -147,11 +149,11 @@ class JobsApi:
                 "the file store did not answer in time", slug="storage-unavailable", retry_after=30
             ) from None
         except Exception as exc:
-            retry = getattr(exc, "retry_after", None)
+            retry = exc.retry_after if isinstance(exc, StorageError) else None  # set while the breaker is open
             raise unavailable(
                 f"cannot sign a download link: {exc}",
                 slug="storage-unavailable",
-                retry_after=max(1, int(retry)) if isinstance(retry, int | float) else None,
+                retry_after=max(1, int(retry)) if retry is not None else None,
             ) from None
         return str(url)
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shared.config import Settings
 from supervisor.http.health import HealthSources
-from supervisor.queue.jobs import JobQueue
 from supervisor.queue.listener import Listener
+from supervisor.queue.store import JobStore
+from supervisor.queue.workers import WorkerSnapshot
 from supervisor.telemetry.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -25,7 +27,7 @@ class AppState:
     """``queue`` runs on the HTTP side's own pool, never the worker's (supervisor.runner._start_http)."""
 
     settings: Settings
-    queue: JobQueue
+    queue: JobStore  # the HTTP side creates, reads and cancels jobs; it never claims
     metrics: Metrics
     listener: Listener | None
     storage: Storage | None
@@ -33,8 +35,8 @@ class AppState:
     files_root: Path | None
     health: HealthSources
     sse_keepalive_seconds: float = 15.0
-    # The supervisor this app runs in (the console reads its children live); None in API-only tests.
-    worker: Any = field(default=None, repr=False)
+    # This worker's own row, read live from its parts (the console shows it); None in API-only tests.
+    local_snapshot: Callable[[], WorkerSnapshot] | None = field(default=None, repr=False)
     # The pool behind `queue`, revived after an outage (None in tests that bring their own).
     database: HttpDatabase | None = field(default=None, repr=False)
     # Open event streams, per user and in all (filled in by build_app).

@@ -73,8 +73,11 @@ class Reaper:
             if assignment.kill_reason is not None:
                 lost = ChildLost(assignment.kill_reason, assignment.kill_detail, exitcode)
             else:
-                spared = handle.culprit is not None and handle.culprit != job_id
-                lost = ChildLost(reason, handle.kill_detail, exitcode, spared=spared)
+                if handle.culprit is not None and handle.culprit != job_id:
+                    why = f"its render child was killed for job {handle.culprit} ({reason}: {handle.kill_detail})"
+                    lost = ChildLost(reason, why, exitcode, spared=True)
+                else:
+                    lost = ChildLost(reason, handle.kill_detail, exitcode)
             self.owner.on_child_lost(handle, assignment, lost)
 
     def _bury(self, handle: ChildHandle) -> None:

@@ -34,6 +34,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 from shared.config import Settings
 from shared.data_dir import make_private_dir
 from shared.vocabulary import DatabaseEndpoint, DatabaseErrorCause
+from supervisor.telemetry.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -313,9 +314,9 @@ async def detect_endpoint(conninfo: str, settings: Settings) -> tuple[DatabaseEn
     backend pid); a session pooler or a direct connection gives each its own. A
     pooler also shows in the port: the server listens on another port than the URL's.
     """
-    forced = settings.database.database_mode
-    if forced != "auto":
-        return DatabaseEndpoint(forced), "DATABASE_MODE"
+    forced = settings.database.database_mode.forced_endpoint
+    if forced is not None:
+        return forced, "DATABASE_MODE"
     params = psycopg.conninfo.conninfo_to_dict(conninfo)
     url_port = int(str(params.get("port") or 5432).split(",")[0])
     host = str(params.get("host") or "")
@@ -349,23 +350,35 @@ _PROTOCOL = ("prepared statement", "unsupported startup parameter", "didn't prod
              "protocol", "unexpected message", "lost synchronization")
 
 
+_PROTOCOL_SQLSTATES = frozenset({"08P01", "26000", "42P05"})
+_POOL_EXHAUSTED_WORDS = ("too many clients", "no more connections", "pool_size")
+_TIMEOUT_WORDS = ("timeout expired", "timed out")
+
+
 def error_cause(exc: BaseException) -> DatabaseErrorCause:
     """Why a database operation failed, in the words /health and the metric use."""
     if isinstance(exc, PoolTimeout | TooManyRequests):
         return DatabaseErrorCause.POOL_EXHAUSTED
     if isinstance(exc, TimeoutError | psycopg.errors.QueryCanceled):
         return DatabaseErrorCause.TIMEOUT
-    sqlstate = getattr(exc, "sqlstate", None) or ""
+    return _cause_of_sqlstate(getattr(exc, "sqlstate", None) or "") or _cause_of_text(exc, str(exc).lower())
+
+
+def _cause_of_sqlstate(sqlstate: str) -> DatabaseErrorCause | None:
     if sqlstate.startswith("28"):
         return DatabaseErrorCause.AUTHENTICATION
     if sqlstate == "53300":  # too many connections (the server's or a pooler's)
         return DatabaseErrorCause.POOL_EXHAUSTED
-    if sqlstate in ("08P01", "26000", "42P05"):
+    if sqlstate in _PROTOCOL_SQLSTATES:
         return DatabaseErrorCause.PROTOCOL
-    text = str(exc).lower()
-    if "too many clients" in text or "no more connections" in text or "pool_size" in text:
+    return None
+
+
+def _cause_of_text(exc: BaseException, text: str) -> DatabaseErrorCause:
+    """The cause an error's message (and, last, its type) shows; the order decides between overlapping words."""
+    if any(word in text for word in _POOL_EXHAUSTED_WORDS):
         return DatabaseErrorCause.POOL_EXHAUSTED
-    if "timeout expired" in text or "timed out" in text:
+    if any(word in text for word in _TIMEOUT_WORDS):
         return DatabaseErrorCause.TIMEOUT
     if any(word in text for word in _PROTOCOL):
         return DatabaseErrorCause.PROTOCOL
@@ -396,7 +409,7 @@ class DatabaseStatus:
     /health for how long and why the work has been failing.
     """
 
-    def __init__(self, name: str, pool: WorkerPool, metrics: Any, unhealthy_after: float) -> None:
+    def __init__(self, name: str, pool: WorkerPool, metrics: Metrics, unhealthy_after: float) -> None:
         self.name = name
         self.pool = pool
         self.metrics = metrics

@@ -44,6 +44,8 @@ class GroupCommit(Generic[ItemT, ResultT]):
         ticket: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, ticket))
         if self._task is None:
+            # Not a TaskOwner task: it lives only while a burst drains, and every outcome,
+            # failure or cancellation included, reaches the waiter that submitted the item.
             self._task = asyncio.create_task(self._drain(), name="group-commit")
         return await ticket
 

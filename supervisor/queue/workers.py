@@ -1,7 +1,7 @@
 """The workers table: each worker says, every heartbeat, what it is and whether it claims.
 
-:func:`snapshot_of` reads a running supervisor (its pool, watchdog and breaker)
-into a :class:`WorkerSnapshot`; :meth:`WorkerRegistry.beat` upserts it as the
+:class:`supervisor.worker_state.WorkerState` reads a running worker's parts into
+a :class:`WorkerSnapshot`; :meth:`WorkerRegistry.beat` upserts it as the
 worker's row in ``export_workers`` and forgets rows gone longer than the bound.
 The console reads the rows (:func:`list_workers`) for every other worker and
 the snapshot itself, live, for the worker it runs in.
@@ -12,31 +12,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import time
 from collections import deque
 from datetime import UTC, datetime
 from enum import StrEnum
 from importlib import metadata
-from typing import Any, Protocol
+from typing import Any
 
 import msgspec
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
-from shared.config import Settings
 from supervisor.queue.queries import load
-
-
-class Supervisor(Protocol):
-    """What the workers table reads of a running supervisor (its parts may not exist yet)."""
-
-    worker_id: str
-    settings: Settings
-    stopping: bool
-
-    @property
-    def db_ok(self) -> bool: ...
 
 log = logging.getLogger(__name__)
 
@@ -162,84 +149,6 @@ class WorkerRegistry:
         if forgotten:
             log.info("gone workers forgotten", extra={"workers": forgotten})
         return True
-
-
-    async def beat_for(self, supervisor: Supervisor) -> bool:
-        """Read the supervisor and beat; a failure here is logged and never stops the caller's loop."""
-        try:
-            snapshot = snapshot_of(supervisor, self)
-        except Exception:
-            log.exception("could not read this worker's state for the workers table")
-            return False
-        return await self.beat(snapshot)
-
-
-def snapshot_of(supervisor: Supervisor, registry: WorkerRegistry) -> WorkerSnapshot:
-    """What the supervisor's pool, watchdog and breaker say now (the pool may not be up yet)."""
-    pool = getattr(supervisor, "pool", None)
-    watchdog = getattr(supervisor, "watchdog", None)
-    breaker = getattr(supervisor, "breaker", None)
-    now = time.monotonic()
-    children: list[ChildInfo] = []
-    ready = busy = capacity = 0
-    kills: dict[str, int] = {}
-    canary_ok: bool | None = None
-    if pool is not None:
-        capacity = pool.config.size
-        ready, busy = len(pool.idle_children()), len(pool.busy_children())
-        kills = dict(pool.stats.kills)
-        canary_ok = pool.last_canary_ok
-        children = [
-            ChildInfo(
-                name=h.name,
-                pid=h.pid,
-                state=h.state.value,
-                renders=h.renders,
-                age_seconds=round(now - h.spawned_at, 1),
-                memory_bytes=h.memory_bytes,
-                job_id=next(iter(h.assignments), None),
-            )
-            for h in sorted(pool.handles, key=lambda h: (h.index, h.generation))
-        ]
-    container = watchdog.container if watchdog is not None else None
-    reason = _not_claiming(supervisor)
-    return WorkerSnapshot(
-        worker_id=supervisor.worker_id,
-        host=registry.host,
-        pid=registry.pid,
-        version=registry.version,
-        started_at=registry.started_at,
-        children_ready=ready,
-        children_busy=busy,
-        capacity=capacity,
-        children_memory_bytes=sum(c.memory_bytes for c in children),
-        container_memory_bytes=container.used_bytes if container is not None else None,
-        container_limit_bytes=container.limit_bytes if container is not None else None,
-        claiming=reason is None,
-        not_claiming=reason,
-        canary_ok=canary_ok,
-        breaker_state=(breaker.state if breaker.enabled else "disabled") if breaker is not None else None,
-        detail=WorkerDetail(children=children, kills=kills, recent_kills=registry.kill_log.observe(kills)),
-    )
-
-
-def _not_claiming(supervisor: Supervisor) -> NotClaiming | None:
-    """The same conditions as the supervisor's claim gate, named."""
-    pool = getattr(supervisor, "pool", None)
-    watchdog = getattr(supervisor, "watchdog", None)
-    if supervisor.stopping:
-        return NotClaiming.SHUTTING_DOWN
-    if pool is None or watchdog is None:
-        return NotClaiming.STARTING
-    if not supervisor.db_ok:
-        return NotClaiming.DATABASE
-    if pool.brake.engaged:
-        return NotClaiming.BRAKE
-    if watchdog.over_high_water:
-        return NotClaiming.HIGH_WATER
-    if supervisor.settings.worker.enable_canary_export and pool.last_canary_ok is False:
-        return NotClaiming.CANARY
-    return None
 
 
 async def list_workers(pool: AsyncConnectionPool[Any], gone_seconds: int) -> list[WorkerRow]:

@@ -59,8 +59,14 @@ def _zero(metric: Any, *label_sets: Iterable[str]) -> None:
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
-        r = self.registry
-        # The seed's metrics.
+        self._queue_stats_at = time.monotonic()
+        for declare in (self._declare_seed, self._declare_queue, self._declare_pool, self._declare_delivery,
+                        self._declare_database):
+            declare(self.registry)
+        _zero_known_series(self)
+
+    def _declare_seed(self, r: CollectorRegistry) -> None:
+        """The seed's metrics."""
         self.jobs_created = Counter(
             "export_jobs_created_total",
             "Jobs created by any path (SQL function or RPC, HTTP API, CLI, any worker), counted in the database "
@@ -92,10 +98,11 @@ class Metrics:
             "database: while it grows they are stale (the database does not answer)",
             registry=r,
         )
-        self._queue_stats_at = time.monotonic()
         self.queue_stats_age.set_function(lambda: time.monotonic() - self._queue_stats_at)
         self.active_renders = Gauge("export_active_renders", "Renders in progress in this worker", registry=r)
-        # The queue.
+
+    def _declare_queue(self, r: CollectorRegistry) -> None:
+        """The queue."""
         self.oldest_pending_age = Gauge(
             "export_oldest_pending_job_age_seconds", "Age of the oldest claimable pending job", registry=r
         )
@@ -130,7 +137,9 @@ class Metrics:
             ["task"],
             registry=r,
         )
-        # The pool.
+
+    def _declare_pool(self, r: CollectorRegistry) -> None:
+        """The pool."""
         self.child_memory = Gauge(
             "export_child_memory_bytes", "PSS of each child's whole process tree", ["child"], registry=r
         )
@@ -165,7 +174,9 @@ class Metrics:
         self.container_memory_ratio = Gauge(
             "export_container_memory_ratio", "Container memory in use over its limit", registry=r
         )
-        # Delivery.
+
+    def _declare_delivery(self, r: CollectorRegistry) -> None:
+        """Delivery."""
         self.breaker_state = Gauge(
             "export_storage_breaker_state", "Storage circuit breaker: 0 closed, 1 half-open, 2 open", registry=r
         )
@@ -193,7 +204,9 @@ class Metrics:
             ["event", "outcome"],
             registry=r,
         )
-        # The database (supervisor/queue/database.py's DatabaseStatus sets both).
+
+    def _declare_database(self, r: CollectorRegistry) -> None:
+        """The database (supervisor/queue/database.py's DatabaseStatus sets both)."""
         self.database_up = Gauge(
             "export_database_up",
             "1 when this worker's last database operations succeeded, 0 while the database is unreachable or failing",
@@ -207,26 +220,6 @@ class Metrics:
             ["cause"],
             registry=r,
         )
-        for cause in DatabaseErrorCause:  # every series exists from the start, at 0
-            self.database_errors.labels(cause.value)
-        self._zero_known_series()
-
-    def _zero_known_series(self) -> None:
-        types, categories = list(ExportType), list(ErrorCategory)
-        _zero(self.jobs_created, types)
-        _zero(self.jobs_completed, types)
-        _zero(self.jobs_failed, types, categories)
-        _zero(self.job_duration, types)
-        _zero(self.retries, [c for c in categories if c.retryable])
-        _zero(self.rescues, RESCUE_OUTCOMES)
-        _zero(self.queue_errors, QueueOperation)
-        _zero(self.child_kills, KillReason)
-        _zero(self.child_deaths, ChildDeath)
-        _zero(self.child_recycles, RecycleReason)
-        _zero(self.storage_errors, StorageOperation)
-        _zero(self.mails_sent, MAIL_KINDS)
-        _zero(self.mail_errors, MAIL_KINDS)
-        _zero(self.webhook_deliveries, WebhookEvent, DeliveryOutcome)
 
     def task_known(self, name: str) -> None:
         """A background task (kind) exists: its failure series starts at zero."""
@@ -252,3 +245,23 @@ class Metrics:
             seen = self.registry.get_sample_value("export_jobs_created_total", {"export_type": export_type}) or 0.0
             if total > seen:
                 self.jobs_created.labels(export_type).inc(total - seen)
+
+
+def _zero_known_series(metrics: Metrics) -> None:
+    """Every series with known label values exists from the start, at 0."""
+    types, categories = list(ExportType), list(ErrorCategory)
+    _zero(metrics.jobs_created, types)
+    _zero(metrics.jobs_completed, types)
+    _zero(metrics.jobs_failed, types, categories)
+    _zero(metrics.job_duration, types)
+    _zero(metrics.retries, [c for c in categories if c.retryable])
+    _zero(metrics.rescues, RESCUE_OUTCOMES)
+    _zero(metrics.queue_errors, QueueOperation)
+    _zero(metrics.child_kills, KillReason)
+    _zero(metrics.child_deaths, ChildDeath)
+    _zero(metrics.child_recycles, RecycleReason)
+    _zero(metrics.storage_errors, StorageOperation)
+    _zero(metrics.mails_sent, MAIL_KINDS)
+    _zero(metrics.mail_errors, MAIL_KINDS)
+    _zero(metrics.webhook_deliveries, WebhookEvent, DeliveryOutcome)
+    _zero(metrics.database_errors, DatabaseErrorCause)

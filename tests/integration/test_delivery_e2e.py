@@ -241,8 +241,8 @@ async def test_storage_outage_defers_without_spending_attempts(
 
         async def watch() -> None:
             while True:
-                with contextlib.suppress(AttributeError):
-                    states.add(sup.breaker.state)
+                with contextlib.suppress(RuntimeError):  # before the parts are assembled
+                    states.add(sup.parts.breaker.state)
                 await asyncio.sleep(0.01)
 
         watcher = asyncio.create_task(watch())
@@ -289,7 +289,7 @@ async def test_storage_outage_defers_without_spending_attempts(
             await until(all_status(db_url, ids, "completed"), timeout=30, what="all completed after recovery")
         finally:
             watcher.cancel()
-        assert sup.breaker.state == "closed"
+        assert sup.parts.breaker.state == "closed"
 
     final = jobs(db_url, ids)
     for job_id, user in created:
@@ -329,7 +329,7 @@ async def test_mail_outage_loses_nothing_and_sends_once(
 
         sendgrid_fake.set_mode("ok")
         sql(db_url, "UPDATE export_mail_outbox SET available_at = now()")
-        sup.outbox.wake.set()
+        sup.parts.outbox.wake.set()
 
         def all_sent() -> bool:
             rows = sql(db_url, "SELECT sent_at FROM export_mail_outbox WHERE job_id = ANY(%s::uuid[])", ids)
@@ -337,7 +337,7 @@ async def test_mail_outage_loses_nothing_and_sends_once(
 
         await until(all_sent, what="all mails sent after recovery")
         # Another drain finds nothing more to send.
-        assert await sup.outbox.drain_once() == 0
+        assert await sup.parts.outbox.drain_once() == 0
 
     for job_id, user in created:
         mails = sendgrid_mails_for(sendgrid_fake, job_id)
@@ -560,7 +560,7 @@ async def test_final_failure_mails_once_in_plain_words(tmp_path: Path, db_url: s
         await until(all_status(db_url, [job_id], "failed"), what="failed")
         await until(eml.exists, what="failure eml")
         await asyncio.sleep(0.3)
-        assert await sup.outbox.drain_once() == 0
+        assert await sup.parts.outbox.drain_once() == 0
 
     row = jobs(db_url, [job_id])[job_id]
     assert row["error_category"] == "validation" and row["attempts"] == 1
@@ -617,7 +617,7 @@ async def test_permanent_storage_error_fails_once_with_one_mail(tmp_path: Path, 
         async with running(settings, db_url) as sup:
             await until(all_status(db_url, [job_id], "failed"), what="failed")
             await until(eml.exists, what="failure eml")
-            assert sup.breaker.state == "closed"  # the store answered: not an outage
+            assert sup.parts.breaker.state == "closed"  # the store answered: not an outage
     row = jobs(db_url, [job_id])[job_id]
     assert row["error_category"] == "permanent" and row["attempts"] == 1
     assert "Bucket not found" in row["error_message"]
@@ -664,7 +664,7 @@ async def test_rejected_mail_gives_up_without_retrying(
                     what="mail given up")
         requests = sendgrid_fake.request_count
         sql(db_url, "UPDATE export_mail_outbox SET available_at = now()")
-        assert await sup.outbox.drain_once() == 0
+        assert await sup.parts.outbox.drain_once() == 0
         assert sendgrid_fake.request_count == requests
     (ob,) = outbox(db_url, job_id)
     assert "verified Sender Identity" in ob["last_error"] and ob["sent_at"] is None
@@ -740,11 +740,11 @@ async def test_superseded_failure_mail_is_not_sent_after_operator_retry_succeeds
         await until(lambda: bool(outbox(db_url, job_id)) and bool(outbox(db_url, job_id)[0]["last_error"]),
                     what="failure mail attempted")
         sql(db_url, "UPDATE export_jobs SET payload = %s WHERE id = %s", json.dumps(good_payload), job_id)
-        assert await sup.queue.retry_failed(job_id)
+        assert await sup.parts.queue.retry_failed(job_id)
         await until(all_status(db_url, [job_id], "completed"), what="completed after operator retry")
         sendgrid_fake.set_mode("ok")
         sql(db_url, "UPDATE export_mail_outbox SET available_at = now()")
-        sup.outbox.wake.set()
+        sup.parts.outbox.wake.set()
         await until(lambda: all(r["sent_at"] or r["gave_up_at"] for r in outbox(db_url, job_id)), what="settled")
         await asyncio.sleep(0.3)
     mails = sendgrid_mails_for(sendgrid_fake, job_id)

@@ -59,9 +59,9 @@ async def test_a_poison_job_is_contained_and_failed_for_good(tmp_path: Path, db_
     task = asyncio.create_task(sup.run())
     try:
         await asyncio.wait_for(sup.started.wait(), 120)
-        while len(sup.pool.idle_children()) < 2:
+        while len(sup.parts.pool.idle_children()) < 2:
             await asyncio.sleep(0.05)
-        queue: JobQueue = sup.queue
+        queue: JobQueue = sup.parts.queue
         poison = await queue.create_job(user_id=str(uuid.uuid4()), export_type="pdf",
                                         payload={"source": {"kind": "test-template", "name": "busy-loop"}})
         poison_id = str(poison["id"])

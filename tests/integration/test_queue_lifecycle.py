@@ -13,8 +13,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
 from supervisor.delivery.fence import FenceCheck
-from supervisor.queue.jobs import Claim, ClaimLost, InvalidJob, JobQueue, Queued, full_jitter_backoff_ms
+from supervisor.queue.jobs import Claim, ClaimLost, JobQueue, Queued, full_jitter_backoff_ms
 from supervisor.queue.migrate import sync_queue_settings
+from supervisor.queue.store import InvalidJob
 from tests.conftest import html_payload, make_settings
 
 pytestmark = pytest.mark.timeout(300)

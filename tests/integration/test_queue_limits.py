@@ -14,8 +14,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from shared.config import Settings
 from supervisor.queue.database import open_pool
-from supervisor.queue.jobs import InvalidJob, JobQueue, LimitExceeded
+from supervisor.queue.jobs import JobQueue
 from supervisor.queue.migrate import sync_queue_settings
+from supervisor.queue.store import InvalidJob, LimitExceeded
 from tests.conftest import html_payload, make_settings
 
 pytestmark = pytest.mark.timeout(300)

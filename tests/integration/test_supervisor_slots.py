@@ -53,21 +53,21 @@ async def test_a_page_eating_memory_is_stopped_alone_while_two_others_render(sta
             server, MAX_CONCURRENT_RENDERS="3", SLOTS_PER_CHILD="3", CHILD_MEMORY_LIMIT_MB="1500",
             MAX_ATTEMPTS="1", JOB_TIMEOUT_SECONDS="120"))
         sup: Supervisor = run.sup
-        eater = await create(sup.queue, test_template("eat-memory"))
-        others = [await create(sup.queue, _held_html(server, f"beside {i}")) for i in range(2)]
+        eater = await create(sup.parts.queue, test_template("eat-memory"))
+        others = [await create(sup.parts.queue, _held_html(server, f"beside {i}")) for i in range(2)]
         handle = await _in_one_child(sup, [eater, *others])
         pid = handle.pid
-        row = await wait_for_status(sup.queue, eater, {"failed", "completed"}, 60)
+        row = await wait_for_status(sup.parts.queue, eater, {"failed", "completed"}, 60)
         assert row["status"] == "failed", row
         assert row["error_category"] == "resource" and row["metadata"]["failure_reason"] == "memory", row
-        assert all(job in sup.inflight for job in others)  # still rendering, in the same child
+        assert all(job in sup.parts.settler.inflight for job in others)  # still rendering, in the same child
         release.set()
         for job in others:
-            done = await wait_for_status(sup.queue, job, {"completed", "failed"}, 60)
+            done = await wait_for_status(sup.parts.queue, job, {"completed", "failed"}, 60)
             assert done["status"] == "completed" and done["attempts"] == 1, done
-        assert handle in sup.pool.handles and handle.pid == pid and handle.process.is_alive()
-        assert sup.pool.stats.kills == {"memory": 1}, sup.pool.stats.kills
-        assert sup.pool.stats.deaths == {}, sup.pool.stats.deaths
+        assert handle in sup.parts.pool.handles and handle.pid == pid and handle.process.is_alive()
+        assert sup.parts.pool.stats.kills == {"memory": 1}, sup.parts.pool.stats.kills
+        assert sup.parts.pool.stats.deaths == {}, sup.parts.pool.stats.deaths
     finally:
         release.set()
         server.close()
@@ -80,19 +80,19 @@ async def test_cancelling_one_job_stops_only_its_page(start_supervisor: Any) -> 
         run = await start_supervisor(wait_ready=1, **_env(
             server, MAX_CONCURRENT_RENDERS="2", SLOTS_PER_CHILD="2", MAX_ATTEMPTS="1", JOB_TIMEOUT_SECONDS="120"))
         sup: Supervisor = run.sup
-        busy = await create(sup.queue, test_template("busy-loop"))
-        other = await create(sup.queue, _held_html(server, "beside"))
+        busy = await create(sup.parts.queue, test_template("busy-loop"))
+        other = await create(sup.parts.queue, _held_html(server, "beside"))
         handle = await _in_one_child(sup, [busy, other])
         await wait_until(lambda: busy in handle.assignments and handle.assignments[busy].renderer_pid > 0, 30,
                          "the busy page's renderer named by the child")
-        assert await sup.queue.cancel(busy) == "processing"
-        row = await wait_for_status(sup.queue, busy, {"cancelled", "failed", "completed"}, 30)
+        assert await sup.parts.queue.cancel(busy) == "processing"
+        row = await wait_for_status(sup.parts.queue, busy, {"cancelled", "failed", "completed"}, 30)
         assert row["status"] == "cancelled", row
         release.set()
-        done = await wait_for_status(sup.queue, other, {"completed", "failed"}, 60)
+        done = await wait_for_status(sup.parts.queue, other, {"completed", "failed"}, 60)
         assert done["status"] == "completed" and done["attempts"] == 1, done
-        assert handle in sup.pool.handles and handle.process.is_alive()
-        assert sup.pool.stats.deaths == {}, sup.pool.stats.deaths
+        assert handle in sup.parts.pool.handles and handle.process.is_alive()
+        assert sup.parts.pool.stats.deaths == {}, sup.parts.pool.stats.deaths
     finally:
         release.set()
         server.close()
@@ -104,16 +104,16 @@ async def test_a_busy_child_whose_browser_is_gone_is_settled_without_its_word(st
     run = await start_supervisor(wait_ready=1, MAX_CONCURRENT_RENDERS="2", SLOTS_PER_CHILD="2",
                                  JOB_TIMEOUT_SECONDS="120", MAX_ATTEMPTS="1", STALE_AFTER_SECONDS="3600")
     sup: Supervisor = run.sup
-    job_id = await create(sup.queue, test_template("busy-loop"))
+    job_id = await create(sup.parts.queue, test_template("busy-loop"))
     handle = await inflight_handle(sup, job_id)
     await wait_until(lambda: handle.browser_pid > 0 and job_id in handle.assignments, 30, "the browser pid known")
     os.kill(handle.pid, signal.SIGSTOP)
     os.kill(handle.browser_pid, signal.SIGKILL)
-    row = await wait_for_status(sup.queue, job_id, {"failed", "completed"}, 60)
+    row = await wait_for_status(sup.parts.queue, job_id, {"failed", "completed"}, 60)
     assert row["status"] == "failed" and row["error_category"] == "transient", row
     assert row["metadata"]["failure_reason"] == "child_crashed", row
-    await wait_until(lambda: handle not in sup.pool.handles, 30, "the frozen child reaped")
-    assert sup.pool.stats.kills.get("crashed", 0) == 1, sup.pool.stats.kills
+    await wait_until(lambda: handle not in sup.parts.pool.handles, 30, "the frozen child reaped")
+    assert sup.parts.pool.stats.kills.get("crashed", 0) == 1, sup.parts.pool.stats.kills
 
 
 async def test_a_job_lost_with_a_child_killed_for_another_jobs_sake_spends_no_attempt(start_supervisor: Any) -> None:
@@ -128,20 +128,20 @@ async def test_a_job_lost_with_a_child_killed_for_another_jobs_sake_spends_no_at
             server, MAX_CONCURRENT_RENDERS="2", SLOTS_PER_CHILD="2", MAX_ATTEMPTS="1", JOB_TIMEOUT_SECONDS="120",
             STALE_AFTER_SECONDS="3600"))
         sup: Supervisor = run.sup
-        busy = await create(sup.queue, test_template("busy-loop"))
-        other = await create(sup.queue, _held_html(server, "beside"))
+        busy = await create(sup.parts.queue, test_template("busy-loop"))
+        other = await create(sup.parts.queue, _held_html(server, "beside"))
         handle = await _in_one_child(sup, [busy, other])
         await wait_until(lambda: busy in handle.assignments and handle.assignments[busy].renderer_pid > 0, 30,
                          "the busy page's renderer named by the child")
         os.kill(handle.pid, signal.SIGSTOP)
-        assert await sup.queue.cancel(busy) == "processing"
-        row = await wait_for_status(sup.queue, busy, {"cancelled", "failed", "completed"}, 60)
+        assert await sup.parts.queue.cancel(busy) == "processing"
+        row = await wait_for_status(sup.parts.queue, busy, {"cancelled", "failed", "completed"}, 60)
         assert row["status"] == "cancelled", row
         release.set()
-        done = await wait_for_status(sup.queue, other, {"completed", "failed"}, 90)
+        done = await wait_for_status(sup.parts.queue, other, {"completed", "failed"}, 90)
         assert done["status"] == "completed", done
         assert done["attempts"] == 2 and done["max_attempts"] == 2, done  # the first claim was handed back
-        assert handle not in sup.pool.handles
+        assert handle not in sup.parts.pool.handles
     finally:
         release.set()
         server.close()

@@ -34,7 +34,7 @@ async def test_a_failing_tick_stops_the_worker_with_exit_code_1(
     def broken_tick() -> None:
         raise RuntimeError("tick exploded")
 
-    sup.pool.tick = broken_tick  # type: ignore[method-assign]
+    sup.parts.pool.tick = broken_tick  # type: ignore[method-assign]
     with caplog.at_level(logging.ERROR):
         code = await asyncio.wait_for(task, 30)
     assert code == EXIT_LOOP_FAILED
@@ -42,7 +42,7 @@ async def test_a_failing_tick_stops_the_worker_with_exit_code_1(
     failure = next(r for r in caplog.records if r.getMessage() == "background task failed")
     assert failure.exc_info is not None and "tick exploded" in str(failure.exc_info[1])  # with its traceback
     # Nothing is left running: the children are gone.
-    assert all(not h.process.is_alive() for h in sup.pool.handles)
+    assert all(not h.process.is_alive() for h in sup.parts.pool.handles)
 
 
 async def test_a_restart_loop_comes_back_after_a_failure(caplog: pytest.LogCaptureFixture) -> None:

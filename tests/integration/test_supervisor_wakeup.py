@@ -33,11 +33,11 @@ async def idle_supervisor(tmp_path: Path, db_url: str) -> AsyncIterator[Callable
         running.append((sup, task))
         await asyncio.wait_for(sup.started.wait(), 30)
         deadline = time.monotonic() + 30
-        while not sup.pool.idle_children():
+        while not sup.parts.pool.idle_children():
             assert time.monotonic() < deadline, "no idle child"
             await asyncio.sleep(0.02)
-        if sup.listener is not None:
-            await asyncio.wait_for(sup.listener.connected.wait(), 10)
+        if sup.parts.listener is not None:
+            await asyncio.wait_for(sup.parts.listener.connected.wait(), 10)
         # Let the claim loop find the queue empty and go to sleep for the idle interval.
         await asyncio.sleep(0.3)
         return sup
@@ -51,10 +51,10 @@ async def idle_supervisor(tmp_path: Path, db_url: str) -> AsyncIterator[Callable
 
 async def claimed(sup: Supervisor, timeout: float) -> bool:
     """Create a job; whether the worker claims it within ``timeout`` seconds."""
-    job = await sup.queue.create_job(user_id=str(uuid.uuid4()), export_type="pdf", payload=html_payload())
+    job = await sup.parts.queue.create_job(user_id=str(uuid.uuid4()), export_type="pdf", payload=html_payload())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        row = await sup.queue.get_job(str(job["id"]))
+        row = await sup.parts.queue.get_job(str(job["id"]))
         assert row is not None
         if row["status"] != "pending":
             return True
@@ -70,7 +70,7 @@ async def test_notify_wakes_an_idle_worker_long_before_the_poll_interval(idle_su
 
 async def test_with_listen_off_polling_alone_claims_jobs(idle_supervisor: Any) -> None:
     sup = await idle_supervisor(LISTEN_NOTIFY="false", POLLING_INTERVAL_IDLE_MS="300", POLLING_INTERVAL_BUSY_MS="100")
-    assert sup.listener is None
+    assert sup.parts.listener is None
     assert await claimed(sup, timeout=60), "not claimed within 60 s with a 300 ms idle poll and no LISTEN"
     # And it keeps working, job after job.
     for _ in range(3):

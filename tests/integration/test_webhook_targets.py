@@ -21,7 +21,8 @@ from psycopg_pool import AsyncConnectionPool
 from shared.config import Settings, WebhookSettings
 from supervisor.delivery.webhook_targets import TargetRefused, resolve_target
 from supervisor.http.app import build_app
-from supervisor.queue.jobs import InvalidJob, JobQueue
+from supervisor.queue.jobs import JobQueue
+from supervisor.queue.store import InvalidJob
 from tests.integration.test_http_api import BASE, KEY_H, assert_problem, html_body, make_state
 
 pytestmark = pytest.mark.timeout(300)

@@ -16,6 +16,7 @@ from shared.config import (
     masked,
     render_config_toml,
 )
+from shared.vocabulary import DatabaseMode
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -94,6 +95,17 @@ def test_out_of_range_exact_message() -> None:
     assert str(info.value) == (
         "config error: JOB_TIMEOUT_SECONDS (worker.job_timeout_seconds, from environment variable "
         "JOB_TIMEOUT_SECONDS) = 121 is not allowed: expected int from 1 to 120"
+    )
+
+
+def test_database_mode_is_an_enum_named_with_its_values() -> None:
+    assert load(DATABASE_MODE="transaction").database.database_mode is DatabaseMode.TRANSACTION
+    assert load().database.database_mode is DatabaseMode.AUTO
+    with pytest.raises(ConfigError) as info:
+        load(DATABASE_MODE="pgbouncer")
+    assert str(info.value) == (
+        "config error: DATABASE_MODE (database.database_mode, from environment variable DATABASE_MODE) = "
+        "'pgbouncer' is not allowed: expected one of auto, direct, session, transaction"
     )
 
 

@@ -17,7 +17,7 @@ import supervisor
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTS = ("cli", "http", "pool", "delivery", "queue", "telemetry")
-LOOP = {"runner", "composition", "tasks", "settle", "upkeep", "worker_health", "identity"}
+LOOP = {"runner", "composition", "tasks", "settle", "upkeep", "worker_health", "worker_state", "identity"}
 
 
 def test_imports_run_downwards_only() -> None:

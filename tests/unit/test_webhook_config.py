@@ -34,3 +34,16 @@ def test_a_malformed_secret_stops_the_program_naming_it(bad: str) -> None:
 def test_the_lease_must_outlast_a_delivery() -> None:
     with pytest.raises(ConfigError, match="WEBHOOK_LEASE_SECONDS \\(10\\) must be longer than WEBHOOK_TIMEOUT_SECONDS"):
         load(WEBHOOK_LEASE_SECONDS="10", WEBHOOK_TIMEOUT_SECONDS="10")
+
+
+def test_a_target_share_above_the_worker_total_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"WEBHOOK_MAX_IN_FLIGHT_PER_TARGET \(9\) must not be more than "
+                                          r"WEBHOOK_MAX_IN_FLIGHT \(8\)"):
+        load(WEBHOOK_MAX_IN_FLIGHT="8", WEBHOOK_MAX_IN_FLIGHT_PER_TARGET="9")
+
+
+def test_the_in_flight_limits_are_settings() -> None:
+    settings = load_settings(path=ROOT / "config.toml", environ={
+        "WEBHOOK_MAX_IN_FLIGHT": "10", "WEBHOOK_MAX_IN_FLIGHT_PER_TARGET": "2", "MAIL_MAX_IN_FLIGHT": "7"})
+    assert (settings.webhooks.webhook_max_in_flight, settings.webhooks.webhook_max_in_flight_per_target) == (10, 2)
+    assert settings.mail.mail_max_in_flight == 7

@@ -19,7 +19,6 @@ from supervisor.delivery.links import Signs
 from supervisor.http.console.app import Console, LocalSnapshot
 from supervisor.http.console.store import PoolSource
 from supervisor.queue.database import open_pool
-from supervisor.queue.workers import WorkerRegistry, WorkerSnapshot, snapshot_of
 
 CONSOLE_POOL_MAX = 2  # a few operators' page loads; live streams share one cached counts query
 
@@ -33,20 +32,10 @@ def own_pool(conninfo: str, settings: Settings) -> Callable[[], Awaitable[AsyncC
     return factory
 
 
-def worker_snapshot(supervisor: Any) -> LocalSnapshot:
-    """A live reading of the supervisor this console runs in (None before its registry exists)."""
-
-    def read() -> WorkerSnapshot | None:
-        registry = getattr(supervisor, "workers", None)
-        return snapshot_of(supervisor, registry) if isinstance(registry, WorkerRegistry) else None
-
-    return read
-
-
 def console_app(
     settings: Settings, pool: PoolSource, *, local: LocalSnapshot | None = None, storage: Signs | None = None
 ) -> Starlette:
     return Console(settings, pool, local=local, storage=storage).app()
 
 
-__all__ = ["Console", "console_app", "own_pool", "worker_snapshot"]
+__all__ = ["Console", "LocalSnapshot", "console_app", "own_pool"]

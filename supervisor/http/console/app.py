@@ -14,27 +14,37 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
-from uuid import UUID
+from urllib.parse import urlencode
 
 import jinja2
 import psycopg
 from psycopg_pool import PoolTimeout
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from shared.config import Settings, console_operators
-from shared.vocabulary import ErrorCategory, ExportType, JobStatus
+from shared.vocabulary import ExportType, JobStatus
 from supervisor.delivery.downloads import row_download_filename, with_download_name
 from supervisor.delivery.links import Signs, download_link, has_file
 from supervisor.http.console.access import COOKIE_NAME, Access, Session
+from supervisor.http.console.actions import Actions
 from supervisor.http.console.chart import throughput_svg
 from supervisor.http.console.live import LiveStream, Watch
 from supervisor.http.console.masking import mask_email, mask_text, mask_url, payload_summary
+from supervisor.http.console.signin import SignIn
 from supervisor.http.console.store import ConsoleStore, FilterError, JobFilter, PoolSource
+from supervisor.http.console.web import (
+    SECURITY_HEADERS,
+    Pages,
+    base,
+    cross_origin,
+    form,
+    path_job_id,
+    uuid_or_none,
+)
 from supervisor.http.console.workers_table import (
     LocalSnapshot as LocalSnapshot,  # re-exported for supervisor.http.console
 )
@@ -46,16 +56,6 @@ HERE = Path(__file__).resolve().parent
 Handler = Callable[[Request, Session], Awaitable[Response]]
 
 SIGN_TIMEOUT_SECONDS = 10.0  # a store that does not sign within this is reported, not waited for
-SECURITY_HEADERS = {
-    "Cache-Control": "no-store",
-    "Content-Security-Policy": (
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "same-origin",  # no-referrer would make form POSTs send `Origin: null`
-}
 
 
 def _age(seconds: float | None) -> str:
@@ -106,6 +106,8 @@ def templates() -> jinja2.Environment:
 
 
 class Console:
+    """The console's parts and routes; the read-only pages live here, sign-in and actions beside it."""
+
     def __init__(
         self,
         settings: Settings,
@@ -125,119 +127,70 @@ class Console:
         self.store = ConsoleStore(pool, settings)
         self.workers_table = WorkersTable(self.store, console.console_worker_gone_seconds, local)
         self.env = templates()
+        self.pages = Pages(self.env, self.access)
         self.live = LiveStream(self.store, self.env, interval=console.console_live_interval_ms / 1000)
+        self.signin = SignIn(self.access, self.store, self.pages)
+        self.actions = Actions(self.store, self.pages)
 
     # ---- plumbing ---------------------------------------------------------------
 
     def app(self) -> Starlette:
-        def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
-            async def endpoint(request: Request) -> Response:
-                session = self.access.read_session(request.cookies.get(COOKIE_NAME))
-                if session is not None:
-                    try:
-                        if await self.store.signed_out(session.nonce):
-                            session = None  # a cookie kept after its sign-out: as if there were none
-                    except (psycopg.OperationalError, PoolTimeout) as exc:
-                        return self._database_unavailable(request, None, exc)
-                if session is None:
-                    if request.url.path.endswith("/live"):
-                        return Response("sign in first", 401, headers=SECURITY_HEADERS)
-                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                    return RedirectResponse(f"{_base(request)}/login?{urlencode({'next': target})}", 303,
-                                            headers=SECURITY_HEADERS)
-                if request.method == "POST" and (_cross_origin(request) or not await self._csrf_ok(request, session)):
-                    log.warning("console POST refused (CSRF token or origin)",
-                                extra={"operator": session.operator, "path": request.url.path})
-                    return self.render(request, session, "error.html", status=403, title="Refused",
-                                       message="This form's CSRF token is missing or wrong, or it was sent from "
-                                               "another site. Reload the page and try again.")
-                try:
-                    response = await handler(request, session)
-                except (psycopg.OperationalError, PoolTimeout) as exc:
-                    return self._database_unavailable(request, session, exc)
-                response.headers.update(SECURITY_HEADERS)
-                return response
-
-            return endpoint
-
+        page = self._guarded
         routes = [
             Route("/", page(self.overview), methods=["GET"]),
-            Route("/login", self.login, methods=["GET", "POST"]),
-            Route("/logout", page(self.logout), methods=["POST"]),
+            Route("/login", self.signin.login, methods=["GET", "POST"]),
+            Route("/logout", page(self.signin.logout), methods=["POST"]),
             Route("/workers", page(self.workers), methods=["GET"]),
             Route("/jobs", page(self.jobs), methods=["GET"]),
             Route("/jobs/{job_id}", page(self.job), methods=["GET"]),
             Route("/jobs/{job_id}/file", page(self.job_file), methods=["GET"]),
-            Route("/jobs/{job_id}/{action:str}", page(self.job_action), methods=["GET", "POST"]),
-            Route("/actions", page(self.actions), methods=["GET"]),
-            Route("/actions/retry-failed", page(self.retry_category), methods=["GET", "POST"]),
+            Route("/jobs/{job_id}/{action:str}", page(self.actions.job_action), methods=["GET", "POST"]),
+            Route("/actions", page(self.actions.actions), methods=["GET"]),
+            Route("/actions/retry-failed", page(self.actions.retry_category), methods=["GET", "POST"]),
             Route("/live", page(self.live_stream), methods=["GET"]),
             Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
         ]
         return Starlette(routes=routes)
 
-    def _database_unavailable(self, request: Request, session: Session | None, exc: Exception) -> Response:
-        log.warning("console: database unavailable", extra={"error": str(exc)})
-        return self.render(request, session, "error.html", status=503, title="Database unavailable",
-                           message="The database is not answering; this page will work again when it does.")
+    def _guarded(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
+        """The endpoint for a page: a signed-in operator, a CSRF-checked same-origin POST, the database's outage."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                session = await self._session(request)
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                return self.pages.database_unavailable(request, None, exc)
+            if session is None:
+                if request.url.path.endswith("/live"):
+                    return Response("sign in first", 401, headers=SECURITY_HEADERS)
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(f"{base(request)}/login?{urlencode({'next': target})}", 303,
+                                        headers=SECURITY_HEADERS)
+            if request.method == "POST" and (cross_origin(request) or not await self._csrf_ok(request, session)):
+                log.warning("console POST refused (CSRF token or origin)",
+                            extra={"operator": session.operator, "path": request.url.path})
+                return self.pages.error(request, session, 403, "Refused",
+                                        "This form's CSRF token is missing or wrong, or it was sent from "
+                                        "another site. Reload the page and try again.")
+            try:
+                response = await handler(request, session)
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                return self.pages.database_unavailable(request, session, exc)
+            response.headers.update(SECURITY_HEADERS)
+            return response
+
+        return endpoint
+
+    async def _session(self, request: Request) -> Session | None:
+        """The request's session; None without one, or for a cookie kept after its sign-out."""
+        session = self.access.read_session(request.cookies.get(COOKIE_NAME))
+        if session is not None and await self.store.signed_out(session.nonce):
+            return None
+        return session
 
     async def _csrf_ok(self, request: Request, session: Session) -> bool:
-        form = await _form(request)
-        token = form.get("csrf") or request.headers.get("x-csrf-token")
+        token = (await form(request)).get("csrf") or request.headers.get("x-csrf-token")
         return self.access.csrf_ok(session, token)
-
-    def render(self, request: Request, session: Session | None, name: str, *, status: int = 200,
-               **context: Any) -> HTMLResponse:
-        html = self.env.get_template(name).render(
-            base=_base(request),
-            operator=session.operator if session else None,
-            csrf=self.access.csrf_token(session) if session else "",
-            path=request.url.path,
-            **context,
-        )
-        return HTMLResponse(html, status, headers=SECURITY_HEADERS)
-
-    # ---- signing in and out ---------------------------------------------------------
-
-    async def login(self, request: Request) -> Response:
-        base = _base(request)
-        target = request.query_params.get("next", "")
-        if not target.startswith(f"{base}/") or target.startswith("//"):
-            target = f"{base}/"
-        if request.method == "GET":
-            return self.render(request, None, "login.html", title="Sign in", next=target, error="")
-        if _cross_origin(request):  # no signing in from another site's form
-            return self.render(request, None, "login.html", status=403, title="Sign in", next=target,
-                               error="Sign in from this page.")
-        client = request.client.host if request.client else "unknown"
-        wait = self.access.signin_wait(client)
-        if wait > 0:
-            response = self.render(request, None, "login.html", status=429, title="Sign in", next=target,
-                                   error=f"Too many sign-in attempts; try again in {math.ceil(wait)} s.")
-            response.headers["Retry-After"] = str(math.ceil(wait))
-            return response
-        form = await _form(request)
-        operator = self.access.operator_for(form.get("key", ""))
-        if operator is None:
-            log.warning("console sign-in refused", extra={"client": client})
-            return self.render(request, None, "login.html", status=401, title="Sign in", next=target,
-                               error="That key is not an operator key.")
-        _, cookie = self.access.new_session(operator)
-        log.info("console sign-in", extra={"operator": operator, "client": client})
-        redirect = RedirectResponse(target, 303, headers=SECURITY_HEADERS)
-        redirect.set_cookie(
-            COOKIE_NAME, cookie, max_age=self.access.session_seconds, path=base or "/",
-            httponly=True, samesite="strict", secure=_https(request),
-        )
-        return redirect
-
-    async def logout(self, request: Request, session: Session) -> Response:
-        await self.store.sign_out(session.nonce, session.operator, session.expires)
-        log.info("console sign-out", extra={"operator": session.operator})
-        response = RedirectResponse(f"{_base(request)}/login", 303)
-        response.delete_cookie(COOKIE_NAME, path=_base(request) or "/", httponly=True, samesite="strict",
-                               secure=_https(request))
-        return response
 
     # ---- pages ----------------------------------------------------------------------------
 
@@ -247,15 +200,15 @@ class Console:
         oldest = await self.store.oldest_pending()
         workers = await self.workers_table.rows()
         live_workers = [w for w in workers if not w.gone]
-        return self.render(
+        return self.pages.render(
             request, session, "overview.html", title="Overview", counts=counts, throughput=throughput,
             chart=throughput_svg(throughput), oldest=oldest, workers=live_workers,
             gone=len(workers) - len(live_workers),
         )
 
     async def workers(self, request: Request, session: Session) -> Response:
-        return self.render(request, session, "workers.html", title="Workers",
-                           workers=await self.workers_table.rows(), local_id=self.workers_table.local_id())
+        return self.pages.render(request, session, "workers.html", title="Workers",
+                                 workers=await self.workers_table.rows(), local_id=self.workers_table.local_id())
 
     async def jobs(self, request: Request, session: Session) -> Response:
         params = dict(request.query_params)
@@ -272,19 +225,18 @@ class Console:
         # htmx's filter form swaps the table alone; its history restore wants the whole page.
         fragment = request.headers.get("hx-request") and not request.headers.get("hx-history-restore-request")
         name = "_jobs_table.html" if fragment else "jobs.html"
-        return self.render(
+        return self.pages.render(
             request, session, name, status=422 if error else 200, title="Jobs", rows=rows, older=older,
             error=error, params=params, statuses=list(JobStatus), types=list(ExportType),
             live_ids=",".join(str(r["id"]) for r in rows), tier=self.store.tier_name,
         )
 
     async def job(self, request: Request, session: Session) -> Response:
-        job_id = _job_id(request)
+        job_id = path_job_id(request)
         row = await self.store.job(job_id) if job_id else None
         if row is None:
-            return self.render(request, session, "error.html", status=404, title="Not found",
-                               message=f"No job {request.path_params['job_id']}.")
-        return self.render(
+            return self.pages.error(request, session, 404, "Not found", f"No job {request.path_params['job_id']}.")
+        return self.pages.render(
             request, session, "job.html", title=f"Job {row['id']}", job=row, timeline=_timeline(row),
             summary=payload_summary(row["payload"], row["export_type"]),
             blocked=list((row.get("metadata") or {}).get("blocked_requests") or []),
@@ -292,14 +244,14 @@ class Console:
         )
 
     async def job_file(self, request: Request, session: Session) -> Response:
-        job_id = _job_id(request)
+        job_id = path_job_id(request)
         row = await self.store.job(job_id) if job_id else None
         if row is None or not has_file(row):
-            return self.render(request, session, "error.html", status=404, title="No file",
-                               message="This job has no file (not completed, or deleted by retention).")
+            return self.pages.error(request, session, 404, "No file",
+                                    "This job has no file (not completed, or deleted by retention).")
         if self.storage is None:
-            return self.render(request, session, "error.html", status=503, title="No file store",
-                               message="This worker has no file store to sign a download link with.")
+            return self.pages.error(request, session, 503, "No file store",
+                                    "This worker has no file store to sign a download link with.")
         # Signed now, for the file's whole life: a link stored at completion dies after
         # SIGNED_URL_TTL_SECONDS (7 days), the file lives 30.
         ttl = self.settings.storage.signed_url_ttl_seconds
@@ -308,62 +260,16 @@ class Console:
                 asyncio.to_thread(download_link, self.storage, str(row["storage_path"]), ttl), SIGN_TIMEOUT_SECONDS)
         except Exception as exc:
             log.warning("console could not sign a download link", extra={"job_id": str(job_id), "error": repr(exc)})
-            return self.render(request, session, "error.html", status=503, title="File store unavailable",
-                               message="The file store did not sign a download link; try again in a minute.")
+            return self.pages.error(request, session, 503, "File store unavailable",
+                                    "The file store did not sign a download link; try again in a minute.")
         # The link itself is a bearer URL: it is only handed to a signed-in operator's browser.
         return RedirectResponse(with_download_name(url, row_download_filename(row)), 303)
 
-    async def job_action(self, request: Request, session: Session) -> Response:
-        action = request.path_params["action"]
-        job_id = _job_id(request)
-        if action not in ("retry", "cancel") or job_id is None:
-            return self.render(request, session, "error.html", status=404, title="Not found",
-                               message="No such page.")
-        row = await self.store.job(job_id)
-        if row is None:
-            return self.render(request, session, "error.html", status=404, title="Not found",
-                               message=f"No job {job_id}.")
-        if request.method == "GET":
-            return self.render(request, session, "confirm.html", title=f"{action.title()} job?", job=row,
-                               action=action, action_url=f"{_base(request)}/jobs/{job_id}/{action}",
-                               back=f"{_base(request)}/jobs/{job_id}")
-        if action == "retry":
-            result = await self.store.retry_job(job_id, session.operator)
-        else:
-            result = await self.store.cancel_job(job_id, session.operator)
-        log.info("console action", extra={"operator": session.operator, "action": action, "job_id": str(job_id),
-                                          "outcome": result.outcome})
-        if not result.ok:
-            return self.render(request, session, "error.html", status=409, title="Not done", message=result.outcome)
-        return RedirectResponse(f"{_base(request)}/jobs/{job_id}?{urlencode({'done': result.outcome})}", 303)
-
-    async def actions(self, request: Request, session: Session) -> Response:
-        return self.render(request, session, "actions.html", title="Actions",
-                           failed=await self.store.failed_by_category(), audit=await self.store.recent_audit(),
-                           done=request.query_params.get("done", ""))
-
-    async def retry_category(self, request: Request, session: Session) -> Response:
-        source = await _form(request) if request.method == "POST" else dict(request.query_params)
-        try:
-            category = ErrorCategory(source.get("category", ""))
-        except ValueError:
-            return self.render(request, session, "error.html", status=422, title="Bad category",
-                               message=f"category must be one of {', '.join(c.value for c in ErrorCategory)}.")
-        if request.method == "GET":
-            failed = {r["category"]: r["jobs"] for r in await self.store.failed_by_category()}
-            return self.render(request, session, "confirm.html", title="Retry failed jobs?", job=None,
-                               action="retry-category", category=category, count=failed.get(category, 0),
-                               action_url=f"{_base(request)}/actions/retry-failed", back=f"{_base(request)}/actions")
-        result = await self.store.retry_category(category, session.operator)
-        log.info("console action", extra={"operator": session.operator, "action": "retry_failed_category",
-                                          "category": str(category), "affected": result.affected})
-        return RedirectResponse(f"{_base(request)}/actions?{urlencode({'done': result.outcome})}", 303)
-
     async def live_stream(self, request: Request, session: Session) -> Response:
         parts = request.query_params.get("rows", "").split(",")
-        ids = [job_id for job_id in map(_uuid_or_none, parts) if job_id is not None]
-        watch = Watch(base=_base(request), counts=request.query_params.get("counts") == "1", rows=ids,
-                      job=_uuid_or_none(request.query_params.get("job", "")))
+        ids = [job_id for job_id in map(uuid_or_none, parts) if job_id is not None]
+        watch = Watch(base=base(request), counts=request.query_params.get("counts") == "1", rows=ids,
+                      job=uuid_or_none(request.query_params.get("job", "")))
         return StreamingResponse(
             self.live.events(request, watch),
             media_type="text/event-stream",
@@ -395,39 +301,3 @@ def _sort_key(at: Any) -> float:
         return datetime.fromisoformat(str(at)).timestamp()
     except ValueError:
         return math.inf
-
-
-def _base(request: Request) -> str:
-    return str(request.scope.get("root_path", "")).rstrip("/")
-
-
-def _cross_origin(request: Request) -> bool:
-    """A browser POST from another origin (browsers send Origin on POSTs; other clients may not)."""
-    origin = request.headers.get("origin")
-    if origin is None:
-        return False
-    return urlsplit(origin).netloc != request.headers.get("host", "")
-
-
-def _https(request: Request) -> bool:
-    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto") == "https"
-
-
-def _uuid_or_none(value: str) -> UUID | None:
-    try:
-        return UUID(value)
-    except ValueError:
-        return None
-
-
-def _job_id(request: Request) -> UUID | None:
-    return _uuid_or_none(request.path_params["job_id"])
-
-
-async def _form(request: Request) -> dict[str, str]:
-    """An urlencoded body, first value of each field (no multipart: the console posts nothing else)."""
-    body = await request.body()
-    if len(body) > 65_536:
-        return {}
-    parsed = parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
-    return {k: v[0] for k, v in parsed.items()}
