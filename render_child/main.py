@@ -1,21 +1,28 @@
 """The render child: a spawned process that owns one Chromium and renders jobs from its pipe.
 
-Protocol (shared/messages.py): boot, answer ``Ready`` or ``BootFailed`` (exit
-EX_BOOT_FAILED); then one ``RenderJob`` at a time, each answered by ``Rendered`` or
-``RenderFailed``; ``Stop`` means close the browser and exit EX_RECYCLE; a closed pipe
-means the supervisor is gone: close the browser and exit EX_PARENT_GONE.
+Protocol (shared/messages.py): boot, answer ``Ready`` (with its slots and browser
+pid) or ``BootFailed`` (exit EX_BOOT_FAILED); then up to ``slots`` ``RenderJob``s at
+once, each in a browser context of its own, announced by ``Started`` and answered by
+``Rendered`` or ``RenderFailed`` as each finishes; ``Stop`` means close the browser
+and exit EX_RECYCLE; a closed pipe means the supervisor is gone: close the browser and
+exit EX_PARENT_GONE. When Chromium itself dies the child exits EX_BROWSER_GONE without
+answering the jobs it held: the supervisor settles them as lost with the child.
+
+This module is the process (its flags, its entry); the asyncio loop that serves the
+pipe is :mod:`render_child.serve`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import multiprocessing.connection
 import os
 import signal
 import sys
-import time
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -23,21 +30,17 @@ from render_child.netpolicy import LOCKDOWN_ARGS
 from shared.child_env import child_environ
 from shared.messages import (
     EX_BOOT_FAILED,
-    EX_PARENT_GONE,
-    EX_RECYCLE,
     FROM_CHILD_ENCODER,
-    TO_CHILD_DECODER,
     BootFailed,
     ChildOptions,
     FromChild,
     Log,
-    Ready,
-    RenderFailed,
-    RenderJob,
-    Stop,
     chromium_home,
 )
-from shared.vocabulary import ErrorCategory, LogLevel
+from shared.vocabulary import LogLevel
+
+if TYPE_CHECKING:
+    from playwright.async_api import Playwright
 
 PR_SET_PDEATHSIG = 1
 EX_BROWSER_GONE = 1  # Chromium itself died: a crash, the supervisor replaces the child
@@ -124,18 +127,17 @@ def browser_args(options: ChildOptions) -> list[str]:
 _LOCKDOWN_PREFIXES = ("--host-resolver-rules", "--proxy-server", "--proxy-bypass-list", "--proxy-pac-url")
 
 
-def _start_playwright() -> Any:
-    """Start the Playwright driver with DRIVER_NODE_OPTIONS and DRIVER_MALLOC_ENV (only the
-    driver sees them: Chromium is launched with an environment of its own)."""
-    from playwright.sync_api import sync_playwright
-
+@contextlib.contextmanager
+def _driver_environment() -> Iterator[None]:
+    """DRIVER_NODE_OPTIONS and DRIVER_MALLOC_ENV for the Playwright driver started inside
+    (only the driver sees them: Chromium is launched with an environment of its own)."""
     saved = {name: os.environ.get(name) for name in ("NODE_OPTIONS", *DRIVER_MALLOC_ENV)}
     node_options = saved["NODE_OPTIONS"]
     os.environ["NODE_OPTIONS"] = f"{node_options} {DRIVER_NODE_OPTIONS}" if node_options else DRIVER_NODE_OPTIONS
     for name, value in DRIVER_MALLOC_ENV.items():
         os.environ.setdefault(name, value)
     try:
-        return sync_playwright().start()
+        yield
     finally:
         for name, before in saved.items():
             if before is None:
@@ -144,7 +146,37 @@ def _start_playwright() -> Any:
                 os.environ[name] = before
 
 
-class _Channel:
+def _start_playwright() -> Any:
+    """The sync driver, with the child's driver settings (the bench's bare loop uses it)."""
+    from playwright.sync_api import sync_playwright
+
+    with _driver_environment():
+        return sync_playwright().start()
+
+
+async def _start_async_playwright() -> Playwright:
+    from playwright.async_api import async_playwright
+
+    with _driver_environment():
+        return await async_playwright().start()
+
+
+def launch_options(options: ChildOptions) -> dict[str, Any]:
+    """Playwright's launch arguments for this child's Chromium."""
+    launch: dict[str, Any] = {"args": browser_args(options), "headless": True, "timeout": BOOT_TIMEOUT_MS}
+    if options.executable_path:
+        launch["executable_path"] = options.executable_path
+    # Playwright adds --no-sandbox itself unless told otherwise; the supervisor
+    # left it out of the args when the host allows the sandbox (supervisor/pool/sandbox.py).
+    launch["chromium_sandbox"] = "--no-sandbox" not in options.chromium_args
+    home = chromium_home(options.scratch_dir, os.getpid())
+    # The allowlist again, whoever started this child: Chromium sees no secret.
+    env = child_environ(os.environ)
+    launch["env"] = {**env, "XDG_CONFIG_HOME": f"{home}/config", "XDG_CACHE_HOME": f"{home}/cache"}
+    return launch
+
+
+class Channel:
     def __init__(self, conn: multiprocessing.connection.Connection, level: str) -> None:
         self.conn = conn
         self.min_level = LogLevel.number_of(level)
@@ -176,98 +208,12 @@ def child_entry(conn: multiprocessing.connection.Connection, options_bytes: byte
 
 
 def _run(conn: multiprocessing.connection.Connection, options_bytes: bytes) -> int:
-    from playwright.sync_api import Error as PlaywrightError
-
-    from render_child.render import Renderer
-
-    start = time.perf_counter()
     try:
         options = msgspec.msgpack.decode(options_bytes, type=ChildOptions)
     except msgspec.DecodeError as exc:
         with contextlib.suppress(OSError):
             conn.send_bytes(FROM_CHILD_ENCODER.encode(BootFailed(message=f"bad ChildOptions: {exc}")))
         return EX_BOOT_FAILED
-    channel = _Channel(conn, options.log_level)
-    manager: Any = None
-    browser: Any = None
-    renderer: Renderer | None = None
-    try:
-        try:
-            manager = _start_playwright()
-            launch: dict[str, Any] = {
-                "args": browser_args(options),
-                "headless": True,
-                "timeout": BOOT_TIMEOUT_MS,
-            }
-            if options.executable_path:
-                launch["executable_path"] = options.executable_path
-            # Playwright adds --no-sandbox itself unless told otherwise; the supervisor
-            # left it out of the args when the host allows the sandbox (supervisor/pool/sandbox.py).
-            launch["chromium_sandbox"] = "--no-sandbox" not in options.chromium_args
-            home = chromium_home(options.scratch_dir, os.getpid())
-            # The allowlist again, whoever started this child: Chromium sees no secret.
-            env = child_environ(os.environ)
-            launch["env"] = {**env, "XDG_CONFIG_HOME": f"{home}/config", "XDG_CACHE_HOME": f"{home}/cache"}
-            browser = manager.chromium.launch(**launch)
-            renderer = Renderer(browser, channel.log)
-            renderer.warm_up()
-            boot_ms = round((time.perf_counter() - start) * 1000, 1)
-            channel.send(Ready(pid=os.getpid(), browser_version=browser.version, boot_ms=boot_ms))
-        except (OSError, EOFError):
-            return EX_PARENT_GONE
-        except Exception as exc:
-            with contextlib.suppress(OSError, ValueError):
-                channel.send(BootFailed(message=f"{type(exc).__name__}: {str(exc).strip()[:1000]}"))
-            return EX_BOOT_FAILED
+    from render_child.serve import serve
 
-        while True:
-            try:
-                raw = conn.recv_bytes()
-            except (EOFError, OSError):
-                return EX_PARENT_GONE
-            try:
-                msg = TO_CHILD_DECODER.decode(raw)
-            except msgspec.DecodeError as exc:
-                channel.log("error", f"undecodable message from the supervisor: {exc}")
-                continue
-            if isinstance(msg, Stop):
-                return EX_RECYCLE
-            assert isinstance(msg, RenderJob)
-            try:
-                answer = renderer.render(msg, defer_reset=True)
-            except PlaywrightError as exc:  # render() answers everything; this is the browser itself
-                answer = RenderFailed(
-                    job_id=msg.job_id, category=ErrorCategory.TRANSIENT, message=f"browser error: {exc}", render_ms=0.0
-                )
-            if not browser.is_connected():
-                # Chromium died during this job: exit without answering, so the supervisor
-                # settles this job as a crash (a poison strike) while the child is still
-                # busy with it, and hands no other job to a child without a browser.
-                channel.log("error", "Chromium disconnected during the render; the child exits to be replaced",
-                            msg.job_id)
-                return EX_BROWSER_GONE
-            try:
-                channel.send(answer)
-            except (OSError, ValueError):
-                return EX_PARENT_GONE
-            # The isolation reset between jobs, after the answer: it overlaps the
-            # supervisor's delivery and next claim (~5 ms a job) instead of delaying the
-            # answer, and still ends before the next job is even read from the pipe.
-            renderer.finish()
-            if not browser.is_connected():
-                channel.log("error", "Chromium disconnected; the child exits to be replaced")
-                return EX_BROWSER_GONE
-    finally:
-        _shutdown(renderer, browser, manager)
-
-
-def _shutdown(renderer: Any, browser: Any, manager: Any) -> None:
-    for step in (
-        (lambda: renderer.close()) if renderer is not None else None,
-        (lambda: browser.close()) if browser is not None else None,
-        (lambda: manager.stop()) if manager is not None else None,
-    ):
-        if step is None:
-            continue
-        with contextlib.suppress(Exception):
-            step()
+    return asyncio.run(serve(conn, options, Channel(conn, options.log_level)))

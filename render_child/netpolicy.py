@@ -5,20 +5,26 @@ routed to :class:`Fetcher`, which decides per request and, when allowed, fetches
 resource itself in Python after checking every resolved address, connecting to the
 validated address (pinned, so DNS rebinding cannot swap it), and re-checking every
 redirect hop. Nothing here touches Playwright, so it can be unit-tested without a browser.
+Fetches are async: a page's subresources are fetched concurrently, through one client
+the child's jobs share (:func:`pinned_client`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import http.cookiejar
 import ipaddress
 import socket
 import ssl
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
+from typing import Any
 
 
 def _import_httpx_without_cli() -> None:
@@ -248,16 +254,72 @@ def parse_http_url(url: str) -> httpx.URL:
     return parsed
 
 
+class _NoCookies(http.cookiejar.DefaultCookiePolicy):
+    """The shared client's jar keeps nothing: a cookie of one job's fetch never rides on another's."""
+
+    def set_ok(self, cookie: http.cookiejar.Cookie, request: Any) -> bool:
+        return False
+
+
+class PinnedTransport(httpx.AsyncBaseTransport):
+    """One connection pool per (scheme, host, port, pinned address), as the fetcher's
+    per-job clients had (at most 4 connections, 2 kept alive, each), shared by every job
+    of the child: a connection is reused only for the same host on the same checked
+    address, so a TLS session made for one host never carries another's request."""
+
+    MAX_POOLS = 64
+
+    def __init__(self) -> None:
+        self._pools: OrderedDict[tuple[str, str, int, str], httpx.AsyncHTTPTransport] = OrderedDict()
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        key = (url.scheme, str(request.extensions.get("sni_hostname", "")), url.port or 0, url.host)
+        pool = self._pools.get(key)
+        if pool is None:
+            pool = httpx.AsyncHTTPTransport(
+                verify=_ssl_context(), trust_env=False,
+                limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
+            )
+            self._pools[key] = pool
+            while len(self._pools) > self.MAX_POOLS:  # the least recently used host goes
+                _, old = self._pools.popitem(last=False)
+                await old.aclose()
+        self._pools.move_to_end(key)
+        return await pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        pools, self._pools = list(self._pools.values()), OrderedDict()
+        for pool in pools:
+            with contextlib.suppress(Exception):
+                await pool.aclose()
+
+
+def pinned_client() -> httpx.AsyncClient:
+    """The one async client a child's fetchers share (see :class:`PinnedTransport`)."""
+    return httpx.AsyncClient(
+        transport=PinnedTransport(),
+        cookies=http.cookiejar.CookieJar(policy=_NoCookies()),
+        trust_env=False,
+        follow_redirects=False,
+        timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+    )
+
+
 @dataclass
 class Fetcher:
-    """One job's fetcher: decides, fetches, and records what it blocked."""
+    """One job's fetcher: decides, fetches, and records what it blocked.
+
+    ``client`` is the child's shared :func:`pinned_client`; without one (a caller
+    with no event loop of its own) :meth:`fetch` uses a client of its own for the call.
+    """
 
     policy: NetworkPolicy
     limits: RenderLimits
     resolver: Resolver | None = None
+    client: httpx.AsyncClient | None = None
     blocked: list[BlockedRequest] = field(default_factory=list)
     fetched: int = 0
-    _clients: dict[tuple[str, str, int, str], httpx.Client] = field(default_factory=dict)
 
     def record(self, url: str, reason: str) -> None:
         if len(self.blocked) < 200:
@@ -275,16 +337,30 @@ class Fetcher:
         return parsed
 
     def fetch(self, url: str, *, main_document: bool, method: str, headers: dict[str, str]) -> FetchResult:
+        """:meth:`fetch_async` for a caller without an event loop."""
+        return asyncio.run(self.fetch_async(url, main_document=main_document, method=method, headers=headers))
+
+    async def fetch_async(
+        self, url: str, *, main_document: bool, method: str, headers: dict[str, str]
+    ) -> FetchResult:
         """Fetch an allowed URL; raise :class:`Blocked` or :class:`FetchFailed`."""
         if method.upper() not in ("GET", "HEAD"):
             raise Blocked(f"method {method} not allowed")
+        if self.client is not None:
+            return await self._follow(self.client, url, main_document, method, headers)
+        async with pinned_client() as client:
+            return await self._follow(client, url, main_document, method, headers)
+
+    async def _follow(
+        self, client: httpx.AsyncClient, url: str, main_document: bool, method: str, headers: dict[str, str]
+    ) -> FetchResult:
         deadline = time.monotonic() + min(FETCH_BUDGET_S, self.limits.navigation_timeout_ms / 1000)
         forward = {k: v for k, v in headers.items() if k.lower() in _FORWARDED_REQUEST_HEADERS}
         current = url
         for hop in range(MAX_REDIRECTS + 1):
             try:
                 parsed = self.check_url(current, main_document=main_document)
-                response = self._fetch_one(parsed, method, forward, deadline)
+                response = await self._fetch_one(client, parsed, method, forward, deadline)
             except Blocked as exc:
                 if hop == 0:
                     raise
@@ -298,44 +374,28 @@ class Fetcher:
             return response
         raise Blocked(f"more than {MAX_REDIRECTS} redirects")
 
-    def _fetch_one(
-        self, url: httpx.URL, method: str, headers: dict[str, str], deadline: float
+    async def _fetch_one(
+        self, client: httpx.AsyncClient, url: httpx.URL, method: str, headers: dict[str, str], deadline: float
     ) -> FetchResult:
         scheme = url.scheme.lower()
         host = normalize_host(url.host)
         port = url.port or _default_port(scheme)
-        ips = resolve_checked(host, port, self.policy, self.resolver)
+        ips = await _resolve_checked_async(host, port, self.policy, self.resolver)
         last_error: Exception | None = None
         for ip in ips[:2]:
             try:
-                return self._request_pinned(url, ip, method, headers, deadline)
+                return await self._request_pinned(client, url, ip, method, headers, deadline)
             except httpx.TransportError as exc:
                 last_error = exc
                 if isinstance(exc, httpx.TimeoutException):
                     break
         raise FetchFailed(f"fetch of {host} failed: {type(last_error).__name__}: {last_error}")
 
-    def _client(self, scheme: str, host: str, port: int, ip: str) -> httpx.Client:
-        key = (scheme, host, port, ip)
-        client = self._clients.get(key)
-        if client is None:
-            client = httpx.Client(
-                trust_env=False,
-                verify=_ssl_context(),
-                follow_redirects=False,
-                timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-                limits=httpx.Limits(max_connections=4, max_keepalive_connections=2),
-            )
-            self._clients[key] = client
-        return client
-
-    def _request_pinned(
-        self, url: httpx.URL, ip: str, method: str, headers: dict[str, str], deadline: float
+    async def _request_pinned(
+        self, client: httpx.AsyncClient, url: httpx.URL, ip: str, method: str, headers: dict[str, str],
+        deadline: float,
     ) -> FetchResult:
-        scheme = url.scheme.lower()
         host = normalize_host(url.host)
-        port = url.port or _default_port(scheme)
-        client = self._client(scheme, host, port, ip)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise FetchFailed("fetch time budget exhausted")
@@ -349,33 +409,40 @@ class Fetcher:
             extensions={"sni_hostname": host},
         )
         request.headers.pop("cookie", None)
-        cap = self.limits.max_fetch_bytes
+        response = await client.send(request, stream=True)
         try:
-            response = client.send(request, stream=True)
-            try:
-                length = response.headers.get("content-length")
-                if length and length.isdigit() and int(length) > cap:
-                    raise Blocked(f"response is {length} bytes, more than max_fetch_bytes ({cap})")
-                chunks: list[bytes] = []
-                total = 0
-                for chunk in response.iter_bytes():
-                    total += len(chunk)
-                    if total > cap:
-                        raise Blocked(f"response is more than max_fetch_bytes ({cap})")
-                    if time.monotonic() > deadline:
-                        raise FetchFailed("fetch time budget exhausted")
-                    chunks.append(chunk)
-            finally:
-                response.close()
+            body = await self._read_capped(response, deadline)
         finally:
-            client.cookies.clear()
+            await response.aclose()
         out_headers = {
             k: v for k, v in response.headers.items() if k.lower() not in _DROPPED_RESPONSE_HEADERS
         }
-        return FetchResult(response.status_code, out_headers, b"".join(chunks), str(url))
+        return FetchResult(response.status_code, out_headers, body, str(url))
 
-    def close(self) -> None:
-        for client in self._clients.values():
-            with contextlib.suppress(Exception):
-                client.close()
-        self._clients.clear()
+    async def _read_capped(self, response: httpx.Response, deadline: float) -> bytes:
+        cap = self.limits.max_fetch_bytes
+        length = response.headers.get("content-length")
+        if length and length.isdigit() and int(length) > cap:
+            raise Blocked(f"response is {length} bytes, more than max_fetch_bytes ({cap})")
+        chunks: list[bytes] = []
+        total = 0
+        async for chunk in response.aiter_bytes():
+            total += len(chunk)
+            if total > cap:
+                raise Blocked(f"response is more than max_fetch_bytes ({cap})")
+            if time.monotonic() > deadline:
+                raise FetchFailed("fetch time budget exhausted")
+            chunks.append(chunk)
+        # one chunk (the usual small image) is the body itself: b"".join of one bytes returns it
+        return b"".join(chunks)
+
+
+async def _resolve_checked_async(
+    host: str, port: int, policy: NetworkPolicy, resolver: Resolver | None
+) -> list[str]:
+    """:func:`resolve_checked` off the event loop when it needs DNS (an address literal needs none)."""
+    try:
+        ipaddress.ip_address(normalize_host(host).strip("[]"))
+    except ValueError:
+        return await asyncio.to_thread(resolve_checked, host, port, policy, resolver)
+    return resolve_checked(host, port, policy, resolver)

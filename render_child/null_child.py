@@ -38,8 +38,9 @@ TINY_PDF = (
 def null_child_entry(conn: multiprocessing.connection.Connection, options_bytes: bytes) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.setpgrp()
-    msgspec.msgpack.decode(options_bytes, type=ChildOptions)
-    conn.send_bytes(FROM_CHILD_ENCODER.encode(Ready(pid=os.getpid(), browser_version="null", boot_ms=0.0)))
+    options = msgspec.msgpack.decode(options_bytes, type=ChildOptions)
+    ready = Ready(pid=os.getpid(), browser_version="null", boot_ms=0.0, slots=options.slots)
+    conn.send_bytes(FROM_CHILD_ENCODER.encode(ready))
     while True:
         try:
             message = TO_CHILD_DECODER.decode(conn.recv_bytes())

@@ -7,9 +7,9 @@ import base64
 import re
 from typing import Any
 
+from render_child.page import JobPage
 from render_child.pdfmeta import chromium_title, safe_title, set_document_info
-from render_child.slots import Slot
-from shared.errors import ErrorCategory, JobError
+from shared.errors import ErrorCategory, JobError, RenderFailure
 from shared.messages import RenderJob
 from shared.payload import MenuSource
 
@@ -27,14 +27,14 @@ def count_pdf_pages(data: bytes) -> int:
     return max(counts, default=0)
 
 
-def render_pdf(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
+async def render_pdf(slot: JobPage, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
     opts = job.payload.pdf
     m = opts.margins
     limit = job.limits.max_pages
     # Print at most one page past the limit (Chromium's pageRanges): whether page
     # MAX_PAGES + 1 exists is all the check needs, and a document of 10,000 forced page
     # breaks is then refused in seconds instead of holding a Chromium for minutes.
-    data = slot.page.pdf(
+    data = await slot.page.pdf(
         page_ranges=f"1-{limit + 1}",
         format=opts.page_size,
         landscape=opts.landscape,
@@ -47,7 +47,8 @@ def render_pdf(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
     data = set_document_info(data, _document_title(job, data))
     pages = count_pdf_pages(data)
     if pages > limit:
-        raise JobError(ErrorCategory.VALIDATION, f"PDF has more than {limit} pages, the limit (MAX_PAGES)")
+        raise JobError(ErrorCategory.VALIDATION, f"PDF has more than {limit} pages, the limit (MAX_PAGES)",
+                       RenderFailure.PAGE_LIMIT)
     return data, {"pages": pages}
 
 
@@ -61,7 +62,7 @@ def _document_title(job: RenderJob, data: bytes) -> str:
     return safe_title(chromium_title(data), fallback)
 
 
-def render_image(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
+async def render_image(slot: JobPage, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
     opts = job.payload.image
     width = opts.width
     # A full-page image without a height is measured in a 16 px viewport, so the content
@@ -70,13 +71,12 @@ def render_image(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
     view_height = opts.height or 16
     dsf = opts.device_scale_factor
     cdp = slot.cdp
-    cdp.send(
+    await cdp.send(
         "Emulation.setDeviceMetricsOverride",
         {"width": width, "height": view_height, "deviceScaleFactor": dsf, "mobile": False},
     )
-    slot.origins.add("emulation")  # marks the slot for an emulation reset
     if opts.full_page:
-        metrics = cdp.send("Page.getLayoutMetrics")
+        metrics = await cdp.send("Page.getLayoutMetrics")
         size = metrics.get("cssContentSize") or metrics["contentSize"]
         height = max(1, int(size["height"] + 0.999))
     else:
@@ -87,6 +87,7 @@ def render_image(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
             ErrorCategory.VALIDATION,
             f"image would be {int(pixels)} pixels ({width}x{height} at scale {dsf}), more than the limit "
             f"of {job.limits.max_image_pixels} (MAX_IMAGE_PIXELS)",
+            RenderFailure.PIXEL_LIMIT,
         )
     params: dict[str, Any] = {
         "format": opts.format,
@@ -96,6 +97,6 @@ def render_image(slot: Slot, job: RenderJob) -> tuple[bytes, dict[str, Any]]:
     }
     if opts.format != "png":
         params["quality"] = opts.quality if opts.quality is not None else 85
-    result = cdp.send("Page.captureScreenshot", params)
+    result = await cdp.send("Page.captureScreenshot", params)
     data = base64.b64decode(result["data"])
     return data, {"width": round(width * dsf), "height": round(height * dsf)}

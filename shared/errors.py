@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from shared.vocabulary import ErrorCategory
+from shared.vocabulary import ErrorCategory, RenderFailure
 
-__all__ = ["ErrorCategory", "JobError"]
+__all__ = ["ErrorCategory", "JobError", "RenderFailure"]
 
 
 class JobError(Exception):
-    """An attempt failed; the category decides retry or fail."""
+    """An attempt failed; the category decides retry or fail, the code says why (for readers)."""
 
-    def __init__(self, category: ErrorCategory, message: str) -> None:
+    def __init__(self, category: ErrorCategory, message: str, code: RenderFailure = RenderFailure.INTERNAL) -> None:
         super().__init__(message)
         self.category: ErrorCategory = category
         self.message = message
+        self.code = code

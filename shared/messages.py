@@ -3,6 +3,9 @@
 Tagged-union msgspec structs, encoded as msgpack with one encoder and one decoder
 per direction, built once. The child never receives a secret: only the payload,
 the limits, the network policy and a scratch path to write the file to.
+
+A child runs up to ``Ready.slots`` jobs at once: every job message carries its
+``job_id`` and every answer names the job it answers, in whatever order they finish.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import msgspec
 
 from shared.errors import ErrorCategory
 from shared.payload import RenderPayload
+from shared.vocabulary import RenderFailure
 
 
 class _Msg(msgspec.Struct, tag_field="type", forbid_unknown_fields=True, kw_only=True):
@@ -60,6 +64,16 @@ class Ready(_Msg, tag="ready"):
     pid: int
     browser_version: str
     boot_ms: float
+    slots: int = 1  # jobs it renders at once
+    browser_pid: int = 0  # its Chromium's browser process (0: not known); gone means the child is lost
+
+
+class Started(_Msg, tag="started"):
+    """A job's page exists: which renderer process draws it (0 when it could not be told),
+    so the watchdog can kill that page alone when it grows."""
+
+    job_id: str
+    renderer_pid: int = 0
 
 
 class BootFailed(_Msg, tag="boot_failed"):
@@ -87,6 +101,7 @@ class Rendered(_Msg, tag="rendered"):
 class RenderFailed(_Msg, tag="render_failed"):
     job_id: str
     category: ErrorCategory
+    code: RenderFailure  # why, for readers (mail, console); the message is for operators
     message: str
     render_ms: float
     blocked: list[BlockedRequest] = []
@@ -101,7 +116,7 @@ class Log(_Msg, tag="log"):
     job_id: str | None = None
 
 
-FromChild = Ready | BootFailed | Rendered | RenderFailed | Log
+FromChild = Ready | BootFailed | Started | Rendered | RenderFailed | Log
 
 TO_CHILD_ENCODER = msgspec.msgpack.Encoder()
 TO_CHILD_DECODER = msgspec.msgpack.Decoder(ToChild)
@@ -124,6 +139,7 @@ class ChildOptions(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     chromium_args: list[str]
     log_level: str = "info"
     scratch_dir: str  # where outputs are written; the supervisor moves them to storage
+    slots: int = 1  # jobs the child renders at once, each in its own browser context
 
 
 def chromium_home(scratch_dir: str, child_pid: int) -> str:

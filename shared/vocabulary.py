@@ -145,6 +145,23 @@ class FailureReason(StrEnum):
     STALE = "stale"  # the claiming worker stopped heartbeating
 
 
+class RenderFailure(StrEnum):
+    """Why a child could not render a job: the code on ``RenderFailed`` (kept as
+    ``metadata.render_failure``), so no reader parses the child's message back."""
+
+    TIMEOUT = "timeout"  # loading or printing passed the job's navigation timeout
+    CRASHED = "crashed"  # the page's renderer process died (or was killed)
+    BROWSER = "browser"  # any other browser error
+    PAGE_LIMIT = "page_limit"  # more pages than MAX_PAGES
+    PIXEL_LIMIT = "pixel_limit"  # a larger image than MAX_IMAGE_PIXELS
+    OUTPUT_LIMIT = "output_limit"  # a larger file than MAX_OUTPUT_BYTES
+    URL_NOT_ALLOWED = "url_not_allowed"  # the url source's host or address is refused by the policy
+    URL_UNREACHABLE = "url_unreachable"  # the url source could not be fetched
+    URL_HTTP_ERROR = "url_http_error"  # the url source answered 4xx or 5xx
+    INVALID_JOB = "invalid_job"  # an export type or source this worker does not render
+    INTERNAL = "internal"  # anything else: a fault of ours, not of the document
+
+
 class WebhookEvent(StrEnum):
     """The events a job's webhook receives (the body's ``type``)."""
 
@@ -186,6 +203,7 @@ class RecycleReason(StrEnum):
 
     RENDERS = "renders"  # RENDERS_PER_CHILD reached
     AGE = "age"  # CHILD_MAX_AGE_SECONDS reached
+    MEMORY = "memory"  # its browser, driver or own process grew (not a page: those are stopped alone)
 
 
 class StorageOperation(StrEnum):

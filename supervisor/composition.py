@@ -138,7 +138,6 @@ async def assemble(
         critical_ratio=p.container_critical_percent / 100,
         metrics=metrics,
     )
-    pool.kill_verdict = watchdog.verdict_for
     upkeep = Upkeep(settings, queue, pool, settler, storage, database, metrics)
     health = WorkerHealth(settings, breaker, storage.name, pool, watchdog, sandbox)
     metrics.watch_render_pool(health.able_to_render)
@@ -190,9 +189,14 @@ def pool_config(
         chromium_args=chromium_args(list(CHROMIUM_ARGS), sandbox),
         log_level=settings.worker.log_level,
         scratch_dir=str(scratch),
+        slots=min(p.slots_per_child, settings.worker.max_concurrent_renders),
     )
+    # MAX_CONCURRENT_RENDERS is the total: as many children as it takes at SLOTS_PER_CHILD each.
+    total = settings.worker.max_concurrent_renders
     return PoolConfig(
-        size=settings.worker.max_concurrent_renders,
+        size=-(-total // options.slots),
+        slots=options.slots,
+        capacity=total,
         options=options,
         target=target,
         job_timeout_seconds=settings.worker.job_timeout_seconds,

@@ -193,11 +193,11 @@ class Supervisor:
             self._wake.clear()
             if parts.listener is not None:
                 parts.listener.job_available.clear()
-            idle = parts.pool.idle_children() if parts.state.gate.may_claim() else []
+            free = parts.pool.free_slots() if parts.state.gate.may_claim() else []
             claims: list[Claim] = []
-            if idle:
+            if free:
                 try:
-                    claims = await parts.queue.claim(len(idle))
+                    claims = await parts.queue.claim(len(free))
                     parts.database.up()
                 except Exception as exc:
                     self.metrics.queue_errors.labels(QueueOperation.CLAIM).inc()
@@ -205,17 +205,17 @@ class Supervisor:
                     await self._wait(parts, busy_poll, queue_was_empty=False)
                     continue
                 # Children may have changed while we awaited the claim (a recycle
-                # retired one): hand out only to children that are idle now.
-                available = parts.pool.idle_children()
+                # retired one): hand out only to slots that are free now.
+                available = parts.pool.free_slots()
                 for claim in claims:
                     if available:
                         parts.settler.start(available.pop(0), claim)
                     else:
                         parts.settler.hand_back(claim)
                 poll = busy_poll if claims else idle_poll
-                if claims and len(claims) == len(idle):
-                    continue  # there may be more; claim again as children free up
-            await self._wait(parts, poll, queue_was_empty=bool(idle) and not claims)
+                if claims and len(claims) == len(free):
+                    continue  # there may be more; claim again as slots free up
+            await self._wait(parts, poll, queue_was_empty=bool(free) and not claims)
 
     async def _wait(self, parts: WorkerParts, poll: float, *, queue_was_empty: bool) -> None:
         """Sleep until a NOTIFY, a freed child, a signal, or the poll interval."""

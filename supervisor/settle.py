@@ -27,7 +27,7 @@ from typing import Any
 from shared.config import Settings
 from shared.messages import NetworkPolicy, Rendered, RenderFailed, RenderJob, RenderLimits
 from shared.payload import PayloadError, parse_payload
-from shared.vocabulary import ErrorCategory, FailureReason, JobStatus, KillReason, QueueOperation
+from shared.vocabulary import ErrorCategory, FailureReason, JobStatus, KillReason, QueueOperation, RenderFailure
 from supervisor.delivery.breaker import CircuitBreaker
 from supervisor.delivery.storage import StorageError
 from supervisor.delivery.upload import Cancelled, Delivery, completion_metadata
@@ -131,14 +131,14 @@ class Settler:
             self._settle_later(claim, failed)
             return
         job = render_job(claim, payload, self.settings, self.scratch)
-        self.metrics.active_renders.set(len(self.pool.busy_children()) + 1)
+        self.metrics.active_renders.set(self.pool.active_jobs() + 1)
         self.metrics.claim_to_start.observe(time.monotonic() - claim.claimed_at)
         self.pool.dispatch(handle, job, claim)
 
     def hand_back(self, claim: Claim) -> None:
         """A claim no child can take now (one retired meanwhile): back to pending, attempt unspent."""
         self.inflight[claim.job_id] = InFlight(claim, None)
-        self._settle_later(claim, ChildLost(KillReason.SHUTDOWN, "no idle child after the claim"))
+        self._settle_later(claim, ChildLost(KillReason.SHUTDOWN, "no free slot after the claim"))
 
     # ---- the pool's reports (PoolOwner) -----------------------------------------------
 
@@ -153,7 +153,7 @@ class Settler:
 
     def on_capacity(self) -> None:
         if self.pool is not None:
-            self.metrics.active_renders.set(len(self.pool.busy_children()))
+            self.metrics.active_renders.set(self.pool.active_jobs())
         self.capacity.set()
 
     def _settle_later(self, claim: Claim, outcome: Outcome) -> None:
@@ -174,17 +174,17 @@ class Settler:
                     await self._record_failure(claim, self._failure_of_render(claim, outcome))
                 case Failed():
                     await self._record_failure(claim, outcome)
-                case ChildLost(reason=KillReason.CLAIM_LOST):
-                    pass  # another worker holds the job; nothing of ours to write
-                case ChildLost(reason=KillReason.CANCELLED):
-                    await self.queue.settle_cancelled(claim)
-                    log.info("job cancelled during render", extra={"job_id": claim.job_id})
-                case ChildLost(reason=KillReason.SHUTDOWN):
+                case ChildLost(spared=True) | ChildLost(reason=KillReason.SHUTDOWN):  # no attempt spent
                     await self.queue.release(claim)
                     # The shutdown message is matched by scripts (scripts/image-check.sh): keep its words.
                     message = f"job handed back to pending: {outcome.detail}" if outcome.detail else \
                         "job released to pending at shutdown"
                     log.info(message, extra={"job_id": claim.job_id})
+                case ChildLost(reason=KillReason.CLAIM_LOST):
+                    pass  # another worker holds the job; nothing of ours to write
+                case ChildLost(reason=KillReason.CANCELLED):
+                    await self.queue.settle_cancelled(claim)
+                    log.info("job cancelled during render", extra={"job_id": claim.job_id})
                 case ChildLost():
                     await self._record_failure(claim, self._failure_of_kill(outcome))
         except ClaimLost as exc:
@@ -264,8 +264,8 @@ class Settler:
 
     def _failure_of_render(self, claim: Claim, result: RenderFailed) -> Failed:
         metadata = {"blocked_requests": [b.url for b in result.blocked][:BLOCKED_KEPT],
-                    "render_ms": round(result.render_ms, 1)}
-        if result.timed_out:
+                    "render_ms": round(result.render_ms, 1), "render_failure": result.code}
+        if result.code is RenderFailure.TIMEOUT:
             # The child's own navigation timeout can be the job deadline itself: the same limit either way.
             return Failed(result.category, f"{self._timeout_message()} ({result.message})",
                           FailureReason.TIMEOUT, metadata)
@@ -299,8 +299,8 @@ _INTERNAL_DEATHS = frozenset({KillReason.CRASHED, KillReason.UNRESPONSIVE})
 def report_if_not_the_documents(claim: Claim, outcome: Outcome) -> None:
     """Send a render failure to Sentry (when on) unless the document caused it: only reason codes, no content."""
     match outcome:
-        case RenderFailed(category=ErrorCategory.TRANSIENT, timed_out=False):
-            reason, detail = FailureReason.RENDER, str(ErrorCategory.TRANSIENT)
+        case RenderFailed(category=ErrorCategory.TRANSIENT, code=code) if code is not RenderFailure.TIMEOUT:
+            reason, detail = FailureReason.RENDER, str(code)
         case ChildLost(reason=kill) if kill in _INTERNAL_DEATHS:
             reason, detail = FailureReason.CHILD_CRASHED, str(kill)
         case _:

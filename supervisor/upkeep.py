@@ -78,7 +78,7 @@ class Upkeep:
                 if entry.handle is not None and self.settler.inflight.get(job_id) is entry:
                     log.warning("claim lost (rescued or re-claimed elsewhere); stopping its render",
                                 extra={"job_id": job_id})
-                    self.pool.kill(entry.handle, KillReason.CLAIM_LOST)
+                    self.pool.stop_job(entry.handle, job_id, KillReason.CLAIM_LOST)
             elif held[job_id]:
                 self.cancel_render(job_id)
 
@@ -89,7 +89,7 @@ class Upkeep:
         entry.cancel_requested = True
         if entry.handle is not None:
             log.info("cancel requested; killing the render", extra={"job_id": job_id})
-            self.pool.kill(entry.handle, KillReason.CANCELLED)
+            self.pool.stop_job(entry.handle, job_id, KillReason.CANCELLED)
 
     async def watch_status(self, updates: asyncio.Queue[dict[str, Any]]) -> None:
         """Act on a cancel request the moment its NOTIFY arrives (not only at the next heartbeat)."""

@@ -72,7 +72,7 @@ class WorkerState:
                 renders=h.renders,
                 age_seconds=round(now - h.spawned_at, 1),
                 memory_bytes=h.memory_bytes,
-                job_id=h.assignment.job.job_id if h.assignment is not None else None,
+                job_id=next(iter(h.assignments), None),
             )
             for h in sorted(pool.handles, key=lambda h: (h.index, h.generation))
         ]

@@ -19,6 +19,7 @@ import urllib.error
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from email.utils import formatdate
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -26,7 +27,7 @@ import jinja2
 import msgspec
 
 from shared.data_dir import make_private_dir, write_private_file
-from shared.vocabulary import FailureReason
+from shared.vocabulary import FailureReason, RenderFailure
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -74,33 +75,16 @@ def _type_words(export_type: str) -> str:
     return "PDF" if export_type == "pdf" else "image" if export_type == "image" else export_type
 
 
-# (words in the message, the failure in plain words, what the person can do about it)
-_REASON_RULES: tuple[tuple[tuple[str, ...], str, str], ...] = (
-    (("cancel",), "the export was cancelled",
-     "Nothing, if you cancelled it yourself. Start a new export whenever you are ready."),
-    (("storage", "bucket", "upload"), "the file could not be stored",
-     "This was a problem on our side, not in your menu. Please export again in a few minutes."),
-    (("timed out", "timeout", "took too long", "deadline"), "the page took too long to render",
-     "Export again. If it keeps happening, remove very large images or split the menu into smaller parts."),
-    (("memory", "oom"), "the page needed more memory than an export may use",
-     "Remove or shrink large images, or split the menu into smaller parts, then export again."),
-    (("max_input", "input too large", "document too large"), "the document is larger than allowed",
-     "Shorten the menu or remove large images, then export again."),
-    (("max_pages", "page count", "too many pages", "pages"), "the document has more pages than allowed",
-     "Split the menu into smaller parts (one per section, for example) or choose a smaller scale, then export again."),
-    (("pixel",), "the image would be larger than allowed",
-     "Choose a smaller width or scale for the image, or export a PDF instead."),
-    (("max_output", "too large", "output size", "bytes"), "the file would be larger than allowed",
-     "Remove or shrink large images, then export again."),
-    (("blocked", "not allowed", "allowlist"), "the page tried to load something that is not allowed",
-     "Use images from an address your administrator allows, or remove them, then export again."),
-)
-_CATEGORY_STEPS = {
-    "validation": "Correct the menu where the reason above points, then export again.",
-    "resource": "Export again later. If it keeps failing, split the menu into smaller parts.",
-    "transient": "Please export again in a few minutes. If it still fails, reply to this mail.",
+_CATEGORY_WORDS = {
+    "validation": ("the document could not be read",  # never the validator's words: they may hold a path
+                   "Correct the menu where the reason above points, then export again."),
+    "resource": ("the export needed more resources than are available",
+                 "Export again later. If it keeps failing, split the menu into smaller parts."),
+    "transient": ("a temporary problem kept the export from finishing, even after several tries",
+                  "Please export again in a few minutes. If it still fails, reply to this mail."),
 }
-_LAST_STEP = "Please reply to this mail so that we can look into it; exporting again will not help yet."
+_LAST_WORDS = ("the export could not be completed",
+               "Please reply to this mail so that we can look into it; exporting again will not help yet.")
 
 
 # A payload the validator refused: "invalid payload: {field}: {the owner's words}" (supervisor/settle.py,
@@ -119,66 +103,67 @@ def owner_problem(message: str) -> str | None:
     return words if words.endswith((".", "!", "?")) else f"{words}."
 
 
-def _rule(message: str) -> tuple[tuple[str, ...], str, str] | None:
-    lowered = (message or "").lower()
-    return next((rule for rule in _REASON_RULES if any(n in lowered for n in rule[0])), None)
-
-
-def plain_reason(category: str, message: str) -> str:
-    """A failure in plain words for the user (no internals, no regex, type names or paths)."""
-    if owner_problem(message) is not None:
-        return _NEEDS_CORRECTING
-    rule = _rule(message)
-    if rule is not None:
-        return rule[1]
-    if category == "validation":
-        return "the document could not be read"  # never the validator's own words: they may hold a path or a type
-    if category == "resource":
-        return "the export needed more resources than are available"
-    if category == "transient":
-        return "a temporary problem kept the export from finishing, even after several tries"
-    return "the export could not be completed"
-
-
-def next_step(category: str, message: str) -> str:
-    """What the person can do about a failure, in one or two plain sentences."""
-    problem = owner_problem(message)
-    if problem is not None:
-        return f"{problem} Then export again."
-    rule = _rule(message)
-    return rule[2] if rule is not None else _CATEGORY_STEPS.get(category, _LAST_STEP)
-
+_TOO_SLOW = ("the page took too long to render",
+             "Export again. If it keeps happening, remove very large images or split the menu into smaller parts.")
+_TRY_LATER = "Please export again in a few minutes. If it still fails, reply to this mail."
 
 # The failure's reason code (metadata.failure_reason, written where the failure was
-# decided) in plain words, with the next step. RENDER and INVALID_PAYLOAD carry the
-# child's or the validator's own message, whose limit words are matched above.
+# decided) in plain words, with the next step.
 _REASON_WORDS: dict[FailureReason, tuple[str, str]] = {
-    FailureReason.TIMEOUT: ("the page took too long to render",
-                            "Export again. If it keeps happening, remove very large images or split the menu "
-                            "into smaller parts."),
+    FailureReason.TIMEOUT: _TOO_SLOW,
     FailureReason.MEMORY: ("the page needed more memory than an export may use",
                            "Remove or shrink large images, or split the menu into smaller parts, then export again."),
     FailureReason.CONTAINER_MEMORY: ("the export service was short of memory while rendering it",
                                      "Please export again in a few minutes."),
-    FailureReason.CHILD_CRASHED: ("the renderer stopped unexpectedly, even after several tries",
-                                  "Please export again in a few minutes. If it still fails, reply to this mail."),
+    FailureReason.CHILD_CRASHED: ("the renderer stopped unexpectedly, even after several tries", _TRY_LATER),
     FailureReason.STORAGE: ("the file could not be stored",
                             "This was a problem on our side, not in your menu. Please export again in a few "
                             "minutes."),
-    FailureReason.STALE: ("the export service handling it stopped, even after several tries",
-                          "Please export again in a few minutes. If it still fails, reply to this mail."),
+    FailureReason.STALE: ("the export service handling it stopped, even after several tries", _TRY_LATER),
+}
+
+# A render's own failure: the child's code (metadata.render_failure) in plain words.
+# BROWSER and INTERNAL say nothing the person can act on: the category's words then.
+_RENDER_WORDS: dict[RenderFailure, tuple[str, str]] = {
+    RenderFailure.TIMEOUT: _TOO_SLOW,
+    RenderFailure.CRASHED: ("the renderer stopped unexpectedly while drawing the page", _TRY_LATER),
+    RenderFailure.PAGE_LIMIT: ("the document has more pages than allowed",
+                               "Split the menu into smaller parts (one per section, for example) or choose a "
+                               "smaller scale, then export again."),
+    RenderFailure.PIXEL_LIMIT: ("the image would be larger than allowed",
+                                "Choose a smaller width or scale for the image, or export a PDF instead."),
+    RenderFailure.OUTPUT_LIMIT: ("the file would be larger than allowed",
+                                 "Remove or shrink large images, then export again."),
+    RenderFailure.URL_NOT_ALLOWED: ("the page's address is not one this service may export",
+                                    "Use an address your administrator allows, then export again."),
+    RenderFailure.URL_UNREACHABLE: ("the page's address could not be reached",
+                                    "Check that the address opens in a browser, then export again."),
+    RenderFailure.URL_HTTP_ERROR: ("the page's address answered with an error",
+                                   "Check that the address opens in a browser, then export again."),
+    RenderFailure.INVALID_JOB: ("this kind of export is not available here",
+                                "Please reply to this mail so that we can look into it."),
 }
 
 
-def explain_failure(category: str, reason: str | None, message: str) -> tuple[str, str]:
-    """(the failure in plain words, what to do next), from its reason code when it has one."""
+def _known(table: dict[Any, tuple[str, str]], enum: type[StrEnum], code: str | None) -> tuple[str, str] | None:
     try:
-        known = _REASON_WORDS.get(FailureReason(reason)) if reason else None
-    except ValueError:
-        known = None
-    if known is not None:
-        return known
-    return plain_reason(category, message), next_step(category, message)
+        return table.get(enum(code)) if code else None
+    except ValueError:  # a code of a newer or older worker
+        return None
+
+
+def explain_failure(category: str, reason: str | None, message: str,
+                    render_failure: str | None = None) -> tuple[str, str]:
+    """(the failure in plain words, what to do next), from its codes: the failure reason,
+    then a render's own code; a refused payload shows the owner's words; else the category's."""
+    if reason == FailureReason.INVALID_PAYLOAD:
+        problem = owner_problem(message)
+        if problem is not None:
+            return _NEEDS_CORRECTING, f"{problem} Then export again."
+    known = _known(_REASON_WORDS, FailureReason, reason)
+    if known is None and reason == FailureReason.RENDER:
+        known = _known(_RENDER_WORDS, RenderFailure, render_failure)
+    return known or _CATEGORY_WORDS.get(category, _LAST_WORDS)
 
 
 def document_name(payload: Any) -> str:
@@ -256,7 +241,7 @@ def compose_failed(
     *,
     recipient: str = "",
     document: str = "",
-    next_step: str = _LAST_STEP,
+    next_step: str = _LAST_WORDS[1],
 ) -> OutgoingMail:
     what = _type_words(export_type)
     document = _one_line(document)

@@ -64,8 +64,9 @@ class MailSender:
             mail = compose_completed(job_id, row["export_type"], url, expires, recipient=row["recipient"],
                                      document=document_name(row["payload"]))
         else:
-            reason = (row.get("metadata") or {}).get("failure_reason")
-            words, step = explain_failure(row["error_category"] or "permanent", reason, row["error_message"] or "")
+            metadata = row.get("metadata") or {}
+            words, step = explain_failure(row["error_category"] or "permanent", metadata.get("failure_reason"),
+                                          row["error_message"] or "", metadata.get("render_failure"))
             mail = compose_failed(job_id, row["export_type"], words, recipient=row["recipient"],
                                   document=document_name(row["payload"]), next_step=step)
         try:

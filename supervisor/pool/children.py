@@ -19,7 +19,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.context import SpawnContext
 from multiprocessing.process import BaseProcess
 from typing import Any, Protocol
@@ -34,34 +34,48 @@ from supervisor.pool.memory import kill_marked
 log = logging.getLogger(__name__)
 
 ChildTarget = Callable[[multiprocessing.connection.Connection, bytes], None]
+PAGE_KILL_GRACE_SECONDS = 10.0  # after its page's renderer was killed, the time a job has to be answered
 
 
 class ChildState(enum.Enum):
     BOOTING = "booting"  # launching Chromium
     CANARY = "canary"  # rendering its canary
-    IDLE = "idle"
-    BUSY = "busy"
+    IDLE = "idle"  # ready, no job
+    BUSY = "busy"  # ready, one job or more (up to its slots)
     STOPPING = "stopping"  # told to Stop; waiting for it to exit
     DEAD = "dead"
 
 
 @dataclass
 class Assignment:
-    """A job in a child. `deadline` is monotonic; the watchdog kills past it."""
+    """A job in a child. `deadline` is monotonic; the watchdog kills past it.
+
+    ``kill_reason`` is set when the job's own page was stopped (its renderer killed for
+    memory, time, a cancel or a lost claim): however the child then answers, the job
+    settles as lost for that reason; if no answer comes by ``kill_deadline`` the child goes.
+    """
 
     job: RenderJob
     context: Any  # the owner's claim
     started: float
     deadline: float
+    renderer_pid: int = 0  # the renderer process drawing its page, when the child could tell
+    kill_reason: KillReason | None = None
+    kill_detail: str = ""
+    kill_deadline: float = float("inf")
 
 
 @dataclass(frozen=True)
 class ChildLost:
-    """The child holding a job was killed or died: why, and what the kill saw."""
+    """The child holding a job was killed or died: why, and what the kill saw.
+
+    ``spared``: the child died for another job's sake (that job's page could not be
+    stopped alone); this job goes back to pending without spending an attempt."""
 
     reason: KillReason
     detail: str = ""
     exitcode: int | None = None
+    spared: bool = False
 
 
 @dataclass(eq=False)
@@ -77,10 +91,13 @@ class ChildHandle:
     state: ChildState = ChildState.BOOTING
     pid: int = 0
     renders: int = 0
-    assignment: Assignment | None = None
+    assignments: dict[str, Assignment] = field(default_factory=dict)  # by job id
+    slots: int = 1  # jobs at once, as its Ready said
+    browser_pid: int = 0  # its Chromium browser process, as its Ready said
     canary_path: str = ""
     kill_reason: KillReason | None = None  # set once, by the pool
     kill_detail: str = ""
+    culprit: str | None = None  # the job whose page the kill was for; None: every job's
     retire_requested: bool = False
     replacement_for: ChildHandle | None = None
     memory_bytes: int = 0  # tree PSS, refreshed by the watchdog (its only write)
@@ -97,10 +114,17 @@ class ChildHandle:
     def due_for_recycle(self) -> bool:
         return self.renders >= self.render_budget or time.monotonic() >= self.retire_at
 
+    @property
+    def free_slots(self) -> int:
+        """Jobs it can take now: none while it boots, stops, retires or is being killed."""
+        if self.state not in (ChildState.IDLE, ChildState.BUSY) or self.retire_requested or self.kill_reason:
+            return 0
+        return max(0, self.slots - len(self.assignments))
+
 
 @dataclass
 class PoolConfig:
-    size: int
+    size: int  # children
     options: ChildOptions
     target: ChildTarget
     job_timeout_seconds: float
@@ -111,6 +135,12 @@ class PoolConfig:
     storm_limit: int
     storm_window_seconds: float
     stop_grace_seconds: float = 5.0
+    slots: int = 1  # jobs per child (SLOTS_PER_CHILD)
+    capacity: int = 0  # jobs in flight in all (MAX_CONCURRENT_RENDERS); 0: size x slots
+
+    @property
+    def total(self) -> int:
+        return self.capacity or self.size * self.slots
 
 
 class PoolOwner(Protocol):
@@ -262,7 +292,8 @@ def describe_pool(handles: list[ChildHandle], brake: BootBrake) -> tuple[bool, s
         return False, f"render children keep failing to start: {brake.last_error or 'see logs'}"
     if idle + busy == 0:
         return False, f"no render child ready ({booting} starting)"
-    return True, f"Render pool OK: {idle} idle, {busy} busy, {booting} starting"
+    jobs = sum(len(h.assignments) for h in handles)
+    return True, f"Render pool OK: {idle} idle, {busy} busy ({jobs} jobs), {booting} starting"
 
 
 def send_canary(handle: ChildHandle, scratch_dir: str) -> bool:

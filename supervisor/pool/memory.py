@@ -22,31 +22,14 @@ from pathlib import Path
 
 import psutil
 
+from shared.proc_children import children_of, threads_of
+
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 # Every thread's list is read this often; between, only the threads known to fork (below).
 FULL_WALK_SECONDS = 1.0
 # Without CONFIG_PROC_CHILDREN the lists are missing: fall back to psutil's scan.
 HAS_CHILDREN_LISTS = os.path.exists(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
-
-
-def _children_of(pid: int, tid: int) -> list[int]:
-    """The children thread `tid` of process `pid` forked ([] when either is gone).
-
-    The path only exists while `tid` is a thread of `pid`, so a reused thread id
-    elsewhere on the machine is never read as ours."""
-    try:
-        with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
-            return [int(word) for word in fh.read().split()]
-    except (OSError, ValueError):
-        return []
-
-
-def _threads_of(pid: int) -> list[int]:
-    try:
-        return [int(name) for name in os.listdir(f"/proc/{pid}/task")]
-    except (OSError, ValueError):
-        return []
 
 
 @dataclass
@@ -81,8 +64,8 @@ def walk(root: int, forkers: set[tuple[int, int]] | None = None) -> Walk:
         pid = found.pids[i]
         i += 1
         main_and_forkers = [pid, *(tid for owner, tid in forkers or () if owner == pid)]
-        for tid in _threads_of(pid) if forkers is None else main_and_forkers:
-            kids = _children_of(pid, tid)
+        for tid in threads_of(pid) if forkers is None else main_and_forkers:
+            kids = children_of(pid, tid)
             if kids and tid != pid:
                 found.forkers.add((pid, tid))
             for kid in kids:

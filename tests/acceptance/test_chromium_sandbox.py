@@ -9,6 +9,8 @@ process of that same uid must not be able to read the supervisor's environment.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import shutil
@@ -17,10 +19,14 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
+import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
 from serving import CLI, ROOT, free_port, http_get, requires_chromium, serve_env, wait_healthy
 
@@ -97,10 +103,56 @@ def _status(pid: int) -> dict[str, str]:
     return out
 
 
+class _HeldImage:
+    """A loopback server whose one image is answered only when released: a job's page
+    (and so its renderer process, which exists only during a job) stays open till then."""
+
+    def __init__(self) -> None:
+        release = self.release = threading.Event()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                release.wait(120)
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.netloc = f"127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _enqueue_held_job(db_url: str, netloc: str) -> None:
+    payload = {"source": {"kind": "html", "html": f'<p>held</p><img src="http://{netloc}/held.png">'}}
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute("SELECT id FROM create_export_job(%s, 'pdf', %s::jsonb)", (str(uuid.uuid4()), json.dumps(payload)))
+
+
+def _renderers(pid: int) -> list[psutil.Process]:
+    found = []
+    for p in psutil.Process(pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "chromium" in p.name() and "--type=renderer" in p.cmdline():
+                found.append(p)
+    return found
+
+
 @needs_root
 def test_serve_as_a_plain_user_runs_chromium_sandboxed(db_url: str, throwaway_home: Path, tmp_path: Path) -> None:
     port = free_port()
-    env = serve_env(db_url, throwaway_home / "data", port, HOME=str(throwaway_home), LINK_SECRET="link-secret-55aa")
+    held = _HeldImage()
+    env = serve_env(db_url, throwaway_home / "data", port, HOME=str(throwaway_home), LINK_SECRET="link-secret-55aa",
+                    ALLOWED_HOSTS=held.netloc, TRUSTED_PRIVATE_HOSTS=held.netloc)
     log = tmp_path / "serve.log"
     with open(log, "w") as out:
         proc = subprocess.Popen(_as_throwaway([str(CLI), "serve"]), cwd=ROOT, env=env, stdout=out, stderr=out)
@@ -122,8 +174,12 @@ def test_serve_as_a_plain_user_runs_chromium_sandboxed(db_url: str, throwaway_ho
         assert chromium, [p.cmdline() for p in tree]
         for p in chromium:
             assert "--no-sandbox" not in p.cmdline(), p.cmdline()
-        renderers = [p for p in chromium if "--type=renderer" in p.cmdline()]
-        assert renderers
+        # A renderer exists while a job renders (each job's page is a context of its own).
+        _enqueue_held_job(db_url, held.netloc)
+        deadline = time.monotonic() + 120
+        while not (renderers := _renderers(proc.pid)):
+            assert time.monotonic() < deadline, "no renderer while a job renders"
+            time.sleep(0.1)
         for p in renderers:
             st = _status(p.pid)
             print(f"renderer {p.pid}: Seccomp {st['Seccomp']}, NSpid {st['NSpid']}")
@@ -139,9 +195,11 @@ def test_serve_as_a_plain_user_runs_chromium_sandboxed(db_url: str, throwaway_ho
             _as_throwaway(["cat", f"/proc/{proc.pid}/environ"]), capture_output=True, text=True
         )
         assert environ.returncode != 0 and "Permission denied" in environ.stderr, environ
+        held.release.set()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0, log.read_text()[-3000:]
     finally:
+        held.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)

@@ -40,11 +40,12 @@ def _children(pid: int) -> list[psutil.Process]:
     return out
 
 
-def _has_rendered(child: psutil.Process) -> bool:
-    """A child past its canary has a Chromium renderer: it was serving (killing a child
-    that is still booting is a boot failure, which the restart-storm brake counts)."""
+def _has_browser(child: psutil.Process) -> bool:
+    """A child with its Chromium up (its renderers exist only during jobs); with the pool
+    saying none is starting, it is past its canary: serving (killing a child that is still
+    booting is a boot failure, which the restart-storm brake counts)."""
     try:
-        return any("--type=renderer" in " ".join(p.cmdline()) for p in child.children(recursive=True))
+        return any("--type=zygote" in " ".join(p.cmdline()) for p in child.children(recursive=True))
     except psutil.Error:
         return False
 
@@ -61,7 +62,7 @@ def test_health_stays_up_while_children_are_killed_repeatedly(db_url: str, tmp_p
             # every serving child at once: for a moment none can render while their
             # replacements boot. That is "degraded" (200), not down (503).
             deadline = time.monotonic() + ROUND_WAIT_SECONDS
-            # A child counts as serving once the pool says none is starting: a renderer alone
+            # A child counts as serving once the pool says none is starting: its Chromium alone
             # also exists during the boot's canary, and killing a child there is a boot failure.
             victims: list[psutil.Process] = []
             while not victims:
@@ -76,7 +77,7 @@ def test_health_stays_up_while_children_are_killed_repeatedly(db_url: str, tmp_p
                         other_503 += 1
                         print("503:", json.loads(body)["checks"])
                 elif message.endswith(" 0 starting"):
-                    victims = [p for p in _children(proc.pid) if _has_rendered(p)]
+                    victims = [p for p in _children(proc.pid) if _has_browser(p)]
                 if not victims:
                     time.sleep(PROBE_EVERY_SECONDS)
             for victim in victims:

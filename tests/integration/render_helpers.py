@@ -36,6 +36,7 @@ from shared.messages import (
     RenderFailed,
     RenderJob,
     RenderLimits,
+    Started,
     Stop,
 )
 from shared.payload import HtmlSource, ImageOptions, PdfOptions, RenderPayload, Source
@@ -56,6 +57,7 @@ class ChildHandle:
     ready: Ready
     scratch: str
     logs: list[Log] = field(default_factory=list)
+    started: list[Started] = field(default_factory=list)
 
     @property
     def pid(self) -> int:
@@ -65,7 +67,7 @@ class ChildHandle:
         self.conn.send_bytes(TO_CHILD_ENCODER.encode(msg))
 
     def recv(self, timeout: float = 30.0) -> FromChild:
-        """The next non-log message."""
+        """The next message that is neither a log line nor a job's start."""
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -75,7 +77,22 @@ class ChildHandle:
             if isinstance(msg, Log):
                 self.logs.append(msg)
                 continue
+            if isinstance(msg, Started):
+                self.started.append(msg)
+                continue
             return msg
+
+    def render_all(self, jobs: list[RenderJob], timeout: float = 60.0) -> dict[str, Rendered | RenderFailed]:
+        """Send every job at once; their answers by job id, in whatever order they came."""
+        for job in jobs:
+            self.send(job)
+        answers: dict[str, Rendered | RenderFailed] = {}
+        while len(answers) < len(jobs):
+            answer = self.recv(timeout)
+            assert isinstance(answer, Rendered | RenderFailed), answer
+            assert answer.job_id not in answers
+            answers[answer.job_id] = answer
+        return answers
 
     def render(self, job: RenderJob, timeout: float = 30.0) -> Rendered | RenderFailed:
         self.send(job)
@@ -91,7 +108,7 @@ class ChildHandle:
             return []
 
 
-def spawn_child(executable_path: str = CHROMIUM, boot_timeout: float = 45.0) -> ChildHandle:
+def spawn_child(executable_path: str = CHROMIUM, boot_timeout: float = 45.0, slots: int = 1) -> ChildHandle:
     ctx = multiprocessing.get_context("spawn")
     parent_conn, child_conn = ctx.Pipe(duplex=True)
     scratch = tempfile.mkdtemp(prefix="render-child-test-")
@@ -102,6 +119,7 @@ def spawn_child(executable_path: str = CHROMIUM, boot_timeout: float = 45.0) -> 
         chromium_args=list(CHROMIUM_ARGS),
         scratch_dir=scratch,
         log_level="info",
+        slots=slots,
     )
     process = ctx.Process(target=child_entry, args=(child_conn, msgspec.msgpack.encode(options)), daemon=True)
     process.start()
@@ -168,8 +186,8 @@ def kill_tree(handle: ChildHandle) -> None:
 
 
 @contextlib.contextmanager
-def running_child() -> Iterator[ChildHandle]:
-    handle = spawn_child()
+def running_child(slots: int = 1) -> Iterator[ChildHandle]:
+    handle = spawn_child(slots=slots)
     try:
         yield handle
     finally:
@@ -285,3 +303,9 @@ class LocalServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+PNG_1PX_BYTES = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d4944415478da63f8cfc0f01f0005000201a0c9b1a60000000049454e44ae426082"
+)

@@ -47,7 +47,7 @@ def test_without_a_dsn_nothing_is_imported_and_nothing_sent() -> None:
 SCENARIO = """
     import asyncio, uuid
     from shared.messages import RenderFailed
-    from shared.vocabulary import ErrorCategory, ExportType, KillReason
+    from shared.vocabulary import ErrorCategory, ExportType, KillReason, RenderFailure
     from supervisor.telemetry import error_reporting
     from supervisor.pool.children import ChildLost
     from supervisor.telemetry.metrics import Metrics
@@ -85,9 +85,10 @@ SCENARIO = """
         report_if_not_the_documents(claim("11111111-1111-1111-1111-111111111111"),
                                     ChildLost(KillReason.CRASHED, "", -9))
         report_if_not_the_documents(claim("22222222-2222-2222-2222-222222222222"),
-                                    RenderFailed("j", ErrorCategory.TRANSIENT, "browser error: <h1>menu</h1>", 5))
-        for outcome in (RenderFailed("j", ErrorCategory.VALIDATION, "bad payload <h1>Private menu</h1>", 1),
-                        RenderFailed("j", ErrorCategory.TRANSIENT, "render timed out", 1, timed_out=True),
+                                    RenderFailed("j", ErrorCategory.TRANSIENT, RenderFailure.BROWSER,
+                                                 "browser error: <h1>menu</h1>", 5))
+        for outcome in (RenderFailed("j", ErrorCategory.VALIDATION, RenderFailure.INVALID_JOB, "<h1>Private</h1>", 1),
+                        RenderFailed("j", ErrorCategory.TRANSIENT, RenderFailure.TIMEOUT, "render timed out", 1),
                         ChildLost(KillReason.MEMORY, "over the limit", -9)):
             report_if_not_the_documents(claim("33333333-3333-3333-3333-333333333333"), outcome)
         await owner.shutdown()

@@ -12,8 +12,6 @@ from supervisor.delivery.mail import (
     document_name,
     explain_failure,
     human_expiry,
-    next_step,
-    plain_reason,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -65,9 +63,9 @@ def test_human_expiry(when: datetime | str, words: str) -> None:
 
 
 def test_failed_mail_says_what_to_do_next() -> None:
-    category, message = "validation", "PDF has 250 pages, more than the limit of 100 (MAX_PAGES)"
-    mail = compose_failed(JOB, "pdf", plain_reason(category, message), recipient="ada@example.com",
-                          document=document_name(MENU_PAYLOAD), next_step=next_step(category, message))
+    words, step = explain_failure("validation", "render", "PDF has more than 100 pages (MAX_PAGES)", "page_limit")
+    mail = compose_failed(JOB, "pdf", words, recipient="ada@example.com",
+                          document=document_name(MENU_PAYLOAD), next_step=step)
     assert mail.subject == "Bistro Lumière \u2014 Menu du soir: your PDF could not be completed"
     assert "could not be completed: the document has more pages than allowed." in mail.text
     assert "What to do next: Split the menu into smaller parts" in mail.text
@@ -76,21 +74,20 @@ def test_failed_mail_says_what_to_do_next() -> None:
 
 
 @pytest.mark.parametrize(
-    ("category", "message", "step"),
+    ("category", "reason", "render_failure", "step"),
     [
-        ("transient", "supabase storage upload failed: 503", "problem on our side"),
-        ("transient", "render exceeded JOB_TIMEOUT_SECONDS", "Export again"),
-        ("resource", "child exceeded its memory limit", "shrink large images"),
-        ("validation", "image would be 9000000 pixels", "smaller width"),
-        ("permanent", "URL host not allowed: 10.0.0.1 is private", "address your administrator allows"),
-        ("validation", "source.menu: locale 'xx_YY' is unknown", "Correct the menu"),
-        ("transient", "connection reset", "in a few minutes"),
-        ("permanent", "weird", "reply to this mail"),
-        ("permanent", "cancelled by request", "Nothing, if you cancelled it"),
+        ("transient", "storage", None, "problem on our side"),
+        ("resource", "timeout", None, "Export again"),
+        ("resource", "memory", None, "shrink large images"),
+        ("validation", "render", "pixel_limit", "smaller width"),
+        ("permanent", "render", "url_not_allowed", "address your administrator allows"),
+        ("validation", "render", "internal", "Correct the menu"),
+        ("transient", "render", "browser", "in a few minutes"),
+        ("permanent", "render", None, "reply to this mail"),
     ],
 )
-def test_next_step(category: str, message: str, step: str) -> None:
-    assert step in next_step(category, message)
+def test_next_step(category: str, reason: str, render_failure: str | None, step: str) -> None:
+    assert step in explain_failure(category, reason, "", render_failure)[1]
 
 
 def test_document_name() -> None:
@@ -119,10 +116,9 @@ def test_subject_and_body_escape_the_restaurant_name() -> None:
         ("memory", "anything at all", "the page needed more memory than an export may use"),
         ("storage", "HTTP 503 from the bucket", "the file could not be stored"),
         ("stale", "worker w1 stopped heartbeating", "the export service handling it stopped, even after several tries"),
-        # A render's own failure keeps the child's words, matched as before.
-        ("render", "PDF has 120 pages, more than the limit of 100 (MAX_PAGES)",
-         "the document has more pages than allowed"),
-        (None, "job timed out after 60s", "the page took too long to render"),
+        # A render's own failure has a code of its own (below); its words are never matched.
+        ("render", "PDF has 120 pages, more than the limit of 100 (MAX_PAGES)", "the export could not be completed"),
+        (None, "job timed out after 60s", "the export could not be completed"),
         ("no-such-code", "bad input", "the export could not be completed"),
     ],
 )

@@ -18,7 +18,7 @@ from supervisor.delivery.mail import (
     build_mail_backend,
     compose_completed,
     compose_failed,
-    plain_reason,
+    explain_failure,
 )
 
 pytestmark = pytest.mark.timeout(300)
@@ -109,27 +109,22 @@ def test_html_is_escaped_and_reason_in_plain_words() -> None:
 
 
 @pytest.mark.parametrize(
-    ("category", "message", "words"),
+    ("category", "reason", "render_failure", "words"),
     [
-        (
-            "transient",
-            "render exceeded JOB_TIMEOUT_SECONDS: timed out after 60s",
-            "the page took too long to render",
-        ),
-        ("transient", "supabase storage upload failed: 503", "the file could not be stored"),
-        ("transient", "storage circuit breaker is open; retry in 30s", "the file could not be stored"),
-        ("resource", "child exceeded its memory limit", "the page needed more memory than an export may use"),
-        ("validation", "PDF has 250 pages; max_pages is 100", "the document has more pages than allowed"),
-        (
-            "transient",
-            "connection reset",
-            "a temporary problem kept the export from finishing, even after several tries",
-        ),
-        ("permanent", "weird", "the export could not be completed"),
+        ("transient", "timeout", None, "the page took too long to render"),
+        ("transient", "storage", None, "the file could not be stored"),
+        ("resource", "memory", None, "the page needed more memory than an export may use"),
+        ("validation", "render", "page_limit", "the document has more pages than allowed"),
+        ("transient", "render", "browser",
+         "a temporary problem kept the export from finishing, even after several tries"),
+        ("permanent", "render", "no-such-code", "the export could not be completed"),
+        ("permanent", None, None, "the export could not be completed"),
     ],
 )
-def test_plain_reason(category: str, message: str, words: str) -> None:
-    assert plain_reason(category, message) == words
+def test_plain_words_come_from_the_codes(category: str, reason: str | None, render_failure: str | None,
+                                         words: str) -> None:
+    # the message is never read for this: it says "timed out" and "storage" on purpose
+    assert explain_failure(category, reason, "timed out; storage", render_failure)[0] == words
 
 
 def test_build_mail_backend_default_is_eml(tmp_path: Path) -> None:

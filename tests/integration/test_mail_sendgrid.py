@@ -14,7 +14,7 @@ from supervisor.delivery.mail import (
     build_mail_backend,
     compose_completed,
     compose_failed,
-    plain_reason,
+    explain_failure,
 )
 
 try:
@@ -62,7 +62,7 @@ def test_plain_and_html_content(fake: FakeSendGrid) -> None:
 
 def test_template_mode(fake: FakeSendGrid) -> None:
     backend = SendGridMail(KEY, "exports@example.com", template_id="d-123abc", base_url=fake.url, timeout=5)
-    reason = plain_reason("transient", "job timed out after 60s")
+    reason, _ = explain_failure("transient", "timeout", "job timed out after 60s")
     backend.send(compose_failed(JOB, "image", reason, recipient="ada@example.com"))
     body = fake.messages[0]
     assert body["template_id"] == "d-123abc"

@@ -22,10 +22,10 @@ pytestmark = pytest.mark.timeout(300)
 
 def make_watchdog(pid: int, limit_bytes: int) -> tuple[Watchdog, Any]:
     handle = SimpleNamespace(
-        state=ChildState.IDLE, kill_reason=None, pid=pid, assignment=None,
+        state=ChildState.IDLE, kill_reason=None, pid=pid, assignments={}, browser_pid=0,
         memory_bytes=0, pss_measured_at=float("-inf"), index=0,
     )
-    pool = SimpleNamespace(handles=[handle])
+    pool = SimpleNamespace(handles=[handle], config=SimpleNamespace(slots=1), set_verdicts=lambda child, page: None)
     dog = Watchdog(
         pool,  # type: ignore[arg-type]
         asyncio.new_event_loop(),
