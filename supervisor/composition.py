@@ -100,10 +100,8 @@ async def assemble(
     make_private_dir(data_dir)
     metrics.temp_files_swept.inc(await asyncio.to_thread(sweep_temp, data_dir))
     link_signer = LinkSigner(load_or_create_secret(settings.storage.link_secret, data_dir))
-    s = settings.storage
-    breaker = CircuitBreaker(s.breaker_failure_threshold, s.breaker_cooldown_seconds,
-                             enabled=s.enable_circuit_breaker)
-    storage = BreakerStorage(overrides.storage or build_storage(settings, data_dir), breaker)
+    storage = BreakerStorage(overrides.storage or build_storage(settings, data_dir), build_breaker(settings))
+    breaker = storage.breaker
     mail = overrides.mail or build_mail_backend(settings, data_dir)
     endpoint, why = await detect_endpoint(conninfo, settings)
     log.info(f"database endpoint: {endpoint.value}", extra={"endpoint": endpoint.value, "why": why})
@@ -118,7 +116,7 @@ async def assemble(
 
     outbox = Outbox(db, worker_id, MailSender(settings, mail, storage, metrics), spawn)
     webhooks = Outbox(db, worker_id, WebhookSender(settings, storage, metrics), spawn)
-    delivery = Delivery(queue, storage, breaker, metrics, s.signed_url_ttl_seconds)
+    delivery = Delivery(queue, storage, breaker, metrics, settings.storage.signed_url_ttl_seconds)
     scratch = data_dir / "scratch" / writer_tag()  # this process's own: the temp sweep removes it if we die
     settler = Settler(settings, worker_id, queue, delivery, breaker, metrics, tasks, scratch,
                       Wakes(mail=outbox.wake, webhooks=webhooks.wake))
@@ -128,8 +126,24 @@ async def assemble(
     config = pool_config(settings, worker_id, scratch, overrides.child_target, sandbox.mode)
     pool = RenderPool(config, settler, metrics)
     settler.pool = pool
+    watchdog = build_watchdog(settings, pool, metrics)
+    upkeep = Upkeep(settings, queue, pool, settler, storage, database, metrics)
+    health = WorkerHealth(settings, breaker, storage.name, pool, watchdog, sandbox)
+    metrics.watch_render_pool(health.able_to_render)
+    registry = WorkerRegistry(db, worker_id, forget_hours=settings.console.console_worker_forget_hours)
+    state = WorkerState(worker_id, ClaimGate(settings, pool, watchdog, database, stopping), breaker, registry)
+    return WorkerParts(db, endpoint, database, queue, link_signer, breaker, storage, outbox, webhooks, listener,
+                       settler, pool, watchdog, upkeep, health, state)
+
+
+def build_breaker(settings: Settings) -> CircuitBreaker:
+    s = settings.storage
+    return CircuitBreaker(s.breaker_failure_threshold, s.breaker_cooldown_seconds, enabled=s.enable_circuit_breaker)
+
+
+def build_watchdog(settings: Settings, pool: RenderPool, metrics: Metrics) -> Watchdog:
     p = settings.pool
-    watchdog = Watchdog(
+    return Watchdog(
         pool,
         asyncio.get_running_loop(),
         interval_seconds=p.watchdog_interval_ms / 1000,
@@ -138,13 +152,6 @@ async def assemble(
         critical_ratio=p.container_critical_percent / 100,
         metrics=metrics,
     )
-    upkeep = Upkeep(settings, queue, pool, settler, storage, database, metrics)
-    health = WorkerHealth(settings, breaker, storage.name, pool, watchdog, sandbox)
-    metrics.watch_render_pool(health.able_to_render)
-    registry = WorkerRegistry(db, worker_id, forget_hours=settings.console.console_worker_forget_hours)
-    state = WorkerState(worker_id, ClaimGate(settings, pool, watchdog, database, stopping), breaker, registry)
-    return WorkerParts(db, endpoint, database, queue, link_signer, breaker, storage, outbox, webhooks, listener,
-                       settler, pool, watchdog, upkeep, health, state)
 
 
 async def start_listener(settings: Settings, conninfo: str, endpoint: DatabaseEndpoint) -> Listener | None:

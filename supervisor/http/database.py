@@ -89,9 +89,6 @@ class HttpDatabase:
         else:
             self.status.down(exc)
 
-    def succeeded(self) -> None:
-        self.status.up()
-
     async def health(self) -> HealthCheck:
         details = self.budget.details() if self.budget is not None else {}
         if not self.busy() or not self.status.ok:

@@ -87,7 +87,6 @@ class ChildMessages:
         if isinstance(message, Rendered):
             self._became_ready(handle)
         else:
-            self.life.stats.canary_failures += 1
             self.boot_failed(handle, f"canary render failed: {message.message}")
 
     def _on_answer(self, handle: ChildHandle, message: Rendered | RenderFailed) -> None:

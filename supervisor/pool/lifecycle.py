@@ -28,7 +28,6 @@ class PoolStats:
     recycles: dict[str, int] = field(default_factory=dict)
     deaths: dict[str, int] = field(default_factory=dict)
     boot_failures: int = 0
-    canary_failures: int = 0
 
 
 class Lifecycle:
