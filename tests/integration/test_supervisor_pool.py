@@ -22,6 +22,7 @@ import pytest
 from conftest import CHILD_BOOT_TIMEOUT_SECONDS, html_payload, make_settings
 
 from shared.messages import chromium_home
+from shared.vocabulary import KillReason
 from supervisor.pool import memory
 from supervisor.queue.jobs import JobQueue
 from supervisor.runner import Supervisor
@@ -507,7 +508,7 @@ async def test_container_high_water_stops_claiming_until_memory_falls(start_supe
     assert sup.parts.pool.stats.kills == {}
 
 
-async def test_container_critical_kills_the_largest_child_mid_render(start_supervisor: Any) -> None:
+async def test_container_critical_stops_the_largest_page_or_child_mid_render(start_supervisor: Any) -> None:
     # The deadline and the child's own limit are beyond the wait: on a busy machine the hog
     # passed 1024 MiB (the default limit) before the container turned critical.
     run = await start_supervisor(MAX_ATTEMPTS="1", JOB_TIMEOUT_SECONDS="120", CHILD_MEMORY_LIMIT_MB="8192")
@@ -525,7 +526,9 @@ async def test_container_critical_kills_the_largest_child_mid_render(start_super
     assert row["error_category"] == "resource", row
     assert "container" in row["error_message"], row["error_message"]
     assert sup.parts.pool.stats.kills.get("container_memory", 0) >= 1
-    assert handle.kill_reason == "container_memory"
+    # The hog's page goes (its renderer, as the child named it), or its whole child when the
+    # child had not named the renderer yet: which one depends on timing, so both are right.
+    assert handle.kill_reason in (None, KillReason.CONTAINER_MEMORY)
     await wait_until(lambda: len(sup.parts.pool.idle_children()) == 2, 45, "the pool to recover")
 
 
