@@ -107,3 +107,35 @@ def test_max_json_depth_below_the_schema_still_applies() -> None:
     with pytest.raises(ApiProblem) as refused:
         decode_create(menu, 8)
     assert "nests deeper than 8 levels (MAX_JSON_DEPTH)" in refused.value.detail
+
+
+async def test_a_failing_status_poller_is_logged_counted_and_restarted_by_the_next_stream(
+    queue: JobQueue,
+) -> None:
+    """The poller lives outside the TaskOwner (only while a stream is open), so its own
+    failure must still be seen: counted under its name, and the next stream restarts it."""
+    from supervisor.http.events import StatusPoller
+    from supervisor.telemetry.metrics import Metrics
+
+    metrics = Metrics()
+    poller = StatusPoller(queue, interval=0.01, metrics=metrics)
+    job = await queue.create_job(user_id=str(uuid.uuid4()), export_type="pdf", payload=html_payload())
+
+    def broken(message: dict[str, object]) -> None:
+        raise RuntimeError("a bug in delivering a status")
+
+    poller.deliver = broken  # type: ignore[method-assign]
+    poller.watch(str(job["id"]))
+
+    def failures() -> float:
+        return metrics.registry.get_sample_value(
+            "export_background_failures_total", {"task": "status-poller"}) or 0.0
+
+    deadline = time.monotonic() + 60
+    while failures() < 1:
+        assert time.monotonic() < deadline, "the poller's failure was never counted"
+        await asyncio.sleep(0.02)
+    first = poller._task
+    poller.watch(str(job["id"]))
+    assert poller._task is not first and poller._task is not None
+    poller._task.cancel()
