@@ -14,8 +14,11 @@
 # digest moves with every security rebuild of the upstream image.
 FROM python:3.11-slim-bookworm
 
-# System packages: Debian's Chromium (Playwright drives it through
-# PUPPETEER_EXECUTABLE_PATH; no browser download at build or run time);
+# System packages: Debian's Chromium headless shell, which renders (the seed's
+# PUPPETEER_EXECUTABLE_PATH=/usr/bin/chromium names the install, and with
+# CHROMIUM_HEADLESS=shell the worker launches the shell beside it; the full
+# browser package is left out: 66 MB smaller, and no browser UI in the image;
+# CHROMIUM_HEADLESS=new needs it); no browser download at build or run time;
 # libatomic1, which Playwright's bundled Node driver links and python's slim
 # images lack (without it every render child fails to start); fonts so menus
 # in any script render with real glyphs and emoji (Noto core for Latin, Greek,
@@ -29,7 +32,7 @@ FROM python:3.11-slim-bookworm
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends \
-        chromium \
+        chromium-headless-shell \
         libatomic1 \
         ca-certificates \
         curl \

@@ -3,6 +3,10 @@
 * ``bare``: the ceiling. One browser per lane, Playwright's default headless flags,
   JavaScript off, no request routing (Chromium loads the images itself), one warm
   page reused for every document (set_content + pdf). What the machine can do.
+* ``bare_context``: the ceiling under the product's isolation contract (a fresh browser
+  context per job, DESIGN.md section 4): the ``bare`` loop, but every document gets a
+  context and page made for it and closed after. What the machine can do when nothing
+  of one job may meet the next.
 * ``warm``: the ceiling with the product's network policy: the same loop with the
   child's flags (network lockdown) and every request routed through a Python fetch.
 * ``per_job``: the seed's approach. Every document launches a browser, opens a
@@ -81,14 +85,18 @@ def lane_main(conn: multiprocessing.connection.Connection, mode: str, executable
     # "warm" (the policy ceiling) and "per_job_child": the child's flags and driver options;
     # "per_job" (the seed's approach): the seed's flags, as in earlier tables;
     # "bare": Playwright's defaults, nothing of ours.
-    plain = mode in ("per_job", "bare")
+    plain = mode in ("per_job", "bare", "bare_context")
     manager = sync_playwright().start() if plain else _start_playwright()
-    args: list[str] = [] if mode == "bare" else seed_launch_args() if mode == "per_job" else launch_args()
+    args: list[str] = ([] if mode in ("bare", "bare_context")
+                       else seed_launch_args() if mode == "per_job" else launch_args())
     launch: dict[str, Any] = {"args": args, "headless": True, "executable_path": executable or None}
     warm = mode in ("warm", "bare")
     browser = page = context = None
     try:
-        if warm:
+        if mode == "bare_context":
+            browser = manager.chromium.launch(**launch)
+            _context_pdf(browser, docs["small"])()  # warm up
+        elif warm:
             browser = manager.chromium.launch(**launch)
             context = browser.new_context(**CONTEXT_OPTIONS)
             if mode == "warm":
@@ -101,6 +109,8 @@ def lane_main(conn: multiprocessing.connection.Connection, mode: str, executable
             _, name, count = cmd
             if page is not None and context is not None:
                 one = _warm_pdf(page, context, docs[name])
+            elif browser is not None:
+                one = _context_pdf(browser, docs[name])
             else:
                 one = _per_job_pdf(manager, launch, docs[name])
             durations: list[float] = []
@@ -126,17 +136,29 @@ def _warm_pdf(page: Any, context: Any, html: str) -> Callable[[], bytes]:
     return one
 
 
+def _context_pdf(browser: Any, html: str, *, routed: bool = False) -> Callable[[], bytes]:
+    """One document in a context and page made for it, closed after; ``routed``: every
+    request through the minimal Python fetch (Chromium runs with the lockdown flags)."""
+    def one() -> bytes:
+        context = browser.new_context(**CONTEXT_OPTIONS)
+        if routed:
+            context.route("**/*", _route)
+        page = context.new_page()
+        page.set_content(html, wait_until="load")
+        data: bytes = page.pdf(**PDF_OPTIONS)
+        context.close()
+        return data
+    return one
+
+
 def _per_job_pdf(manager: Any, launch: dict[str, Any], html: str) -> Callable[[], bytes]:
     """One document in a browser launched for it (the seed's approach)."""
     def one() -> bytes:
         browser = manager.chromium.launch(**launch)
-        context = browser.new_context(**CONTEXT_OPTIONS)
-        context.route("**/*", _route)
-        page = context.new_page()
-        page.set_content(html, wait_until="load")
-        data: bytes = page.pdf(**PDF_OPTIONS)
-        browser.close()
-        return data
+        try:
+            return _context_pdf(browser, html, routed=True)()
+        finally:
+            browser.close()
     return one
 
 

@@ -1,4 +1,4 @@
-"""A 2 GiB container: the default 3 children through the medium and large cases (issue #18, item 4).
+"""A 2 GiB container: the configured pool (by default 3 children x 1 slot) through the medium and large cases.
 
 Does the container's high-water mark (CONTAINER_HIGH_WATER_PERCENT of memory.max)
 stop claims while three children render the medium and large menus?
@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import psycopg
 
 from bench.stats import load
@@ -175,7 +174,8 @@ async def _run(settings: Settings, url: str, payloads: dict[str, dict[str, Any]]
         raise RuntimeError("supervisor exited during start")
     # Before the watchdog's first tick (one interval after the start): the limit holds from the boot on.
     sup.parts.watchdog.read_container = reader
-    out: dict[str, Any] = {"limit_bytes": limit_bytes, "children": settings.worker.max_concurrent_renders,
+    out: dict[str, Any] = {"limit_bytes": limit_bytes, "children": sup.parts.pool.config.size,
+                           "slots_per_child": sup.parts.pool.config.slots,
                            "high_water_percent": p.container_high_water_percent,
                            "critical_percent": p.container_critical_percent,
                            "child_memory_limit_mb": p.child_memory_limit_mb, "cases": {}}
@@ -209,13 +209,13 @@ async def _run(settings: Settings, url: str, payloads: dict[str, dict[str, Any]]
 
 def run(settings: Settings | None = None, *, medium: int = 60, large: int = 20,
         limit_bytes: int = LIMIT_BYTES) -> dict[str, Any]:
-    """The medium and large cases with MAX_CONCURRENT_RENDERS=3 in a simulated 2 GiB container."""
+    """The medium and large cases in a simulated 2 GiB container, with the settings' pool
+    (MAX_CONCURRENT_RENDERS renders in all, SLOTS_PER_CHILD per child; by default 3 x 1)."""
     from bench.docs import ImageServer, documents
     from bench.run import ADMIN_URL, DB_NAME, bench_settings, recreate_database
     from supervisor.queue.migrate import migrate, sync_queue_settings
 
     base = settings or load_settings()
-    base = msgspec.structs.replace(base, worker=msgspec.structs.replace(base.worker, max_concurrent_renders=3))
     with tempfile.TemporaryDirectory(prefix="ew-container-") as tmp, ImageServer() as images:
         url = recreate_database()
         try:
@@ -236,7 +236,8 @@ def table(res: dict[str, Any]) -> str:
     cases = res["cases"]
     high = res["high_water_percent"] / 100 * limit
     lines = [
-        f"| {res['children']} children in a simulated {limit / 2**30:.0f} GiB container | value |",
+        f"| {res['children']} children x {res.get('slots_per_child', 1)} slots in a simulated"
+        f" {limit / 2**30:.0f} GiB container | value |",
         "|---|---:|",
         f"| boot: peak, ticks over high water | {res['boot']['peak_bytes'] / mib:.0f} MiB,"
         f" {res['boot']['ticks_over_high_water']} of {res['boot']['ticks']} |",

@@ -40,6 +40,7 @@ import psutil
 import psycopg
 
 from bench.stats import load
+from shared.chromium import configured_browser
 
 OUTSIDE_CHROMIUM = ("supervisor", "python child", "playwright driver", "postgresql backends")
 PROFILED = ("supervisor", "python child")
@@ -282,7 +283,8 @@ def run(settings: Any, *, doc: str = "light", jobs: int = 150, profile: bool = T
             if proc.is_alive():
                 proc.kill()
         html = {name: payload_html(p) for name, p in payloads.items()}
-        result["bare"] = bare(settings.render.puppeteer_executable_path, html, doc, lanes, jobs)
+        result["bare"] = bare(configured_browser(settings.render).executable_path,
+                              html, doc, lanes, jobs)
         with psycopg.connect(ADMIN_URL, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
     return result

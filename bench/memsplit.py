@@ -52,12 +52,15 @@ def start_children(count: int, scratch: str, extra: list[str]) -> list[tuple[Any
     plus `extra`), each past its canary render; (process, pipe) pairs."""
     from render_child.canary import canary_job
     from render_child.main import child_entry
+    from shared.chromium import configured_browser
+    from shared.config import RenderSettings
     from shared.messages import CHROMIUM_ARGS, FROM_CHILD_DECODER, TO_CHILD_ENCODER, ChildOptions
 
     ctx = multiprocessing.get_context("spawn")
     kids = []
+    executable = configured_browser(RenderSettings()).executable_path
     for i in range(count):
-        opts = ChildOptions(child_index=i, worker_id="memsplit", executable_path="/usr/bin/chromium",
+        opts = ChildOptions(child_index=i, worker_id="memsplit", executable_path=executable,
                             chromium_args=[*CHROMIUM_ARGS, *extra], log_level="warning", scratch_dir=scratch)
         parent, child = ctx.Pipe()
         p = ctx.Process(target=child_entry, args=(child, msgspec.msgpack.encode(opts)), daemon=True)

@@ -27,6 +27,7 @@ import psycopg
 from bench import console, poison
 from bench.report import goals, table
 from bench.stats import load, pct
+from shared.chromium import configured_browser
 from shared.config import Settings
 
 log = logging.getLogger("bench")
@@ -102,7 +103,9 @@ class Running:
 
 
 async def wait_children_idle(sup: Any, timeout: float = 120) -> None:
-    size = sup.settings.worker.max_concurrent_renders
+    """Until every child of the pool is up and idle: MAX_CONCURRENT_RENDERS / SLOTS_PER_CHILD
+    of them (the pool's size), not one per render slot."""
+    size = sup.parts.pool.config.size
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if len(sup.parts.pool.idle_children()) == size:
@@ -437,11 +440,13 @@ def _browser_rows(results: dict[str, Any], settings: Settings, html: dict[str, s
     from bench.browsers import best_of, browser_loops
 
     lanes = settings.worker.max_concurrent_renders
-    executable = settings.render.puppeteer_executable_path
+    executable = configured_browser(settings.render).executable_path
     seed_jobs = {name: 3 if smoke else 20 for name in SEED_DOCS}
     seed_jobs["large"] = 3 if smoke else 10
     print("bench: ceiling (bare warm pages, best of three)", file=sys.stderr, flush=True)
     results["ceiling"] = best_of(1 if smoke else 3, "bare", lanes, executable, html, per_case)
+    print("bench: ceiling under isolation (bare loop, a context per job, best of three)", file=sys.stderr, flush=True)
+    results["ceiling_context"] = best_of(1 if smoke else 3, "bare_context", lanes, executable, html, per_case)
     print("bench: ceiling with the product's network policy", file=sys.stderr, flush=True)
     results["ceiling_policy"] = browser_loops("warm", lanes, executable, html, per_case)
     print("bench: browser per job", file=sys.stderr, flush=True)

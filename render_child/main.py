@@ -95,6 +95,10 @@ ENABLED_FEATURES = (*_PLAYWRIGHT_ENABLED_FEATURES, "NetworkServiceInProcess2")
 # rasterizes in the renderer (Skia) and screenshots use software compositing anyway
 # (--disable-gpu). Switches that are not features, before the lockdown.
 MEMORY_ARGS: tuple[str, ...] = ("--disable-software-rasterizer",)
+# Tried for CPU and not kept: --disable-threaded-compositing (a renderer composites on its
+# main thread; whole-tree CPU per light job, headless shell, round 6 at load 7-8: warm page
+# 49.7 -> 33.8 ms, a context per job 205-230 -> 168-178 ms) makes the headless shell's
+# Page.captureScreenshot fail ("Unable to capture screenshot"), so image jobs could not run.
 # The Playwright driver (node): a 1 MB young generation instead of the default 16 MB
 # semi-spaces (~11 MB less per idle child); the driver only relays CDP messages.
 DRIVER_NODE_OPTIONS = "--max-semi-space-size=1"

@@ -70,7 +70,7 @@ async def render_image(slot: JobPage, job: RenderJob) -> tuple[bytes, dict[str, 
     # of white under a short menu).
     view_height = opts.height or 16
     dsf = opts.device_scale_factor
-    cdp = slot.cdp
+    cdp = await slot.cdp()
     await cdp.send(
         "Emulation.setDeviceMetricsOverride",
         {"width": width, "height": view_height, "deviceScaleFactor": dsf, "mobile": False},

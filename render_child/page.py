@@ -37,9 +37,15 @@ class JobPage:
 
     context: BrowserContext
     page: Page
-    cdp: CDPSession
     renderer_pid: int = 0
     crashed: bool = False
+    _cdp: CDPSession | None = None
+
+    async def cdp(self) -> CDPSession:
+        """A CDP session on the page, opened on first use (image jobs only: a PDF job needs none)."""
+        if self._cdp is None:
+            self._cdp = await self.context.new_cdp_session(self.page)
+        return self._cdp
 
 
 class Pages:
@@ -72,7 +78,7 @@ class Pages:
                 before = renderer_pids(self.browser_pid)
                 page = await context.new_page()
                 born = renderer_pids(self.browser_pid) - before
-            job_page = JobPage(context=context, page=page, cdp=await context.new_cdp_session(page))
+            job_page = JobPage(context=context, page=page)
         except BaseException:
             await self._close_context(context)
             raise

@@ -9,6 +9,9 @@ venv=${1:-.venv}
 if command -v apt-get >/dev/null 2>&1; then
     need=()
     command -v chromium >/dev/null 2>&1 || need+=(chromium fonts-dejavu-core fonts-liberation)
+    # the headless shell renders (CHROMIUM_HEADLESS=shell, shared/chromium.py); the full browser
+    # above is for CHROMIUM_HEADLESS=new and the tests that compare the two
+    command -v chromium-headless-shell >/dev/null 2>&1 || need+=(chromium-headless-shell)
     command -v promtool >/dev/null 2>&1 || need+=(prometheus)
     command -v pdfinfo >/dev/null 2>&1 || need+=(poppler-utils)
     command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)  # the pooler tests (issue 21)

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from shared.vocabulary import DatabaseMode, LogLevel
+from shared.vocabulary import ChromiumHeadless, DatabaseMode, LogLevel
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
@@ -80,6 +80,7 @@ class PoolSettings(_Section):
 
 class RenderSettings(_Section):
     puppeteer_executable_path: Annotated[str, _doc("Chromium binary; empty = Playwright's own browser")] = "/usr/bin/chromium"
+    chromium_headless: Annotated[ChromiumHeadless, _doc("shell = the headless shell installed beside that binary (about half the CPU per job), else the binary; new = the binary itself")] = ChromiumHeadless.SHELL
     allowed_hosts: Annotated[list[str], _doc("hosts (and *.suffix) that pages may load images, fonts, CSS from")] = []
     allowed_url_hosts: Annotated[list[str], _doc("hosts whose pages may be rendered as a `url` source")] = []
     trusted_private_hosts: Annotated[list[str], _doc("host:port allowed even on private addresses (dev, tests)")] = []

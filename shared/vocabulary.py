@@ -250,3 +250,15 @@ class DatabaseMode(StrEnum):
     def forced_endpoint(self) -> DatabaseEndpoint | None:
         """The endpoint this mode names; None for AUTO (detected)."""
         return None if self is DatabaseMode.AUTO else DatabaseEndpoint(self.value)
+
+
+class ChromiumHeadless(StrEnum):
+    """CHROMIUM_HEADLESS: which of Chromium's two headless browsers renders.
+
+    SHELL is the headless shell (Debian's ``chromium-headless-shell``, Puppeteer's
+    ``headless: 'shell'``): the content layer without the full browser's tabs, profile
+    services and UI, at about half the CPU per job. NEW is the full browser run headless.
+    """
+
+    SHELL = "shell"
+    NEW = "new"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from shared.chromium import configured_browser
 from shared.config import Settings
 from shared.data_dir import make_private_dir
 from shared.messages import CHROMIUM_ARGS, ChildOptions
@@ -189,10 +190,13 @@ def pool_config(
 
         target = child_entry
     p = settings.pool
+    browser = configured_browser(settings.render)
+    if browser.note:
+        log.warning(browser.note, extra={"executable_path": browser.executable_path})
     options = ChildOptions(
         child_index=0,
         worker_id=worker_id,
-        executable_path=settings.render.puppeteer_executable_path,
+        executable_path=browser.executable_path,
         chromium_args=chromium_args(list(CHROMIUM_ARGS), sandbox),
         log_level=settings.worker.log_level,
         scratch_dir=str(scratch),

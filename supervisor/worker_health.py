@@ -49,7 +49,10 @@ class WorkerHealth:
         return self._render_pool().healthy
 
     def render_pool(self) -> HealthCheck:
-        return with_sandbox(self._render_pool(), self.sandbox)  # the mode in /health's details
+        check = with_sandbox(self._render_pool(), self.sandbox)  # the mode in /health's details
+        # which binary renders (shared/chromium.py: the headless shell, or the full browser and why)
+        details = {**(check.details or {}), "chromium_executable": self.pool.config.options.executable_path}
+        return HealthCheck(check.healthy, check.message, details)
 
     def _render_pool(self) -> HealthCheck:
         pool = self.pool

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTIONS = ("creation", "null_renderer", "peers", "pickup", "end_to_end", "memory", "ceiling_policy",
-            "ceiling", "browser_per_job", "capacity", "container", "machine", "goals")
+            "ceiling", "ceiling_context", "browser_per_job", "capacity", "container", "machine", "goals")
 
 
 def _bench(args: list[str], out: Path, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -35,7 +35,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
         assert section in data, section
     for case in ("end_to_end",):
         assert set(data[case]["cases"]) == {"light", "small", "medium", "large"}
-    for case in ("ceiling", "ceiling_policy"):
+    for case in ("ceiling", "ceiling_context", "ceiling_policy"):
         assert set(data[case]) == {"light", "small", "medium", "large"}
     assert set(data["browser_per_job"]) == {"small", "medium", "large"}
     assert set(data["pickup"]) >= {"notify", "polling"}

@@ -162,6 +162,8 @@ def test_serve_as_a_plain_user_runs_chromium_sandboxed(db_url: str, throwaway_ho
         puppeteer = json.loads(body)["checks"]["puppeteer"]
         print(f"\n/health puppeteer check as uid {THROWAWAY_UID}: {puppeteer}")
         assert status == 200 and puppeteer["details"]["chromium_sandbox"] == "on", puppeteer
+        # the headless shell renders, sandboxed like the full browser was (CHROMIUM_HEADLESS=shell)
+        assert puppeteer["details"]["chromium_executable"].endswith("chromium-headless-shell"), puppeteer
         _, _, metrics = http_get(f"http://127.0.0.1:{port}/metrics")
         assert "export_chromium_sandbox 1.0" in metrics.decode()
         modes = [r.get("chromium_sandbox") for r in _json_lines(log) if "chromium_sandbox" in r]

@@ -120,7 +120,7 @@ def test_chromium_fonts_tini_curl_from_apt() -> None:
     assert "--no-install-recommends" in words
     assert "-y" in words or "--yes" in words
     for package in (
-        "chromium",
+        "chromium-headless-shell",  # what renders (CHROMIUM_HEADLESS=shell); the full browser is left out
         "libatomic1",  # Playwright's Node driver links it; slim images lack it (render children never start)
         "tini",
         "curl",
@@ -136,6 +136,7 @@ def test_chromium_fonts_tini_curl_from_apt() -> None:
     assert "rm -rf /var/lib/apt/lists/*" in runs
     # No Playwright-downloaded browser: the image uses Debian's Chromium.
     assert "playwright install" not in runs
+    assert "chromium" not in words, "the full browser: the image renders with the headless shell"
 
 
 def test_environment() -> None:

@@ -40,10 +40,11 @@ from shared.messages import (
     Stop,
 )
 from shared.payload import HtmlSource, ImageOptions, PdfOptions, RenderPayload, Source
-from tests.chromium import chromium_binary
+from tests.chromium import chromium_binary, rendering_executable
 
-# The product's own setting and lookup: Debian's Chromium, or Playwright's when the setting is empty.
-CHROMIUM = os.environ.get("PUPPETEER_EXECUTABLE_PATH", "/usr/bin/chromium")
+# The product's own setting and lookup: Debian's Chromium (its headless shell, with
+# CHROMIUM_HEADLESS=shell), or Playwright's when the setting is empty.
+CHROMIUM = rendering_executable(os.environ.get("PUPPETEER_EXECUTABLE_PATH", "/usr/bin/chromium"))
 
 requires_chromium = pytest.mark.skipif(
     chromium_binary(CHROMIUM) is None, reason=f"no Chromium for PUPPETEER_EXECUTABLE_PATH={CHROMIUM!r}"

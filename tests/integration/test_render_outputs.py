@@ -311,8 +311,15 @@ def test_document_info_rewrite_keeps_the_file_valid(child: ChildHandle, title: s
     assert dict(reader.metadata) == {"/Title": title, "/Creator": "export-worker", "/Producer": "export-worker"}
     assert len(reader.pages) == count_pdf_pages(out) == 1
     assert len(reader.outline) == 2
-    if len(title) < 100:
-        assert len(out) == len(data)  # in place: not one offset moved
+    # Whether a title fits in place depends on the room Chromium's own Info dictionary left
+    # (its Creator string differs between the full browser and the headless shell); a short
+    # ASCII title always fits and 250 characters never do.
+    if title == "Spring menu":
+        assert len(out) == len(data)
+    if len(title) > 200:
+        assert len(out) > len(data)
+    if len(out) == len(data):
+        assert out.count(b"%%EOF") == 1  # in place: not one offset moved
     else:
         # an update appended, not a rewrite: the file as it was, Info blanked, then one more revision
         assert len(out) > len(data) and out.count(b"%%EOF") == 2 and b"/Prev" in out

@@ -134,6 +134,15 @@ def still_running(procs: list[psutil.Process]) -> list[psutil.Process]:
     return alive
 
 
+def is_browser_process(proc: psutil.Process) -> bool:
+    """Chromium's browser process (what Playwright drives over its pipe), not a launcher
+    script or one of its own helper processes."""
+    with contextlib.suppress(psutil.Error):
+        args = " ".join(proc.cmdline())
+        return "--remote-debugging-pipe" in args and "--type=" not in args
+    return False
+
+
 def chromium_of(procs: list[psutil.Process]) -> list[psutil.Process]:
     out = []
     for proc in procs:
@@ -300,9 +309,7 @@ async def test_browser_death_mid_render_is_retried_and_the_pool_recovers(start_s
     handle = await inflight_handle(sup, job_id)
     await wait_until(lambda: len(chromium_of(memory.tree(handle.pid))) >= 3, 10, "chromium renderer running")
     procs = memory.tree(handle.pid)
-    browsers = [
-        p for p in chromium_of(procs) if not any(a.startswith("--type=") for a in p.cmdline())
-    ]
+    browsers = [p for p in chromium_of(procs) if is_browser_process(p)]
     assert len(browsers) == 1, browsers
     browsers[0].kill()
 
@@ -335,8 +342,7 @@ async def test_a_job_that_kills_its_browser_twice_is_parked_like_a_poison_job(st
                          f"attempt {attempt} in a child")
         handle = sup.parts.settler.inflight[job_id].handle
         await wait_until(lambda h=handle: len(chromium_of(memory.tree(h.pid))) >= 3, 20, "chromium renderer running")
-        browsers = [p for p in chromium_of(memory.tree(handle.pid))
-                    if not any(a.startswith("--type=") for a in p.cmdline())]
+        browsers = [p for p in chromium_of(memory.tree(handle.pid)) if is_browser_process(p)]
         assert len(browsers) == 1, browsers
         browsers[0].kill()
     row = await wait_for_status(sup.parts.queue, job_id, {"failed", "completed"}, 60)

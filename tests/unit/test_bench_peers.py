@@ -27,4 +27,4 @@ def test_missing_peers_are_skipped_with_a_clear_line(monkeypatch: pytest.MonkeyP
     err = capsys.readouterr().err
     assert "pgqueuer is not installed (pip install -e '.[bench]'): pgqueuer peer row skipped" in err
     row = peer_row("pgqueuer", out["pgqueuer"])
-    assert row == "| pgqueuer no-op drain (peer) | - | - | - | not installed | - | - | - | - |"
+    assert row == "| pgqueuer no-op drain (peer) | - | - | - | not installed | - | - | - | - | - |"
