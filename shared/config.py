@@ -68,7 +68,7 @@ class WorkerSettings(_Section):
 class PoolSettings(_Section):
     child_memory_limit_mb: Annotated[int, _doc("PSS of one child's whole process tree before it is killed", ge=64, le=65536)] = 1024
     renders_per_child: Annotated[int, _doc("recycle a child after this many renders", ge=1, le=100_000)] = 200
-    slots_per_child: Annotated[int, _doc("jobs one child renders at once, each in its own browser context", ge=1, le=16)] = 1
+    slots_per_child: Annotated[int, _doc("jobs one child renders at once, each in its own browser context", ge=1, le=16)] = 2
     child_max_age_seconds: Annotated[int, _doc("recycle a child after this age (plus up to 10% jitter)", ge=10, le=604_800)] = 3600
     watchdog_interval_ms: Annotated[int, _doc("how often the watchdog measures memory and deadlines", ge=20, le=250)] = 200
     container_high_water_percent: Annotated[int, _doc("container memory % above which no jobs are claimed", ge=10, le=100)] = 85

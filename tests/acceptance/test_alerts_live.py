@@ -136,7 +136,7 @@ def worker_a(prometheus: Prometheus, module_db: str, tmp_path_factory: pytest.Te
         port = free_port()
         env = serve_env(
             direct.replace(f":{pg.get('port', 5432)}/", f":{proxy.port}/"), tmp / "data", port,
-            WORKER_ID="alerts-a", MAX_CONCURRENT_RENDERS="2",
+            WORKER_ID="alerts-a", MAX_CONCURRENT_RENDERS="2", SLOTS_PER_CHILD="1",  # two children, killed from outside
             SUPABASE_URL=storage.url, SUPABASE_SERVICE_ROLE_KEY="alerts-key",
             BREAKER_FAILURE_THRESHOLD="2", BREAKER_COOLDOWN_SECONDS="2",
             RETRY_BACKOFF_BASE_MS="100", RETRY_BACKOFF_CAP_MS="500", CONNECT_TIMEOUT_SECONDS="2",

@@ -74,6 +74,7 @@ def test_no_secret_in_any_process_below_the_supervisor(db_url: str, tmp_path: Pa
         data_dir,
         port,
         MAX_CONCURRENT_RENDERS="2",
+        SLOTS_PER_CHILD="1",  # two children, each looked into
         SENDGRID_BASE_URL="http://127.0.0.1:9",  # never called: no job sends mail here
         **SECRETS,
     )

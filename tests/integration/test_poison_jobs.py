@@ -34,6 +34,7 @@ pytestmark = [
 NORMAL_JOBS = 30
 ENV = {
     "MAX_CONCURRENT_RENDERS": "2",
+    "SLOTS_PER_CHILD": "1",  # two children of one job each: these tests are about a child's life
     "ALLOW_TEST_TEMPLATES": "true",
     "JOB_TIMEOUT_SECONDS": "3",  # normal pages take ~0.3 s: far from it even on a loaded machine
     "MAX_ATTEMPTS": "5",

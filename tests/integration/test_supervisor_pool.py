@@ -37,6 +37,7 @@ if chromium_binary(CHROMIUM) is None:  # pragma: no cover - the product could no
 
 BASE_ENV = {
     "MAX_CONCURRENT_RENDERS": "2",
+    "SLOTS_PER_CHILD": "1",  # two children of one job each: these tests are about a child's life
     "ALLOW_TEST_TEMPLATES": "true",
     "HEARTBEAT_INTERVAL_SECONDS": "1",
     "RETRY_BACKOFF_BASE_MS": "0",
