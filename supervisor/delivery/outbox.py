@@ -46,6 +46,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from shared.testhooks import GATE_ENV, pause_point
 from shared.vocabulary import FINAL_STATUSES, DeliveryOutcome, JobStatus
+from supervisor.queue.database import fetch_committed
 from supervisor.queue.queries import query
 
 log = logging.getLogger(__name__)
@@ -213,9 +214,7 @@ class Outbox:
             "busy_targets": list(busy), "busy_counts": list(busy.values()),
             "worker_id": self.worker_id, "lease_seconds": spec.lease_seconds,
         }
-        async with self.pool.connection() as conn:
-            cur = await conn.cursor(row_factory=dict_row).execute(self._queries["claim"], params)
-            rows = await cur.fetchall()
+        rows = await fetch_committed(self.pool, self._queries["claim"], params, row_factory=dict_row)
         now = time.monotonic()
         for row in rows:
             item = Leased(dict(row), now)
@@ -287,8 +286,7 @@ class Outbox:
         pause = RECORD_FIRST_PAUSE
         while True:
             try:
-                async with self.pool.connection() as conn:
-                    await conn.execute(self._queries[name], fence | params)
+                await fetch_committed(self.pool, self._queries[name], fence | params)
                 return
             except asyncio.CancelledError:
                 raise
