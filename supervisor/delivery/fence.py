@@ -13,7 +13,6 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from supervisor.queue.database import fetch_committed
 from supervisor.queue.group_commit import GroupCommit
 from supervisor.queue.jobs import Claim, ClaimLost, JobQueue
 from supervisor.queue.queries import query
@@ -32,12 +31,17 @@ class UploadJournal:
         """
         if not uploads:
             return {}
-        rows = await fetch_committed(self.pool, query("fence_uploads"), {
-            "ids": [c.job_id for c, _ in uploads],
-            "attempts": [c.attempt for c, _ in uploads],
-            "keys": [key for _, key in uploads],
-            "worker_id": self.worker_id,
-        })
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                query("fence_uploads"),
+                {
+                    "ids": [c.job_id for c, _ in uploads],
+                    "attempts": [c.attempt for c, _ in uploads],
+                    "keys": [key for _, key in uploads],
+                    "worker_id": self.worker_id,
+                },
+            )
+            rows = await cur.fetchall()
         return {str(r[0]): bool(r[1]) for r in rows}
 
     async def forget(self, claim: Claim, storage_key: str) -> None:

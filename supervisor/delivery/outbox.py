@@ -46,7 +46,6 @@ from psycopg_pool import AsyncConnectionPool
 
 from shared.testhooks import GATE_ENV, pause_point
 from shared.vocabulary import FINAL_STATUSES, DeliveryOutcome, JobStatus
-from supervisor.queue.database import fetch_committed
 from supervisor.queue.group_commit import GroupCommit
 from supervisor.queue.queries import query
 
@@ -219,7 +218,9 @@ class Outbox:
             "busy_targets": list(busy), "busy_counts": list(busy.values()),
             "worker_id": self.worker_id, "lease_seconds": spec.lease_seconds,
         }
-        rows = await fetch_committed(self.pool, self._queries["claim"], params, row_factory=dict_row)
+        async with self.pool.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(self._queries["claim"], params)
+            rows = await cur.fetchall()
         now = time.monotonic()
         for row in rows:
             item = Leased(dict(row), now)
@@ -281,9 +282,10 @@ class Outbox:
 
     async def _done_batch(self, batch: Sequence[tuple[dict[str, Any], int | None]]) -> list[None]:
         """One fenced mark-sent for every send in `batch` (a row whose lease ended is left alone)."""
-        await fetch_committed(self.pool, self._queries["done"], {
-            "ids": [fence["id"] for fence, _ in batch], "attempts": [fence["attempts"] for fence, _ in batch],
-            "statuses": [status for _, status in batch], "worker_id": self.worker_id})
+        async with self.pool.connection() as conn:
+            await conn.execute(self._queries["done"], {
+                "ids": [fence["id"] for fence, _ in batch], "attempts": [fence["attempts"] for fence, _ in batch],
+                "statuses": [status for _, status in batch], "worker_id": self.worker_id})
         return [None] * len(batch)
 
     async def _record(self, item: Leased, name: str, **params: Any) -> None:
@@ -301,7 +303,8 @@ class Outbox:
                 if name == "done":
                     await self._done.submit((fence, params["status"]))
                 else:
-                    await fetch_committed(self.pool, self._queries[name], fence | params)
+                    async with self.pool.connection() as conn:
+                        await conn.execute(self._queries[name], fence | params)
                 return
             except asyncio.CancelledError:
                 raise

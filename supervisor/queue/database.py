@@ -29,8 +29,6 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import psycopg
-from psycopg.abc import Params, Query
-from psycopg.rows import AsyncRowFactory
 from psycopg_pool import AsyncConnectionPool, PoolTimeout, TooManyRequests
 
 from shared.config import Settings
@@ -263,27 +261,6 @@ class WorkerPool(AsyncConnectionPool[Any]):
     def busy_connections(self) -> int:
         stats = self.get_stats()
         return max(0, int(stats.get("pool_size", 0)) - int(stats.get("pool_available", 0)))
-
-
-async def fetch_committed(pool: AsyncConnectionPool[Any], statement: Query, params: Params | None = None, *,
-                          row_factory: AsyncRowFactory[Any] | None = None) -> list[Any]:
-    """One statement in its own pool block, and its COMMIT sent with it (pipeline mode).
-
-    The block is the same transaction as any ``pool.connection()`` block (begun, with its
-    statement timeout, by the checkout check), but the statement and the COMMIT go in one
-    round trip: two per statement with the checkout's, not three. Returns the statement's
-    rows ([] when it returns none); a failed statement is not committed (the pipeline stops
-    at the error, and the block rolls back as usual).
-    """
-    async with pool.connection() as conn:
-        # A plain autocommit pool (no checkout check) has no transaction to commit.
-        begun = conn.info.transaction_status is psycopg.pq.TransactionStatus.INTRANS
-        cur = conn.cursor(row_factory=row_factory) if row_factory is not None else conn.cursor()
-        async with conn.pipeline():
-            await cur.execute(statement, params)
-            if begun:
-                await conn.execute("COMMIT")
-        return await cur.fetchall() if cur.description is not None else []
 
 
 async def open_pool(

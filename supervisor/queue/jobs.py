@@ -21,7 +21,6 @@ from psycopg_pool import AsyncConnectionPool
 from shared.config import RetrySettings
 from shared.errors import ErrorCategory
 from shared.vocabulary import ExportType, JobStatus
-from supervisor.queue.database import fetch_committed
 from supervisor.queue.group_commit import GroupCommit
 from supervisor.queue.queries import query
 from supervisor.queue.store import JobStore
@@ -109,8 +108,11 @@ class JobQueue(JobStore):
     async def claim(self, limit: int) -> list[Claim]:
         if limit <= 0:
             return []
-        rows = await fetch_committed(self.pool, query("claim_jobs"), {"limit": limit, "worker_id": self.worker_id},
-                                     row_factory=dict_row)
+        async with self.pool.connection() as conn:
+            cur = await conn.cursor(row_factory=dict_row).execute(
+                query("claim_jobs"), {"limit": limit, "worker_id": self.worker_id}
+            )
+            rows = await cur.fetchall()
         return [
             Claim(
                 job_id=str(r["id"]),
@@ -126,18 +128,25 @@ class JobQueue(JobStore):
         ]
 
     async def next_available_in(self) -> float | None:
-        rows = await fetch_committed(self.pool, query("next_available_in"))
-        return None if not rows or rows[0][0] is None else float(rows[0][0])
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(query("next_available_in"))
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else float(row[0])
 
     async def heartbeat(self, claims: Sequence[Claim]) -> dict[str, bool]:
         """Refresh claims; returns {job_id: cancel_requested} for the claims still held."""
         if not claims:
             return {}
-        rows = await fetch_committed(self.pool, query("heartbeat"), {
-            "ids": [c.job_id for c in claims],
-            "attempts": [c.attempt for c in claims],
-            "worker_id": self.worker_id,
-        })
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                query("heartbeat"),
+                {
+                    "ids": [c.job_id for c in claims],
+                    "attempts": [c.attempt for c in claims],
+                    "worker_id": self.worker_id,
+                },
+            )
+            rows = await cur.fetchall()
         return {str(r[0]): bool(r[1]) for r in rows}
 
     # ---- fenced outcomes -----------------------------------------------------
@@ -164,17 +173,21 @@ class JobQueue(JobStore):
         return queued
 
     async def _complete_batch(self, batch: Sequence[Completion]) -> list[Queued | None]:
-        rows = await fetch_committed(self.pool, query("complete_jobs"), {
-            "ids": [c.claim.job_id for c in batch],
-            "attempts": [c.claim.attempt for c in batch],
-            "storage_paths": [c.storage_path for c in batch],
-            "file_urls": [c.file_url for c in batch],
-            "sizes": [c.file_size_bytes for c in batch],
-            "content_types": [c.content_type for c in batch],
-            "metadata": [Jsonb(c.metadata) for c in batch],
-            "worker_id": self.worker_id,
-        })
-        completed = {str(row[0]): Queued(mail=row[1], webhook=row[2]) for row in rows}
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                query("complete_jobs"),
+                {
+                    "ids": [c.claim.job_id for c in batch],
+                    "attempts": [c.claim.attempt for c in batch],
+                    "storage_paths": [c.storage_path for c in batch],
+                    "file_urls": [c.file_url for c in batch],
+                    "sizes": [c.file_size_bytes for c in batch],
+                    "content_types": [c.content_type for c in batch],
+                    "metadata": [Jsonb(c.metadata) for c in batch],
+                    "worker_id": self.worker_id,
+                },
+            )
+            completed = {str(row[0]): Queued(mail=row[1], webhook=row[2]) for row in await cur.fetchall()}
         return [completed.get(c.claim.job_id) for c in batch]
 
     async def fail(

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from psycopg.rows import dict_row
 
 from bench.pgbouncer import PgBouncer, PoolMode
 from shared.vocabulary import DatabaseEndpoint, DatabaseErrorCause
 from supervisor.composition import start_listener
-from supervisor.queue.database import detect_endpoint, error_cause, fetch_committed, open_pool
+from supervisor.queue.database import detect_endpoint, error_cause, open_pool
 from supervisor.queue.jobs import JobQueue
 from supervisor.queue.listener import Listener
 from supervisor.queue.migrate import available_migrations
@@ -77,33 +76,6 @@ async def test_statement_timeout_cuts_a_slow_statement_through_a_transaction_poo
         async with pool.connection() as conn:
             cur = await conn.execute("SELECT array_agg(x) FROM pooled_commit")
             assert await cur.fetchone() == ([1],)
-    finally:
-        await pool.close()
-
-
-async def test_a_statement_sent_with_its_commit_keeps_the_block_transaction_through_a_transaction_pooler(
-    transaction_bouncer: PgBouncer, db_url: str, tmp_path: Path
-) -> None:
-    """fetch_committed sends the statement and its COMMIT in one round trip (pipeline mode): the
-    statement still runs in the block's transaction with its timeout, its rows come back, its
-    work is committed for everyone, a failed statement commits nothing, and the connection goes
-    on serving blocks."""
-    url = transaction_bouncer.url(_dbname(db_url))
-    settings = make_settings(tmp_path, url, STATEMENT_TIMEOUT_MS="300")
-    pool = await open_pool(url, settings, max_size=1)  # one connection: every block reuses it
-    try:
-        assert await fetch_committed(pool, "SHOW statement_timeout") == [("300ms",)]
-        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
-            await fetch_committed(pool, "SELECT pg_sleep(5)")
-        await fetch_committed(pool, "CREATE TABLE piped_commit (x int)")
-        assert await fetch_committed(pool, "INSERT INTO piped_commit VALUES (1), (2) RETURNING x") == [(1,), (2,)]
-        assert await fetch_committed(pool, "INSERT INTO piped_commit VALUES (3)") == []  # no rows: no result
-        with pytest.raises(psycopg.errors.DivisionByZero):
-            await fetch_committed(pool, "INSERT INTO piped_commit VALUES (1 / 0), (4)")
-        with psycopg.connect(url, autocommit=True, prepare_threshold=None) as plain:
-            assert plain.execute("SELECT array_agg(x ORDER BY x) FROM piped_commit").fetchone() == ([1, 2, 3],)
-        rows = await fetch_committed(pool, "SELECT count(*) AS n FROM piped_commit", row_factory=dict_row)
-        assert rows == [{"n": 3}]
     finally:
         await pool.close()
 
