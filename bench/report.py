@@ -13,6 +13,12 @@ def _load(c: dict[str, Any]) -> str:
     return f"{c['load_before'][0]:.1f}" if c.get("load_before") else "-"
 
 
+def null_row(nr: dict[str, Any]) -> str:
+    """The null renderer's row (bench/run.py null_throughput)."""
+    return (f"| null renderer, full supervisor | - | {nr['jobs']} | {nr['per_s'] * 60:.0f} | {nr['per_s']:.0f} "
+            f"| - | - | - | - | {_load(nr)} |")
+
+
 def peer_row(name: str, peer: dict[str, Any]) -> str:
     if peer.get("status") != "measured":
         return f"| {name} no-op drain (peer) | - | - | - | {peer.get('status')} | - | - | - | - | - |"
@@ -141,8 +147,7 @@ def table(r: dict[str, Any], docs: tuple[str, ...]) -> str:
         f"| create_export_job, {cr['clients']} clients (p50 / p99) | - | {cr['calls']} | - | {cr['per_s']:.0f} "
         "| - | - | "
         f"{cr['p50_ms']:.2f} ms | p99 {cr['p99_ms']:.2f} ms | {_load(cr)} |",
-        f"| null renderer, full supervisor | - | {nr['jobs']} | {nr['per_s'] * 60:.0f} | {nr['per_s']:.0f} "
-        f"| - | - | - | - | {_load(nr)} |",
+        null_row(nr),
         *(peer_row(name, peer) for name, peer in r.get("peers", {}).items()),
         "",
         "| memory | value |", "|---|---:|",

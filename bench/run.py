@@ -337,6 +337,29 @@ async def null_throughput(settings: Settings, url: str, jobs: int) -> dict[str, 
             "load_before": before}
 
 
+def run_null_command(settings: Settings, *, jobs: int, out: Path) -> int:
+    """`export-worker bench null [--jobs N]`: the null renderer's row alone, on a fresh database."""
+    from bench.report import null_row
+    from supervisor.queue.migrate import sync_queue_settings
+
+    logging.getLogger().setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory(prefix="ew-bench-") as tmp:
+        url = recreate_database(migrate_it=True)
+        s_notify = bench_settings(settings, url, Path(tmp) / "data", 1)
+        sync_queue_settings(url, s_notify)
+        try:
+            result = asyncio.run(null_throughput(s_notify, url, jobs))
+        finally:
+            with psycopg.connect(ADMIN_URL, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+    print("| case | document | jobs | jobs/min | jobs/s | of bare | p50 | p95 | load |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|\n" + null_row(result))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"null_renderer": result}, indent=2), encoding="utf-8")
+    print(f"\nJSON written to {out}")
+    return 0
+
+
 # ---- machine ---------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ log = logging.getLogger("export_worker.cli")
 
 
 
-BENCH_CASES = ("all", "fleet", "jobcpu")  # `export-worker bench [case]` (bench/run.py, fleet.py, jobcpu.py)
+BENCH_CASES = ("all", "fleet", "jobcpu", "null")  # `export-worker bench [case]` (bench/run.py, fleet.py, jobcpu.py)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,14 +187,15 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("case", nargs="?", choices=BENCH_CASES, default="all",
                    help="all: the pipeline, capacity and container tables; fleet: 20 workers through one "
                         "PgBouncer in transaction mode against max_connections = 60; jobcpu: the light page's "
-                        "CPU per job by process and by function, against the bare loop's")
+                        "CPU per job by process and by function, against the bare loop's; null: the null "
+                        "renderer's row alone (the full supervisor, children that answer at once)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes, to check the harness works")
     p.add_argument("--jobs", type=int, default=None,
                    help="jobs per end-to-end case (default: 200); with fleet, jobs in the burst round (default: "
-                        "2000); with jobcpu, jobs per drain (default: 150)")
+                        "2000); with jobcpu, jobs per drain (default: 150); with null, jobs drained (default: 3000)")
     p.add_argument("--out", default=None,
                    help="where the results go (JSON; default: bench/results/latest.json, fleet.json with fleet, "
-                        "jobcpu.json with jobcpu)")
+                        "jobcpu.json with jobcpu, null.json with null)")
     p.set_defaults(handler=cmd_bench)
 
 
@@ -389,12 +390,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from bench.fleet import run_fleet_command
     from bench.jobcpu import run_jobcpu_command
-    from bench.run import run_bench
+    from bench.run import run_bench, run_null_command
 
     if args.case == "jobcpu":
         jobcpu: int = run_jobcpu_command(settings, jobs=args.jobs or 150,
                                          out=Path(args.out or "bench/results/jobcpu.json"))
         return jobcpu
+    if args.case == "null":
+        null: int = run_null_command(settings, jobs=args.jobs or 3000, out=Path(args.out or "bench/results/null.json"))
+        return null
     if args.case == "fleet":
         fleet: int = run_fleet_command(smoke=args.smoke, jobs=args.jobs,
                                        out=Path(args.out or "bench/results/fleet.json"))

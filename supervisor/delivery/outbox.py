@@ -35,7 +35,7 @@ import os
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -46,6 +46,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from shared.testhooks import GATE_ENV, pause_point
 from shared.vocabulary import FINAL_STATUSES, DeliveryOutcome, JobStatus
+from supervisor.queue.group_commit import GroupCommit
 from supervisor.queue.queries import query
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,10 @@ class Outbox:
         self._idle.set()
         self._rng = random.Random()
         self.wake = asyncio.Event()  # set when a row may have been queued, or a send ended
+        # Mark-sent writes that arrive while one is in flight share the next statement. A
+        # cancelled statement may have committed: its waiters are cancelled, not told it failed.
+        self._done: GroupCommit[tuple[dict[str, Any], int | None], None] = GroupCommit(
+            self._done_batch, cancelled=lambda _: None)
 
     @property
     def sending(self) -> int:
@@ -275,6 +280,14 @@ class Outbox:
                                    give_up=verdict is DeliveryOutcome.FAILED)
         self.sender.record(item, verdict, attempt, retry_in)
 
+    async def _done_batch(self, batch: Sequence[tuple[dict[str, Any], int | None]]) -> list[None]:
+        """One fenced mark-sent for every send in `batch` (a row whose lease ended is left alone)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(self._queries["done"], {
+                "ids": [fence["id"] for fence, _ in batch], "attempts": [fence["attempts"] for fence, _ in batch],
+                "statuses": [status for _, status in batch], "worker_id": self.worker_id})
+        return [None] * len(batch)
+
     async def _record(self, item: Leased, name: str, **params: Any) -> None:
         """The fenced outcome write, tried again while the lease lasts (a reset connection, a failover).
 
@@ -287,8 +300,11 @@ class Outbox:
         pause = RECORD_FIRST_PAUSE
         while True:
             try:
-                async with self.pool.connection() as conn:
-                    await conn.execute(self._queries[name], fence | params)
+                if name == "done":
+                    await self._done.submit((fence, params["status"]))
+                else:
+                    async with self.pool.connection() as conn:
+                        await conn.execute(self._queries[name], fence | params)
                 return
             except asyncio.CancelledError:
                 raise

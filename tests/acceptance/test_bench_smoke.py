@@ -60,3 +60,13 @@ def test_bench_fleet_smoke(tmp_path: Path) -> None:
         assert result["mail_files"] == result["jobs"] and result["mail_sent"] == result["jobs"], key
         # Transaction mode: however many clients, the pooler opens at most its pool.
         assert 0 < r["peaks"]["pooler_servers"] <= data["config"]["pool_size"], key
+
+
+@pytest.mark.timeout(300)
+def test_bench_null_row(tmp_path: Path) -> None:
+    """`export-worker bench null --jobs 30`: the null renderer's row alone, every job completed."""
+    out = tmp_path / "null.json"
+    proc = _bench(["null", "--jobs", "30"], out, timeout=240)
+    assert "| null renderer, full supervisor | - | 30 |" in proc.stdout
+    row = json.loads(out.read_text(encoding="utf-8"))["null_renderer"]
+    assert row["completed"] == row["jobs"] == 30

@@ -101,11 +101,12 @@ async def statements_to_drain(db_url: str, settings: Settings, sender: Sender, t
         await pool.close()
 
 
-async def test_a_mail_and_a_webhook_each_cost_one_write_after_a_shared_claim(
+async def test_a_mail_and_a_webhook_each_cost_at_most_one_write_after_a_shared_claim(
     tmp_path: Path, db_url: str, receiver: WebhookReceiver
 ) -> None:
     """Before the engine, a webhook cost a get_job and a write besides its share of a claim
-    (41 statements for 20 rows); the job's row now comes with the claim."""
+    (41 statements for 20 rows); the job's row now comes with the claim, and the mark-sent
+    writes of sends that end together share one statement (group commit)."""
     settings = settings_for(tmp_path, db_url, WEBHOOK_SECRET=SECRET, TRUSTED_PRIVATE_HOSTS=f"127.0.0.1:{receiver.port}",
                             LINK_SECRET="outbox-engine-link-secret-0123456789")
     ids = finished_jobs_with_notices(db_url, receiver.hook_url(), ROWS)
@@ -116,8 +117,8 @@ async def test_a_mail_and_a_webhook_each_cost_one_write_after_a_shared_claim(
     mail_statements = await statements_to_drain(db_url, settings, mail, tasks)
     hook_statements = await statements_to_drain(db_url, settings, WebhookSender(settings, storage, metrics), tasks)
     claims = -(-ROWS // 4)  # one target each, four sends in flight to it: a claim per four rows
-    assert mail_statements == ROWS + claims, mail_statements
-    assert hook_statements == ROWS + claims, hook_statements
+    assert claims < mail_statements <= ROWS + claims, mail_statements
+    assert claims < hook_statements <= ROWS + claims, hook_statements
     assert all(r["sent_at"] is not None for j in ids for r in outbox(db_url, j))
     assert len(receiver.snapshot()) == ROWS and all(r.error is None for r in receiver.snapshot())
     assert metrics.registry.get_sample_value("export_background_failures_total", {"task": "outbox send"}) is None
@@ -176,8 +177,8 @@ async def test_one_fence_for_both_outboxes_lease_and_attempt(
 
     async def done(row: dict[str, Any]) -> int:
         async with pool.connection() as conn:
-            cur = await conn.execute(queries["done"], {"id": row["id"], "worker_id": "same-worker",
-                                                       "attempts": row["attempts"], "status": 200})
+            cur = await conn.execute(queries["done"], {"ids": [row["id"]], "worker_id": "same-worker",
+                                                       "attempts": [row["attempts"]], "statuses": [200]})
             return cur.rowcount
 
     first = await lease()

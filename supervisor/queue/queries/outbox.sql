@@ -44,9 +44,13 @@ SELECT l.*, extract(epoch FROM now() - l.created_at)::float8 AS age_seconds,
  ORDER BY l.id;
 
 -- name: outbox_done
-UPDATE {outbox}
-   SET {done_at} = now(), locked_until = NULL, last_status = %(status)s, last_error = NULL
- WHERE id = %(id)s AND locked_by = %(worker_id)s AND attempts = %(attempts)s;
+-- Rows sent, each fenced on its own lease (locked_by and attempts). The sends that end
+-- while one such write is in flight share the next statement (group commit,
+-- supervisor/queue/group_commit.py): one round trip for many mails, each row still its own.
+UPDATE {outbox} AS o
+   SET {done_at} = now(), locked_until = NULL, last_status = d.status, last_error = NULL
+  FROM unnest(%(ids)s::bigint[], %(attempts)s::int[], %(statuses)s::int[]) AS d(id, attempts, status)
+ WHERE o.id = d.id AND o.locked_by = %(worker_id)s AND o.attempts = d.attempts;
 
 -- name: outbox_disabled
 -- The receiver said never again (a webhook's 410 Gone).
