@@ -66,7 +66,7 @@ def chromium_role(proc: psutil.Process, root_pid: int) -> str:
     if name == "playwright node driver":
         return "playwright driver"
     if name.startswith("zygote"):
-        return "chromium zygote"
+        return "chromium zygote and ended renderers"
     if name.startswith("utility"):
         return "chromium utility"
     if name in ("renderer", "gpu-process"):
@@ -94,11 +94,16 @@ def supervisor_roles(sup_pid: int) -> dict[int, str]:
 
 
 def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """utime + stime per process; a zygote's also counts the renderers it has reaped, since
+    with a context per job each renderer ends with its job and its CPU would be lost."""
     out: dict[int, float] = {}
     for pid in pids:
         with contextlib.suppress(psutil.Error):
-            t = psutil.Process(pid).cpu_times()
+            proc = psutil.Process(pid)
+            t = proc.cpu_times()
             out[pid] = t.user + t.system
+            if "--type=zygote" in proc.cmdline():
+                out[pid] += t.children_user + t.children_system
     return out
 
 

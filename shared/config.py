@@ -53,7 +53,7 @@ class DatabaseSettings(_Section):
 
 class WorkerSettings(_Section):
     worker_id: Annotated[str, _doc("this worker's name in worker_id; empty = railway-$RAILWAY_REPLICA_ID on Railway, else hostname-pid")] = ""
-    max_concurrent_renders: Annotated[int, _doc("render children (one Chromium each)", ge=1, le=32)] = 3
+    max_concurrent_renders: Annotated[int, _doc("renders at once in all; children = this / SLOTS_PER_CHILD, rounded up", ge=1, le=32)] = 3
     job_timeout_seconds: Annotated[int, _doc("outer deadline per render; the child is killed after it", ge=1, le=120)] = 60
     polling_interval_busy_ms: Annotated[int, _doc("poll interval while jobs keep coming", ge=10, le=600_000)] = 2000
     polling_interval_idle_ms: Annotated[int, _doc("poll interval when the queue was empty", ge=10, le=600_000)] = 5000
