@@ -73,6 +73,17 @@ async def test_a_page_eating_memory_is_stopped_alone_while_two_others_render(sta
         server.close()
 
 
+async def _busy_beside_held(sup: Supervisor, server: Any) -> tuple[str, str, Any]:
+    """A busy-loop job and a job held by `server`, in one child; once the busy page's
+    renderer is named: (busy, other, the child's handle)."""
+    busy = await create(sup.parts.queue, test_template("busy-loop"))
+    other = await create(sup.parts.queue, _held_html(server, "beside"))
+    handle = await _in_one_child(sup, [busy, other])
+    await wait_until(lambda: busy in handle.assignments and handle.assignments[busy].renderer_pid > 0, 30,
+                     "the busy page's renderer named by the child")
+    return busy, other, handle
+
+
 async def test_cancelling_one_job_stops_only_its_page(start_supervisor: Any) -> None:
     release = threading.Event()
     server = _held_server(release)
@@ -80,11 +91,7 @@ async def test_cancelling_one_job_stops_only_its_page(start_supervisor: Any) -> 
         run = await start_supervisor(wait_ready=1, **_env(
             server, MAX_CONCURRENT_RENDERS="2", SLOTS_PER_CHILD="2", MAX_ATTEMPTS="1", JOB_TIMEOUT_SECONDS="120"))
         sup: Supervisor = run.sup
-        busy = await create(sup.parts.queue, test_template("busy-loop"))
-        other = await create(sup.parts.queue, _held_html(server, "beside"))
-        handle = await _in_one_child(sup, [busy, other])
-        await wait_until(lambda: busy in handle.assignments and handle.assignments[busy].renderer_pid > 0, 30,
-                         "the busy page's renderer named by the child")
+        busy, other, handle = await _busy_beside_held(sup, server)
         assert await sup.parts.queue.cancel(busy) == "processing"
         row = await wait_for_status(sup.parts.queue, busy, {"cancelled", "failed", "completed"}, 30)
         assert row["status"] == "cancelled", row
@@ -128,11 +135,7 @@ async def test_a_job_lost_with_a_child_killed_for_another_jobs_sake_spends_no_at
             server, MAX_CONCURRENT_RENDERS="2", SLOTS_PER_CHILD="2", MAX_ATTEMPTS="1", JOB_TIMEOUT_SECONDS="120",
             STALE_AFTER_SECONDS="3600"))
         sup: Supervisor = run.sup
-        busy = await create(sup.parts.queue, test_template("busy-loop"))
-        other = await create(sup.parts.queue, _held_html(server, "beside"))
-        handle = await _in_one_child(sup, [busy, other])
-        await wait_until(lambda: busy in handle.assignments and handle.assignments[busy].renderer_pid > 0, 30,
-                         "the busy page's renderer named by the child")
+        busy, other, handle = await _busy_beside_held(sup, server)
         os.kill(handle.pid, signal.SIGSTOP)
         assert await sup.parts.queue.cancel(busy) == "processing"
         row = await wait_for_status(sup.parts.queue, busy, {"cancelled", "failed", "completed"}, 60)
