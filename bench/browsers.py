@@ -26,7 +26,30 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
+
+
+class LaneMode(StrEnum):
+    """How a lane renders (the module's docstring): the ceilings, and the seed's approach."""
+
+    BARE = "bare"
+    BARE_CONTEXT = "bare_context"
+    WARM = "warm"
+    PER_JOB = "per_job"
+    PER_JOB_CHILD = "per_job_child"
+
+    @property
+    def plain(self) -> bool:
+        """Playwright's own driver start, not the child's (its NODE_OPTIONS and malloc)."""
+        return self in (LaneMode.PER_JOB, LaneMode.BARE, LaneMode.BARE_CONTEXT)
+
+    def launch_args(self) -> list[str]:
+        """Playwright's defaults (the bare loops), the seed's flags (per job), or the child's."""
+        if self in (LaneMode.BARE, LaneMode.BARE_CONTEXT):
+            return []
+        return seed_launch_args() if self is LaneMode.PER_JOB else launch_args()
+
 
 PDF_OPTIONS: dict[str, Any] = {
     "format": "A4",
@@ -75,31 +98,25 @@ def _route(route: Any) -> None:
         route.abort("failed")
 
 
-def lane_main(conn: multiprocessing.connection.Connection, mode: str, executable: str,
+def lane_main(conn: multiprocessing.connection.Connection, mode: LaneMode, executable: str,
               docs: dict[str, str]) -> None:
     """Spawn target: boot (warm modes), say ready, then run ("run", doc, count) commands."""
     from playwright.sync_api import sync_playwright
 
     from render_child.main import _start_playwright
 
-    # "warm" (the policy ceiling) and "per_job_child": the child's flags and driver options;
-    # "per_job" (the seed's approach): the seed's flags, as in earlier tables;
-    # "bare": Playwright's defaults, nothing of ours.
-    plain = mode in ("per_job", "bare", "bare_context")
-    manager = sync_playwright().start() if plain else _start_playwright()
-    args: list[str] = ([] if mode in ("bare", "bare_context")
-                       else seed_launch_args() if mode == "per_job" else launch_args())
-    launch: dict[str, Any] = {"args": args, "headless": True, "executable_path": executable or None}
-    warm = mode in ("warm", "bare")
+    manager = sync_playwright().start() if mode.plain else _start_playwright()
+    launch: dict[str, Any] = {"args": mode.launch_args(), "headless": True, "executable_path": executable or None}
+    warm = mode in (LaneMode.WARM, LaneMode.BARE)
     browser = page = context = None
     try:
-        if mode == "bare_context":
+        if mode is LaneMode.BARE_CONTEXT:
             browser = manager.chromium.launch(**launch)
             _context_pdf(browser, docs["small"])()  # warm up
         elif warm:
             browser = manager.chromium.launch(**launch)
             context = browser.new_context(**CONTEXT_OPTIONS)
-            if mode == "warm":
+            if mode is LaneMode.WARM:
                 context.route("**/*", _route)
             page = context.new_page()
             page.set_content(docs["small"], wait_until="load")
@@ -165,7 +182,7 @@ def _per_job_pdf(manager: Any, launch: dict[str, Any], html: str) -> Callable[[]
 class Lanes:
     """N lanes (processes), each with its own browser; runs a document N-way parallel."""
 
-    def __init__(self, mode: str, lanes: int, executable: str, docs: dict[str, str]) -> None:
+    def __init__(self, mode: LaneMode, lanes: int, executable: str, docs: dict[str, str]) -> None:
         ctx = multiprocessing.get_context("spawn")
         self.conns = []
         self.procs = []
@@ -211,7 +228,7 @@ class Lanes:
                 p.kill()
 
 
-def browser_loops(mode: str, lanes: int, executable: str, html: dict[str, str],
+def browser_loops(mode: LaneMode, lanes: int, executable: str, html: dict[str, str],
                   jobs: dict[str, int], docs: tuple[str, ...] = ()) -> dict[str, Any]:
     """One Lanes run of `mode` over `docs` (default: every document in `jobs`): per document
     jobs, PDFs/s, p50/p95, the load average."""
@@ -233,7 +250,7 @@ def browser_loops(mode: str, lanes: int, executable: str, html: dict[str, str],
     return out
 
 
-def best_of(runs: int, mode: str, lanes: int, executable: str, html: dict[str, str],
+def best_of(runs: int, mode: LaneMode, lanes: int, executable: str, html: dict[str, str],
             jobs: dict[str, int]) -> dict[str, Any]:
     """Per document, the fastest of `runs` runs (each a fresh set of lanes); every run's PDFs/s kept."""
     best: dict[str, Any] = {}

@@ -233,9 +233,9 @@ def functions(raw: str, roles: dict[int, str], jobs: int, top: int = 12) -> dict
 
 def bare(executable: str, html: dict[str, str], doc: str, lanes: int, jobs: int) -> dict[str, Any]:
     """The bare warm-page loop's CPU per PDF by role (its Python lane counts as "python child")."""
-    from bench.browsers import Lanes
+    from bench.browsers import LaneMode, Lanes
 
-    runner = Lanes("bare", lanes, executable, html)
+    runner = Lanes(LaneMode.BARE, lanes, executable, html)
     try:
         roles: dict[int, str] = {}
         for proc in runner.procs:

@@ -460,23 +460,23 @@ def _memory(e2e: dict[str, Any]) -> dict[str, Any]:
 def _browser_rows(results: dict[str, Any], settings: Settings, html: dict[str, str], per_case: dict[str, int], *,
                   smoke: bool) -> None:
     """The browser-only loops: the bare ceiling (best of three), the policy ceiling, browser per job."""
-    from bench.browsers import best_of, browser_loops
+    from bench.browsers import LaneMode, best_of, browser_loops
 
     lanes = settings.worker.max_concurrent_renders
     executable = configured_browser(settings.render).executable_path
     seed_jobs = {name: 3 if smoke else 20 for name in SEED_DOCS}
     seed_jobs["large"] = 3 if smoke else 10
     print("bench: ceiling (bare warm pages, best of three)", file=sys.stderr, flush=True)
-    results["ceiling"] = best_of(1 if smoke else 3, "bare", lanes, executable, html, per_case)
+    results["ceiling"] = best_of(1 if smoke else 3, LaneMode.BARE, lanes, executable, html, per_case)
     print("bench: ceiling under isolation (bare loop, a context per job, best of three)", file=sys.stderr, flush=True)
-    results["ceiling_context"] = best_of(1 if smoke else 3, "bare_context", lanes, executable, html, per_case)
+    results["ceiling_context"] = best_of(1 if smoke else 3, LaneMode.BARE_CONTEXT, lanes, executable, html, per_case)
     print("bench: ceiling with the product's network policy", file=sys.stderr, flush=True)
-    results["ceiling_policy"] = browser_loops("warm", lanes, executable, html, per_case)
+    results["ceiling_policy"] = browser_loops(LaneMode.WARM, lanes, executable, html, per_case)
     print("bench: browser per job", file=sys.stderr, flush=True)
-    results["browser_per_job"] = browser_loops("per_job", lanes, executable, html, seed_jobs, docs=SEED_DOCS)
+    results["browser_per_job"] = browser_loops(LaneMode.PER_JOB, lanes, executable, html, seed_jobs, docs=SEED_DOCS)
     print("bench: browser per job, the child's flags", file=sys.stderr, flush=True)
     results["browser_per_job_child_flags"] = browser_loops(
-        "per_job_child", lanes, executable, html, seed_jobs, docs=("small",))
+        LaneMode.PER_JOB_CHILD, lanes, executable, html, seed_jobs, docs=("small",))
 
 
 def _report(results: dict[str, Any], out: Path | None) -> None:
