@@ -106,7 +106,7 @@ async def assemble(
     mail = overrides.mail or build_mail_backend(settings, data_dir)
     endpoint, why = await detect_endpoint(conninfo, settings)
     log.info(f"database endpoint: {endpoint.value}", extra={"endpoint": endpoint.value, "why": why})
-    db = await open_pool(conninfo, settings, max_size=settings.database.database_pool_size,
+    db = await open_pool(conninfo, settings, endpoint=endpoint, max_size=settings.database.database_pool_size,
                          name=f"export-worker {worker_id}")
     database = DatabaseStatus("queue", db, metrics, settings.database.database_unhealthy_after_seconds)
     queue = JobQueue(db, worker_id, settings.retry)
@@ -265,7 +265,7 @@ async def http_server(
     from supervisor.http.database import ConnectionBudget, HttpDatabase
     from supervisor.http.health import CallbackHealthSources
 
-    api_db = await HttpDatabase.open(conninfo, settings, worker_id, metrics)
+    api_db = await HttpDatabase.open(conninfo, settings, worker_id, metrics, parts.endpoint)
     api_db.worker = parts.database
     parts.database.peers.append(api_db.status)
     api_db.status.peers.append(parts.database)

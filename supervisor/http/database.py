@@ -66,11 +66,13 @@ class HttpDatabase:
         self.budget: ConnectionBudget | None = None
 
     @classmethod
-    async def open(cls, conninfo: str, settings: Settings, worker_id: str, metrics: Metrics) -> HttpDatabase:
+    async def open(cls, conninfo: str, settings: Settings, worker_id: str, metrics: Metrics,
+                   endpoint: DatabaseEndpoint) -> HttpDatabase:
         http = settings.http
         pool = await open_pool(
             conninfo,
             settings,
+            endpoint=endpoint,
             max_size=http.http_db_pool_size,
             name=f"export-worker-api {worker_id}",
             timeout=http.http_db_wait_seconds,

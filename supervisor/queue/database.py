@@ -2,15 +2,27 @@
 data dir), what kind of endpoint that is (direct, session or transaction pooler),
 the connection pools, and whether it answers right now.
 
-Every pooled connection works through a transaction-mode pooler (PgBouncer,
-Supavisor), whatever DATABASE_URL points at: no startup ``options``, no
-server-side prepared statements, no session state. Each ``pool.connection()``
-block is one transaction that starts with ``SET LOCAL statement_timeout`` (the
-pool's checkout check sends both in one round trip, which also tells a dead
-link from a live one before the caller gets it), and commits when the block
-ends (rolls back when it raises). Client-side bounds catch links that go
-silent: TCP keepalives, ``tcp_user_timeout``, a deadline on the checkout and
-on each block.
+Every connection works through a transaction-mode pooler (PgBouncer, Supavisor),
+whatever DATABASE_URL points at: no startup ``options``, no server-side prepared
+statements. How a pool applies the statement timeout depends on the endpoint
+detected at start (``BlockMode``):
+
+- through any pooler, each ``pool.connection()`` block is one transaction that
+  starts with ``SET LOCAL statement_timeout`` (the pool's checkout check sends both
+  in one round trip, which also tells a dead link from a live one before the caller
+  gets it) and commits when the block ends (rolls back when it raises). A session
+  pooler is treated as a transaction pooler: detection cannot always tell the two
+  apart, and a plain SET through a transaction pooler would reach other clients;
+- on a direct connection, the caller's own server connection, the timeout is set
+  once when the connection opens and each statement commits on its own
+  (autocommit): one round trip per statement, where a block costs three through a
+  pooler. A block that needs several statements
+  to be atomic says so with ``conn.transaction()``, which works in both modes. The
+  checkout check runs only on a connection idle for longer than
+  ``ALIVE_BYPASS_SECONDS`` (HikariCP's aliveBypassWindowMs).
+
+Client-side bounds catch links that go silent: TCP keepalives,
+``tcp_user_timeout``, a deadline on the checkout and on each block.
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import stat
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -208,19 +221,40 @@ def begin_command(statement_timeout_ms: int) -> str:
     return f"BEGIN; SET LOCAL statement_timeout = {int(statement_timeout_ms)}"
 
 
-class WorkerPool(AsyncConnectionPool[Any]):
-    """A pool whose every ``connection()`` block is one transaction with a statement timeout.
+# A connection returned this recently is taken as alive without a round trip (HikariCP's
+# aliveBypassWindowMs, 500 ms): a link that died since fails the block's statement instead,
+# as a link that dies mid-block does, and the pool discards it.
+ALIVE_BYPASS_SECONDS = 0.5
 
-    The checkout check (psycopg_pool's ``check``) starts the transaction: a connection
-    that does not answer within ``checkout_timeout`` is closed and the next one tried.
-    The whole block, from the wait for a connection to the COMMIT, gets a deadline
-    (the wait, the checkout and ``block_timeout``): a link that went silent mid-query
-    or mid-commit is cancelled and closed then, not held forever.
+
+class BlockMode(StrEnum):
+    """How a pool's ``connection()`` block applies the statement timeout (see the module's docstring)."""
+
+    TRANSACTION = "transaction"  # BEGIN; SET LOCAL at checkout, COMMIT at the end: any endpoint
+    AUTOCOMMIT = "autocommit"  # SET once per connection, each statement commits: a direct connection only
+
+    @classmethod
+    def for_endpoint(cls, endpoint: DatabaseEndpoint) -> BlockMode:
+        return cls.AUTOCOMMIT if endpoint is DatabaseEndpoint.DIRECT else cls.TRANSACTION
+
+
+class WorkerPool(AsyncConnectionPool[Any]):
+    """A pool whose every ``connection()`` block runs under a statement timeout.
+
+    In ``BlockMode.TRANSACTION`` the checkout check (psycopg_pool's ``check``) starts
+    the block's transaction; in ``AUTOCOMMIT`` the timeout is the connection's own and
+    the check runs only on a connection idle past ``ALIVE_BYPASS_SECONDS``. A connection
+    that does not answer the check within ``checkout_timeout`` is closed and the next
+    one tried. The whole block, from the wait for a connection to the COMMIT, gets a
+    deadline (the wait, the checkout and ``block_timeout``): a link that went silent
+    mid-query or mid-commit is cancelled and closed then, not held forever.
     """
 
-    def __init__(self, conninfo: str, *, statement_timeout_ms: int, checkout_timeout: float,
+    def __init__(self, conninfo: str, *, mode: BlockMode, statement_timeout_ms: int, checkout_timeout: float,
                  block_timeout: float, **kwargs: Any) -> None:
+        self.mode = mode
         self.begin = begin_command(statement_timeout_ms)
+        self.set_timeout = f"SET statement_timeout = {int(statement_timeout_ms)}"
         self.checkout_timeout = checkout_timeout
         self.block_timeout = block_timeout
         # Why the last attempt to open a connection failed (None once one succeeds): a
@@ -229,6 +263,8 @@ class WorkerPool(AsyncConnectionPool[Any]):
         pool = self
 
         class Connection(psycopg.AsyncConnection[Any]):
+            returned_at = 0.0  # monotonic; when the pool last had it back (or opened it)
+
             @classmethod
             async def connect(cls, conninfo: str = "", **kw: Any) -> Connection:
                 try:
@@ -237,13 +273,25 @@ class WorkerPool(AsyncConnectionPool[Any]):
                     pool.connect_error = exc
                     raise
                 pool.connect_error = None
+                conn.returned_at = time.monotonic()
                 return conn
 
-        super().__init__(conninfo, check=self._begin, connection_class=Connection, **kwargs)
+        configure = self._set_timeout if mode is BlockMode.AUTOCOMMIT else None
+        super().__init__(conninfo, check=self._check, configure=configure, connection_class=Connection, **kwargs)
 
-    async def _begin(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def _set_timeout(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        await conn.execute(self.set_timeout)
+
+    async def _check(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async with asyncio.timeout(self.checkout_timeout):
-            await conn.execute(self.begin)
+            if self.mode is BlockMode.TRANSACTION:
+                await conn.execute(self.begin)
+            elif time.monotonic() - getattr(conn, "returned_at", 0.0) > ALIVE_BYPASS_SECONDS:
+                await self.check_connection(conn)
+
+    async def putconn(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        conn.returned_at = time.monotonic()  # type: ignore[attr-defined]
+        await super().putconn(conn)
 
     @contextlib.asynccontextmanager
     async def connection(self, timeout: float | None = None) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -267,6 +315,7 @@ async def open_pool(
     conninfo: str,
     settings: Settings,
     *,
+    endpoint: DatabaseEndpoint = DatabaseEndpoint.TRANSACTION,
     max_size: int = 2,
     name: str = "export-worker",
     timeout: float | None = None,
@@ -274,6 +323,10 @@ async def open_pool(
     wait: bool = True,
 ) -> WorkerPool:
     """A small pooler-safe pool (see the module's docstring); at most `max_size` server connections.
+
+    `endpoint` is what `conninfo` reaches (``detect_endpoint``); the default, a
+    transaction pooler, is right everywhere and costs two round trips more per block
+    than a direct connection.
 
     `timeout` bounds the wait for a connection; `max_waiting` (0 = unbounded) refuses
     more waiters at once (TooManyRequests). A lost connection is retried for a short
@@ -284,6 +337,7 @@ async def open_pool(
     connect = db.connect_timeout_seconds
     pool = WorkerPool(
         conninfo,
+        mode=BlockMode.for_endpoint(endpoint),
         statement_timeout_ms=db.statement_timeout_ms,
         checkout_timeout=connect,
         block_timeout=db.statement_timeout_ms / 1000 * 3 + connect,

@@ -6,7 +6,7 @@ tests/tcp_proxy.py (issue 21, items 5 and 6).
   once the database is back every pool is back and every job completes, once.
 - Links reset at random, then links that go silent: the server never holds more
   connections for the worker than its budget once they are closed, and jobs
-  complete once each.
+  complete once each; with the pools in either block mode (supervisor/queue/database.py).
 
 The worker's timeouts are shrunk (connect 1 s, statement 1 s) so the test waits for
 events, not for the production bounds.
@@ -143,12 +143,16 @@ def test_every_pool_comes_back_after_an_outage_longer_than_every_reconnect_timeo
                   f"after the database came back")
 
 
+# auto: the proxy's port is not the server's, so the pools take it for a pooler (a transaction per
+# block); direct: forced, so they run one statement per round trip with the timeout set per connection.
+@pytest.mark.parametrize("database_mode", ["auto", "direct"])
 def test_resetting_and_silent_links_never_leave_more_server_connections_than_the_budget(
-    db_url: str, tmp_path: Path
+    database_mode: str, db_url: str, tmp_path: Path
 ) -> None:
     with TcpProxy(SERVER_PORT) as proxy:
         port = free_port()
-        with null_serve(chaos_env(proxied(db_url, proxy), tmp_path / "data", port), tmp_path / "worker.log"):
+        env = chaos_env(proxied(db_url, proxy), tmp_path / "data", port) | {"DATABASE_MODE": database_mode}
+        with null_serve(env, tmp_path / "worker.log"):
             # Links reset at random while 40 jobs drain.
             ids = insert_jobs(db_url, 40)
             peak = 0

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -21,7 +23,8 @@ import pytest
 from bench.pgbouncer import PgBouncer, PoolMode
 from shared.vocabulary import DatabaseEndpoint, DatabaseErrorCause
 from supervisor.composition import start_listener
-from supervisor.queue.database import detect_endpoint, error_cause, open_pool
+from supervisor.queue import database
+from supervisor.queue.database import BlockMode, detect_endpoint, error_cause, open_pool
 from supervisor.queue.jobs import JobQueue
 from supervisor.queue.listener import Listener
 from supervisor.queue.migrate import available_migrations
@@ -190,3 +193,74 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def test_a_pool_on_a_direct_connection_sets_the_timeout_once_and_each_statement_commits(
+    session_bouncer: PgBouncer, db_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One round trip per statement, not BEGIN; SET LOCAL + COMMIT; through any pooler, the blocks stay."""
+    settings = make_settings(tmp_path, db_url, STATEMENT_TIMEOUT_MS="300")
+    session = session_bouncer.url(_dbname(db_url))
+    behind_pooler = await open_pool(session, settings, endpoint=(await detect_endpoint(session, settings))[0])
+    assert behind_pooler.mode is BlockMode.TRANSACTION  # a session pooler may be a misdetected transaction pooler
+    await behind_pooler.close()
+    endpoint, _ = await detect_endpoint(db_url, settings)
+    pool = await open_pool(db_url, settings, endpoint=endpoint, max_size=1)
+    caplog.set_level(logging.WARNING)
+
+    async def one(conn: psycopg.AsyncConnection[Any], sql: str) -> Any:
+        row = await (await conn.execute(sql)).fetchone()
+        assert row is not None
+        return row[0]
+
+    try:
+        assert pool.mode is BlockMode.AUTOCOMMIT
+        async with pool.connection() as conn:
+            assert await one(conn, "SHOW statement_timeout") == "300ms"
+        with pytest.raises(psycopg.errors.QueryCanceled, match="statement timeout"):
+            async with pool.connection() as conn:
+                await conn.execute("SELECT pg_sleep(5)")
+        async with pool.connection() as conn:
+            # Each statement is a transaction of its own ...
+            assert await one(conn, "SELECT pg_current_xact_id()") != await one(conn, "SELECT pg_current_xact_id()")
+            # ... and a block that needs several to be atomic says so.
+            async with conn.transaction():
+                assert await one(conn, "SELECT pg_current_xact_id()") == await one(conn, "SELECT pg_current_xact_id()")
+            assert await one(conn, "SHOW statement_timeout") == "300ms"  # still, after the timeout cancelled one
+    finally:
+        await pool.close()
+    # No block leaves its connection mid-transaction (psycopg_pool warns when it must roll one back).
+    assert not [r.getMessage() for r in caplog.records if "rolling back" in r.getMessage()]
+
+
+async def test_a_connection_idle_past_the_bypass_window_is_checked_and_a_dead_one_replaced(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path, db_url)
+    pool = await open_pool(db_url, settings, endpoint=DatabaseEndpoint.DIRECT, max_size=1)
+
+    async def backend() -> int:
+        async with pool.connection() as conn:
+            row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    def terminate(pid: int) -> None:
+        with psycopg.connect(ADMIN_URL, autocommit=True) as admin:  # waits until the backend has exited
+            assert admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,)).fetchone() == (True,)
+
+    try:
+        first = await backend()
+        terminate(first)
+        # Returned within the window: taken as alive, so the block meets the dead link and the pool drops it.
+        monkeypatch.setattr(database, "ALIVE_BYPASS_SECONDS", math.inf)
+        with pytest.raises(psycopg.OperationalError):
+            await backend()
+        second = await backend()
+        terminate(second)
+        # Idle past the window: the checkout check finds the dead link first; the caller gets a live one.
+        monkeypatch.setattr(database, "ALIVE_BYPASS_SECONDS", -1.0)  # every checkout is past it
+        third = await backend()
+        assert len({first, second, third}) == 3
+    finally:
+        await pool.close()
