@@ -69,6 +69,24 @@ def test_far_under_the_limit_pss_is_read_once_then_only_refreshed(
     assert handle.memory_bytes > 0
 
 
+def test_an_idle_childs_pss_is_refreshed_less_often_than_a_busy_ones(
+    monkeypatch: pytest.MonkeyPatch, child_pid: int
+) -> None:
+    calls = count_pss_reads(monkeypatch)
+    dog, handle = make_watchdog(child_pid, limit_bytes=10 * 2**30)
+    now = 1_000.0
+    between = (watchdog_module.PSS_REFRESH_SECONDS + watchdog_module.PSS_IDLE_REFRESH_SECONDS) / 2
+    handle.pss_measured_at = now - between
+    dog._measure(handle, [child_pid], now)
+    assert calls == [], "an idle child's PSS is not due yet"
+    handle.assignments = {"job-1": object()}
+    dog._measure(handle, [child_pid], now)
+    assert len(calls) == 1, "the same age is due for a child with a job"
+    handle.assignments = {}
+    dog._measure(handle, [child_pid], now + watchdog_module.PSS_IDLE_REFRESH_SECONDS)
+    assert len(calls) == 2, "an idle child's PSS is still refreshed, less often"
+
+
 def test_near_the_limit_pss_is_read_every_tick(monkeypatch: pytest.MonkeyPatch, child_pid: int) -> None:
     calls = count_pss_reads(monkeypatch)
     # A limit of 1 byte: summed RSS is over it, so every tick must measure PSS (and kill).
