@@ -13,13 +13,15 @@ detected at start (``BlockMode``):
   gets it) and commits when the block ends (rolls back when it raises). A session
   pooler is treated as a transaction pooler: detection cannot always tell the two
   apart, and a plain SET through a transaction pooler would reach other clients;
-- on a direct connection, the caller's own server connection, the timeout is set
-  once when the connection opens and each statement commits on its own
-  (autocommit): one round trip per statement, where a block costs three through a
-  pooler. A block that needs several statements
+- on a direct connection, the caller's own server connection, the timeout is a
+  startup parameter of the connection (``options``, which detection proved reaches
+  the server; a pooler would refuse or drop it, never pass it to other clients) and
+  each statement commits on its own (autocommit): one round trip per statement,
+  where a block costs three through a pooler. A block that needs several statements
   to be atomic says so with ``conn.transaction()``, which works in both modes. The
   checkout check runs only on a connection idle for longer than
-  ``ALIVE_BYPASS_SECONDS`` (HikariCP's aliveBypassWindowMs).
+  ``ALIVE_BYPASS_SECONDS`` (HikariCP's aliveBypassWindowMs), or whose socket has
+  something to read (the server's goodbye: a restart, pg_terminate_backend).
 
 Client-side bounds catch links that go silent: TCP keepalives,
 ``tcp_user_timeout``, a deadline on the checkout and on each block.
@@ -32,6 +34,7 @@ import contextlib
 import logging
 import os
 import re
+import select
 import stat
 import tempfile
 import time
@@ -227,6 +230,20 @@ def begin_command(statement_timeout_ms: int) -> str:
 ALIVE_BYPASS_SECONDS = 0.5
 
 
+def timeout_option(statement_timeout_ms: int) -> str:
+    """The statement timeout as a startup parameter: only for a connection of our own (direct)."""
+    return f"-c statement_timeout={int(statement_timeout_ms)}"
+
+
+def said_something(conn: psycopg.AsyncConnection[Any]) -> bool:
+    """Whether an idle connection's socket has bytes (or EOF) waiting: the server spoke unasked,
+    which on an idle connection of these pools is its last message before it closes."""
+    try:
+        return bool(select.select([conn.pgconn.socket], [], [], 0)[0])
+    except (OSError, ValueError, psycopg.OperationalError):
+        return True  # no socket any more: let the real check say what happened
+
+
 class BlockMode(StrEnum):
     """How a pool's ``connection()`` block applies the statement timeout (see the module's docstring)."""
 
@@ -254,7 +271,6 @@ class WorkerPool(AsyncConnectionPool[Any]):
                  block_timeout: float, **kwargs: Any) -> None:
         self.mode = mode
         self.begin = begin_command(statement_timeout_ms)
-        self.set_timeout = f"SET statement_timeout = {int(statement_timeout_ms)}"
         self.checkout_timeout = checkout_timeout
         self.block_timeout = block_timeout
         # Why the last attempt to open a connection failed (None once one succeeds): a
@@ -276,17 +292,15 @@ class WorkerPool(AsyncConnectionPool[Any]):
                 conn.returned_at = time.monotonic()
                 return conn
 
-        configure = self._set_timeout if mode is BlockMode.AUTOCOMMIT else None
-        super().__init__(conninfo, check=self._check, configure=configure, connection_class=Connection, **kwargs)
+        if mode is BlockMode.AUTOCOMMIT:
+            kwargs["kwargs"] = kwargs.get("kwargs", {}) | {"options": timeout_option(statement_timeout_ms)}
+        super().__init__(conninfo, check=self._check_out, connection_class=Connection, **kwargs)
 
-    async def _set_timeout(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        await conn.execute(self.set_timeout)
-
-    async def _check(self, conn: psycopg.AsyncConnection[Any]) -> None:
+    async def _check_out(self, conn: psycopg.AsyncConnection[Any]) -> None:
         async with asyncio.timeout(self.checkout_timeout):
             if self.mode is BlockMode.TRANSACTION:
                 await conn.execute(self.begin)
-            elif time.monotonic() - getattr(conn, "returned_at", 0.0) > ALIVE_BYPASS_SECONDS:
+            elif time.monotonic() - getattr(conn, "returned_at", 0.0) > ALIVE_BYPASS_SECONDS or said_something(conn):
                 await self.check_connection(conn)
 
     async def putconn(self, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -367,6 +381,8 @@ async def detect_endpoint(conninfo: str, settings: Settings) -> tuple[DatabaseEn
     second is served by the server connection the first just released (the same
     backend pid); a session pooler or a direct connection gives each its own. A
     pooler also shows in the port: the server listens on another port than the URL's.
+    Direct is said only with proof that a startup parameter reaches the server: a
+    pooler refuses ``options`` or drops it.
     """
     forced = settings.database.database_mode.forced_endpoint
     if forced is not None:
@@ -391,7 +407,25 @@ async def detect_endpoint(conninfo: str, settings: Settings) -> tuple[DatabaseEn
         return DatabaseEndpoint.SESSION, "Supabase pooler host, session port"
     if server_port is not None and int(server_port) != url_port:
         return DatabaseEndpoint.SESSION, f"the server listens on port {server_port}, the URL says {url_port}"
+    refused = await startup_parameter_refused(conninfo, kwargs, settings.database.statement_timeout_ms)
+    if refused:
+        return DatabaseEndpoint.SESSION, f"a pooler on the server's port: {refused}"
     return DatabaseEndpoint.DIRECT, "each client connection has its own server connection on the URL's port"
+
+
+async def startup_parameter_refused(conninfo: str, kwargs: dict[str, Any], timeout_ms: int) -> str:
+    """Why the statement timeout cannot be a startup parameter here ("" when it can)."""
+    sent = max(int(timeout_ms), 1) + 1  # a value no server default has
+    try:
+        async with await psycopg.AsyncConnection.connect(
+                conninfo, **kwargs | {"options": timeout_option(sent)}) as third:
+            row = await (await third.execute("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'")
+                         ).fetchone()
+    except psycopg.OperationalError as exc:
+        return f"the startup parameter options was refused ({one_line(exc)})"
+    if row is None or row[0] != str(sent):  # pg_settings gives milliseconds, unformatted
+        return "the startup parameter options did not reach the server"
+    return ""
 
 
 # ---- whether it answers ---------------------------------------------------------------

@@ -233,9 +233,10 @@ async def test_a_pool_on_a_direct_connection_sets_the_timeout_once_and_each_stat
     assert not [r.getMessage() for r in caplog.records if "rolling back" in r.getMessage()]
 
 
-async def test_a_connection_idle_past_the_bypass_window_is_checked_and_a_dead_one_replaced(
+async def test_a_connection_the_server_dropped_is_replaced_inside_and_past_the_bypass_window(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Inside the window the server's goodbye on the socket triggers the check; past it, the age does."""
     settings = make_settings(tmp_path, db_url)
     pool = await open_pool(db_url, settings, endpoint=DatabaseEndpoint.DIRECT, max_size=1)
 
@@ -250,17 +251,33 @@ async def test_a_connection_idle_past_the_bypass_window_is_checked_and_a_dead_on
             assert admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,)).fetchone() == (True,)
 
     try:
-        first = await backend()
-        terminate(first)
-        # Returned within the window: taken as alive, so the block meets the dead link and the pool drops it.
-        monkeypatch.setattr(database, "ALIVE_BYPASS_SECONDS", math.inf)
-        with pytest.raises(psycopg.OperationalError):
-            await backend()
-        second = await backend()
-        terminate(second)
-        # Idle past the window: the checkout check finds the dead link first; the caller gets a live one.
-        monkeypatch.setattr(database, "ALIVE_BYPASS_SECONDS", -1.0)  # every checkout is past it
-        third = await backend()
-        assert len({first, second, third}) == 3
+        seen = [await backend()]
+        for window in (math.inf, -1.0):  # always inside the window; always past it
+            monkeypatch.setattr(database, "ALIVE_BYPASS_SECONDS", window)
+            terminate(seen[-1])
+            seen.append(await backend())  # a live connection, no error for the caller
+        assert len(set(seen)) == 3
     finally:
         await pool.close()
+
+
+async def test_direct_is_said_only_when_a_startup_parameter_reaches_the_server(
+    transaction_bouncer: PgBouncer, db_url: str, tmp_path: Path
+) -> None:
+    """A pooler on the server's own port that lends its server connections round robin looks
+    direct by pid and port, and a plain SET through it would reach other clients. The probe
+    (a timeout sent as the startup parameter ``options``) tells it apart: PostgreSQL applies
+    it; Supabase's PgBouncer refuses it; one told to ignore it drops it."""
+    settings = make_settings(tmp_path, db_url)
+    kwargs = database.connection_kwargs(settings, "export-worker-test")
+    timeout = settings.database.statement_timeout_ms
+    assert await detect_endpoint(db_url, settings) == (
+        DatabaseEndpoint.DIRECT, "each client connection has its own server connection on the URL's port")
+    assert await database.startup_parameter_refused(db_url, kwargs, timeout) == ""
+    refusing = transaction_bouncer.url(_dbname(db_url))
+    why = await database.startup_parameter_refused(refusing, kwargs, timeout)
+    assert why.startswith("the startup parameter options was refused") and "unsupported startup parameter" in why
+    with PgBouncer(upstream_port=SERVER_PORT, pool_mode=PoolMode.TRANSACTION, default_pool_size=POOL_SIZE,
+                   extra_settings={"ignore_startup_parameters": "extra_float_digits,options"}) as dropping:
+        assert await database.startup_parameter_refused(dropping.url(_dbname(db_url)), kwargs, timeout) == (
+            "the startup parameter options did not reach the server")
