@@ -147,7 +147,9 @@ def worker_a(prometheus: Prometheus, module_db: str, tmp_path_factory: pytest.Te
         log = tmp / "serve.log"
         proc = stack.enter_context(running_serve(env, log))
         prometheus.set_targets({"a": port})
-        yield WorkerA(Worker("a", port, proc, log, direct), proxy, storage, receiver, smtp_port)
+        worker = Worker("a", port, proc, log, direct)
+        scraped(prometheus, worker)  # here, not in the module's first test: any test may run first (xdist)
+        yield WorkerA(worker, proxy, storage, receiver, smtp_port)
         prometheus.set_targets({})
 
 
@@ -180,7 +182,9 @@ def worker_b(prometheus: Prometheus, module_db: str, chromium_switch: tuple[Path
     log = tmp / "serve.log"
     with running_serve(env, log) as proc:
         prometheus.set_targets({"a": worker_a.worker.port, "b": port})
-        yield Worker("b", port, proc, log, _url_for(module_db))
+        worker = Worker("b", port, proc, log, _url_for(module_db))
+        scraped(prometheus, worker)
+        yield worker
         prometheus.set_targets({"a": worker_a.worker.port})
 
 
@@ -236,7 +240,6 @@ HTML = {"kind": "html", "html": "<h1>alert test</h1>"}
 
 
 def test_healthy_idle_worker_with_canary_raises_no_alert(prometheus: Prometheus, worker_a: WorkerA) -> None:
-    scraped(prometheus, worker_a.worker)
     assert_quiet_for_evaluations(prometheus, worker_a.worker)
     assert prometheus.value('export_canary_healthy{instance="a"}') == 1
     # Every labelled counter is there at zero before its first event.
@@ -334,7 +337,6 @@ def test_mail_and_webhooks_failing_fire_then_clear(prometheus: Prometheus, worke
 
 
 def test_healthy_idle_worker_with_canary_off_raises_no_alert(prometheus: Prometheus, worker_b: Worker) -> None:
-    scraped(prometheus, worker_b)
     assert_quiet_for_evaluations(prometheus, worker_b)
     assert prometheus.value('export_canary_healthy{instance="b"}') == 1
 
