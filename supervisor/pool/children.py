@@ -101,7 +101,8 @@ class ChildHandle:
     retire_requested: bool = False
     replacement_for: ChildHandle | None = None
     memory_bytes: int = 0  # tree PSS, refreshed by the watchdog (its only write)
-    pss_measured_at: float = float("-inf")  # the watchdog's bookkeeping
+    pss_measured_at: float = float("-inf")  # the watchdog's bookkeeping:
+    rss_at_pss: dict[int, int] = field(default_factory=dict)  # each process's RSS when PSS was read
     pipe_open: bool = True
     stop_sent_at: float = 0.0
     browser_version: str = ""

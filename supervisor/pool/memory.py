@@ -109,13 +109,28 @@ def tree(pid: int) -> list[psutil.Process]:
     return procs
 
 
-def rss_bytes(pids: Iterable[int]) -> int:
-    """Summed RSS from /proc/PID/statm: cheap, and never below the PIDs' PSS."""
-    total = 0
+def rss_by_pid(pids: Iterable[int]) -> dict[int, int]:
+    """Each live PID's RSS from /proc/PID/statm (cheap); the gone are left out."""
+    sizes: dict[int, int] = {}
     for pid in pids:
         with contextlib.suppress(OSError, ValueError, IndexError), open(f"/proc/{pid}/statm", "rb") as fh:
-            total += int(fh.read().split()[1]) * PAGE_SIZE
-    return total
+            sizes[pid] = int(fh.read().split()[1]) * PAGE_SIZE
+    return sizes
+
+
+def rss_bytes(pids: Iterable[int]) -> int:
+    """Summed RSS: never below the PIDs' PSS."""
+    return sum(rss_by_pid(pids).values())
+
+
+def rss_growth(now: dict[int, int], then: dict[int, int]) -> int:
+    """What the processes of `now` grew since `then`, a process new since counted whole.
+
+    With the tree's PSS at `then`, this bounds how far its PSS can have risen: a new page
+    counts whole in RSS and at most whole in PSS; a process that left takes its share with
+    it (the pages it shared are split among fewer, never more, of the tree's processes).
+    """
+    return sum(max(0, size - then.get(pid, 0)) for pid, size in now.items())
 
 
 def pss_bytes(pids: Iterable[int]) -> int:

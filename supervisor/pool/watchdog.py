@@ -34,7 +34,16 @@ from collections.abc import Callable
 from shared.proc_children import process_gone
 from shared.vocabulary import KillReason
 from supervisor.pool.children import PAGE_KILL_GRACE_SECONDS, Assignment, ChildHandle, ChildState
-from supervisor.pool.memory import ContainerMemory, WatchedTree, container_memory, kill_tree, pss_bytes, rss_bytes
+from supervisor.pool.memory import (
+    ContainerMemory,
+    WatchedTree,
+    container_memory,
+    kill_tree,
+    pss_bytes,
+    rss_by_pid,
+    rss_bytes,
+    rss_growth,
+)
 from supervisor.pool.reaper import Verdict
 from supervisor.pool.render_pool import RenderPool
 from supervisor.telemetry.metrics import Metrics
@@ -45,6 +54,10 @@ PSS_REFRESH_SECONDS = 2.0  # how stale the per-child PSS gauge may get while far
 # ... and while the child has no job: an idle tree hardly changes, and one read of it costs about
 # 10 ms of CPU (measured: 7 processes, 310 MiB), which was most of an idle worker's 25 ms/s.
 PSS_IDLE_REFRESH_SECONDS = 30.0
+# PSS can rise with no RSS growth only when a process outside the tree stops sharing pages
+# with it (another child's Chromium and driver map the same binaries): this much of the
+# limit is kept for that.
+SHARED_SLACK_RATIO = 0.25
 MiB = 2**20
 
 
@@ -66,6 +79,7 @@ class Watchdog:
         self.interval = interval_seconds
         self.child_limit_bytes = child_limit_bytes
         self.page_limit_bytes = child_limit_bytes // max(1, pool.config.slots)
+        self.shared_slack = int(child_limit_bytes * SHARED_SLACK_RATIO)
         self.high_water_ratio = high_water_ratio
         self.critical_ratio = critical_ratio
         self.read_container = read_container
@@ -134,13 +148,19 @@ class Watchdog:
             del self._trees[pid]
 
     def _measure(self, handle: ChildHandle, members: list[int], now: float) -> int:
-        # PSS means reading every mapping of every process (smaps_rollup): measured at
-        # about a third of a core for three children at 200 ms. Summed RSS is cheap and
-        # never below PSS, so while it is under the limit the tree cannot be over it;
-        # PSS is then only refreshed for the metrics now and then.
+        # PSS means reading every mapping of every process (smaps_rollup): about 10 ms of
+        # CPU per tree. RSS is cheap, and two bounds of the tree's PSS come from it: summed
+        # RSS, and the last PSS plus what RSS grew since (memory.rss_growth) plus a slack
+        # for sharing with other trees. A Chromium tree's summed RSS counts its shared pages
+        # once per process and passes the limit in busy medium renders; the second bound
+        # does not. While either is under the limit the tree cannot be over it, and PSS is
+        # only refreshed now and then.
+        rss = rss_by_pid(members)
+        bound = min(sum(rss.values()), handle.memory_bytes + rss_growth(rss, handle.rss_at_pss) + self.shared_slack)
         refresh = PSS_REFRESH_SECONDS if handle.assignments else PSS_IDLE_REFRESH_SECONDS
-        if rss_bytes(members) > self.child_limit_bytes or now - handle.pss_measured_at >= refresh:
+        if bound > self.child_limit_bytes or now - handle.pss_measured_at >= refresh:
             handle.memory_bytes = pss_bytes(members)
+            handle.rss_at_pss = rss
             handle.pss_measured_at = now
         return handle.memory_bytes
 

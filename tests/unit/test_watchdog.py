@@ -23,7 +23,7 @@ pytestmark = pytest.mark.timeout(300)
 def make_watchdog(pid: int, limit_bytes: int) -> tuple[Watchdog, Any]:
     handle = SimpleNamespace(
         state=ChildState.IDLE, kill_reason=None, pid=pid, assignments={}, browser_pid=0,
-        memory_bytes=0, pss_measured_at=float("-inf"), index=0,
+        memory_bytes=0, pss_measured_at=float("-inf"), rss_at_pss={}, index=0,
     )
     pool = SimpleNamespace(handles=[handle], config=SimpleNamespace(slots=1), set_verdicts=lambda child, page: None)
     dog = Watchdog(
@@ -85,6 +85,39 @@ def test_an_idle_childs_pss_is_refreshed_less_often_than_a_busy_ones(
     handle.assignments = {}
     dog._measure(handle, [child_pid], now + watchdog_module.PSS_IDLE_REFRESH_SECONDS)
     assert len(calls) == 2, "an idle child's PSS is still refreshed, less often"
+
+
+def test_a_tree_whose_summed_rss_passes_the_limit_is_read_only_when_its_pss_could(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A busy Chromium tree counts its shared pages once per process in summed RSS, well past
+    the limit; PSS is re-read only when the last PSS plus the growth since could reach it."""
+    mib = 2**20
+    rss = {1: 400 * mib, 2: 400 * mib, 3: 400 * mib}  # 1,200 MiB summed
+    pss = [500 * mib]
+    calls = count_pss_reads(monkeypatch)
+    monkeypatch.setattr(watchdog_module, "rss_by_pid", lambda pids: dict(rss))
+    monkeypatch.setattr(watchdog_module, "pss_bytes", lambda pids: calls.append(1) or pss[0])
+    dog, handle = make_watchdog(1, limit_bytes=1024 * mib)  # slack: a quarter, 256 MiB
+    handle.assignments = {"job-1": object()}
+    now = 1_000.0
+    assert dog._measure(handle, [1, 2, 3], now) == 500 * mib and len(calls) == 1  # nothing known yet: read
+    for tick in range(1, 5):  # 500 + 0 + 256 < 1,024: under the limit whatever summed RSS says
+        dog._measure(handle, [1, 2, 3], now + tick * 0.2)
+    assert len(calls) == 1
+    rss[4] = 200 * mib  # a new renderer, counted whole: 500 + 200 + 256 < 1,024
+    rss[2] = 300 * mib  # a process that shrank gives nothing back to the bound
+    dog._measure(handle, [1, 2, 3, 4], now + 1.0)
+    assert len(calls) == 1
+    rss[1] = 500 * mib  # 100 more: 500 + 300 + 256 > 1,024, so PSS could be over: read
+    dog._measure(handle, [1, 2, 3, 4], now + 1.2)
+    assert len(calls) == 2
+
+
+def test_rss_growth_counts_new_processes_whole_and_ignores_the_gone_and_the_shrunk() -> None:
+    from supervisor.pool.memory import rss_growth
+
+    assert rss_growth({1: 10, 2: 5, 4: 7}, {1: 8, 2: 9, 3: 100}) == 2 + 0 + 7
 
 
 def test_near_the_limit_pss_is_read_every_tick(monkeypatch: pytest.MonkeyPatch, child_pid: int) -> None:
