@@ -2,10 +2,10 @@
 data dir), what kind of endpoint that is (direct, session or transaction pooler),
 the connection pools, and whether it answers right now.
 
-Every connection works through a transaction-mode pooler (PgBouncer, Supavisor),
-whatever DATABASE_URL points at: no startup ``options``, no server-side prepared
-statements. How a pool applies the statement timeout depends on the endpoint
-detected at start (``BlockMode``):
+Every connection works through a transaction-mode pooler (PgBouncer, Supavisor)
+unless DATABASE_URL is proved direct: no server-side prepared statements, and no
+startup ``options`` or session state where a pooler may be. How a pool applies the
+statement timeout depends on the endpoint detected at start (``BlockMode``):
 
 - through any pooler, each ``pool.connection()`` block is one transaction that
   starts with ``SET LOCAL statement_timeout`` (the pool's checkout check sends both
@@ -225,8 +225,9 @@ def begin_command(statement_timeout_ms: int) -> str:
 
 
 # A connection returned this recently is taken as alive without a round trip (HikariCP's
-# aliveBypassWindowMs, 500 ms): a link that died since fails the block's statement instead,
-# as a link that dies mid-block does, and the pool discards it.
+# aliveBypassWindowMs, 500 ms) unless its socket has something to read (a server that closed
+# it says so first); a link that went silent since fails the block's statement instead, as a
+# link that dies mid-block does, and the pool discards it.
 ALIVE_BYPASS_SECONDS = 0.5
 
 
@@ -248,7 +249,7 @@ class BlockMode(StrEnum):
     """How a pool's ``connection()`` block applies the statement timeout (see the module's docstring)."""
 
     TRANSACTION = "transaction"  # BEGIN; SET LOCAL at checkout, COMMIT at the end: any endpoint
-    AUTOCOMMIT = "autocommit"  # SET once per connection, each statement commits: a direct connection only
+    AUTOCOMMIT = "autocommit"  # the timeout a startup parameter, each statement commits: direct only
 
     @classmethod
     def for_endpoint(cls, endpoint: DatabaseEndpoint) -> BlockMode:
@@ -260,7 +261,8 @@ class WorkerPool(AsyncConnectionPool[Any]):
 
     In ``BlockMode.TRANSACTION`` the checkout check (psycopg_pool's ``check``) starts
     the block's transaction; in ``AUTOCOMMIT`` the timeout is the connection's own and
-    the check runs only on a connection idle past ``ALIVE_BYPASS_SECONDS``. A connection
+    the check runs only on a connection idle past ``ALIVE_BYPASS_SECONDS`` or whose
+    socket has something to read. A connection
     that does not answer the check within ``checkout_timeout`` is closed and the next
     one tried. The whole block, from the wait for a connection to the COMMIT, gets a
     deadline (the wait, the checkout and ``block_timeout``): a link that went silent
