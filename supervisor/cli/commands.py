@@ -334,6 +334,7 @@ def cmd_cleanup(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from shared.config import accepted_but_inactive
     from supervisor.cli.exit_guard import ExitGuard
+    from supervisor.queue.database import BadDatabaseUrl
     from supervisor.runner import Supervisor
     from supervisor.telemetry import error_reporting
 
@@ -368,6 +369,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         except OSError as exc:
             log.error("cannot start: cannot listen", extra={"port": settings.worker.port, "error": str(exc)})
             raise CliError(f"cannot listen on PORT {settings.worker.port}: {exc.strerror or exc}") from None
+        except BadDatabaseUrl:
+            raise  # bad configuration (DATABASE_MODE=direct on a pooler): exit 2 with its words, not a bug report
         except Exception as exc:  # an unhandled error of the supervisor: main() prints it, Sentry gets it
             error_reporting.report_exception(exc)
             raise

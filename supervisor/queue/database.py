@@ -63,6 +63,10 @@ class BadDatabaseUrl(DatabaseUnavailable):
     """DATABASE_URL is not a connection string at all: bad configuration (exit 2), not an outage."""
 
 
+class BadDatabaseMode(BadDatabaseUrl):
+    """DATABASE_MODE=direct, and DATABASE_URL is not: bad configuration (exit 2)."""
+
+
 # scheme://user:PASSWORD@ (any scheme, even a misspelt one) and password=... in key=value strings.
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][\w+.-]*://[^/@\s:'\"]*:)[^@\s'\"]*@")
 _KV_PASSWORD = re.compile(r"(?P<head>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s'\"]+)", re.IGNORECASE)
@@ -387,12 +391,20 @@ async def detect_endpoint(conninfo: str, settings: Settings) -> tuple[DatabaseEn
     pooler refuses ``options`` or drops it.
     """
     forced = settings.database.database_mode.forced_endpoint
+    kwargs = connection_kwargs(settings, "export-worker-detect")
+    if forced is DatabaseEndpoint.DIRECT:
+        # Direct puts the statement timeout in the startup packet: a pooler must say no now,
+        # not make every later connection fail.
+        refused = await startup_parameter_refused(conninfo, kwargs, settings.database.statement_timeout_ms)
+        if refused:
+            raise BadDatabaseMode(
+                f"DATABASE_MODE=direct, but DATABASE_URL is not a direct connection: {refused}; it looks like "
+                f"a pooler: set DATABASE_MODE=transaction (or session), or auto to detect it")
     if forced is not None:
         return forced, "DATABASE_MODE"
     params = psycopg.conninfo.conninfo_to_dict(conninfo)
     url_port = int(str(params.get("port") or 5432).split(",")[0])
     host = str(params.get("host") or "")
-    kwargs = connection_kwargs(settings, "export-worker-detect")
     async with await psycopg.AsyncConnection.connect(conninfo, **kwargs) as first:
         cur = await first.execute("SELECT pg_backend_pid(), inet_server_port()")
         row = await cur.fetchone()
@@ -424,6 +436,8 @@ async def startup_parameter_refused(conninfo: str, kwargs: dict[str, Any], timeo
             row = await (await third.execute("SELECT setting FROM pg_settings WHERE name = 'statement_timeout'")
                          ).fetchone()
     except psycopg.OperationalError as exc:
+        if "startup parameter" not in str(exc) and "options" not in str(exc):
+            raise  # not about the parameter (the server is down, a password): the caller's error
         return f"the startup parameter options was refused ({one_line(exc)})"
     if row is None or row[0] != str(sent):  # pg_settings gives milliseconds, unformatted
         return "the startup parameter options did not reach the server"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -281,3 +282,35 @@ async def test_direct_is_said_only_when_a_startup_parameter_reaches_the_server(
                    extra_settings={"ignore_startup_parameters": "extra_float_digits,options"}) as dropping:
         assert await database.startup_parameter_refused(dropping.url(_dbname(db_url)), kwargs, timeout) == (
             "the startup parameter options did not reach the server")
+
+
+async def test_database_mode_direct_through_a_pooler_stops_the_start_with_the_fix_named(
+    transaction_bouncer: PgBouncer, db_url: str, tmp_path: Path
+) -> None:
+    """Forced direct puts the timeout in every connection's startup packet: a pooler must be
+    named at start (exit 2, bad configuration), not fail every later connection."""
+    url = transaction_bouncer.url(_dbname(db_url))
+    forced = make_settings(tmp_path, url, DATABASE_MODE="direct")
+    with pytest.raises(database.BadDatabaseMode, match="DATABASE_MODE=direct, but DATABASE_URL is not a direct"):
+        await detect_endpoint(url, forced)
+    with socket.socket() as spare:  # nothing binds it: the start stops before the HTTP server
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    env = {"DATABASE_URL": url, "DATABASE_MODE": "direct", "EXPORT_WORKER_DATA_DIR": str(tmp_path / "data"),
+           "PORT": str(port), "PATH": "/usr/bin:/bin"}
+    run = subprocess.run([str(ROOT / ".venv/bin/export-worker"), "serve"], env=env, cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "set DATABASE_MODE=transaction" in run.stderr, run.stderr[-2000:]
+
+
+async def test_a_server_that_is_down_is_not_taken_for_a_pooler(tmp_path: Path) -> None:
+    """The probe reports a refused parameter only; a refused connection stays the caller's error."""
+    settings = make_settings(tmp_path)
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # bound, not listening: connections are refused
+        with pytest.raises(psycopg.OperationalError, match="refused"):
+            await database.startup_parameter_refused(
+                f"postgresql://postgres@127.0.0.1:{port}/postgres", database.connection_kwargs(settings, "t"),
+                settings.database.statement_timeout_ms)
