@@ -283,7 +283,13 @@ def _header_text(name: str, value: str) -> str:
 
 
 def _address(value: str) -> str:
-    """An address header; a display name in any script is encoded, the address never is."""
+    """An address header; a display name in any script is encoded, the address never is.
+
+    The compat32 classes write a header as given: a line break (a SENDGRID_FROM_EMAIL
+    with one) would start a header of its own, so it is refused here.
+    """
+    if "\r" in value or "\n" in value:
+        raise MailError(False, f"the address {value!r} contains a line break")
     name, address = parseaddr(value)
     return formataddr((name, address), charset="utf-8") if name and address else value
 

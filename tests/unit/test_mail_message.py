@@ -11,7 +11,7 @@ from email.utils import parseaddr
 
 import pytest
 
-from supervisor.delivery.mail import JOB_ID_HEADER, OutgoingMail, to_email_message
+from supervisor.delivery.mail import JOB_ID_HEADER, MailError, OutgoingMail, to_email_message
 
 TEXT = ("Hello,\n\nYour PDF of مطعم الشام is ready.\n\n"
         "https://exports.example/files/u/j.pdf?expires=1796646900&sig=" + "ab12" * 30 + "\n")
@@ -61,3 +61,9 @@ def test_the_link_stays_readable_in_the_file() -> None:
     raw, _ = _read("Your PDF export is ready", "ada@example.com", "no-reply@example.com")
     assert b"https://exports.example/files/u/j.pdf?expires=3D1796646900" in raw
     assert b"Content-Transfer-Encoding: quoted-printable" in raw
+
+
+def test_a_sender_with_a_line_break_is_refused_not_written_as_a_header_of_its_own() -> None:
+    with pytest.raises(MailError, match="contains a line break") as refused:
+        _read("Your PDF export is ready", "ada@example.com", "no-reply@example.com\r\nBcc: all@example.com")
+    assert refused.value.transient is False
